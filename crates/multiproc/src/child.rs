@@ -1,0 +1,231 @@
+//! The child's side: how a started process becomes a worker, and the worker loop.
+
+use std::cell::RefCell;
+use std::io::Write;
+use std::os::fd::{AsFd, OwnedFd};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::rc::Rc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use serde_bytes::ByteBuf;
+
+use crate::start::ENV_CHILD;
+use crate::sys;
+use crate::wire::message::{Outcome, PROTOCOL_VERSION, Refusal, Reply, Request};
+use crate::wire::{FrameDecoder, Received, recv_frame, send_frame};
+
+/// Exit code of a child whose parent was gone before it could start.
+pub(crate) const EXIT_ORPHANED: i32 = 70;
+/// Exit code of a child that received something that is not the protocol.
+pub(crate) const EXIT_PROTOCOL: i32 = 71;
+/// Exit code of a child that refused to serve (wrong build, privileged process).
+pub(crate) const EXIT_REFUSED: i32 = 72;
+
+/// How this worker came to be; decides what it may take on trust.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Origin {
+    /// A fork of the parent: same memory, same build by construction.
+    Forked,
+    /// A fresh image of an executable (spawn, or a fork of the fork server).
+    Execd,
+}
+
+/// The parent's pid, if this process is a multiproc child.
+static PARENT_PID: AtomicU32 = AtomicU32::new(0);
+/// The name the parent gave this process.
+static NAME: Mutex<Option<String>> = Mutex::new(None);
+
+pub(crate) fn parent_pid() -> Option<u32> {
+    match PARENT_PID.load(Ordering::Relaxed) {
+        0 => None,
+        p => Some(p),
+    }
+}
+
+pub(crate) fn name() -> Option<String> {
+    NAME.lock().map(|n| n.clone()).unwrap_or(None)
+}
+
+/// If the parent marked this process as a child, become what it asked for and never
+/// return. Otherwise return at once.
+pub(crate) fn enter_if_child() {
+    let Some(value) = std::env::var_os(ENV_CHILD) else {
+        return;
+    };
+    sys::proc::remove_env(ENV_CHILD);
+    let refuse = |why: &str| -> ! {
+        let _ = writeln!(
+            std::io::stderr(),
+            "multiproc: refusing to act as a child: {why}"
+        );
+        sys::proc::exit_now(EXIT_REFUSED)
+    };
+    if sys::proc::is_secure_exec() {
+        refuse("this is a privileged (setuid/setgid/capability) process");
+    }
+    let value = value.to_string_lossy();
+    let (role, fd) = match value.split_once(':') {
+        Some((role, fd)) => (role, fd.parse::<i32>().ok()),
+        None => (&*value, None),
+    };
+    let Some(fd) = fd.filter(|fd| *fd > 2) else {
+        refuse(&format!("malformed {ENV_CHILD}={value:?}"));
+    };
+    let sock = match sys::fd::adopt_inherited(fd) {
+        Ok(s) => s,
+        Err(e) => refuse(&e.to_string()),
+    };
+    // Take orders only from our own parent, running as our own user.
+    let ppid = nix::unistd::getppid().as_raw() as u32;
+    match sys::fd::peer(sock.as_fd()) {
+        Ok((pid, uid)) if pid == ppid && uid == sys::proc::uid() => {}
+        Ok((pid, uid)) => refuse(&format!(
+            "the socket's peer (pid {pid}, uid {uid}) is not this process's parent"
+        )),
+        Err(e) => refuse(&e.to_string()),
+    }
+    match role {
+        "worker" => serve(sock, Origin::Execd),
+        "forkserver" => crate::start::forkserver::serve(sock),
+        other => refuse(&format!("unknown role {other:?}")),
+    }
+}
+
+thread_local! {
+    /// The socket and job of the task running on this thread, for the panic hook.
+    static CURRENT: RefCell<Option<(Rc<OwnedFd>, u64)>> = const { RefCell::new(None) };
+}
+
+fn panic_message(payload: &dyn std::any::Any) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "Box<dyn Any> (a panic payload that is not a string)".to_owned()
+    }
+}
+
+/// Reports a panic of the running task from inside the panic hook, so that the parent
+/// gets the message even when the panic aborts the process (`panic = "abort"`).
+fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let message = panic_message(info.payload());
+        let location = info.location().map(|l| l.to_string());
+        CURRENT.with(|c| {
+            if let Some((sock, job)) = c.borrow_mut().take() {
+                let reply = Reply::Done {
+                    job,
+                    outcome: Outcome::Panicked { message, location },
+                };
+                if let Ok(bytes) = crate::wire::encode(&reply) {
+                    let _ = send_frame(sock.as_fd(), &bytes, crate::wire::max_frame_size());
+                }
+            }
+        });
+    }));
+}
+
+fn send_reply(sock: &OwnedFd, reply: &Reply) -> bool {
+    match crate::wire::encode(reply) {
+        Ok(bytes) => match send_frame(sock.as_fd(), &bytes, crate::wire::max_frame_size()) {
+            Ok(()) => true,
+            Err(crate::Error::FrameTooLarge { len, max }) => {
+                let Reply::Done { job, .. } = reply else {
+                    return false;
+                };
+                let fallback = Reply::Done {
+                    job: *job,
+                    outcome: Outcome::BadResult {
+                        type_name: "task result".into(),
+                        reason: format!(
+                            "the encoded result is {len} bytes, over the maximum frame size of {max} bytes"
+                        ),
+                    },
+                };
+                crate::wire::encode(&fallback)
+                    .ok()
+                    .is_some_and(|b| send_frame(sock.as_fd(), &b, max as usize).is_ok())
+            }
+            Err(_) => false,
+        },
+        Err(_) => false,
+    }
+}
+
+/// The worker loop: answer the parent's hello, run each task, exit on `Exit` or end of
+/// stream. Never returns.
+pub(crate) fn serve(sock: OwnedFd, origin: Origin) -> ! {
+    sys::proc::worker_signals();
+    PARENT_PID.store(nix::unistd::getppid().as_raw() as u32, Ordering::Relaxed);
+    install_panic_hook();
+    let sock = Rc::new(sock);
+    let mut decoder = FrameDecoder::new(crate::wire::max_frame_size());
+    let mut greeted = false;
+    let code = loop {
+        let frame = match recv_frame(sock.as_fd(), &mut decoder, None) {
+            Ok(Received::Frame(f)) => f,
+            Ok(Received::Closed) | Ok(Received::TimedOut) => break 0,
+            Err(_) => break EXIT_PROTOCOL,
+        };
+        let Ok(request) = Request::decode(&frame) else {
+            break EXIT_PROTOCOL;
+        };
+        match request {
+            Request::Hello {
+                version,
+                build_id,
+                name,
+                max_frame,
+            } => {
+                let refusal = if version != PROTOCOL_VERSION {
+                    Some(Refusal::Version {
+                        child: PROTOCOL_VERSION,
+                    })
+                } else if origin == Origin::Execd && build_id.as_slice() != crate::task::build_id()
+                {
+                    Some(Refusal::Build {
+                        child: ByteBuf::from(crate::task::build_id().to_vec()),
+                    })
+                } else {
+                    None
+                };
+                if let Some(reason) = refusal {
+                    send_reply(&sock, &Reply::Refused { reason });
+                    break EXIT_REFUSED;
+                }
+                if let Ok(mut n) = NAME.lock() {
+                    *n = Some(name);
+                }
+                let max = usize::try_from(max_frame).unwrap_or(usize::MAX);
+                crate::wire::set_max_frame_size(max);
+                decoder = FrameDecoder::new(max);
+                greeted = true;
+            }
+            Request::Run { job, entry, args } => {
+                if !greeted {
+                    break EXIT_PROTOCOL;
+                }
+                CURRENT.with(|c| *c.borrow_mut() = Some((sock.clone(), job)));
+                let result = catch_unwind(AssertUnwindSafe(|| sys::image::run(entry, &args)));
+                let unreported = CURRENT.with(|c| c.borrow_mut().take()).is_some();
+                let outcome = match result {
+                    Ok(outcome) => outcome,
+                    // The hook already sent the panic; nothing more to say for this job.
+                    Err(_) if !unreported => continue,
+                    Err(payload) => Outcome::Panicked {
+                        message: panic_message(&*payload),
+                        location: None,
+                    },
+                };
+                if !send_reply(&sock, &Reply::Done { job, outcome }) {
+                    break 0;
+                }
+            }
+            Request::Exit => break 0,
+        }
+    };
+    let _ = std::io::stdout().flush();
+    sys::proc::exit_now(code)
+}

@@ -1,0 +1,316 @@
+//! One error type for everything that can go wrong between a parent and its children.
+//!
+//! Each variant says what happened in words a user can act on: which process, which
+//! signal, which exit code, which type failed to encode. Nothing is ever reported as a
+//! bare "broken pipe" when the real cause is known.
+
+use std::fmt;
+use std::io;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// `Result<T, multiproc::Error>`.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A signal, printed by name (`SIGSEGV`, `SIGKILL`, ...).
+///
+/// ```
+/// let s = multiproc::Signal::from_raw(9);
+/// assert_eq!(s.name(), "SIGKILL");
+/// assert_eq!(s.to_string(), "SIGKILL (signal 9)");
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Signal(i32);
+
+impl Signal {
+    /// `SIGTERM`, what [`Process::terminate`](crate::Process::terminate) sends.
+    pub const TERM: Signal = Signal(libc::SIGTERM);
+    /// `SIGKILL`, what [`Process::kill`](crate::Process::kill) sends.
+    pub const KILL: Signal = Signal(libc::SIGKILL);
+    /// `SIGSEGV`: invalid memory access.
+    pub const SEGV: Signal = Signal(libc::SIGSEGV);
+    /// `SIGABRT`: `abort()`, including a Rust panic under `panic = "abort"`.
+    pub const ABRT: Signal = Signal(libc::SIGABRT);
+    /// `SIGINT`: Ctrl-C.
+    pub const INT: Signal = Signal(libc::SIGINT);
+
+    /// Wraps a raw signal number (as found in a wait status).
+    pub const fn from_raw(signo: i32) -> Self {
+        Signal(signo)
+    }
+
+    /// The raw signal number.
+    pub const fn raw(self) -> i32 {
+        self.0
+    }
+
+    /// The conventional name, such as `"SIGSEGV"`, or `"SIG?"` for a number the
+    /// platform does not name (real-time signals, for example).
+    pub fn name(self) -> &'static str {
+        nix::sys::signal::Signal::try_from(self.0)
+            .map(|s| s.as_str())
+            .unwrap_or("SIG?")
+    }
+}
+
+impl fmt::Display for Signal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (signal {})", self.name(), self.0)
+    }
+}
+
+/// How a child process ended, as [`Process::exitcode`](crate::Process::exitcode) reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ExitStatus {
+    /// The process called `exit` (or returned from its task: code 0).
+    Code(i32),
+    /// The process was ended by a signal.
+    Signaled {
+        /// Which signal.
+        signal: Signal,
+        /// Whether the kernel wrote a core dump.
+        core_dumped: bool,
+    },
+}
+
+impl ExitStatus {
+    /// `true` for `Code(0)`.
+    pub fn success(self) -> bool {
+        self == ExitStatus::Code(0)
+    }
+
+    /// The exit code, Python-style: negative signal number for a signal death.
+    pub fn python_exitcode(self) -> i32 {
+        match self {
+            ExitStatus::Code(c) => c,
+            ExitStatus::Signaled { signal, .. } => -signal.raw(),
+        }
+    }
+}
+
+impl fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExitStatus::Code(c) => write!(f, "exit code {c}"),
+            ExitStatus::Signaled {
+                signal,
+                core_dumped,
+            } => {
+                write!(f, "killed by {signal}")?;
+                if *core_dumped {
+                    f.write_str(", core dumped")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Everything that can go wrong running work in another process.
+///
+/// Match on it, or use the predicates ([`is_panic`](Error::is_panic),
+/// [`is_timeout`](Error::is_timeout), [`signal`](Error::signal), ...).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The task panicked in the child. The message and location are the panic's own.
+    #[error("task panicked in process {pid}: {message}{}", location_suffix(.location))]
+    Panicked {
+        /// The child's pid.
+        pid: u32,
+        /// The panic payload, when it was a string (it almost always is).
+        message: String,
+        /// `file:line:column` of the panic.
+        location: Option<String>,
+    },
+
+    /// The child was killed by a signal before it returned a result.
+    #[error(
+        "process {pid} was killed by {signal}{} before returning a result{}",
+        if *.core_dumped { ", core dumped" } else { "" },
+        signal_hint(*.signal)
+    )]
+    Killed {
+        /// The child's pid.
+        pid: u32,
+        /// The signal that ended it.
+        signal: Signal,
+        /// Whether the kernel wrote a core dump.
+        core_dumped: bool,
+    },
+
+    /// The child exited (for example with `std::process::exit(3)`) before it returned a
+    /// result.
+    #[error(
+        "process {pid} exited with code {code} before returning a result (did the task call std::process::exit?)"
+    )]
+    Exited {
+        /// The child's pid.
+        pid: u32,
+        /// Its exit code.
+        code: i32,
+    },
+
+    /// The operation did not finish in time. For
+    /// [`Process::join_timeout`](crate::Process::join_timeout) the process is still running:
+    /// join again, or terminate it.
+    #[error("timed out after {timeout:?} waiting for {what}")]
+    Timeout {
+        /// What was being waited for.
+        what: String,
+        /// The time allowed.
+        timeout: Duration,
+    },
+
+    /// A value could not be serialized.
+    #[error("could not encode a value of type {type_name}: {reason}")]
+    Encode {
+        /// The Rust type that failed.
+        type_name: String,
+        /// The codec's message.
+        reason: String,
+    },
+
+    /// Bytes from the other side could not be decoded as the expected type.
+    #[error(
+        "could not decode a value of type {type_name}: {reason} (do both sides use the same types?)"
+    )]
+    Decode {
+        /// The Rust type expected.
+        type_name: String,
+        /// The codec's message.
+        reason: String,
+    },
+
+    /// A frame larger than the configured maximum was sent or announced.
+    #[error(
+        "frame of {len} bytes exceeds the maximum of {max} bytes; raise it with multiproc::set_max_frame_size or send bulk data through shared memory"
+    )]
+    FrameTooLarge {
+        /// The frame's length.
+        len: u64,
+        /// The limit in force.
+        max: u64,
+    },
+
+    /// The other side broke the protocol: it sent a message that makes no sense here.
+    #[error("protocol violation from process {pid}: {detail}")]
+    Protocol {
+        /// The peer's pid (0 if unknown).
+        pid: u32,
+        /// What was wrong.
+        detail: String,
+    },
+
+    /// The child runs a different build of the program and refused the task rather
+    /// than call into code it cannot trust.
+    #[error(
+        "process {pid} runs a different build (its build id {child}, ours {parent}) and refused the task; start children from the same executable"
+    )]
+    BuildMismatch {
+        /// The child's pid.
+        pid: u32,
+        /// Our build id (hex).
+        parent: String,
+        /// The child's build id (hex).
+        child: String,
+    },
+
+    /// A child process could not be started.
+    #[error("could not start a child process with start method {method}: {source}")]
+    Start {
+        /// The start method in use.
+        method: crate::StartMethod,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// The result of this process was already taken by an earlier join.
+    #[error("the result of process {pid} was already taken by an earlier join")]
+    AlreadyJoined {
+        /// The child's pid.
+        pid: u32,
+    },
+
+    /// An operating-system call failed.
+    #[error("I/O error while {context}: {source}")]
+    Io {
+        /// What multiproc was doing.
+        context: &'static str,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn location_suffix(location: &Option<String>) -> String {
+    location
+        .as_ref()
+        .map(|l| format!(" (at {l})"))
+        .unwrap_or_default()
+}
+
+fn signal_hint(signal: Signal) -> &'static str {
+    match signal.raw() {
+        libc::SIGSEGV | libc::SIGBUS => {
+            " (invalid memory access in the task or a library it called)"
+        }
+        libc::SIGABRT => {
+            " (abort(): a failed assertion in C code, or a panic under panic = \"abort\")"
+        }
+        libc::SIGKILL => {
+            " (killed from outside: Process::kill, kill -9, or the kernel's OOM killer)"
+        }
+        _ => "",
+    }
+}
+
+impl Error {
+    pub(crate) fn io(context: &'static str, source: impl Into<io::Error>) -> Self {
+        Error::Io {
+            context,
+            source: source.into(),
+        }
+    }
+
+    /// `true` if the task panicked.
+    pub fn is_panic(&self) -> bool {
+        matches!(self, Error::Panicked { .. })
+    }
+
+    /// `true` if a deadline passed.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, Error::Timeout { .. })
+    }
+
+    /// `true` if the child died without answering (a signal or an early exit).
+    pub fn is_process_death(&self) -> bool {
+        matches!(self, Error::Killed { .. } | Error::Exited { .. })
+    }
+
+    /// The signal that killed the child, if that is what happened.
+    pub fn signal(&self) -> Option<Signal> {
+        match self {
+            Error::Killed { signal, .. } => Some(*signal),
+            _ => None,
+        }
+    }
+
+    /// The child's exit code, if it exited before answering.
+    pub fn exit_code(&self) -> Option<i32> {
+        match self {
+            Error::Exited { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+
+    /// The panic message, if the task panicked.
+    pub fn panic_message(&self) -> Option<&str> {
+        match self {
+            Error::Panicked { message, .. } => Some(message),
+            _ => None,
+        }
+    }
+}

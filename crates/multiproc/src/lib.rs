@@ -1,0 +1,126 @@
+//! # multiproc
+//!
+//! Python's `multiprocessing`, done right, in Rust: run work in separate OS processes,
+//! each with its own memory, and get the results back **by value, typed** — or an
+//! [`Error`] that says exactly why not (the panic message, the signal, the exit code,
+//! the timeout). Nothing is ever silently lost.
+//!
+//! ```
+//! fn work((start, end): (u64, u64)) -> u64 {
+//!     (start..end).sum()
+//! }
+//!
+//! fn main() -> multiproc::Result<()> {
+//!     multiproc::init(); // first line of main
+//!     let halves = [(0, 500), (500, 1000)];
+//!     let procs = halves
+//!         .into_iter()
+//!         .map(|h| multiproc::Process::start(work, h))
+//!         .collect::<multiproc::Result<Vec<_>>>()?;
+//!     let total: u64 = procs
+//!         .into_iter()
+//!         .map(|p| p.join())
+//!         .sum::<multiproc::Result<u64>>()?;
+//!     assert_eq!(total, 499_500);
+//!     Ok(())
+//! }
+//! ```
+//!
+//! The classic tutorial bug — children append to their own copy of a list and the
+//! parent sums an empty one — cannot be written: a child's only way to hand something
+//! back is its return value, which [`Process::join`] returns.
+//!
+//! ## Tasks
+//!
+//! A task is a plain `fn(A) -> R` (non-capturing closures coerce to one) whose argument
+//! and result implement serde's `Serialize` and `Deserialize`. The child finds the
+//! function in the same executable; see the `task` module's notes for how this is made
+//! safe against forged messages and other builds.
+//!
+//! ## Start methods
+//!
+//! [`StartMethod::ForkServer`] (the default, as in Python 3.14 on Linux),
+//! [`StartMethod::Fork`] and [`StartMethod::Spawn`]; see [`StartMethod`] for when each
+//! is safe and what each costs.
+//!
+//! ## Bootstrap, and testing
+//!
+//! Call [`init`] first in `main`. A child re-executed from your program (spawn, and the
+//! fork server) must become a worker before your `main` runs; multiproc does this from
+//! a load-time constructor, so children work unchanged under `cargo test` — in unit
+//! tests, integration tests and doctests, with the stock test harness. `init` starts
+//! the fork server early and is the documented place where a child stops; calling it is
+//! cheap and idempotent.
+//!
+//! ## Failures
+//!
+//! - A panicking task: [`Error::Panicked`] with its message and location, also under
+//!   `panic = "abort"` (the child reports before it aborts).
+//! - A signal: [`Error::Killed`] with its name (`SIGSEGV`, `SIGKILL`, `SIGABRT`, ...).
+//! - An early `exit(n)`: [`Error::Exited`] with `n`.
+//! - A deadline: [`Error::Timeout`].
+//! - When the parent dies, even by SIGKILL, its children die with it (parent-death
+//!   signal, set from a thread that lives as long as the process).
+#![deny(missing_docs)]
+
+mod child;
+mod error;
+mod process;
+mod start;
+mod sys;
+mod task;
+pub mod wire;
+
+pub use error::{Error, ExitStatus, Result, Signal};
+pub use process::{Builder, Process};
+pub use start::{StartMethod, get_start_method, set_start_method};
+pub use wire::{DEFAULT_MAX_FRAME_SIZE, max_frame_size, set_max_frame_size};
+
+/// Bootstraps multiproc; call it first in `main`.
+///
+/// In a child started by multiproc it never returns: the process becomes a worker.
+/// (This normally happens even earlier, before `main`, from a load-time constructor.)
+/// In a parent it starts the fork server if the default start method needs one, while
+/// the program is still young; it is idempotent and cheap after the first call.
+pub fn init() {
+    child::enter_if_child();
+    if get_start_method() == StartMethod::ForkServer {
+        // Failure is not fatal here: the first Process::start retries and reports it.
+        let _ = start::forkserver::ensure_started();
+    }
+}
+
+/// The number of CPUs this process may run on (affinity and cgroup quotas included).
+pub fn cpu_count() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Who a process is, as [`current_process`] and [`parent_process`] report.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProcessInfo {
+    /// Process id.
+    pub pid: u32,
+    /// The name its parent gave it (`MainProcess` for a process multiproc did not start).
+    pub name: String,
+}
+
+/// This process: its pid, and its name (as given by [`Builder::name`] in the parent,
+/// or `MainProcess`).
+///
+/// ```
+/// assert_eq!(multiproc::current_process().name, "MainProcess");
+/// ```
+pub fn current_process() -> ProcessInfo {
+    ProcessInfo {
+        pid: std::process::id(),
+        name: child::name().unwrap_or_else(|| "MainProcess".to_owned()),
+    }
+}
+
+/// The multiproc parent of this process, or `None` if multiproc did not start it.
+pub fn parent_process() -> Option<ProcessInfo> {
+    child::parent_pid().map(|pid| ProcessInfo {
+        pid,
+        name: "MainProcess".to_owned(),
+    })
+}

@@ -1,0 +1,373 @@
+//! `Process`: run one task in a child process and get its result back, typed.
+
+use std::marker::PhantomData;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_bytes::ByteBuf;
+
+use crate::error::{Error, ExitStatus, Result};
+use crate::start::{self, StartMethod};
+use crate::sys;
+use crate::task::{self, TaskRef};
+use crate::wire::message::{Outcome, PROTOCOL_VERSION, Refusal, Reply, Request};
+use crate::wire::{self, FrameDecoder, Received, recv_frame, send_frame};
+
+/// A task running in a child process.
+///
+/// Start one with [`Process::start`] or [`Process::builder`], then [`join`](Process::join)
+/// it for the task's return value, or an [`Error`] that says how it failed.
+///
+/// ```
+/// fn square(x: u64) -> u64 { x * x }
+///
+/// # fn main() -> multiproc::Result<()> {
+/// multiproc::init();
+/// let p = multiproc::Process::start(square, 12)?;
+/// assert_eq!(p.join()?, 144);
+/// # Ok(()) }
+/// ```
+///
+/// # Dropping
+///
+/// Dropping a `Process` that was not joined **kills it** (SIGKILL) and reaps it: nobody
+/// can read its result any more, and a process left running would outlive its handle
+/// (an orphan) or, once finished, stay a zombie. To let a child finish, join it.
+#[must_use = "dropping a Process kills it; call join() to wait for its result"]
+pub struct Process<R> {
+    pid: u32,
+    name: String,
+    method: StartMethod,
+    pidfd: OwnedFd,
+    sock: Option<OwnedFd>,
+    decoder: FrameDecoder,
+    reply: Option<Reply>,
+    status: Option<ExitStatus>,
+    taken: bool,
+    _result: PhantomData<fn() -> R>,
+}
+
+/// Options for starting a [`Process`].
+///
+/// ```
+/// use multiproc::{Process, StartMethod};
+/// fn hello(who: String) -> String { format!("hello, {who}") }
+///
+/// # fn main() -> multiproc::Result<()> {
+/// let p = Process::builder()
+///     .name("greeter")
+///     .start_method(StartMethod::Spawn)
+///     .start(hello, "world".to_string())?;
+/// assert_eq!(p.name(), "greeter");
+/// assert_eq!(p.join()?, "hello, world");
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct Builder {
+    name: Option<String>,
+    method: Option<StartMethod>,
+    executable: Option<PathBuf>,
+}
+
+impl Builder {
+    /// A builder with the defaults: the global start method, a generated name.
+    pub fn new() -> Self {
+        Builder::default()
+    }
+
+    /// The process's name, as [`Process::name`] and [`crate::current_process`] report
+    /// it. Default: `Process-<n>`.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// The start method for this process; default: [`crate::get_start_method`].
+    pub fn start_method(mut self, method: StartMethod) -> Self {
+        self.method = Some(method);
+        self
+    }
+
+    /// The program a [`StartMethod::Spawn`] child runs (Python's `set_executable`).
+    /// Default: this very executable. A different build refuses the task with
+    /// [`Error::BuildMismatch`]; the option exists for wrappers and for testing that.
+    pub fn executable(mut self, path: impl AsRef<Path>) -> Self {
+        self.executable = Some(path.as_ref().to_path_buf());
+        self
+    }
+
+    /// Starts `f(args)` in a new child process.
+    pub fn start<A, R>(self, f: fn(A) -> R, args: A) -> Result<Process<R>>
+    where
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned,
+    {
+        let args = wire::encode(&args)?;
+        let method = self.method.unwrap_or_else(start::get_start_method);
+        let name = self.name.unwrap_or_else(next_name);
+        let launched = start::launch(method, self.executable.as_deref())?;
+        let mut process = Process {
+            pid: launched.pid,
+            name,
+            method,
+            pidfd: launched.pidfd,
+            sock: Some(launched.sock),
+            decoder: FrameDecoder::new(wire::max_frame_size()),
+            reply: None,
+            status: None,
+            taken: false,
+            _result: PhantomData,
+        };
+        process.send_task(TaskRef::of(f), args)?;
+        Ok(process)
+    }
+}
+
+fn next_name() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(1);
+    format!("Process-{}", N.fetch_add(1, Ordering::Relaxed))
+}
+
+impl Process<()> {
+    /// A [`Builder`] for a name, a start method, or an executable.
+    pub fn builder() -> Builder {
+        Builder::new()
+    }
+}
+
+impl<R: DeserializeOwned> Process<R> {
+    /// Starts `f(args)` in a new child process with the default start method.
+    ///
+    /// `f` is a plain function or a non-capturing closure; `args` and the result travel
+    /// by value (serde). The call returns once the child exists and has its task; use
+    /// [`join`](Process::join) for the result.
+    pub fn start<A>(f: fn(A) -> R, args: A) -> Result<Self>
+    where
+        A: Serialize + DeserializeOwned,
+        R: Serialize,
+    {
+        Builder::new().start(f, args)
+    }
+
+    /// The child's process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The child's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The start method that created the child.
+    pub fn start_method(&self) -> StartMethod {
+        self.method
+    }
+
+    fn send_task(&mut self, entry: TaskRef, args: Vec<u8>) -> Result<()> {
+        let max = wire::max_frame_size();
+        let hello = wire::encode(&Request::Hello {
+            version: PROTOCOL_VERSION,
+            build_id: ByteBuf::from(task::build_id().to_vec()),
+            name: self.name.clone(),
+            max_frame: max as u64,
+        })?;
+        let run = wire::encode(&Request::Run {
+            job: 0,
+            entry,
+            args: ByteBuf::from(args),
+        })?;
+        let exit = wire::encode(&Request::Exit)?;
+        let sock = self.sock.as_ref().expect("a new process has its socket");
+        let sent = send_frame(sock.as_fd(), &hello, max)
+            .and_then(|()| send_frame(sock.as_fd(), &run, max))
+            .and_then(|()| send_frame(sock.as_fd(), &exit, max));
+        match sent {
+            Ok(()) => Ok(()),
+            // The child closed its end early: most likely it refused (another build) or
+            // died. Its reply and exit status explain better than "broken pipe".
+            Err(Error::Io { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether the child is still running. Reaps it if it has exited.
+    pub fn is_alive(&mut self) -> bool {
+        self.exitcode().is_none()
+    }
+
+    /// How the child ended, or `None` while it runs. Never blocks.
+    pub fn exitcode(&mut self) -> Option<ExitStatus> {
+        if self.status.is_none() {
+            self.status = sys::proc::wait_pidfd(&self.pidfd, false).ok().flatten();
+        }
+        self.status
+    }
+
+    /// Sends SIGTERM. The child ends unless its task handles the signal; a later
+    /// `join` reports [`Error::Killed`] with `SIGTERM`. A no-op once the child was reaped.
+    pub fn terminate(&self) -> Result<()> {
+        self.signal(crate::Signal::TERM)
+    }
+
+    /// Sends SIGKILL. A no-op once the child was reaped.
+    pub fn kill(&self) -> Result<()> {
+        self.signal(crate::Signal::KILL)
+    }
+
+    fn signal(&self, signal: crate::Signal) -> Result<()> {
+        if self.status.is_some() {
+            return Ok(());
+        }
+        sys::proc::pidfd_signal(self.pidfd.as_fd(), signal)
+            .map_err(|e| Error::io("signalling a child process", e))
+    }
+
+    /// Waits for the child to finish and returns its task's result.
+    ///
+    /// Errors: [`Error::Panicked`] with the panic's message and location;
+    /// [`Error::Killed`] with the signal (SIGSEGV, SIGKILL, SIGABRT...);
+    /// [`Error::Exited`] with the code if the task called `exit`;
+    /// [`Error::Decode`]/[`Error::Encode`] if a value could not cross;
+    /// [`Error::BuildMismatch`] if the child runs another build.
+    pub fn join(mut self) -> Result<R> {
+        self.finish(None, Duration::ZERO)
+    }
+
+    /// Like [`join`](Process::join), but gives up after `timeout` with
+    /// [`Error::Timeout`], leaving the child running: join again, or terminate it.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// fn nap(ms: u64) -> u64 { std::thread::sleep(Duration::from_millis(ms)); ms }
+    ///
+    /// # fn main() -> multiproc::Result<()> {
+    /// let mut p = multiproc::Process::start(nap, 10_000)?;
+    /// let err = p.join_timeout(Duration::from_millis(50)).unwrap_err();
+    /// assert!(err.is_timeout());
+    /// p.kill()?;
+    /// assert_eq!(p.join_timeout(Duration::from_secs(5)).unwrap_err().signal(),
+    ///            Some(multiproc::Signal::KILL));
+    /// # Ok(()) }
+    /// ```
+    pub fn join_timeout(&mut self, timeout: Duration) -> Result<R> {
+        self.finish(Some(Instant::now() + timeout), timeout)
+    }
+
+    fn finish(&mut self, deadline: Option<Instant>, timeout: Duration) -> Result<R> {
+        if self.taken {
+            return Err(Error::AlreadyJoined { pid: self.pid });
+        }
+        let timed_out = || Error::Timeout {
+            what: format!("process {} to finish", self.pid),
+            timeout,
+        };
+        while self.reply.is_none() {
+            let Some(sock) = self.sock.as_ref() else {
+                break;
+            };
+            match recv_frame(sock.as_fd(), &mut self.decoder, deadline)? {
+                Received::Frame(frame) => match Reply::decode(&frame) {
+                    Ok(reply) => self.reply = Some(reply),
+                    Err(e) => {
+                        let _ = self.kill();
+                        self.sock = None;
+                        return Err(Error::Protocol {
+                            pid: self.pid,
+                            detail: format!("undecodable reply: {e}"),
+                        });
+                    }
+                },
+                Received::Closed => self.sock = None,
+                Received::TimedOut => return Err(timed_out()),
+            }
+        }
+        self.sock = None;
+        if self.status.is_none() {
+            if !wire::wait_readable(self.pidfd.as_fd(), deadline)
+                .map_err(|e| Error::io("waiting for a child process", e))?
+            {
+                return Err(timed_out());
+            }
+            let status = sys::proc::wait_pidfd(&self.pidfd, true)
+                .map_err(|e| Error::io("reaping a child process", e))?;
+            self.status = status;
+        }
+        self.taken = true;
+        let pid = self.pid;
+        match self.reply.take() {
+            Some(Reply::Done { outcome, .. }) => match outcome {
+                Outcome::Value(bytes) => wire::decode(&bytes),
+                Outcome::Panicked { message, location } => Err(Error::Panicked {
+                    pid,
+                    message,
+                    location,
+                }),
+                Outcome::BadArgs { type_name, reason } => Err(Error::Decode {
+                    type_name,
+                    reason: format!("in the child, decoding the task's argument: {reason}"),
+                }),
+                Outcome::BadResult { type_name, reason } => Err(Error::Encode {
+                    type_name,
+                    reason: format!("in the child, encoding the task's result: {reason}"),
+                }),
+                Outcome::BadEntry => Err(Error::Protocol {
+                    pid,
+                    detail: "the child found no task at the given address".into(),
+                }),
+            },
+            Some(Reply::Refused { reason }) => Err(match reason {
+                Refusal::Build { child } => Error::BuildMismatch {
+                    pid,
+                    parent: task::hex(task::build_id()),
+                    child: task::hex(&child),
+                },
+                Refusal::Version { child } => Error::Protocol {
+                    pid,
+                    detail: format!(
+                        "the child speaks protocol version {child}, we speak {PROTOCOL_VERSION}"
+                    ),
+                },
+            }),
+            None => Err(match self.status {
+                Some(ExitStatus::Signaled {
+                    signal,
+                    core_dumped,
+                }) => Error::Killed {
+                    pid,
+                    signal,
+                    core_dumped,
+                },
+                Some(ExitStatus::Code(code)) => Error::Exited { pid, code },
+                None => Error::Protocol {
+                    pid,
+                    detail: "the child closed its socket but its exit status is unavailable".into(),
+                },
+            }),
+        }
+    }
+}
+
+impl<R> Drop for Process<R> {
+    fn drop(&mut self) {
+        if self.status.is_none() {
+            let _ = sys::proc::pidfd_signal(self.pidfd.as_fd(), crate::Signal::KILL);
+            let _ = sys::proc::wait_pidfd(&self.pidfd, true);
+        }
+    }
+}
+
+impl<R> std::fmt::Debug for Process<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Process")
+            .field("pid", &self.pid)
+            .field("name", &self.name)
+            .field("start_method", &self.method)
+            .field("status", &self.status)
+            .finish()
+    }
+}

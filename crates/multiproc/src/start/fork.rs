@@ -1,0 +1,35 @@
+//! `Fork`: the child is a copy of this process, made on the launcher thread.
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use super::{forget_runtime_after_fork, runtime, runtime_slot};
+use crate::sys::proc::{Forked, die_with_parent, exit_now, fork};
+
+pub(super) fn start(ours: &OwnedFd, theirs: OwnedFd) -> io::Result<u32> {
+    let ours = ours.as_raw_fd();
+    let parent = std::process::id();
+    runtime().on_launcher(move || {
+        // Held across fork so that the child finds this lock in a known state (held by
+        // the one thread it has) rather than perhaps held by a thread it lacks.
+        let mut slot = runtime_slot();
+        match fork()? {
+            Forked::Child => {
+                forget_runtime_after_fork(&mut slot);
+                drop(slot);
+                // The parent's end of our own socket: keeping it would hide the parent's
+                // death from us as an end of stream.
+                let _ = nix::unistd::close(ours);
+                if !die_with_parent(parent) {
+                    exit_now(crate::child::EXIT_ORPHANED);
+                }
+                crate::child::serve(theirs, crate::child::Origin::Forked)
+            }
+            Forked::Parent(pid) => {
+                drop(slot);
+                drop(theirs);
+                Ok(pid)
+            }
+        }
+    })
+}

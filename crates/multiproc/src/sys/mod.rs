@@ -1,0 +1,14 @@
+//! Every `unsafe` block of the crate lives under this module, each with a `// SAFETY:`
+//! comment that states the invariant it relies on. The rest of the crate is safe Rust.
+//!
+//! - [`proc`]: fork, clone, pidfd, wait, signals, `_exit`, the parent-death signal.
+//! - [`image`]: this executable's code range, and calling a task by its offset.
+//! - [`spawn`]: fork + exec of this executable with an inherited socket.
+//! - [`fd`]: passing descriptors over Unix sockets.
+//! - `bootstrap`: the load-time constructor that turns a re-executed child into a worker.
+
+mod bootstrap;
+pub(crate) mod fd;
+pub(crate) mod image;
+pub(crate) mod proc;
+pub(crate) mod spawn;

@@ -1,0 +1,192 @@
+//! Process creation, waiting and signals.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+
+use nix::errno::Errno;
+use nix::sys::signal::{SigHandler, Signal as NixSignal};
+use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
+use nix::unistd::ForkResult;
+
+use crate::error::{ExitStatus, Signal};
+
+/// Which side of a fork we are on.
+pub(crate) enum Forked {
+    Child,
+    Parent(u32),
+}
+
+/// `fork()`. The child holds a copy of this process with only the calling thread.
+pub(crate) fn fork() -> io::Result<Forked> {
+    // SAFETY: fork itself is sound; what nix marks unsafe is that the child of a
+    // multithreaded parent may find locks held by threads that no longer exist. The
+    // child runs multiproc's worker loop and the user's task, which can at worst
+    // deadlock on such a lock, never corrupt memory: glibc resets its malloc locks in
+    // its fork handlers. The Fork start method documents this hazard (as Python does).
+    match unsafe { nix::unistd::fork() }? {
+        ForkResult::Child => Ok(Forked::Child),
+        ForkResult::Parent { child } => Ok(Forked::Parent(child.as_raw() as u32)),
+    }
+}
+
+/// A fork whose child becomes a child of *our parent* (`CLONE_PARENT`), not of us.
+///
+/// The fork server uses it so that workers are direct children of the user's process,
+/// which can then wait for them and learn how they died without the server relaying.
+pub(crate) fn fork_as_sibling() -> io::Result<Forked> {
+    let flags = (libc::CLONE_PARENT as libc::c_ulong) | (libc::SIGCHLD as libc::c_ulong);
+    // SAFETY: raw clone(2) with a null stack behaves as fork(): the child continues on a
+    // copy of this thread's stack. The fork server is single-threaded and holds no lock
+    // when it calls this, so glibc's skipped fork handlers had nothing to reset; the one
+    // piece of per-thread kernel state glibc re-registers after fork, the robust-futex
+    // list, is restored by the caller with `restore_robust_list`.
+    let r = unsafe { libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, 0usize) };
+    match r {
+        -1 => Err(io::Error::last_os_error()),
+        0 => Ok(Forked::Child),
+        pid => Ok(Forked::Parent(pid as u32)),
+    }
+}
+
+/// The calling thread's robust-futex list registration, as glibc made it.
+#[derive(Clone, Copy)]
+pub(crate) struct RobustList {
+    head: usize,
+    len: usize,
+}
+
+/// Reads the calling thread's robust-futex list registration.
+pub(crate) fn robust_list() -> Option<RobustList> {
+    let mut head: usize = 0;
+    let mut len: usize = 0;
+    // SAFETY: get_robust_list(0, ...) writes one pointer and one size_t for the calling
+    // thread into the two locals passed by address.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_get_robust_list,
+            0,
+            &mut head as *mut usize,
+            &mut len as *mut usize,
+        )
+    };
+    (r == 0 && head != 0).then_some(RobustList { head, len })
+}
+
+/// Re-registers a robust-futex list in a child made by [`fork_as_sibling`]: the kernel
+/// clears it on clone, and glibc only restores it in its own `fork()`.
+pub(crate) fn restore_robust_list(list: RobustList) {
+    // SAFETY: `list` was read from this very thread before the clone; the child's memory
+    // is a copy of the parent's, so the head glibc allocated lives at the same address.
+    unsafe {
+        libc::syscall(libc::SYS_set_robust_list, list.head, list.len);
+    }
+}
+
+/// Asks the kernel to SIGKILL this process when the thread that created it exits, then
+/// checks that the creator is still `expected_parent` (it may have died before the
+/// request took effect). Returns `false` if the parent is already gone.
+pub(crate) fn die_with_parent(expected_parent: u32) -> bool {
+    if nix::sys::prctl::set_pdeathsig(NixSignal::SIGKILL).is_err() {
+        return false;
+    }
+    nix::unistd::getppid().as_raw() as u32 == expected_parent
+}
+
+/// Ends the process at once, without running atexit handlers or destructors: in a
+/// forked child those belong to the parent's state.
+pub(crate) fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit never returns and has no preconditions.
+    unsafe { libc::_exit(code) }
+}
+
+/// `pidfd_open(pid)`: a descriptor that names this process for as long as we hold it,
+/// immune to pid reuse.
+pub(crate) fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes two integers and returns a new descriptor or -1.
+    let r = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0u32) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel returned a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(r as i32) })
+}
+
+/// Sends `signal` to the process named by `pidfd`. A process that already exited (but
+/// was not yet reaped) is not an error.
+pub(crate) fn pidfd_signal(pidfd: BorrowedFd<'_>, signal: Signal) -> io::Result<()> {
+    // SAFETY: pidfd_send_signal takes a descriptor, a signal number and a null siginfo.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            signal.raw(),
+            std::ptr::null::<libc::siginfo_t>(),
+            0u32,
+        )
+    };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::ESRCH) {
+            return Ok(());
+        }
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// Reaps the child named by `pidfd`: `Ok(None)` if it is still running and `block` is
+/// false.
+pub(crate) fn wait_pidfd(pidfd: impl AsFd, block: bool) -> io::Result<Option<ExitStatus>> {
+    let mut flags = WaitPidFlag::WEXITED;
+    if !block {
+        flags |= WaitPidFlag::WNOHANG;
+    }
+    loop {
+        return match waitid(Id::PIDFd(pidfd.as_fd()), flags) {
+            Ok(WaitStatus::Exited(_, code)) => Ok(Some(ExitStatus::Code(code))),
+            Ok(WaitStatus::Signaled(_, sig, core)) => Ok(Some(ExitStatus::Signaled {
+                signal: Signal::from_raw(sig as i32),
+                core_dumped: core,
+            })),
+            Ok(WaitStatus::StillAlive) => Ok(None),
+            Ok(_) => continue,
+            Err(Errno::EINTR) => continue,
+            Err(e) => Err(e.into()),
+        };
+    }
+}
+
+/// `true` when the kernel marks this process as privileged (setuid, setgid, file
+/// capabilities): its environment and descriptors then come from someone else, and it
+/// must not act as a multiproc child.
+pub(crate) fn is_secure_exec() -> bool {
+    // SAFETY: getauxval reads the auxiliary vector; AT_SECURE is always present on Linux.
+    unsafe { libc::getauxval(libc::AT_SECURE) != 0 }
+}
+
+/// Signal dispositions of a worker: Ctrl-C goes to the parent, which shuts its
+/// children down; a closed socket is an error return, not a death.
+pub(crate) fn worker_signals() {
+    for (sig, handler) in [
+        (NixSignal::SIGINT, SigHandler::SigIgn),
+        (NixSignal::SIGPIPE, SigHandler::SigIgn),
+        (NixSignal::SIGTERM, SigHandler::SigDfl),
+    ] {
+        // SAFETY: setting SIG_IGN/SIG_DFL installs no Rust handler, so no code runs in
+        // signal context.
+        let _ = unsafe { nix::sys::signal::signal(sig, handler) };
+    }
+}
+
+/// Removes a variable from this process's environment.
+pub(crate) fn remove_env(key: &str) {
+    // SAFETY: called only while the process is single-threaded: from the load-time
+    // constructor before main, or in the fork server before it starts anything.
+    unsafe { std::env::remove_var(key) }
+}
+
+/// The real uid of this process.
+pub(crate) fn uid() -> u32 {
+    // SAFETY: getuid has no preconditions and cannot fail.
+    unsafe { libc::getuid() }
+}
