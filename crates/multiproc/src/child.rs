@@ -13,7 +13,7 @@ use serde_bytes::ByteBuf;
 use crate::start::ENV_CHILD;
 use crate::sys;
 use crate::wire::message::{Outcome, PROTOCOL_VERSION, Refusal, Reply, Request};
-use crate::wire::{FrameDecoder, Received, recv_frame, send_frame};
+use crate::wire::{FrameDecoder, Received, fds, recv_frame, send_frame, send_frame_with_fds};
 
 /// Exit code of a child whose parent was gone before it could start.
 pub(crate) const EXIT_ORPHANED: i32 = 70;
@@ -127,29 +127,31 @@ fn install_panic_hook() {
     }));
 }
 
-fn send_reply(sock: &OwnedFd, reply: &Reply) -> bool {
+fn send_reply(sock: &OwnedFd, reply: &Reply, fds: &[OwnedFd]) -> bool {
     match crate::wire::encode(reply) {
-        Ok(bytes) => match send_frame(sock.as_fd(), &bytes, crate::wire::max_frame_size()) {
-            Ok(()) => true,
-            Err(crate::Error::FrameTooLarge { len, max }) => {
-                let Reply::Done { job, .. } = reply else {
-                    return false;
-                };
-                let fallback = Reply::Done {
-                    job: *job,
-                    outcome: Outcome::BadResult {
-                        type_name: "task result".into(),
-                        reason: format!(
-                            "the encoded result is {len} bytes, over the maximum frame size of {max} bytes"
-                        ),
-                    },
-                };
-                crate::wire::encode(&fallback)
-                    .ok()
-                    .is_some_and(|b| send_frame(sock.as_fd(), &b, max as usize).is_ok())
+        Ok(bytes) => {
+            match send_frame_with_fds(sock.as_fd(), &bytes, fds, crate::wire::max_frame_size()) {
+                Ok(()) => true,
+                Err(crate::Error::FrameTooLarge { len, max }) => {
+                    let Reply::Done { job, .. } = reply else {
+                        return false;
+                    };
+                    let fallback = Reply::Done {
+                        job: *job,
+                        outcome: Outcome::BadResult {
+                            type_name: "task result".into(),
+                            reason: format!(
+                                "the encoded result is {len} bytes, over the maximum frame size of {max} bytes"
+                            ),
+                        },
+                    };
+                    crate::wire::encode(&fallback)
+                        .ok()
+                        .is_some_and(|b| send_frame(sock.as_fd(), &b, max as usize).is_ok())
+                }
+                Err(_) => false,
             }
-            Err(_) => false,
-        },
+        }
         Err(_) => false,
     }
 }
@@ -164,8 +166,8 @@ pub(crate) fn serve(sock: OwnedFd, origin: Origin) -> ! {
     let mut decoder = FrameDecoder::new(crate::wire::max_frame_size());
     let mut greeted = false;
     let code = loop {
-        let frame = match recv_frame(sock.as_fd(), &mut decoder, None) {
-            Ok(Received::Frame(f)) => f,
+        let (frame, fds) = match recv_frame(sock.as_fd(), &mut decoder, None) {
+            Ok(Received::Frame(f, fds)) => (f, fds),
             Ok(Received::Closed) | Ok(Received::TimedOut) => break 0,
             Err(_) => break EXIT_PROTOCOL,
         };
@@ -192,7 +194,7 @@ pub(crate) fn serve(sock: OwnedFd, origin: Origin) -> ! {
                     None
                 };
                 if let Some(reason) = refusal {
-                    send_reply(&sock, &Reply::Refused { reason });
+                    send_reply(&sock, &Reply::Refused { reason }, &[]);
                     break EXIT_REFUSED;
                 }
                 if let Ok(mut n) = NAME.lock() {
@@ -208,7 +210,11 @@ pub(crate) fn serve(sock: OwnedFd, origin: Origin) -> ! {
                     break EXIT_PROTOCOL;
                 }
                 CURRENT.with(|c| *c.borrow_mut() = Some((sock.clone(), job)));
-                let result = catch_unwind(AssertUnwindSafe(|| sys::image::run(entry, &args)));
+                let (result, out_fds) = fds::capture(|| {
+                    fds::provide(fds, || {
+                        catch_unwind(AssertUnwindSafe(|| sys::image::run(entry, &args)))
+                    })
+                });
                 let unreported = CURRENT.with(|c| c.borrow_mut().take()).is_some();
                 let outcome = match result {
                     Ok(outcome) => outcome,
@@ -219,7 +225,7 @@ pub(crate) fn serve(sock: OwnedFd, origin: Origin) -> ! {
                         location: None,
                     },
                 };
-                if !send_reply(&sock, &Reply::Done { job, outcome }) {
+                if !send_reply(&sock, &Reply::Done { job, outcome }, &out_fds) {
                     break 0;
                 }
             }

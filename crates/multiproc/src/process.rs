@@ -14,7 +14,7 @@ use crate::start::{self, StartMethod};
 use crate::sys;
 use crate::task::{self, TaskRef};
 use crate::wire::message::{Outcome, PROTOCOL_VERSION, Refusal, Reply, Request};
-use crate::wire::{self, FrameDecoder, Received, recv_frame, send_frame};
+use crate::wire::{self, FrameDecoder, Received, recv_frame, send_frame, send_frame_with_fds};
 
 /// A task running in a child process.
 ///
@@ -44,7 +44,7 @@ pub struct Process<R> {
     pidfd: OwnedFd,
     sock: Option<OwnedFd>,
     decoder: FrameDecoder,
-    reply: Option<Reply>,
+    reply: Option<(Reply, Vec<OwnedFd>)>,
     status: Option<ExitStatus>,
     taken: bool,
     _result: PhantomData<fn() -> R>,
@@ -105,7 +105,8 @@ impl Builder {
         A: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned,
     {
-        let args = wire::encode(&args)?;
+        let (args, fds) = wire::fds::capture(|| wire::encode(&args));
+        let args = args?;
         let method = self.method.unwrap_or_else(start::get_start_method);
         let name = self.name.unwrap_or_else(next_name);
         let launched = start::launch(method, self.executable.as_deref())?;
@@ -121,7 +122,7 @@ impl Builder {
             taken: false,
             _result: PhantomData,
         };
-        process.send_task(TaskRef::of(f), args)?;
+        process.send_task(TaskRef::of(f), args, fds)?;
         Ok(process)
     }
 }
@@ -168,7 +169,7 @@ impl<R: DeserializeOwned> Process<R> {
         self.method
     }
 
-    fn send_task(&mut self, entry: TaskRef, args: Vec<u8>) -> Result<()> {
+    fn send_task(&mut self, entry: TaskRef, args: Vec<u8>, fds: Vec<OwnedFd>) -> Result<()> {
         let max = wire::max_frame_size();
         let hello = wire::encode(&Request::Hello {
             version: PROTOCOL_VERSION,
@@ -184,7 +185,7 @@ impl<R: DeserializeOwned> Process<R> {
         let exit = wire::encode(&Request::Exit)?;
         let sock = self.sock.as_ref().expect("a new process has its socket");
         let sent = send_frame(sock.as_fd(), &hello, max)
-            .and_then(|()| send_frame(sock.as_fd(), &run, max))
+            .and_then(|()| send_frame_with_fds(sock.as_fd(), &run, &fds, max))
             .and_then(|()| send_frame(sock.as_fd(), &exit, max));
         match sent {
             Ok(()) => Ok(()),
@@ -271,8 +272,8 @@ impl<R: DeserializeOwned> Process<R> {
                 break;
             };
             match recv_frame(sock.as_fd(), &mut self.decoder, deadline)? {
-                Received::Frame(frame) => match Reply::decode(&frame) {
-                    Ok(reply) => self.reply = Some(reply),
+                Received::Frame(frame, fds) => match Reply::decode(&frame) {
+                    Ok(reply) => self.reply = Some((reply, fds)),
                     Err(e) => {
                         let _ = self.kill();
                         self.sock = None;
@@ -300,8 +301,8 @@ impl<R: DeserializeOwned> Process<R> {
         self.taken = true;
         let pid = self.pid;
         match self.reply.take() {
-            Some(Reply::Done { outcome, .. }) => match outcome {
-                Outcome::Value(bytes) => wire::decode(&bytes),
+            Some((Reply::Done { outcome, .. }, fds)) => match outcome {
+                Outcome::Value(bytes) => wire::fds::provide(fds, || wire::decode(&bytes)),
                 Outcome::Panicked { message, location } => Err(Error::Panicked {
                     pid,
                     message,
@@ -320,7 +321,7 @@ impl<R: DeserializeOwned> Process<R> {
                     detail: "the child found no task at the given address".into(),
                 }),
             },
-            Some(Reply::Refused { reason }) => Err(match reason {
+            Some((Reply::Refused { reason }, _)) => Err(match reason {
                 Refusal::Build { child } => Error::BuildMismatch {
                     pid,
                     parent: task::hex(task::build_id()),

@@ -80,21 +80,22 @@ pub(crate) fn send_with_fd(
     }
 }
 
-/// Receives one seqpacket message into `buf`, with at most one attached descriptor.
-/// Returns the message length (0 at end of stream) and the descriptor, if any.
-pub(crate) fn recv_with_fd(
+/// Receives into `buf` from a Unix socket, with the descriptors attached to those
+/// bytes (`SCM_RIGHTS`, made close-on-exec). Returns the byte count (0 at end of
+/// stream) and the descriptors. `EINTR` is retried; `EAGAIN` is returned.
+pub(crate) fn recv_fds(
     sock: BorrowedFd<'_>,
     buf: &mut [u8],
-) -> io::Result<(usize, Option<OwnedFd>)> {
-    let mut space = nix::cmsg_space!([RawFd; 4]);
+    nonblocking: bool,
+) -> io::Result<(usize, Vec<OwnedFd>)> {
+    let mut space = nix::cmsg_space!([RawFd; 253]);
+    let mut flags = MsgFlags::MSG_CMSG_CLOEXEC;
+    if nonblocking {
+        flags |= MsgFlags::MSG_DONTWAIT;
+    }
     loop {
         let mut iov = [IoSliceMut::new(buf)];
-        let msg = match recvmsg::<()>(
-            sock.as_raw_fd(),
-            &mut iov,
-            Some(&mut space),
-            MsgFlags::MSG_CMSG_CLOEXEC,
-        ) {
+        let msg = match recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut space), flags) {
             Ok(m) => m,
             Err(Errno::EINTR) => continue,
             Err(e) => return Err(e.into()),
@@ -109,15 +110,23 @@ pub(crate) fn recv_with_fd(
                 }
             }
         }
-        let n = msg.bytes;
-        // More than one descriptor is a protocol error; the extras close on drop.
-        let fd = if received.is_empty() {
-            None
-        } else {
-            Some(received.swap_remove(0))
-        };
-        return Ok((n, fd));
+        return Ok((msg.bytes, received));
     }
+}
+
+/// Receives one seqpacket message into `buf`, with at most one attached descriptor
+/// (extras are closed). Returns the message length (0 at end of stream).
+pub(crate) fn recv_with_fd(
+    sock: BorrowedFd<'_>,
+    buf: &mut [u8],
+) -> io::Result<(usize, Option<OwnedFd>)> {
+    let (n, mut fds) = recv_fds(sock, buf, false)?;
+    let fd = if fds.is_empty() {
+        None
+    } else {
+        Some(fds.swap_remove(0))
+    };
+    Ok((n, fd))
 }
 
 /// The pid and uid of the process at the other end of a Unix socket.

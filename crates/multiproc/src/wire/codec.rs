@@ -7,9 +7,10 @@ use crate::error::{Error, Result};
 
 /// Encodes `value`, naming its type if it cannot be encoded.
 pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
+    super::fds::take_error();
     postcard::to_stdvec(value).map_err(|e| Error::Encode {
         type_name: std::any::type_name::<T>().to_owned(),
-        reason: e.to_string(),
+        reason: super::fds::take_error().unwrap_or_else(|| e.to_string()),
     })
 }
 
@@ -20,7 +21,9 @@ pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
         type_name: std::any::type_name::<T>().to_owned(),
         reason,
     };
-    let (value, rest) = postcard::take_from_bytes::<T>(bytes).map_err(|e| fail(e.to_string()))?;
+    super::fds::take_error();
+    let (value, rest) = postcard::take_from_bytes::<T>(bytes)
+        .map_err(|e| fail(super::fds::take_error().unwrap_or_else(|| e.to_string())))?;
     if !rest.is_empty() {
         return Err(fail(format!("{} unexpected trailing bytes", rest.len())));
     }

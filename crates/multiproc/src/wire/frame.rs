@@ -4,12 +4,12 @@
 //! and `send_frame` move it over a socket with a deadline.
 
 use std::io::{self, IoSlice};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::time::Instant;
 
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use nix::sys::socket::{MsgFlags, recv, sendmsg};
+use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
 
 use crate::error::{Error, Result};
 
@@ -76,6 +76,8 @@ pub struct FrameDecoder {
     expected: usize,
     body: Vec<u8>,
     body_filled: usize,
+    /// Descriptors that arrived with the current frame.
+    fds: Vec<OwnedFd>,
 }
 
 impl FrameDecoder {
@@ -88,6 +90,7 @@ impl FrameDecoder {
             expected: 0,
             body: Vec::new(),
             body_filled: 0,
+            fds: Vec::new(),
         }
     }
 
@@ -149,8 +152,8 @@ impl FrameDecoder {
 /// What one attempt to read a frame produced.
 #[derive(Debug)]
 pub(crate) enum Received {
-    /// A whole frame.
-    Frame(Vec<u8>),
+    /// A whole frame, and the descriptors that came with it.
+    Frame(Vec<u8>, Vec<OwnedFd>),
     /// The peer closed the stream between frames.
     Closed,
     /// The deadline passed; the decoder keeps any partial frame for the next call.
@@ -193,14 +196,29 @@ pub(crate) fn recv_frame(
         if !wait_readable(fd, deadline).map_err(|e| Error::io("waiting for a frame", e))? {
             return Ok(Received::TimedOut);
         }
-        let spare = decoder.spare();
-        let n = match recv(fd.as_raw_fd(), spare, MsgFlags::MSG_DONTWAIT) {
-            Ok(n) => n,
-            Err(Errno::EAGAIN | Errno::EINTR) => continue,
+        let n = match crate::sys::fd::recv_fds(fd, decoder.spare(), true) {
+            Ok((n, fds)) => {
+                if decoder.fds.len() + fds.len() > super::fds::MAX_FDS_PER_FRAME {
+                    return Err(Error::Protocol {
+                        pid: 0,
+                        detail: "a frame carried more OS handles than any message may".into(),
+                    });
+                }
+                decoder.fds.extend(fds);
+                n
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) =>
+            {
+                continue;
+            }
             // A peer that died with unread data in its socket resets the connection:
             // that is an end of stream like any other, and the caller asks the kernel
             // how the peer ended.
-            Err(Errno::ECONNRESET) => 0,
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => 0,
             Err(e) => return Err(Error::io("reading a frame", e)),
         };
         if n == 0 {
@@ -213,13 +231,24 @@ pub(crate) fn recv_frame(
             return Ok(Received::Closed);
         }
         if let Some(frame) = decoder.advance(n)? {
-            return Ok(Received::Frame(frame));
+            return Ok(Received::Frame(frame, std::mem::take(&mut decoder.fds)));
         }
     }
 }
 
 /// Writes `payload` as one frame, blocking until it is all written.
 pub(crate) fn send_frame(fd: impl AsFd, payload: &[u8], max: usize) -> Result<()> {
+    send_frame_with_fds(fd, payload, &[], max)
+}
+
+/// Writes `payload` as one frame with `fds` attached to its first byte.
+pub(crate) fn send_frame_with_fds(
+    fd: impl AsFd,
+    payload: &[u8],
+    fds: &[OwnedFd],
+    max: usize,
+) -> Result<()> {
+    let raw_fds: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
     if payload.len() > max {
         return Err(Error::FrameTooLarge {
             len: payload.len() as u64,
@@ -242,7 +271,13 @@ pub(crate) fn send_frame(fd: impl AsFd, payload: &[u8], max: usize) -> Result<()
             ];
             &iov_storage[..1]
         };
-        match sendmsg::<()>(fd, iov, &[], MsgFlags::MSG_NOSIGNAL, None) {
+        let rights = [ControlMessage::ScmRights(&raw_fds)];
+        let cmsgs: &[ControlMessage<'_>] = if written == 0 && !raw_fds.is_empty() {
+            &rights
+        } else {
+            &[]
+        };
+        match sendmsg::<()>(fd, iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None) {
             Ok(n) => written += n,
             Err(Errno::EINTR) => {}
             Err(e) => return Err(Error::io("sending a frame", e)),

@@ -13,12 +13,13 @@
 //! [`FrameDecoder`] and the message decoder.
 
 mod codec;
+pub(crate) mod fds;
 mod frame;
 pub(crate) mod message;
 
 pub(crate) use codec::{decode, encode};
 pub use frame::{FrameDecoder, FrameError, HEADER_LEN};
-pub(crate) use frame::{Received, recv_frame, send_frame, wait_readable};
+pub(crate) use frame::{Received, recv_frame, send_frame, send_frame_with_fds, wait_readable};
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
