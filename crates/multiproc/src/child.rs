@@ -12,7 +12,8 @@ use serde_bytes::ByteBuf;
 
 use crate::start::ENV_CHILD;
 use crate::sys;
-use crate::wire::message::{Outcome, PROTOCOL_VERSION, Refusal, Reply, Request};
+use crate::task::TaskRef;
+use crate::wire::message::{Outcome, PROTOCOL_VERSION, Payload, Refusal, Reply, Request};
 use crate::wire::{FrameDecoder, Received, fds, recv_frame, send_frame, send_frame_with_fds};
 
 /// Exit code of a child whose parent was gone before it could start.
@@ -93,8 +94,11 @@ pub(crate) fn enter_if_child() {
 }
 
 thread_local! {
-    /// The socket and job of the task running on this thread, for the panic hook.
-    static CURRENT: RefCell<Option<(Rc<OwnedFd>, u64)>> = const { RefCell::new(None) };
+    /// The socket, job and call index of the task running on this thread, for the
+    /// panic hook.
+    static CURRENT: RefCell<Option<(Rc<OwnedFd>, u64, u32)>> = const { RefCell::new(None) };
+    /// The message and location of the last panic on this thread.
+    static LAST_PANIC: RefCell<Option<(String, Option<String>)>> = const { RefCell::new(None) };
 }
 
 fn panic_message(payload: &dyn std::any::Any) -> String {
@@ -107,57 +111,94 @@ fn panic_message(payload: &dyn std::any::Any) -> String {
     }
 }
 
-/// Reports a panic of the running task from inside the panic hook, so that the parent
-/// gets the message even when the panic aborts the process (`panic = "abort"`).
+/// Records each panic of a task for the worker loop. Under `panic = "abort"` the
+/// process dies inside the hook, so the hook itself reports to the parent first.
 fn install_panic_hook() {
     std::panic::set_hook(Box::new(|info| {
         let message = panic_message(info.payload());
         let location = info.location().map(|l| l.to_string());
-        CURRENT.with(|c| {
-            if let Some((sock, job)) = c.borrow_mut().take() {
-                let reply = Reply::Done {
-                    job,
-                    outcome: Outcome::Panicked { message, location },
-                };
-                if let Ok(bytes) = crate::wire::encode(&reply) {
-                    let _ = send_frame(sock.as_fd(), &bytes, crate::wire::max_frame_size());
+        if cfg!(panic = "abort") {
+            CURRENT.with(|c| {
+                if let Some((sock, job, index)) = c.borrow().as_ref() {
+                    let reply = Reply::Aborting {
+                        job: *job,
+                        index: *index,
+                        message: message.clone(),
+                        location: location.clone(),
+                    };
+                    if let Ok(bytes) = crate::wire::encode(&reply) {
+                        let _ = send_frame(sock.as_fd(), &bytes, crate::wire::max_frame_size());
+                    }
                 }
-            }
-        });
+            });
+        }
+        LAST_PANIC.with(|p| *p.borrow_mut() = Some((message, location)));
     }));
 }
 
+/// Runs one call of a task, catching a panic.
+fn run_call(entry: TaskRef, call: &Payload, fds: Vec<OwnedFd>) -> (Outcome, Vec<OwnedFd>) {
+    let (result, out) = fds::capture(|| {
+        fds::provide(fds, || {
+            catch_unwind(AssertUnwindSafe(|| sys::image::run(entry, &call.bytes)))
+        })
+    });
+    match result {
+        Ok(Outcome::Value(mut v)) => {
+            v.fds = out.len() as u32;
+            (Outcome::Value(v), out)
+        }
+        Ok(other) => (other, Vec::new()),
+        Err(payload) => {
+            let (message, location) = LAST_PANIC
+                .with(|p| p.borrow_mut().take())
+                .unwrap_or_else(|| (panic_message(&*payload), None));
+            (Outcome::Panicked { message, location }, Vec::new())
+        }
+    }
+}
+
+/// Sends a reply; a `Done` too large for a frame is replaced by one that says so.
 fn send_reply(sock: &OwnedFd, reply: &Reply, fds: &[OwnedFd]) -> bool {
-    match crate::wire::encode(reply) {
-        Ok(bytes) => {
-            match send_frame_with_fds(sock.as_fd(), &bytes, fds, crate::wire::max_frame_size()) {
-                Ok(()) => true,
-                Err(crate::Error::FrameTooLarge { len, max }) => {
-                    let Reply::Done { job, .. } = reply else {
-                        return false;
-                    };
-                    let fallback = Reply::Done {
-                        job: *job,
-                        outcome: Outcome::BadResult {
-                            type_name: "task result".into(),
-                            reason: format!(
-                                "the encoded result is {len} bytes, over the maximum frame size of {max} bytes"
-                            ),
-                        },
-                    };
-                    crate::wire::encode(&fallback)
-                        .ok()
-                        .is_some_and(|b| send_frame(sock.as_fd(), &b, max as usize).is_ok())
-                }
-                Err(_) => false,
-            }
+    let max = crate::wire::max_frame_size();
+    let Ok(bytes) = crate::wire::encode(reply) else {
+        return false;
+    };
+    match send_frame_with_fds(sock.as_fd(), &bytes, fds, max) {
+        Ok(()) => true,
+        Err(crate::Error::FrameTooLarge { len, max }) => {
+            let Reply::Done {
+                job,
+                outcomes,
+                nanos,
+            } = reply
+            else {
+                return false;
+            };
+            let reason = format!(
+                "the encoded results are {len} bytes, over the maximum frame size of {max} bytes"
+            );
+            let fallback = Reply::Done {
+                job: *job,
+                nanos: *nanos,
+                outcomes: outcomes
+                    .iter()
+                    .map(|_| Outcome::BadResult {
+                        type_name: "task result".into(),
+                        reason: reason.clone(),
+                    })
+                    .collect(),
+            };
+            crate::wire::encode(&fallback)
+                .ok()
+                .is_some_and(|b| send_frame(sock.as_fd(), &b, max as usize).is_ok())
         }
         Err(_) => false,
     }
 }
 
-/// The worker loop: answer the parent's hello, run each task, exit on `Exit` or end of
-/// stream. Never returns.
+/// The worker loop: answer the parent's hello, run each chunk, exit on `Exit` or end
+/// of stream. Never returns.
 pub(crate) fn serve(sock: OwnedFd, origin: Origin) -> ! {
     sys::proc::worker_signals();
     PARENT_PID.store(nix::unistd::getppid().as_raw() as u32, Ordering::Relaxed);
@@ -166,7 +207,7 @@ pub(crate) fn serve(sock: OwnedFd, origin: Origin) -> ! {
     let mut decoder = FrameDecoder::new(crate::wire::max_frame_size());
     let mut greeted = false;
     let code = loop {
-        let (frame, fds) = match recv_frame(sock.as_fd(), &mut decoder, None) {
+        let (frame, mut fds) = match recv_frame(sock.as_fd(), &mut decoder, None) {
             Ok(Received::Frame(f, fds)) => (f, fds),
             Ok(Received::Closed) | Ok(Received::TimedOut) => break 0,
             Err(_) => break EXIT_PROTOCOL,
@@ -205,27 +246,35 @@ pub(crate) fn serve(sock: OwnedFd, origin: Origin) -> ! {
                 decoder = FrameDecoder::new(max);
                 greeted = true;
             }
-            Request::Run { job, entry, args } => {
+            Request::Run { job, entry, calls } => {
                 if !greeted {
                     break EXIT_PROTOCOL;
                 }
-                CURRENT.with(|c| *c.borrow_mut() = Some((sock.clone(), job)));
-                let (result, out_fds) = fds::capture(|| {
-                    fds::provide(fds, || {
-                        catch_unwind(AssertUnwindSafe(|| sys::image::run(entry, &args)))
-                    })
-                });
-                let unreported = CURRENT.with(|c| c.borrow_mut().take()).is_some();
-                let outcome = match result {
-                    Ok(outcome) => outcome,
-                    // The hook already sent the panic; nothing more to say for this job.
-                    Err(_) if !unreported => continue,
-                    Err(payload) => Outcome::Panicked {
-                        message: panic_message(&*payload),
-                        location: None,
+                let wanted: usize = calls.iter().map(|c| c.fds as usize).sum();
+                if wanted != fds.len() {
+                    break EXIT_PROTOCOL;
+                }
+                let started = std::time::Instant::now();
+                let mut outcomes = Vec::with_capacity(calls.len());
+                let mut out_fds = Vec::new();
+                for (index, call) in calls.iter().enumerate() {
+                    let mine: Vec<OwnedFd> = fds.drain(..call.fds as usize).collect();
+                    CURRENT.with(|c| *c.borrow_mut() = Some((sock.clone(), job, index as u32)));
+                    let (outcome, out) = run_call(entry, call, mine);
+                    CURRENT.with(|c| *c.borrow_mut() = None);
+                    outcomes.push(outcome);
+                    out_fds.extend(out);
+                }
+                let nanos = started.elapsed().as_nanos().min(u64::MAX as u128) as u64;
+                if !send_reply(
+                    &sock,
+                    &Reply::Done {
+                        job,
+                        outcomes,
+                        nanos,
                     },
-                };
-                if !send_reply(&sock, &Reply::Done { job, outcome }, &out_fds) {
+                    &out_fds,
+                ) {
                     break 0;
                 }
             }

@@ -13,7 +13,7 @@ use crate::error::{Error, ExitStatus, Result};
 use crate::start::{self, StartMethod};
 use crate::sys;
 use crate::task::{self, TaskRef};
-use crate::wire::message::{Outcome, PROTOCOL_VERSION, Refusal, Reply, Request};
+use crate::wire::message::{PROTOCOL_VERSION, Payload, Reply, Request};
 use crate::wire::{self, FrameDecoder, Received, recv_frame, send_frame, send_frame_with_fds};
 
 /// A task running in a child process.
@@ -180,7 +180,10 @@ impl<R: DeserializeOwned> Process<R> {
         let run = wire::encode(&Request::Run {
             job: 0,
             entry,
-            args: ByteBuf::from(args),
+            calls: vec![Payload {
+                bytes: ByteBuf::from(args),
+                fds: fds.len() as u32,
+            }],
         })?;
         let exit = wire::encode(&Request::Exit)?;
         let sock = self.sock.as_ref().expect("a new process has its socket");
@@ -301,54 +304,25 @@ impl<R: DeserializeOwned> Process<R> {
         self.taken = true;
         let pid = self.pid;
         match self.reply.take() {
-            Some((Reply::Done { outcome, .. }, fds)) => match outcome {
-                Outcome::Value(bytes) => wire::fds::provide(fds, || wire::decode(&bytes)),
-                Outcome::Panicked { message, location } => Err(Error::Panicked {
-                    pid,
-                    message,
-                    location,
-                }),
-                Outcome::BadArgs { type_name, reason } => Err(Error::Decode {
-                    type_name,
-                    reason: format!("in the child, decoding the task's argument: {reason}"),
-                }),
-                Outcome::BadResult { type_name, reason } => Err(Error::Encode {
-                    type_name,
-                    reason: format!("in the child, encoding the task's result: {reason}"),
-                }),
-                Outcome::BadEntry => Err(Error::Protocol {
-                    pid,
-                    detail: "the child found no task at the given address".into(),
-                }),
-            },
-            Some((Reply::Refused { reason }, _)) => Err(match reason {
-                Refusal::Build { child } => Error::BuildMismatch {
-                    pid,
-                    parent: task::hex(task::build_id()),
-                    child: task::hex(&child),
+            Some((Reply::Done { mut outcomes, .. }, fds)) if outcomes.len() == 1 => {
+                task::into_result(outcomes.remove(0), fds, pid)
+            }
+            Some((
+                Reply::Aborting {
+                    message, location, ..
                 },
-                Refusal::Version { child } => Error::Protocol {
-                    pid,
-                    detail: format!(
-                        "the child speaks protocol version {child}, we speak {PROTOCOL_VERSION}"
-                    ),
-                },
+                _,
+            )) => Err(Error::Panicked {
+                pid,
+                message,
+                location,
             }),
-            None => Err(match self.status {
-                Some(ExitStatus::Signaled {
-                    signal,
-                    core_dumped,
-                }) => Error::Killed {
-                    pid,
-                    signal,
-                    core_dumped,
-                },
-                Some(ExitStatus::Code(code)) => Error::Exited { pid, code },
-                None => Error::Protocol {
-                    pid,
-                    detail: "the child closed its socket but its exit status is unavailable".into(),
-                },
+            Some((Reply::Refused { reason }, _)) => Err(task::refusal_error(reason, pid)),
+            Some((Reply::Done { outcomes, .. }, _)) => Err(Error::Protocol {
+                pid,
+                detail: format!("{} results for one task", outcomes.len()),
             }),
+            None => Err(task::death_error(self.status, pid)),
         }
     }
 }

@@ -27,7 +27,9 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
 use crate::error::Error;
-use crate::wire::message::Outcome;
+use crate::error::ExitStatus;
+use crate::wire::message::{Outcome, Payload, Refusal};
+use std::os::fd::OwnedFd;
 
 /// Where a task lives in this executable: image offsets of its typed trampoline and of
 /// the user's function.
@@ -58,10 +60,78 @@ pub(crate) fn invoke<A: DeserializeOwned, R: Serialize>(f: fn(A) -> R, args: &[u
     };
     let r = f(a);
     match crate::wire::encode(&r) {
-        Ok(bytes) => Outcome::Value(ByteBuf::from(bytes)),
+        Ok(bytes) => Outcome::Value(Payload {
+            bytes: ByteBuf::from(bytes),
+            fds: 0,
+        }),
         Err(e) => Outcome::BadResult {
             type_name: std::any::type_name::<R>().into(),
             reason: e.to_string(),
+        },
+    }
+}
+
+/// What a call's outcome means for the caller: the value, or the error that says why not.
+pub(crate) fn into_result<R: DeserializeOwned>(
+    outcome: Outcome,
+    fds: Vec<OwnedFd>,
+    pid: u32,
+) -> Result<R, Error> {
+    match outcome {
+        Outcome::Value(v) => crate::wire::fds::provide(fds, || crate::wire::decode(&v.bytes)),
+        Outcome::Panicked { message, location } => Err(Error::Panicked {
+            pid,
+            message,
+            location,
+        }),
+        Outcome::BadArgs { type_name, reason } => Err(Error::Decode {
+            type_name,
+            reason: format!("in the child, decoding the task's argument: {reason}"),
+        }),
+        Outcome::BadResult { type_name, reason } => Err(Error::Encode {
+            type_name,
+            reason: format!("in the child, encoding the task's result: {reason}"),
+        }),
+        Outcome::BadEntry => Err(Error::Protocol {
+            pid,
+            detail: "the child found no task at the given address".into(),
+        }),
+    }
+}
+
+/// The error for a child that ended (as `status` says) without answering.
+pub(crate) fn death_error(status: Option<ExitStatus>, pid: u32) -> Error {
+    match status {
+        Some(ExitStatus::Signaled {
+            signal,
+            core_dumped,
+        }) => Error::Killed {
+            pid,
+            signal,
+            core_dumped,
+        },
+        Some(ExitStatus::Code(code)) => Error::Exited { pid, code },
+        None => Error::Protocol {
+            pid,
+            detail: "the child closed its socket but its exit status is unavailable".into(),
+        },
+    }
+}
+
+/// The error for a child that refused to serve.
+pub(crate) fn refusal_error(reason: Refusal, pid: u32) -> Error {
+    match reason {
+        Refusal::Build { child } => Error::BuildMismatch {
+            pid,
+            parent: hex(build_id()),
+            child: hex(&child),
+        },
+        Refusal::Version { child } => Error::Protocol {
+            pid,
+            detail: format!(
+                "the child speaks protocol version {child}, we speak {}",
+                crate::wire::message::PROTOCOL_VERSION
+            ),
         },
     }
 }
@@ -172,7 +242,7 @@ mod tests {
         }
         let args = crate::wire::encode(&21u32).unwrap();
         match invoke(double, &args) {
-            Outcome::Value(v) => assert_eq!(crate::wire::decode::<u64>(&v).unwrap(), 42),
+            Outcome::Value(v) => assert_eq!(crate::wire::decode::<u64>(&v.bytes).unwrap(), 42),
             other => panic!("{other:?}"),
         }
         match invoke(double, &[]) {

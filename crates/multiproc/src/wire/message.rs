@@ -1,8 +1,13 @@
 //! The messages parent and child exchange, one per frame.
 //!
 //! Parent → child: `Hello` once (protocol version, build id, process name), then any
-//! number of `Run`, then `Exit` (or end of stream). Child → parent: one `Done` per
-//! `Run`, or one `Refused` instead of everything if the hello does not match.
+//! number of `Run` (a chunk of one or more calls of one task), then `Exit` (or end of
+//! stream). Child → parent: one `Done` per `Run`, or one `Refused` instead of
+//! everything if the hello does not match. Under `panic = "abort"` a panicking task
+//! sends `Aborting` from the panic hook, just before the process dies.
+//!
+//! Descriptors ride along with a frame (SCM_RIGHTS); each argument and each value
+//! says how many of them are its own, in order.
 
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
@@ -25,7 +30,7 @@ pub(crate) enum Request {
     Run {
         job: u64,
         entry: TaskRef,
-        args: ByteBuf,
+        calls: Vec<Payload>,
     },
     Exit,
 }
@@ -33,8 +38,28 @@ pub(crate) enum Request {
 /// Child → parent.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum Reply {
-    Refused { reason: Refusal },
-    Done { job: u64, outcome: Outcome },
+    Refused {
+        reason: Refusal,
+    },
+    Done {
+        job: u64,
+        outcomes: Vec<Outcome>,
+        /// Time the chunk took in the child, for adaptive chunk sizes.
+        nanos: u64,
+    },
+    Aborting {
+        job: u64,
+        index: u32,
+        message: String,
+        location: Option<String>,
+    },
+}
+
+/// An encoded value and how many of the frame's descriptors belong to it.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Payload {
+    pub(crate) bytes: ByteBuf,
+    pub(crate) fds: u32,
 }
 
 /// Why a child refused to serve.
@@ -47,7 +72,7 @@ pub(crate) enum Refusal {
 /// How one task ended in the child.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum Outcome {
-    Value(ByteBuf),
+    Value(Payload),
     Panicked {
         message: String,
         location: Option<String>,
