@@ -234,6 +234,26 @@ pub enum Error {
         pid: u32,
     },
 
+    /// The pool was closed; it takes no new work.
+    #[error("the pool is closed and takes no new work")]
+    PoolClosed,
+
+    /// `join` was called on a pool that is still open.
+    #[error("join() on a pool that is still open: call close() or terminate() first")]
+    PoolNotClosed,
+
+    /// The pool was terminated before this task finished.
+    #[error("the pool was terminated before this task finished")]
+    PoolTerminated,
+
+    /// The pool's initializer failed in every worker that tried it, so no worker can
+    /// run tasks.
+    #[error("the pool's initializer failed: {message}")]
+    Initializer {
+        /// What the initializer's failure said.
+        message: String,
+    },
+
     /// An operating-system call failed.
     #[error("I/O error while {context}: {source}")]
     Io {

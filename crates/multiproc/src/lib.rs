@@ -65,16 +65,32 @@
 
 mod child;
 mod error;
+pub mod pool;
 mod process;
 mod start;
 mod sys;
 mod task;
+mod thread;
 pub mod wire;
 
 pub use error::{Error, ExitStatus, Result, Signal};
+pub use pool::{AsyncResult, ChunkSize, Pool, PoolBuilder, Progress, TaskPool};
 pub use process::{Builder, Process};
 pub use start::{StartMethod, get_start_method, set_start_method};
+pub use thread::{ThreadPool, ThreadPoolBuilder};
 pub use wire::{DEFAULT_MAX_FRAME_SIZE, max_frame_size, set_max_frame_size};
+
+/// Everything a program using pools needs in scope, the [`TaskPool`] trait included.
+///
+/// ```
+/// use multiproc::prelude::*;
+/// ```
+pub mod prelude {
+    pub use crate::{
+        AsyncResult, ChunkSize, Error, Pool, Process, Progress, Result, StartMethod, TaskPool,
+        ThreadPool,
+    };
+}
 
 /// Bootstraps multiproc; call it first in `main`.
 ///

@@ -1,0 +1,223 @@
+//! [`TaskPool`]: the one interface every pool offers (processes, threads, MPI ranks),
+//! written once over a small backend trait each pool implements.
+
+use std::sync::mpsc;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::ChunkSize;
+use super::handle::{AsyncResult, Imap};
+use super::progress::Progress;
+use crate::error::{Error, Result};
+
+/// Bounds a task's argument must meet to run on every kind of pool.
+pub trait Arg: Serialize + DeserializeOwned + Send + 'static {}
+impl<T: Serialize + DeserializeOwned + Send + 'static> Arg for T {}
+
+/// Bounds a task's result must meet to run on every kind of pool.
+pub trait Ret: Serialize + DeserializeOwned + Send + 'static {}
+impl<T: Serialize + DeserializeOwned + Send + 'static> Ret for T {}
+
+pub(crate) mod sealed {
+    use super::*;
+
+    /// Results of one job, as `(input index, result)`, in completion order. The channel
+    /// ends when the job's last result was sent (or the pool stopped).
+    pub type Results<R> = mpsc::Receiver<(usize, Result<R>)>;
+
+    /// What a pool must do for [`TaskPool`](super::TaskPool)'s methods to work.
+    pub trait Backend {
+        /// Opens a job running `f`; its results arrive on the returned channel.
+        fn open<A: Arg, R: Ret>(
+            &self,
+            f: fn(A) -> R,
+            chunk: ChunkSize,
+        ) -> Result<(u64, Results<R>)>;
+        /// Adds calls `first, first+1, ...` to a job.
+        fn submit<A: Arg, R: Ret>(
+            &self,
+            job: u64,
+            f: fn(A) -> R,
+            first: usize,
+            items: Vec<A>,
+        ) -> Result<()>;
+        /// No more calls for `job`.
+        fn seal(&self, job: u64);
+        /// Nobody wants `job`'s results any more.
+        fn cancel(&self, job: u64);
+        /// Workers, for window sizes.
+        fn parallelism(&self) -> usize;
+        /// The progress reporting configured for this pool.
+        fn progress(&self) -> &Progress;
+        /// Chunking configured for this pool.
+        fn chunk_size(&self) -> ChunkSize;
+    }
+}
+
+use sealed::Backend;
+
+/// The pool interface shared by [`Pool`](crate::Pool) (processes),
+/// [`ThreadPool`](crate::ThreadPool) (threads) and, with feature `mpi`, the MPI pool.
+///
+/// Every method takes a plain `fn(A) -> R` task. Results come back by value, typed, in
+/// input order unless the method says otherwise; a failed call comes back as the
+/// [`Error`] that says why (panic, signal, timeout...).
+///
+/// ```
+/// use multiproc::prelude::*;
+///
+/// fn square(x: u64) -> u64 { x * x }
+///
+/// # fn main() -> multiproc::Result<()> {
+/// let pool = Pool::new(2)?;
+/// assert_eq!(pool.map(square, 1..=4)?, vec![1, 4, 9, 16]);
+/// let threads = ThreadPool::new(2)?;
+/// assert_eq!(threads.map(square, 1..=4)?, vec![1, 4, 9, 16]);
+/// # Ok(()) }
+/// ```
+pub trait TaskPool: Backend {
+    /// Takes no new work; what was submitted still runs. Idempotent.
+    fn close(&self);
+
+    /// Stops at once: workers are killed, unfinished calls answer
+    /// [`Error::PoolTerminated`].
+    fn terminate(&self);
+
+    /// Waits until a closed (or terminated) pool has finished its work and its workers
+    /// have exited. Errors if the pool was not closed first, as in Python.
+    fn join(&self) -> Result<()>;
+
+    /// Runs `f` on every item; returns the results in input order, or the first error
+    /// to arrive (remaining work of the call is cancelled).
+    fn map<A: Arg, R: Ret>(
+        &self,
+        f: fn(A) -> R,
+        items: impl IntoIterator<Item = A>,
+    ) -> Result<Vec<R>> {
+        let items: Vec<A> = items.into_iter().collect();
+        let n = items.len();
+        let (job, rx) = self.open(f, self.chunk_size())?;
+        let cancel = CancelOnDrop {
+            pool: self,
+            job,
+            armed: true,
+        };
+        self.submit(job, f, 0, items)?;
+        self.seal(job);
+        let mut out: Vec<Option<R>> = (0..n).map(|_| None).collect();
+        let mut bar = self.progress().start(Some(n as u64));
+        for received in 0..n {
+            let Ok((i, r)) = rx.recv() else {
+                return Err(Error::PoolTerminated);
+            };
+            bar.set(received as u64 + 1);
+            match r {
+                Ok(v) => out[i] = Some(v),
+                Err(e) => return Err(e),
+            }
+        }
+        bar.finish();
+        let mut cancel = cancel;
+        cancel.armed = false;
+        out.into_iter()
+            .map(|v| v.ok_or(Error::PoolTerminated))
+            .collect()
+    }
+
+    /// Like [`map`](TaskPool::map), but keeps every call's own result: one failed call
+    /// does not hide the others.
+    fn map_results<A: Arg, R: Ret>(
+        &self,
+        f: fn(A) -> R,
+        items: impl IntoIterator<Item = A>,
+    ) -> Result<Vec<Result<R>>> {
+        let items: Vec<A> = items.into_iter().collect();
+        let n = items.len();
+        let (job, rx) = self.open(f, self.chunk_size())?;
+        self.submit(job, f, 0, items)?;
+        self.seal(job);
+        let mut out: Vec<Option<Result<R>>> = (0..n).map(|_| None).collect();
+        let mut bar = self.progress().start(Some(n as u64));
+        let mut received = 0u64;
+        for (i, r) in rx.iter() {
+            out[i] = Some(r);
+            received += 1;
+            bar.set(received);
+        }
+        bar.finish();
+        Ok(out
+            .into_iter()
+            .map(|r| r.unwrap_or(Err(Error::PoolTerminated)))
+            .collect())
+    }
+
+    /// A lazy, ordered iterator of results. Reads `items` only as results are consumed
+    /// (a bounded window ahead), so it works on an endless input with bounded memory.
+    /// Dropping the iterator cancels what it had not yet received.
+    fn imap<'p, A: Arg, R: Ret, I: IntoIterator<Item = A>>(
+        &'p self,
+        f: fn(A) -> R,
+        items: I,
+    ) -> Imap<'p, Self, A, R, I::IntoIter>
+    where
+        Self: Sized,
+    {
+        Imap::new(self, f, items.into_iter(), true)
+    }
+
+    /// Like [`imap`](TaskPool::imap), but yields `(index, result)` as soon as each
+    /// result arrives, in completion order.
+    fn imap_unordered<'p, A: Arg, R: Ret, I: IntoIterator<Item = A>>(
+        &'p self,
+        f: fn(A) -> R,
+        items: I,
+    ) -> Imap<'p, Self, A, R, I::IntoIter>
+    where
+        Self: Sized,
+    {
+        Imap::new(self, f, items.into_iter(), false)
+    }
+
+    /// Runs one call and waits for it.
+    fn apply<A: Arg, R: Ret>(&self, f: fn(A) -> R, arg: A) -> Result<R> {
+        self.apply_async(f, arg)?.get()
+    }
+
+    /// Starts one call; the handle gives its result later.
+    fn apply_async<A: Arg, R: Ret>(&self, f: fn(A) -> R, arg: A) -> Result<AsyncResult<R>> {
+        let (job, rx) = self.open(f, ChunkSize::Fixed(1))?;
+        self.submit(job, f, 0, vec![arg])?;
+        self.seal(job);
+        Ok(AsyncResult::single(rx))
+    }
+
+    /// Starts a map; the handle gives the ordered results later.
+    fn map_async<A: Arg, R: Ret>(
+        &self,
+        f: fn(A) -> R,
+        items: impl IntoIterator<Item = A>,
+    ) -> Result<AsyncResult<Vec<R>>> {
+        let items: Vec<A> = items.into_iter().collect();
+        let n = items.len();
+        let (job, rx) = self.open(f, self.chunk_size())?;
+        self.submit(job, f, 0, items)?;
+        self.seal(job);
+        Ok(AsyncResult::many(rx, n))
+    }
+}
+
+/// Cancels a job if the call that owns it returns early (an error, or a panic).
+struct CancelOnDrop<'p, P: Backend + ?Sized> {
+    pool: &'p P,
+    job: u64,
+    armed: bool,
+}
+
+impl<P: Backend + ?Sized> Drop for CancelOnDrop<'_, P> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.pool.cancel(self.job);
+        }
+    }
+}
