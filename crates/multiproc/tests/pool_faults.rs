@@ -27,7 +27,9 @@ fn gone(p: u32) -> bool {
     }
 }
 
-fn run_with_kills(retries: u32) -> (Vec<Result<(u64, u32), Error>>, usize) {
+type Answers = Vec<Result<(u64, u32), Error>>;
+
+fn run_with_kills(retries: u32) -> (Answers, usize) {
     let pool = Pool::builder()
         .processes(2)
         .retries(retries)
