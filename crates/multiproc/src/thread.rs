@@ -187,7 +187,7 @@ impl Backend for ThreadPool {
             return Err(Error::PoolClosed);
         }
         let id = self.next_job.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::channel::<(usize, Result<R>)>();
+        let (tx, rx) = mpsc::channel::<Vec<(usize, Result<R>)>>();
         st.jobs
             .insert(id, (Box::new(tx), Arc::new(AtomicBool::new(false))));
         Ok((id, rx))
@@ -207,7 +207,7 @@ impl Backend for ThreadPool {
         let Some((tx, cancelled)) = st.jobs.get(&job) else {
             return Err(Error::PoolClosed);
         };
-        let Some(tx) = tx.downcast_ref::<mpsc::Sender<(usize, Result<R>)>>() else {
+        let Some(tx) = tx.downcast_ref::<mpsc::Sender<Vec<(usize, Result<R>)>>>() else {
             return Err(Error::PoolClosed);
         };
         let chunk = match self.chunk {
@@ -221,15 +221,19 @@ impl Backend for ThreadPool {
             let tx = tx.clone();
             let cancelled = cancelled.clone();
             works.push(Box::new(move || {
-                for (k, a) in batch {
-                    if cancelled.load(Ordering::Relaxed) {
-                        return;
-                    }
-                    let r = catch_unwind(AssertUnwindSafe(|| f(a))).map_err(panicked);
-                    if tx.send((first + k, r)).is_err() {
-                        return;
-                    }
+                if cancelled.load(Ordering::Relaxed) {
+                    return;
                 }
+                let answers = batch
+                    .into_iter()
+                    .map(|(k, a)| {
+                        (
+                            first + k,
+                            catch_unwind(AssertUnwindSafe(|| f(a))).map_err(panicked),
+                        )
+                    })
+                    .collect();
+                let _ = tx.send(answers);
             }));
         }
         st.queue.extend(works);

@@ -22,9 +22,9 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> Ret for T {}
 pub(crate) mod sealed {
     use super::*;
 
-    /// Results of one job, as `(input index, result)`, in completion order. The channel
-    /// ends when the job's last result was sent (or the pool stopped).
-    pub type Results<R> = mpsc::Receiver<(usize, Result<R>)>;
+    /// Results of one job, as batches of `(input index, result)`, in completion order.
+    /// The channel ends when the job's last result was sent (or the pool stopped).
+    pub type Results<R> = mpsc::Receiver<Vec<(usize, Result<R>)>>;
 
     /// What a pool must do for [`TaskPool`](super::TaskPool)'s methods to work.
     pub trait Backend {
@@ -107,14 +107,18 @@ pub trait TaskPool: Backend {
         self.seal(job);
         let mut out: Vec<Option<R>> = (0..n).map(|_| None).collect();
         let mut bar = self.progress().start(Some(n as u64));
-        for received in 0..n {
-            let Ok((i, r)) = rx.recv() else {
+        let mut received = 0;
+        while received < n {
+            let Ok(batch) = rx.recv() else {
                 return Err(Error::PoolTerminated);
             };
-            bar.set(received as u64 + 1);
-            match r {
-                Ok(v) => out[i] = Some(v),
-                Err(e) => return Err(e),
+            received += batch.len();
+            bar.set(received as u64);
+            for (i, r) in batch {
+                match r {
+                    Ok(v) => out[i] = Some(v),
+                    Err(e) => return Err(e),
+                }
             }
         }
         bar.finish();
@@ -140,9 +144,11 @@ pub trait TaskPool: Backend {
         let mut out: Vec<Option<Result<R>>> = (0..n).map(|_| None).collect();
         let mut bar = self.progress().start(Some(n as u64));
         let mut received = 0u64;
-        for (i, r) in rx.iter() {
-            out[i] = Some(r);
-            received += 1;
+        for batch in rx.iter() {
+            received += batch.len() as u64;
+            for (i, r) in batch {
+                out[i] = Some(r);
+            }
             bar.set(received);
         }
         bar.finish();

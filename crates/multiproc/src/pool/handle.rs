@@ -44,8 +44,7 @@ struct Collect {
 }
 
 enum Step {
-    Got(usize, Box<dyn std::any::Any + Send>),
-    Failed(Error),
+    Got(Vec<(usize, Result<Box<dyn std::any::Any + Send>>)>),
     Empty,
     Ended,
 }
@@ -62,8 +61,12 @@ impl Collect {
                 Some(d) => rx.recv_timeout(d.saturating_duration_since(Instant::now())),
             };
             match r {
-                Ok((i, Ok(v))) => Step::Got(i, Box::new(v)),
-                Ok((_, Err(e))) => Step::Failed(e),
+                Ok(batch) => Step::Got(
+                    batch
+                        .into_iter()
+                        .map(|(i, r)| (i, r.map(|v| Box::new(v) as Box<dyn std::any::Any + Send>)))
+                        .collect(),
+                ),
                 Err(RecvTimeoutError::Timeout) => Step::Empty,
                 Err(RecvTimeoutError::Disconnected) => Step::Ended,
             }
@@ -86,13 +89,21 @@ impl Collect {
     fn pump(&mut self, deadline: Option<Instant>) -> bool {
         while !self.done() {
             match (self.rx)(deadline) {
-                Step::Got(i, v) => {
-                    if let Some(slot) = self.slots.get_mut(i) {
-                        *slot = Some(v);
-                        self.received += 1;
+                Step::Got(batch) => {
+                    for (i, r) in batch {
+                        match r {
+                            Ok(v) => {
+                                if let Some(slot) = self.slots.get_mut(i) {
+                                    *slot = Some(v);
+                                    self.received += 1;
+                                }
+                            }
+                            Err(e) => {
+                                self.failure.get_or_insert(e);
+                            }
+                        }
                     }
                 }
-                Step::Failed(e) => self.failure = Some(e),
                 Step::Ended => self.ended = true,
                 Step::Empty => return false,
             }
@@ -281,9 +292,7 @@ impl<'p, P: Backend + ?Sized, A: Arg, R: Ret, I: Iterator<Item = A>> Imap<'p, P,
             }
             let (_, rx) = self.job.as_ref()?;
             match rx.recv() {
-                Ok((i, r)) => {
-                    self.buffer.insert(i, r);
-                }
+                Ok(batch) => self.buffer.extend(batch),
                 Err(_) => {
                     // The pool stopped with calls unanswered.
                     self.input = None;

@@ -29,8 +29,10 @@ use crate::wire::message::{Outcome, Reply};
 /// One call's raw answer: the child's outcome with its descriptors and pid, or the
 /// error that ended it.
 pub(crate) type RawResult = Result<(Outcome, Vec<OwnedFd>, u32), Error>;
-/// Where a job's answers go (typed decoding happens inside).
-pub(crate) type Sink = Box<dyn FnMut(usize, RawResult) + Send>;
+/// Where a job's answers go, a chunk at a time, as `(input index, answer)` (typed
+/// decoding happens inside). One call per chunk, not per answer: a consumer thread
+/// woken per answer would cost more than tiny calls themselves.
+pub(crate) type Sink = Box<dyn FnMut(Vec<(usize, RawResult)>) + Send>;
 
 /// What a chunk of an automatically sized job should take in a worker: long enough that
 /// the round trip is noise, short enough to balance load and keep progress visible.
@@ -427,13 +429,18 @@ impl Manager {
                         });
                     }
                     let mut fds = fds.into_iter();
-                    for (call, outcome) in calls.into_iter().zip(outcomes) {
-                        let mine = match &outcome {
-                            Outcome::Value(v) => fds.by_ref().take(v.fds as usize).collect(),
-                            _ => Vec::new(),
-                        };
-                        self.answer(job, call.index, Ok((outcome, mine, pid)));
-                    }
+                    let answers = calls
+                        .into_iter()
+                        .zip(outcomes)
+                        .map(|(call, outcome)| {
+                            let mine = match &outcome {
+                                Outcome::Value(v) => fds.by_ref().take(v.fds as usize).collect(),
+                                _ => Vec::new(),
+                            };
+                            (call.index, Ok((outcome, mine, pid)))
+                        })
+                        .collect();
+                    self.answer_many(job, answers);
                     let w = &mut self.workers[i];
                     w.done += n;
                     if self
@@ -490,6 +497,7 @@ impl Manager {
             }) => {
                 let timeout = self.cfg.task_timeout.unwrap_or_default();
                 let mut retry = Vec::new();
+                let mut answers = Vec::new();
                 for (pos, mut call) in calls.into_iter().enumerate() {
                     let error = if w.timed_out {
                         let _ = deadline;
@@ -515,8 +523,9 @@ impl Manager {
                     } else {
                         task::death_error(status, pid)
                     };
-                    self.answer(job, call.index, Err(error));
+                    answers.push((call.index, Err(error)));
                 }
+                self.answer_many(job, answers);
                 // Retried calls go first: they have waited longest.
                 for call in retry.into_iter().rev() {
                     self.queue.push_front(call);
@@ -542,12 +551,20 @@ impl Manager {
 
     /// Delivers one call's answer, and closes the job when it was the last.
     fn answer(&mut self, job: u64, index: usize, result: RawResult) {
+        self.answer_many(job, vec![(index, result)]);
+    }
+
+    /// Delivers answers of one job, and closes the job when they were the last.
+    fn answer_many(&mut self, job: u64, answers: Vec<(usize, RawResult)>) {
         let Some(j) = self.jobs.get_mut(&job) else {
             return;
         };
-        j.outstanding = j.outstanding.saturating_sub(1);
+        if answers.is_empty() {
+            return;
+        }
+        j.outstanding = j.outstanding.saturating_sub(answers.len());
         if !j.cancelled {
-            (j.sink)(index, result);
+            (j.sink)(answers);
         }
         self.finish_if_done(job);
     }

@@ -255,11 +255,18 @@ impl Pool {
 }
 
 fn sink<R: DeserializeOwned + Send + 'static>(
-    tx: mpsc::Sender<(usize, Result<R>)>,
+    tx: mpsc::Sender<Vec<(usize, Result<R>)>>,
 ) -> manager::Sink {
-    Box::new(move |index, raw: RawResult| {
-        let result = raw.and_then(|(outcome, fds, pid)| task::into_result::<R>(outcome, fds, pid));
-        let _ = tx.send((index, result));
+    Box::new(move |answers: Vec<(usize, RawResult)>| {
+        let typed = answers
+            .into_iter()
+            .map(|(index, raw)| {
+                let r =
+                    raw.and_then(|(outcome, fds, pid)| task::into_result::<R>(outcome, fds, pid));
+                (index, r)
+            })
+            .collect();
+        let _ = tx.send(typed);
     })
 }
 
