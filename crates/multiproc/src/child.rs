@@ -13,7 +13,7 @@ use serde_bytes::ByteBuf;
 use crate::start::ENV_CHILD;
 use crate::sys;
 use crate::task::TaskRef;
-use crate::wire::message::{Outcome, PROTOCOL_VERSION, Payload, Refusal, Reply, Request};
+use crate::wire::message::{Batch, Failure, PROTOCOL_VERSION, Refusal, Reply, Request};
 use crate::wire::{FrameDecoder, Received, fds, recv_frame, send_frame, send_frame_with_fds};
 
 /// Exit code of a child whose parent was gone before it could start.
@@ -136,26 +136,76 @@ fn install_panic_hook() {
     }));
 }
 
-/// Runs one call of a task, catching a panic.
-fn run_call(entry: TaskRef, call: &Payload, fds: Vec<OwnedFd>) -> (Outcome, Vec<OwnedFd>) {
-    let (result, out) = fds::capture(|| {
+/// Runs one call of a task, catching a panic. The value is appended to `out`; the
+/// descriptors it holds are returned.
+fn run_call(
+    entry: TaskRef,
+    args: &[u8],
+    fds: Vec<OwnedFd>,
+    out: &mut Vec<u8>,
+) -> Result<Vec<OwnedFd>, Failure> {
+    let (result, out_fds) = fds::capture(|| {
         fds::provide(fds, || {
-            catch_unwind(AssertUnwindSafe(|| sys::image::run(entry, &call.bytes)))
+            catch_unwind(AssertUnwindSafe(|| sys::image::run(entry, args, out)))
         })
     });
     match result {
-        Ok(Outcome::Value(mut v)) => {
-            v.fds = out.len() as u32;
-            (Outcome::Value(v), out)
-        }
-        Ok(other) => (other, Vec::new()),
+        Ok(Ok(())) => Ok(out_fds),
+        Ok(Err(failure)) => Err(failure),
         Err(payload) => {
             let (message, location) = LAST_PANIC
                 .with(|p| p.borrow_mut().take())
                 .unwrap_or_else(|| (panic_message(&*payload), None));
-            (Outcome::Panicked { message, location }, Vec::new())
+            Err(Failure::Panicked { message, location })
         }
     }
+}
+
+/// Runs every call of a chunk; returns the reply and the descriptors to send with it,
+/// or `None` if the chunk is malformed.
+fn run_chunk(
+    sock: &Rc<OwnedFd>,
+    job: u64,
+    entry: TaskRef,
+    args: &Batch,
+    fds: Vec<OwnedFd>,
+) -> Option<(Reply, Vec<OwnedFd>)> {
+    if args.total_fds() != fds.len() {
+        return None;
+    }
+    let started = std::time::Instant::now();
+    let mut values = Batch::with_capacity(args.len(), args.data.len());
+    let mut failures = Vec::new();
+    let mut out_fds = Vec::new();
+    let mut fds = fds.into_iter();
+    for i in 0..args.len() {
+        let (bytes, n) = args.get(i)?;
+        let mine: Vec<OwnedFd> = fds.by_ref().take(n).collect();
+        CURRENT.with(|c| *c.borrow_mut() = Some((sock.clone(), job, i as u32)));
+        let result = run_call(entry, bytes, mine, &mut values.data);
+        CURRENT.with(|c| *c.borrow_mut() = None);
+        match result {
+            Ok(out) => {
+                values.close_value(out.len());
+                out_fds.extend(out);
+            }
+            Err(failure) => {
+                values.discard_open_value();
+                values.close_value(0);
+                failures.push((i as u32, failure));
+            }
+        }
+    }
+    let nanos = started.elapsed().as_nanos().min(u64::MAX as u128) as u64;
+    Some((
+        Reply::Done {
+            job,
+            values,
+            failures,
+            nanos,
+        },
+        out_fds,
+    ))
 }
 
 /// Sends a reply; a `Done` too large for a frame is replaced by one that says so.
@@ -168,9 +218,7 @@ fn send_reply(sock: &OwnedFd, reply: &Reply, fds: &[OwnedFd]) -> bool {
         Ok(()) => true,
         Err(crate::Error::FrameTooLarge { len, max }) => {
             let Reply::Done {
-                job,
-                outcomes,
-                nanos,
+                job, values, nanos, ..
             } = reply
             else {
                 return false;
@@ -178,16 +226,24 @@ fn send_reply(sock: &OwnedFd, reply: &Reply, fds: &[OwnedFd]) -> bool {
             let reason = format!(
                 "the encoded results are {len} bytes, over the maximum frame size of {max} bytes"
             );
+            let mut empty = Batch::with_capacity(values.len(), 0);
+            let failures = (0..values.len())
+                .map(|i| {
+                    empty.close_value(0);
+                    (
+                        i as u32,
+                        Failure::BadResult {
+                            type_name: "task result".into(),
+                            reason: reason.clone(),
+                        },
+                    )
+                })
+                .collect();
             let fallback = Reply::Done {
                 job: *job,
                 nanos: *nanos,
-                outcomes: outcomes
-                    .iter()
-                    .map(|_| Outcome::BadResult {
-                        type_name: "task result".into(),
-                        reason: reason.clone(),
-                    })
-                    .collect(),
+                values: empty,
+                failures,
             };
             crate::wire::encode(&fallback)
                 .ok()
@@ -207,7 +263,7 @@ pub(crate) fn serve(sock: OwnedFd, origin: Origin) -> ! {
     let mut decoder = FrameDecoder::new(crate::wire::max_frame_size());
     let mut greeted = false;
     let code = loop {
-        let (frame, mut fds) = match recv_frame(sock.as_fd(), &mut decoder, None) {
+        let (frame, fds) = match recv_frame(sock.as_fd(), &mut decoder, None) {
             Ok(Received::Frame(f, fds)) => (f, fds),
             Ok(Received::Closed) | Ok(Received::TimedOut) => break 0,
             Err(_) => break EXIT_PROTOCOL,
@@ -246,35 +302,14 @@ pub(crate) fn serve(sock: OwnedFd, origin: Origin) -> ! {
                 decoder = FrameDecoder::new(max);
                 greeted = true;
             }
-            Request::Run { job, entry, calls } => {
+            Request::Run { job, entry, args } => {
                 if !greeted {
                     break EXIT_PROTOCOL;
                 }
-                let wanted: usize = calls.iter().map(|c| c.fds as usize).sum();
-                if wanted != fds.len() {
+                let Some((reply, out_fds)) = run_chunk(&sock, job, entry, &args, fds) else {
                     break EXIT_PROTOCOL;
-                }
-                let started = std::time::Instant::now();
-                let mut outcomes = Vec::with_capacity(calls.len());
-                let mut out_fds = Vec::new();
-                for (index, call) in calls.iter().enumerate() {
-                    let mine: Vec<OwnedFd> = fds.drain(..call.fds as usize).collect();
-                    CURRENT.with(|c| *c.borrow_mut() = Some((sock.clone(), job, index as u32)));
-                    let (outcome, out) = run_call(entry, call, mine);
-                    CURRENT.with(|c| *c.borrow_mut() = None);
-                    outcomes.push(outcome);
-                    out_fds.extend(out);
-                }
-                let nanos = started.elapsed().as_nanos().min(u64::MAX as u128) as u64;
-                if !send_reply(
-                    &sock,
-                    &Reply::Done {
-                        job,
-                        outcomes,
-                        nanos,
-                    },
-                    &out_fds,
-                ) {
+                };
+                if !send_reply(&sock, &reply, &out_fds) {
                     break 0;
                 }
             }

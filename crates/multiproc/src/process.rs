@@ -13,7 +13,7 @@ use crate::error::{Error, ExitStatus, Result};
 use crate::start::{self, StartMethod};
 use crate::sys;
 use crate::task::{self, TaskRef};
-use crate::wire::message::{PROTOCOL_VERSION, Payload, Reply, Request};
+use crate::wire::message::{Batch, PROTOCOL_VERSION, Reply, Request};
 use crate::wire::{self, FrameDecoder, Received, recv_frame, send_frame, send_frame_with_fds};
 
 /// A task running in a child process.
@@ -177,13 +177,12 @@ impl<R: DeserializeOwned> Process<R> {
             name: self.name.clone(),
             max_frame: max as u64,
         })?;
+        let mut batch = Batch::with_capacity(1, args.len());
+        batch.push(&args, fds.len());
         let run = wire::encode(&Request::Run {
             job: 0,
             entry,
-            calls: vec![Payload {
-                bytes: ByteBuf::from(args),
-                fds: fds.len() as u32,
-            }],
+            args: batch,
         })?;
         let exit = wire::encode(&Request::Exit)?;
         let sock = self.sock.as_ref().expect("a new process has its socket");
@@ -304,9 +303,23 @@ impl<R: DeserializeOwned> Process<R> {
         self.taken = true;
         let pid = self.pid;
         match self.reply.take() {
-            Some((Reply::Done { mut outcomes, .. }, fds)) if outcomes.len() == 1 => {
-                task::into_result(outcomes.remove(0), fds, pid)
-            }
+            Some((
+                Reply::Done {
+                    values,
+                    mut failures,
+                    ..
+                },
+                fds,
+            )) if values.len() == 1 => match failures.pop() {
+                Some((_, failure)) => Err(task::failure_error(failure, pid)),
+                None => match values.get(0) {
+                    Some((bytes, _)) => task::decode_value(bytes, fds),
+                    None => Err(Error::Protocol {
+                        pid,
+                        detail: "a malformed result batch".into(),
+                    }),
+                },
+            },
             Some((
                 Reply::Aborting {
                     message, location, ..
@@ -318,9 +331,9 @@ impl<R: DeserializeOwned> Process<R> {
                 location,
             }),
             Some((Reply::Refused { reason }, _)) => Err(task::refusal_error(reason, pid)),
-            Some((Reply::Done { outcomes, .. }, _)) => Err(Error::Protocol {
+            Some((Reply::Done { values, .. }, _)) => Err(Error::Protocol {
                 pid,
-                detail: format!("{} results for one task", outcomes.len()),
+                detail: format!("{} results for one task", values.len()),
             }),
             None => Err(task::death_error(self.status, pid)),
         }

@@ -24,11 +24,10 @@ use std::sync::OnceLock;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use serde_bytes::ByteBuf;
 
 use crate::error::Error;
 use crate::error::ExitStatus;
-use crate::wire::message::{Outcome, Payload, Refusal};
+use crate::wire::message::{Failure, Refusal};
 use std::os::fd::OwnedFd;
 
 /// Where a task lives in this executable: image offsets of its typed trampoline and of
@@ -45,57 +44,59 @@ impl TaskRef {
     }
 }
 
-/// Decodes the arguments, calls the task, encodes its result. Panics propagate to the
-/// caller (the worker loop catches them).
-pub(crate) fn invoke<A: DeserializeOwned, R: Serialize>(f: fn(A) -> R, args: &[u8]) -> Outcome {
-    let a: A = match crate::wire::decode(args) {
-        Ok(a) => a,
-        Err(Error::Decode { type_name, reason }) => return Outcome::BadArgs { type_name, reason },
-        Err(e) => {
-            return Outcome::BadArgs {
-                type_name: std::any::type_name::<A>().into(),
-                reason: e.to_string(),
-            };
-        }
-    };
-    let r = f(a);
-    match crate::wire::encode(&r) {
-        Ok(bytes) => Outcome::Value(Payload {
-            bytes: ByteBuf::from(bytes),
-            fds: 0,
-        }),
-        Err(e) => Outcome::BadResult {
-            type_name: std::any::type_name::<R>().into(),
-            reason: e.to_string(),
+/// Decodes the argument, calls the task, and appends its encoded result to `out`.
+/// Panics propagate to the caller (the worker loop catches them).
+pub(crate) fn invoke<A: DeserializeOwned, R: Serialize>(
+    f: fn(A) -> R,
+    args: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), Failure> {
+    let a: A = crate::wire::decode(args).map_err(|e| match e {
+        Error::Decode { type_name, reason } => Failure::BadArgs { type_name, reason },
+        other => Failure::BadArgs {
+            type_name: std::any::type_name::<A>().into(),
+            reason: other.to_string(),
         },
+    })?;
+    let r = f(a);
+    crate::wire::encode_into(&r, out).map_err(|e| Failure::BadResult {
+        type_name: std::any::type_name::<R>().into(),
+        reason: e.to_string(),
+    })
+}
+
+/// A call's value, decoded with the descriptors that came with it.
+pub(crate) fn decode_value<R: DeserializeOwned>(
+    bytes: &[u8],
+    fds: Vec<OwnedFd>,
+) -> Result<R, Error> {
+    if fds.is_empty() {
+        crate::wire::decode(bytes)
+    } else {
+        crate::wire::fds::provide(fds, || crate::wire::decode(bytes))
     }
 }
 
-/// What a call's outcome means for the caller: the value, or the error that says why not.
-pub(crate) fn into_result<R: DeserializeOwned>(
-    outcome: Outcome,
-    fds: Vec<OwnedFd>,
-    pid: u32,
-) -> Result<R, Error> {
-    match outcome {
-        Outcome::Value(v) => crate::wire::fds::provide(fds, || crate::wire::decode(&v.bytes)),
-        Outcome::Panicked { message, location } => Err(Error::Panicked {
+/// The error for a call that failed in the child.
+pub(crate) fn failure_error(failure: Failure, pid: u32) -> Error {
+    match failure {
+        Failure::Panicked { message, location } => Error::Panicked {
             pid,
             message,
             location,
-        }),
-        Outcome::BadArgs { type_name, reason } => Err(Error::Decode {
+        },
+        Failure::BadArgs { type_name, reason } => Error::Decode {
             type_name,
             reason: format!("in the child, decoding the task's argument: {reason}"),
-        }),
-        Outcome::BadResult { type_name, reason } => Err(Error::Encode {
+        },
+        Failure::BadResult { type_name, reason } => Error::Encode {
             type_name,
             reason: format!("in the child, encoding the task's result: {reason}"),
-        }),
-        Outcome::BadEntry => Err(Error::Protocol {
+        },
+        Failure::BadEntry => Error::Protocol {
             pid,
             detail: "the child found no task at the given address".into(),
-        }),
+        },
     }
 }
 
@@ -241,12 +242,11 @@ mod tests {
             x as u64 * 2
         }
         let args = crate::wire::encode(&21u32).unwrap();
-        match invoke(double, &args) {
-            Outcome::Value(v) => assert_eq!(crate::wire::decode::<u64>(&v.bytes).unwrap(), 42),
-            other => panic!("{other:?}"),
-        }
-        match invoke(double, &[]) {
-            Outcome::BadArgs { type_name, .. } => assert_eq!(type_name, "u32"),
+        let mut out = Vec::new();
+        invoke(double, &args, &mut out).unwrap();
+        assert_eq!(crate::wire::decode::<u64>(&out).unwrap(), 42);
+        match invoke(double, &[], &mut out) {
+            Err(Failure::BadArgs { type_name, .. }) => assert_eq!(type_name, "u32"),
             other => panic!("{other:?}"),
         }
     }

@@ -24,15 +24,36 @@ use super::worker::{Busy, Call, INIT_JOB, Worker};
 use crate::error::{Error, ExitStatus};
 use crate::start::StartMethod;
 use crate::task::{self, TaskRef};
-use crate::wire::message::{Outcome, Reply};
+use crate::wire::message::{Batch, Failure, Reply};
 
-/// One call's raw answer: the child's outcome with its descriptors and pid, or the
-/// error that ended it.
-pub(crate) type RawResult = Result<(Outcome, Vec<OwnedFd>, u32), Error>;
-/// Where a job's answers go, a chunk at a time, as `(input index, answer)` (typed
-/// decoding happens inside). One call per chunk, not per answer: a consumer thread
-/// woken per answer would cost more than tiny calls themselves.
-pub(crate) type Sink = Box<dyn FnMut(Vec<(usize, RawResult)>) + Send>;
+/// Answers for some calls of one job, still encoded.
+pub(crate) enum Answers {
+    /// What a worker sent for a chunk: call `k` of the chunk is input `indices[k]`;
+    /// its value is `values[k]` unless `failures` lists `k`.
+    Chunk {
+        pid: u32,
+        indices: Vec<usize>,
+        values: Batch,
+        failures: Vec<(u32, Failure)>,
+        fds: Vec<OwnedFd>,
+    },
+    /// Calls that ended without an answer from a worker.
+    Failed(Vec<(usize, Error)>),
+}
+
+impl Answers {
+    fn len(&self) -> usize {
+        match self {
+            Answers::Chunk { indices, .. } => indices.len(),
+            Answers::Failed(v) => v.len(),
+        }
+    }
+}
+
+/// Where a job's answers go, a chunk at a time (typed decoding happens inside). One
+/// call per chunk, not per answer: a consumer thread woken per answer would cost more
+/// than tiny calls themselves.
+pub(crate) type Sink = Box<dyn FnMut(Answers) + Send>;
 
 /// What a chunk of an automatically sized job should take in a worker: long enough that
 /// the round trip is noise, short enough to balance load and keep progress visible.
@@ -206,7 +227,7 @@ impl Manager {
                         let call = Call {
                             job: INIT_JOB,
                             index: 0,
-                            bytes: args.clone(),
+                            bytes: args.to_vec(),
                             fds: Vec::new(),
                             attempts: 0,
                         };
@@ -240,9 +261,9 @@ impl Manager {
             self.answer(
                 call.job,
                 call.index,
-                Err(Error::Initializer {
+                Error::Initializer {
                     message: reason.to_owned(),
-                }),
+                },
             );
         }
     }
@@ -397,18 +418,19 @@ impl Manager {
         match reply {
             Reply::Done {
                 job,
-                outcomes,
+                values,
+                mut failures,
                 nanos,
             } => match self.workers[i].busy.take() {
-                Some(Busy::Initializing) if job == INIT_JOB => match outcomes.into_iter().next() {
-                    Some(Outcome::Value(_)) => {
+                Some(Busy::Initializing) if job == INIT_JOB => match failures.pop() {
+                    None if values.len() == 1 => {
                         self.init_ok = true;
                         self.init_failures = 0;
                     }
-                    other => {
-                        let why = match other.map(|o| task::into_result::<()>(o, Vec::new(), pid)) {
-                            Some(Err(e)) => e.to_string(),
-                            _ => "no answer".to_owned(),
+                    failure => {
+                        let why = match failure {
+                            Some((_, f)) => task::failure_error(f, pid).to_string(),
+                            None => "a malformed answer".to_owned(),
                         };
                         self.init_failed(why);
                         self.workers[i].kill();
@@ -419,7 +441,7 @@ impl Manager {
                     job: running,
                     calls,
                     ..
-                }) if running == job && outcomes.len() == calls.len() => {
+                }) if running == job && values.len() == calls.len() => {
                     let n = calls.len();
                     if let Some(j) = self.jobs.get_mut(&job) {
                         let per_call = nanos as f64 / n as f64;
@@ -428,19 +450,17 @@ impl Manager {
                             Some(old) => 0.7 * old + 0.3 * per_call,
                         });
                     }
-                    let mut fds = fds.into_iter();
-                    let answers = calls
-                        .into_iter()
-                        .zip(outcomes)
-                        .map(|(call, outcome)| {
-                            let mine = match &outcome {
-                                Outcome::Value(v) => fds.by_ref().take(v.fds as usize).collect(),
-                                _ => Vec::new(),
-                            };
-                            (call.index, Ok((outcome, mine, pid)))
-                        })
-                        .collect();
-                    self.answer_many(job, answers);
+                    let indices = calls.iter().map(|c| c.index).collect();
+                    self.answer_many(
+                        job,
+                        Answers::Chunk {
+                            pid,
+                            indices,
+                            values,
+                            failures,
+                            fds,
+                        },
+                    );
                     let w = &mut self.workers[i];
                     w.done += n;
                     if self
@@ -523,9 +543,9 @@ impl Manager {
                     } else {
                         task::death_error(status, pid)
                     };
-                    answers.push((call.index, Err(error)));
+                    answers.push((call.index, error));
                 }
-                self.answer_many(job, answers);
+                self.answer_many(job, Answers::Failed(answers));
                 // Retried calls go first: they have waited longest.
                 for call in retry.into_iter().rev() {
                     self.queue.push_front(call);
@@ -549,17 +569,17 @@ impl Manager {
         }
     }
 
-    /// Delivers one call's answer, and closes the job when it was the last.
-    fn answer(&mut self, job: u64, index: usize, result: RawResult) {
-        self.answer_many(job, vec![(index, result)]);
+    /// Answers one call with an error, and closes the job when it was the last.
+    fn answer(&mut self, job: u64, index: usize, error: Error) {
+        self.answer_many(job, Answers::Failed(vec![(index, error)]));
     }
 
     /// Delivers answers of one job, and closes the job when they were the last.
-    fn answer_many(&mut self, job: u64, answers: Vec<(usize, RawResult)>) {
+    fn answer_many(&mut self, job: u64, answers: Answers) {
         let Some(j) = self.jobs.get_mut(&job) else {
             return;
         };
-        if answers.is_empty() {
+        if answers.len() == 0 {
             return;
         }
         j.outstanding = j.outstanding.saturating_sub(answers.len());
@@ -605,12 +625,12 @@ impl Manager {
             w.reap();
             if let Some(Busy::Chunk { job, calls, .. }) = w.busy.take() {
                 for call in calls {
-                    self.answer(job, call.index, Err(Error::PoolTerminated));
+                    self.answer(job, call.index, Error::PoolTerminated);
                 }
             }
         }
         for call in std::mem::take(&mut self.queue) {
-            self.answer(call.job, call.index, Err(Error::PoolTerminated));
+            self.answer(call.job, call.index, Error::PoolTerminated);
         }
         self.jobs.clear();
     }

@@ -46,7 +46,7 @@ use crate::start::StartMethod;
 use crate::task::{self, TaskRef};
 use crate::wire;
 use api::sealed::{Backend, Results};
-use manager::{Command, Config, JobSpec, Manager, RawResult};
+use manager::{Answers, Command, Config, JobSpec, Manager};
 use worker::Call;
 
 /// How calls are grouped into chunks sent to one worker at a time.
@@ -257,15 +257,38 @@ impl Pool {
 fn sink<R: DeserializeOwned + Send + 'static>(
     tx: mpsc::Sender<Vec<(usize, Result<R>)>>,
 ) -> manager::Sink {
-    Box::new(move |answers: Vec<(usize, RawResult)>| {
-        let typed = answers
-            .into_iter()
-            .map(|(index, raw)| {
-                let r =
-                    raw.and_then(|(outcome, fds, pid)| task::into_result::<R>(outcome, fds, pid));
-                (index, r)
-            })
-            .collect();
+    Box::new(move |answers: Answers| {
+        let typed = match answers {
+            Answers::Failed(errors) => errors.into_iter().map(|(i, e)| (i, Err(e))).collect(),
+            Answers::Chunk {
+                pid,
+                indices,
+                values,
+                failures,
+                fds,
+            } => {
+                let mut failures = failures.into_iter().peekable();
+                let mut fds = fds.into_iter();
+                indices
+                    .into_iter()
+                    .enumerate()
+                    .map(|(k, index)| {
+                        let failed = failures.next_if(|(at, _)| *at as usize == k);
+                        let r = match (failed, values.get(k)) {
+                            (Some((_, f)), _) => Err(task::failure_error(f, pid)),
+                            (None, Some((bytes, n))) => {
+                                task::decode_value(bytes, fds.by_ref().take(n).collect())
+                            }
+                            (None, None) => Err(Error::Protocol {
+                                pid,
+                                detail: "a malformed result batch".into(),
+                            }),
+                        };
+                        (index, r)
+                    })
+                    .collect()
+            }
+        };
         let _ = tx.send(typed);
     })
 }
@@ -306,7 +329,7 @@ impl Backend for Pool {
             calls.push(Call {
                 job,
                 index: first + k,
-                bytes: ByteBuf::from(bytes),
+                bytes,
                 fds,
                 attempts: 0,
             });

@@ -9,7 +9,7 @@ use crate::error::{Error, ExitStatus, Result};
 use crate::start::{self, StartMethod};
 use crate::sys;
 use crate::task::{self, TaskRef};
-use crate::wire::message::{PROTOCOL_VERSION, Payload, Reply, Request};
+use crate::wire::message::{Batch, PROTOCOL_VERSION, Reply, Request};
 use crate::wire::{self, FrameDecoder, Received, recv_frame, send_frame, send_frame_with_fds};
 
 /// A call waiting to run, or running: which job and which item of it, its encoded
@@ -17,7 +17,7 @@ use crate::wire::{self, FrameDecoder, Received, recv_frame, send_frame, send_fra
 pub(crate) struct Call {
     pub(crate) job: u64,
     pub(crate) index: usize,
-    pub(crate) bytes: ByteBuf,
+    pub(crate) bytes: Vec<u8>,
     pub(crate) fds: Vec<OwnedFd>,
     pub(crate) attempts: u32,
 }
@@ -91,22 +91,15 @@ impl Worker {
         if self.sock.is_none() {
             return false;
         }
-        let payloads = calls
-            .iter()
-            .map(|c| Payload {
-                bytes: c.bytes.clone(),
-                fds: c.fds.len() as u32,
-            })
-            .collect();
+        let mut args = Batch::with_capacity(calls.len(), calls.iter().map(|c| c.bytes.len()).sum());
+        for c in calls {
+            args.push(&c.bytes, c.fds.len());
+        }
         let fds: Vec<OwnedFd> = calls
             .iter()
             .flat_map(|c| c.fds.iter().filter_map(|f| f.try_clone().ok()))
             .collect();
-        let Ok(frame) = wire::encode(&Request::Run {
-            job,
-            entry,
-            calls: payloads,
-        }) else {
+        let Ok(frame) = wire::encode(&Request::Run { job, entry, args }) else {
             return false;
         };
         send_frame_with_fds(self.sock_fd(), &frame, &fds, wire::max_frame_size()).is_ok()

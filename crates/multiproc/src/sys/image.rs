@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::task::TaskRef;
-use crate::wire::message::Outcome;
+use crate::wire::message::Failure;
 
 unsafe extern "C" {
     // Defined by the linker (GNU ld and lld alike) for every executable.
@@ -26,14 +26,18 @@ fn text_end() -> usize {
     (&raw const etext) as usize
 }
 
-type Trampoline = fn(usize, &[u8]) -> Outcome;
+type Trampoline = fn(usize, &[u8], &mut Vec<u8>) -> Result<(), Failure>;
 
-fn trampoline<A: DeserializeOwned, R: Serialize>(function: usize, args: &[u8]) -> Outcome {
+fn trampoline<A: DeserializeOwned, R: Serialize>(
+    function: usize,
+    args: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), Failure> {
     // SAFETY: `function` is the address of a `fn(A) -> R`: `entry_of::<A, R>` paired
     // this trampoline, monomorphized for exactly A and R, with a `fn(A) -> R`, and
     // `run` only calls a trampoline found through such a pair from the same build.
     let f: fn(A) -> R = unsafe { std::mem::transmute::<usize, fn(A) -> R>(function) };
-    crate::task::invoke(f, args)
+    crate::task::invoke(f, args, out)
 }
 
 fn offset(addr: usize) -> u64 {
@@ -49,11 +53,12 @@ pub(crate) fn entry_of<A: DeserializeOwned, R: Serialize>(f: fn(A) -> R) -> Task
     }
 }
 
-/// Runs the task named by `entry` on `args`, or refuses an entry outside our code.
-pub(crate) fn run(entry: TaskRef, args: &[u8]) -> Outcome {
+/// Runs the task named by `entry` on `args`, appending its encoded result to `out`;
+/// refuses an entry outside our code.
+pub(crate) fn run(entry: TaskRef, args: &[u8], out: &mut Vec<u8>) -> Result<(), Failure> {
     let code_len = (text_end() - image_start()) as u64;
     if entry.trampoline >= code_len || entry.function >= code_len {
-        return Outcome::BadEntry;
+        return Err(Failure::BadEntry);
     }
     let trampoline_addr = image_start() + entry.trampoline as usize;
     let function_addr = image_start() + entry.function as usize;
@@ -64,5 +69,5 @@ pub(crate) fn run(entry: TaskRef, args: &[u8]) -> Outcome {
     // this identical image. The bounds check above keeps even a corrupted entry inside
     // our own code.
     let t: Trampoline = unsafe { std::mem::transmute::<usize, Trampoline>(trampoline_addr) };
-    t(function_addr, args)
+    t(function_addr, args, out)
 }

@@ -14,6 +14,28 @@ pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
     })
 }
 
+/// Encodes `value` at the end of `out`.
+pub(crate) fn encode_into<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<()> {
+    super::fds::take_error();
+    let start = out.len();
+    let buf = std::mem::take(out);
+    match postcard::to_extend(value, buf) {
+        Ok(buf) => {
+            *out = buf;
+            Ok(())
+        }
+        Err(e) => {
+            // to_extend consumed the buffer; what it held before is gone with it, so the
+            // caller gets an empty one back and the error.
+            let _ = start;
+            Err(Error::Encode {
+                type_name: std::any::type_name::<T>().to_owned(),
+                reason: super::fds::take_error().unwrap_or_else(|| e.to_string()),
+            })
+        }
+    }
+}
+
 /// Decodes a whole buffer as `T`; trailing bytes are an error (they mean the two
 /// sides disagree on the type).
 pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {

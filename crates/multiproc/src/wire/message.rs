@@ -30,7 +30,7 @@ pub(crate) enum Request {
     Run {
         job: u64,
         entry: TaskRef,
-        calls: Vec<Payload>,
+        args: Batch,
     },
     Exit,
 }
@@ -43,7 +43,9 @@ pub(crate) enum Reply {
     },
     Done {
         job: u64,
-        outcomes: Vec<Outcome>,
+        /// One value per call; a failed call's slot is empty and listed in `failures`.
+        values: Batch,
+        failures: Vec<(u32, Failure)>,
         /// Time the chunk took in the child, for adaptive chunk sizes.
         nanos: u64,
     },
@@ -55,11 +57,69 @@ pub(crate) enum Reply {
     },
 }
 
-/// An encoded value and how many of the frame's descriptors belong to it.
-#[derive(Debug, Serialize, Deserialize)]
-pub(crate) struct Payload {
-    pub(crate) bytes: ByteBuf,
-    pub(crate) fds: u32,
+/// Encoded values laid end to end in one buffer — one allocation per chunk, not per
+/// call. Value `i` is `data[ends[i-1]..ends[i]]`; `fds[i]` of the frame's descriptors
+/// belong to it, in order (`fds` is empty when no value has any).
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(crate) struct Batch {
+    pub(crate) data: ByteBuf,
+    ends: Vec<u64>,
+    fds: Vec<u32>,
+}
+
+impl Batch {
+    pub(crate) fn with_capacity(values: usize, bytes: usize) -> Self {
+        Batch {
+            data: ByteBuf::with_capacity(bytes),
+            ends: Vec::with_capacity(values),
+            fds: Vec::new(),
+        }
+    }
+
+    /// Appends a value already encoded.
+    pub(crate) fn push(&mut self, bytes: &[u8], fds: usize) {
+        self.data.extend_from_slice(bytes);
+        self.close_value(fds);
+    }
+
+    /// Ends the value whose bytes were appended to `data` since the previous one.
+    pub(crate) fn close_value(&mut self, fds: usize) {
+        if fds > 0 && self.fds.is_empty() {
+            self.fds.resize(self.ends.len(), 0);
+        }
+        if !self.fds.is_empty() {
+            self.fds.push(fds as u32);
+        }
+        self.ends.push(self.data.len() as u64);
+    }
+
+    /// Drops bytes appended since the last complete value.
+    pub(crate) fn discard_open_value(&mut self) {
+        let end = self.ends.last().copied().unwrap_or(0) as usize;
+        self.data.truncate(end);
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Value `i` and its descriptor count, or `None` if the batch is malformed there
+    /// (it came from another process: never trusted).
+    pub(crate) fn get(&self, i: usize) -> Option<(&[u8], usize)> {
+        let end = usize::try_from(*self.ends.get(i)?).ok()?;
+        let start = match i {
+            0 => 0,
+            _ => usize::try_from(*self.ends.get(i - 1)?).ok()?,
+        };
+        let bytes = self.data.get(start..end)?;
+        let fds = self.fds.get(i).copied().unwrap_or(0) as usize;
+        Some((bytes, fds))
+    }
+
+    /// Total descriptors the batch claims.
+    pub(crate) fn total_fds(&self) -> usize {
+        self.fds.iter().map(|&n| n as usize).sum()
+    }
 }
 
 /// Why a child refused to serve.
@@ -69,24 +129,17 @@ pub(crate) enum Refusal {
     Build { child: ByteBuf },
 }
 
-/// How one task ended in the child.
+/// Why one call produced no value.
 #[derive(Debug, Serialize, Deserialize)]
-pub(crate) enum Outcome {
-    Value(Payload),
+pub(crate) enum Failure {
     Panicked {
         message: String,
         location: Option<String>,
     },
     /// The child could not decode the arguments as the task's parameter type.
-    BadArgs {
-        type_name: String,
-        reason: String,
-    },
+    BadArgs { type_name: String, reason: String },
     /// The task's return value could not be encoded.
-    BadResult {
-        type_name: String,
-        reason: String,
-    },
+    BadResult { type_name: String, reason: String },
     /// The task reference did not point into this program's code.
     BadEntry,
 }
