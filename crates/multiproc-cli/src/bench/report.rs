@@ -18,7 +18,7 @@ pub fn print_table(report: &Report) {
             .max()
             .unwrap_or(6)
             .max(6);
-        let ratio_head = format!("x {}", w.reference);
+        let ratio_head = format!("ratio vs {}", w.reference);
         println!(
             "  {:<width$}  {:>10}  {:>10}  {:>10}  {}",
             "method", "median µs", "p10 µs", "p90 µs", ratio_head
