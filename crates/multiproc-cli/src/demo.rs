@@ -48,8 +48,11 @@ pub struct DemoArgs {
 /// A start method, as the command line names it.
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
 enum Method {
+    /// fork() this program: cheapest, unsafe to rely on once other threads exist.
     Fork,
+    /// Re-execute this program: a full program start per child, always safe.
     Spawn,
+    /// A small server started early forks each child: fast and thread-safe.
     Forkserver,
 }
 

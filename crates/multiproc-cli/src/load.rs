@@ -21,17 +21,14 @@ pub struct OtherLoad {
     pub other_cpus: f64,
     /// Wall-clock seconds covered.
     pub seconds: f64,
+    /// Whether that is enough to disturb a measurement ([`BUSY_THRESHOLD_CPUS`]).
+    pub busy: bool,
 }
 
 impl OtherLoad {
-    /// `true` when others used enough CPU to disturb the measurement.
-    pub fn is_busy(&self) -> bool {
-        self.other_cpus > BUSY_THRESHOLD_CPUS
-    }
-
     /// A one-line warning, if the machine was busy.
     pub fn warning(&self) -> Option<String> {
-        self.is_busy().then(|| {
+        self.busy.then(|| {
             format!(
                 "warning: other processes used {:.2} CPUs on average during the {:.1} s run; \
                  numbers may be inflated (rerun on a quiet machine)",
@@ -69,10 +66,12 @@ impl LoadMeter {
         let busy = m1.busy.saturating_sub(m0.busy);
         let other = busy.saturating_sub(own);
         let cpus = multiproc::cpu_count() as f64;
+        // Ticks across all CPUs; total/cpus is the wall time in ticks.
+        let other_cpus = other as f64 / (total as f64 / cpus);
         Some(OtherLoad {
-            // Ticks across all CPUs; total/cpus is the wall time in ticks.
-            other_cpus: other as f64 / (total as f64 / cpus),
+            other_cpus,
             seconds,
+            busy: other_cpus > BUSY_THRESHOLD_CPUS,
         })
     }
 }
