@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use multiproc::{Process, StartMethod};
 
-use crate::load::LoadMeter;
+use crate::load::{LoadMeter, OtherLoad};
 use crate::stats::Summary;
 use crate::warm;
 use crate::work::{expected_total, work};
@@ -136,17 +136,52 @@ pub fn run(args: &DemoArgs) -> Result<ExitCode, Box<dyn Error>> {
         .into());
     };
     let lang = args.lang;
-    let method = StartMethod::from(args.start_method);
-    let modes = vec![Mode::Sequential, Mode::Processes(method), Mode::Threads];
+    let modes = [
+        Mode::Sequential,
+        Mode::Processes(args.start_method.into()),
+        Mode::Threads,
+    ];
 
     println!("{}", lang.intro(args.n, args.procs, args.repeat));
     println!("{}", lang.why_python_printed_zero());
     println!();
 
+    let (measured, other_load) = measure(&modes, args)?;
+
+    let baseline = median(&measured[0].times);
+    let mut all_correct = true;
+    let mut best_parallel_speedup = 0.0f64;
+    for m in &measured {
+        let speedup = baseline.as_secs_f64() / median(&m.times).as_secs_f64();
+        if !matches!(m.mode, Mode::Sequential) {
+            best_parallel_speedup = best_parallel_speedup.max(speedup);
+        }
+        all_correct &= print_mode(lang, m, args, speedup, expected);
+    }
+    if let Some(warning) = other_load.and_then(|l| l.warning()) {
+        println!("{warning}");
+    }
+    let ideal = (args.procs as f64).min(multiproc::cpu_count() as f64);
+    if ideal >= 2.0 && best_parallel_speedup < 0.75 * ideal {
+        println!("{}", lang.short_runs_hint(args.n));
+    }
+    if all_correct {
+        println!("{}", lang.all_correct());
+        Ok(ExitCode::SUCCESS)
+    } else {
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+/// Times every mode `--repeat` times, interleaved, after warming up.
+fn measure(
+    modes: &[Mode],
+    args: &DemoArgs,
+) -> Result<(Vec<Measured>, Option<OtherLoad>), Box<dyn Error>> {
     // BENCH-NOTES: wake every core, and take first-use costs (the fork server's first
     // child, thread creation, page faults) outside the timed runs.
     warm::warm_cpus(warm::DEFAULT_SPIN);
-    for mode in &modes {
+    for mode in modes {
         mode.run_once(1000, args.procs)?;
     }
 
@@ -165,58 +200,44 @@ pub fn run(args: &DemoArgs) -> Result<ExitCode, Box<dyn Error>> {
             let t = Instant::now();
             let results = m.mode.run_once(args.n, args.procs)?;
             m.times.push(t.elapsed());
-            m.totals.push(results.iter().sum());
+            // Wrapping: a wrong result must show up as a wrong total, not a panic.
+            m.totals
+                .push(results.iter().fold(0u64, |a, &r| a.wrapping_add(r)));
         }
     }
+    Ok((measured, meter.finish()))
+}
 
-    let other_load = meter.finish();
+/// Prints one mode's block, the tutorial's way; `false` if a total was wrong.
+fn print_mode(lang: Lang, m: &Measured, args: &DemoArgs, speedup: f64, expected: u64) -> bool {
+    let s = Summary::of(&m.times).expect("repeat >= 1");
+    println!("{}", lang.heading(m.mode, args.procs));
+    for i in 1..=args.procs {
+        println!("{}", lang.run_line(i));
+    }
+    println!("{}", lang.elapsed(s, args.repeat));
+    println!(
+        "{}",
+        lang.speedup(speedup, matches!(m.mode, Mode::Sequential))
+    );
+    // Every repeat's total is checked; the first wrong one (if any) is shown.
+    let shown = m
+        .totals
+        .iter()
+        .copied()
+        .find(|&t| t != expected)
+        .unwrap_or(m.totals[0]);
+    println!("{}", lang.total(shown));
+    let correct = shown == expected;
+    if !correct {
+        println!("{}", lang.wrong_total(expected));
+    }
+    println!();
+    correct
+}
 
-    let baseline = Summary::of(&measured[0].times).expect("repeat >= 1").median;
-    let mut all_correct = true;
-    let mut best_parallel_speedup = 0.0f64;
-    for m in &measured {
-        let s = Summary::of(&m.times).expect("repeat >= 1");
-        println!("{}", lang.heading(m.mode, args.procs));
-        for i in 1..=args.procs {
-            println!("{}", lang.run_line(i));
-        }
-        println!("{}", lang.elapsed(s, args.repeat));
-        let speedup = baseline.as_secs_f64() / s.median.as_secs_f64();
-        if !matches!(m.mode, Mode::Sequential) {
-            best_parallel_speedup = best_parallel_speedup.max(speedup);
-        }
-        println!(
-            "{}",
-            lang.speedup(speedup, matches!(m.mode, Mode::Sequential))
-        );
-        // Every repeat's total is checked; the first wrong one (if any) is shown.
-        let shown = m
-            .totals
-            .iter()
-            .copied()
-            .find(|&t| t != expected)
-            .unwrap_or(m.totals[0]);
-        println!("{}", lang.total(shown));
-        if shown != expected {
-            all_correct = false;
-            println!("{}", lang.wrong_total(expected));
-        }
-        println!();
-    }
-    if let Some(warning) = other_load.and_then(|l| l.warning()) {
-        println!("{warning}");
-    }
-    let cpus = multiproc::cpu_count() as f64;
-    let ideal = (args.procs as f64).min(cpus);
-    if ideal >= 2.0 && best_parallel_speedup < 0.75 * ideal {
-        println!("{}", lang.short_runs_hint(args.n));
-    }
-    if all_correct {
-        println!("{}", lang.all_correct());
-        Ok(ExitCode::SUCCESS)
-    } else {
-        Ok(ExitCode::FAILURE)
-    }
+fn median(times: &[Duration]) -> Duration {
+    Summary::of(times).expect("repeat >= 1").median
 }
 
 /// Which labels to print.
@@ -369,6 +390,26 @@ fn ordinal(i: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_wrong_total_in_any_repeat_is_reported() {
+        let args = DemoArgs {
+            n: 1000,
+            procs: 2,
+            start_method: Method::Forkserver,
+            repeat: 2,
+            lang: Lang::En,
+        };
+        let expected = expected_total(1000, 2).unwrap();
+        let mut m = Measured {
+            mode: Mode::Threads,
+            times: vec![Duration::from_millis(1); 2],
+            totals: vec![expected, expected],
+        };
+        assert!(print_mode(Lang::En, &m, &args, 1.0, expected));
+        m.totals[1] = 0; // the tutorial's answer
+        assert!(!print_mode(Lang::En, &m, &args, 1.0, expected));
+    }
 
     #[test]
     fn ordinals() {
