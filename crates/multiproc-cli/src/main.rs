@@ -1,3 +1,49 @@
-fn main() {
+//! `multiproc`: the tutorial's experiment done right (`demo`), and benchmarks (`bench`).
+
+mod bench;
+mod demo;
+mod load;
+mod stats;
+mod sys;
+mod warm;
+mod work;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Python's multiprocessing, done right: typed results from real OS processes.
+#[derive(Parser, Debug)]
+#[command(name = "multiproc", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Sum 0..N once per worker, sequentially, in processes and in threads, and compare
+    /// (the experiment of a popular Python multiprocessing tutorial, done right).
+    Demo(demo::DemoArgs),
+    /// Measure process start+join latency per start method against raw fork, a pipe and
+    /// thread floors, side by side in the same run.
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> ExitCode {
+    // First: in a child started by multiproc this never returns (it becomes a worker);
+    // in the parent it starts the fork server while the program is still young.
     multiproc::init();
+    let cli = Cli::parse();
+    let outcome = match cli.command {
+        Command::Demo(args) => demo::run(&args),
+        Command::Bench(args) => bench::run(&args),
+    };
+    match outcome {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("multiproc: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -1,0 +1,213 @@
+//! `multiproc bench`: measurements held against a floor measured in the same run.
+//!
+//! A [`Workload`] is a family of [`Case`]s timed side by side: the cases of a workload
+//! run round-robin (one repetition of each, then the next round), so a slow moment of a
+//! shared machine hits every case alike, and each row is reported with its ratio to the
+//! workload's reference case (a floor such as raw `fork()`). To add a workload, write a
+//! module that implements [`Workload`] and list it in [`workloads`].
+
+mod latency;
+mod report;
+
+use std::error::Error;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use crate::load::{LoadMeter, OtherLoad};
+use crate::stats::Summary;
+use crate::warm;
+
+/// Options of `multiproc bench`.
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// Timed repetitions of each case.
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+    iters: u64,
+
+    /// Untimed repetitions of each case before timing (first-use costs, caches).
+    /// The CPUs are also spun for 0.2 s first, whatever this says.
+    #[arg(long, value_name = "ROUNDS", default_value_t = 20)]
+    warmup: u64,
+
+    /// Print machine-readable JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Result of one timed repetition.
+pub type CaseResult = Result<Duration, Box<dyn Error>>;
+
+/// What a row is: a floor to compare against, or what is being measured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// A reference: the same job done with the least machinery (raw syscalls, threads).
+    Floor,
+    /// multiproc itself.
+    Multiproc,
+}
+
+/// One thing to time. Each call of `run` performs one repetition and returns its
+/// duration (measured by the case, so that it may leave set-up out), or an error, which
+/// ends the benchmark: a wrong answer makes every number meaningless.
+pub struct Case {
+    pub name: String,
+    pub kind: Kind,
+    pub run: Box<dyn FnMut(u64) -> CaseResult>,
+}
+
+impl Case {
+    pub fn new(
+        name: impl Into<String>,
+        kind: Kind,
+        run: impl FnMut(u64) -> CaseResult + 'static,
+    ) -> Case {
+        Case {
+            name: name.into(),
+            kind,
+            run: Box::new(run),
+        }
+    }
+}
+
+/// Times `f`; for cases whose whole body is the measurement.
+pub fn timed<E: Into<Box<dyn Error>>>(f: impl FnOnce() -> Result<(), E>) -> CaseResult {
+    let t = Instant::now();
+    f().map_err(Into::into)?;
+    Ok(t.elapsed())
+}
+
+/// A family of cases measured side by side against one reference case.
+pub trait Workload {
+    /// Short name, as the table title and the JSON `name`.
+    fn name(&self) -> &'static str;
+    /// One sentence: what a repetition does.
+    fn description(&self) -> &'static str;
+    /// The name of the case every row's ratio is computed against.
+    fn reference(&self) -> &'static str;
+    /// The cases, in the order of the table.
+    fn cases(&self) -> Vec<Case>;
+    /// Lines printed under the table: how to read it.
+    fn notes(&self) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+/// Every workload `multiproc bench` runs, in order.
+fn workloads() -> Vec<Box<dyn Workload>> {
+    vec![Box::new(latency::StartJoin)]
+}
+
+/// One row of results.
+#[derive(Debug, serde::Serialize)]
+pub struct Row {
+    pub name: String,
+    pub kind: Kind,
+    pub median_us: f64,
+    pub p10_us: f64,
+    pub p90_us: f64,
+    pub min_us: f64,
+    pub max_us: f64,
+    /// Median over the reference's median.
+    pub ratio: f64,
+}
+
+/// All rows of one workload.
+#[derive(Debug, serde::Serialize)]
+pub struct WorkloadReport {
+    pub name: &'static str,
+    pub description: &'static str,
+    pub reference: &'static str,
+    pub rows: Vec<Row>,
+    pub notes: Vec<String>,
+    /// Other processes' CPU use while this workload ran, if procfs could tell.
+    pub other_load: Option<OtherLoad>,
+}
+
+/// Everything `multiproc bench` measured.
+#[derive(Debug, serde::Serialize)]
+pub struct Report {
+    pub iters: u64,
+    pub warmup: u64,
+    pub cpus: usize,
+    pub workloads: Vec<WorkloadReport>,
+}
+
+pub fn run(args: &BenchArgs) -> Result<ExitCode, Box<dyn Error>> {
+    warm::warm_cpus(warm::DEFAULT_SPIN);
+    let mut report = Report {
+        iters: args.iters,
+        warmup: args.warmup,
+        cpus: multiproc::cpu_count(),
+        workloads: Vec::new(),
+    };
+    for w in workloads() {
+        report
+            .workloads
+            .push(measure(&*w, args.iters, args.warmup)?);
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        report::print_table(&report);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs a workload's cases round-robin: `warmup` untimed rounds, then `iters` timed.
+fn measure(w: &dyn Workload, iters: u64, warmup: u64) -> Result<WorkloadReport, Box<dyn Error>> {
+    let mut cases = w.cases();
+    let fail = |case: &Case, e: Box<dyn Error>| format!("{} / {}: {e}", w.name(), case.name);
+    for i in 0..warmup {
+        for c in &mut cases {
+            (c.run)(i).map_err(|e| fail(c, e))?;
+        }
+    }
+    let meter = LoadMeter::start();
+    let mut samples: Vec<Vec<Duration>> = vec![Vec::with_capacity(iters as usize); cases.len()];
+    for i in 0..iters {
+        for (c, s) in cases.iter_mut().zip(&mut samples) {
+            s.push((c.run)(i).map_err(|e| fail(c, e))?);
+        }
+    }
+    let other_load = meter.finish();
+
+    let summaries: Vec<Summary> = samples
+        .iter()
+        .map(|s| Summary::of(s).expect("iters >= 1"))
+        .collect();
+    let reference = cases
+        .iter()
+        .position(|c| c.name == w.reference())
+        .map(|i| summaries[i].median)
+        .ok_or_else(|| {
+            format!(
+                "workload {} has no case named {:?}",
+                w.name(),
+                w.reference()
+            )
+        })?;
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    let rows = cases
+        .iter()
+        .zip(&summaries)
+        .map(|(c, s)| Row {
+            name: c.name.clone(),
+            kind: c.kind,
+            median_us: us(s.median),
+            p10_us: us(s.p10),
+            p90_us: us(s.p90),
+            min_us: us(s.min),
+            max_us: us(s.max),
+            ratio: s.median.as_secs_f64() / reference.as_secs_f64(),
+        })
+        .collect();
+    Ok(WorkloadReport {
+        name: w.name(),
+        description: w.description(),
+        reference: w.reference(),
+        rows,
+        notes: w.notes(),
+        other_load,
+    })
+}

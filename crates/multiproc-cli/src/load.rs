@@ -1,0 +1,143 @@
+//! Noticing other load on a shared machine: CPU time spent by everyone else while we
+//! measured, from `/proc/stat` (the whole machine) minus `/proc/self/stat` (this
+//! process, its threads, and the children it reaped).
+
+use std::time::Instant;
+
+/// On average, others used more than this many CPUs: the numbers may be off.
+pub const BUSY_THRESHOLD_CPUS: f64 = 0.15;
+
+/// A snapshot taken when a measurement starts.
+pub struct LoadMeter {
+    at: Instant,
+    machine: Option<MachineTicks>,
+    own: Option<u64>,
+}
+
+/// How busy the rest of the machine was during a measurement.
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub struct OtherLoad {
+    /// CPUs used on average by other processes (and the hypervisor, as steal time).
+    pub other_cpus: f64,
+    /// Wall-clock seconds covered.
+    pub seconds: f64,
+    /// Whether that is enough to disturb a measurement ([`BUSY_THRESHOLD_CPUS`]).
+    pub busy: bool,
+}
+
+impl OtherLoad {
+    /// A one-line warning, if the machine was busy.
+    pub fn warning(&self) -> Option<String> {
+        self.busy.then(|| {
+            format!(
+                "warning: other processes used {:.2} CPUs on average during the {:.1} s run; \
+                 numbers may be inflated (rerun on a quiet machine)",
+                self.other_cpus, self.seconds
+            )
+        })
+    }
+}
+
+#[derive(Clone, Copy)]
+struct MachineTicks {
+    busy: u64,
+    total: u64,
+}
+
+impl LoadMeter {
+    /// Takes the starting snapshot.
+    pub fn start() -> LoadMeter {
+        LoadMeter {
+            at: Instant::now(),
+            machine: machine_ticks(),
+            own: own_ticks(),
+        }
+    }
+
+    /// Other load since [`start`](LoadMeter::start), or `None` where procfs is missing.
+    pub fn finish(&self) -> Option<OtherLoad> {
+        let seconds = self.at.elapsed().as_secs_f64();
+        let (m0, m1) = (self.machine?, machine_ticks()?);
+        let own = own_ticks()?.saturating_sub(self.own?);
+        let total = m1.total.saturating_sub(m0.total);
+        if total == 0 {
+            return None;
+        }
+        let busy = m1.busy.saturating_sub(m0.busy);
+        let other = busy.saturating_sub(own);
+        let cpus = multiproc::cpu_count() as f64;
+        // Ticks across all CPUs; total/cpus is the wall time in ticks.
+        let other_cpus = other as f64 / (total as f64 / cpus);
+        Some(OtherLoad {
+            other_cpus,
+            seconds,
+            busy: other_cpus > BUSY_THRESHOLD_CPUS,
+        })
+    }
+}
+
+/// Busy and total ticks of the whole machine (the `cpu` line of `/proc/stat`).
+fn machine_ticks() -> Option<MachineTicks> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    parse_machine(stat.lines().next()?)
+}
+
+/// `cpu user nice system idle iowait irq softirq steal guest guest_nice`; guest time is
+/// already counted in user.
+fn parse_machine(line: &str) -> Option<MachineTicks> {
+    let mut fields = line.split_whitespace();
+    if fields.next()? != "cpu" {
+        return None;
+    }
+    let v: Vec<u64> = fields
+        .take(8)
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
+    if v.len() < 8 {
+        return None;
+    }
+    let idle = v[3] + v[4];
+    let busy = v[0] + v[1] + v[2] + v[5] + v[6] + v[7];
+    Some(MachineTicks {
+        busy,
+        total: busy + idle,
+    })
+}
+
+/// This process's CPU ticks: utime + stime + cutime + cstime of `/proc/self/stat`.
+fn own_ticks() -> Option<u64> {
+    parse_own(&std::fs::read_to_string("/proc/self/stat").ok()?)
+}
+
+fn parse_own(stat: &str) -> Option<u64> {
+    // The command name (field 2) may contain spaces and parentheses: skip past its end.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    // rest starts at field 3 (state); utime..cstime are fields 14..=17.
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    (11..15).map(|i| f.get(i)?.parse::<u64>().ok()).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_proc_stat_lines() {
+        let m = parse_machine("cpu  100 5 50 1000 20 3 2 7 0 0").unwrap();
+        assert_eq!(m.busy, 100 + 5 + 50 + 3 + 2 + 7);
+        assert_eq!(m.total, m.busy + 1020);
+        assert!(parse_machine("cpu0 1 2 3 4 5 6 7 8").is_none());
+        let own = parse_own("42 (a (weird) name) S 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17");
+        // utime=11 stime=12 cutime=13 cstime=14
+        assert_eq!(own, Some(11 + 12 + 13 + 14));
+    }
+
+    #[test]
+    fn measures_on_this_machine() {
+        let m = LoadMeter::start();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        if let Some(load) = m.finish() {
+            assert!(load.other_cpus >= 0.0);
+        }
+    }
+}

@@ -1,0 +1,113 @@
+//! The `multiproc` binary, run as a user would.
+
+use std::process::{Command, Output};
+
+fn multiproc(args: &[&str]) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_multiproc"))
+        .args(args)
+        .output()
+        .expect("run the multiproc binary");
+    if !out.status.success() {
+        eprintln!("stdout:\n{}", String::from_utf8_lossy(&out.stdout));
+        eprintln!("stderr:\n{}", String::from_utf8_lossy(&out.stderr));
+    }
+    out
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8(out.stdout.clone()).expect("utf-8 output")
+}
+
+/// 2 runs of 0..1,000,000: 2 × 499,999,500,000.
+const TOTAL_1M: &str = "999999000000";
+
+#[test]
+fn demo_prints_the_right_total_in_all_three_modes() {
+    for method in ["forkserver", "fork", "spawn"] {
+        let out = multiproc(&[
+            "demo",
+            "--n",
+            "1000000",
+            "--repeat",
+            "1",
+            "--start-method",
+            method,
+        ]);
+        assert!(out.status.success(), "demo with {method} failed");
+        let text = stdout(&out);
+        let totals: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("total: "))
+            .collect();
+        assert_eq!(totals, [TOTAL_1M; 3], "{method}:\n{text}");
+        assert!(text.contains(&format!("start method: {method}")), "{text}");
+        assert!(
+            text.contains("1st run") && text.contains("2nd run"),
+            "{text}"
+        );
+        assert!(text.contains("all totals correct"), "{text}");
+    }
+}
+
+#[test]
+fn demo_speaks_the_tutorials_korean() {
+    let out = multiproc(&["demo", "--n", "1000000", "--repeat", "1", "--lang", "ko"]);
+    assert!(out.status.success());
+    let text = stdout(&out);
+    for label in ["1 번째 실행", "2 번째 실행", "  초 경과", "  배 속도 향상"] {
+        assert!(text.contains(label), "missing {label:?} in:\n{text}");
+    }
+    let totals = text
+        .lines()
+        .filter(|l| *l == format!("합계 결과: {TOTAL_1M}"))
+        .count();
+    assert_eq!(totals, 3, "{text}");
+}
+
+#[test]
+fn demo_scales_to_more_processes() {
+    let out = multiproc(&["demo", "--n", "1000", "--procs", "3", "--repeat", "2"]);
+    assert!(out.status.success());
+    let text = stdout(&out);
+    // 3 × 499,500
+    assert_eq!(text.matches("total: 1498500\n").count(), 3, "{text}");
+    assert!(text.contains("3rd run"), "{text}");
+}
+
+#[test]
+fn demo_rejects_a_total_that_cannot_fit() {
+    let out = multiproc(&["demo", "--n", "10000000000"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not fit"));
+}
+
+#[test]
+fn bench_json_has_a_row_per_start_method() {
+    let out = multiproc(&["bench", "--iters", "20", "--warmup", "2", "--json"]);
+    assert!(out.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("valid JSON");
+    assert_eq!(report["iters"], 20);
+    let latency = &report["workloads"][0];
+    assert_eq!(latency["name"], "start+join");
+    let rows = latency["rows"].as_array().expect("rows");
+    let reference = latency["reference"].as_str().expect("reference");
+    let floor = rows
+        .iter()
+        .find(|r| r["name"] == reference)
+        .expect("reference row");
+    assert_eq!(floor["ratio"], 1.0);
+    for method in ["fork", "spawn", "forkserver"] {
+        let row = rows
+            .iter()
+            .find(|r| r["name"] == method)
+            .unwrap_or_else(|| panic!("no row for {method}: {report}"));
+        assert_eq!(row["kind"], "multiproc");
+        let median = row["median_us"].as_f64().expect("median_us");
+        let (p10, p90) = (
+            row["p10_us"].as_f64().unwrap(),
+            row["p90_us"].as_f64().unwrap(),
+        );
+        assert!(median > 0.0 && p10 <= median && median <= p90, "{row}");
+        assert!(row["ratio"].as_f64().unwrap() > 0.0);
+    }
+}
