@@ -7,6 +7,7 @@
 //! module that implements [`Workload`] and list it in [`workloads`].
 
 mod latency;
+mod pool;
 mod report;
 
 use std::error::Error;
@@ -32,6 +33,11 @@ pub struct BenchArgs {
     /// Print machine-readable JSON instead of a table.
     #[arg(long)]
     json: bool,
+
+    /// Run only the workloads with these names (repeatable): "start+join",
+    /// "tiny tasks", "tutorial job".
+    #[arg(long = "only", value_name = "WORKLOAD")]
+    only: Vec<String>,
 }
 
 /// Result of one timed repetition.
@@ -87,6 +93,11 @@ pub trait Workload {
     fn reference(&self) -> &'static str;
     /// The cases, in the order of the table.
     fn cases(&self) -> Vec<Case>;
+    /// At most this many timed repetitions (and one untimed), for workloads whose
+    /// repetition takes seconds; `None` follows `--iters`.
+    fn max_iters(&self) -> Option<u64> {
+        None
+    }
     /// Lines printed under the table: how to read it.
     fn notes(&self) -> Vec<String> {
         Vec::new()
@@ -95,7 +106,11 @@ pub trait Workload {
 
 /// Every workload `multiproc bench` runs, in order.
 fn workloads() -> Vec<Box<dyn Workload>> {
-    vec![Box::new(latency::StartJoin)]
+    vec![
+        Box::new(latency::StartJoin),
+        Box::new(pool::TinyTasks),
+        Box::new(pool::TutorialJob),
+    ]
 }
 
 /// One row of results.
@@ -142,9 +157,14 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, Box<dyn Error>> {
         workloads: Vec::new(),
     };
     for w in workloads() {
-        report
-            .workloads
-            .push(measure(&*w, args.iters, args.warmup)?);
+        if !args.only.is_empty() && !args.only.iter().any(|o| o == w.name()) {
+            continue;
+        }
+        let (iters, warmup) = match w.max_iters() {
+            Some(max) => (args.iters.min(max), args.warmup.min(1)),
+            None => (args.iters, args.warmup),
+        };
+        report.workloads.push(measure(&*w, iters, warmup)?);
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

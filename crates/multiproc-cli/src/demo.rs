@@ -40,6 +40,10 @@ pub struct DemoArgs {
           value_parser = clap::value_parser!(u64).range(1..=1000))]
     repeat: u64,
 
+    /// Also run the job through a `multiproc::Pool` (`pool.map(work, ..)`).
+    #[arg(long)]
+    pool: bool,
+
     /// Language of the labels: `ko` prints the tutorial's own Korean labels.
     #[arg(long, value_enum, default_value_t = Lang::En)]
     lang: Lang,
@@ -75,10 +79,9 @@ enum Mode {
     Processes(StartMethod),
     /// One scoped thread per run.
     Threads,
-    // HOOK(pool): the Pool engineer adds `Pool` here, a `--pool` flag on `DemoArgs`
-    // that appends `Mode::Pool` to the list built in `run`, its headings in `Lang`,
-    // and a `run_pool` arm in `Mode::run_once` (`pool.map(work, ..)`). Nothing else in
-    // this file needs to change.
+    /// A `Pool` of as many worker processes as runs, started for the job (its start
+    /// and shutdown are timed too), running the runs with `pool.map`.
+    Pool(StartMethod),
 }
 
 impl Mode {
@@ -88,6 +91,7 @@ impl Mode {
             Mode::Sequential => Ok((0..runs).map(|_| work((0, n))).collect()),
             Mode::Processes(method) => run_processes(method, n, runs),
             Mode::Threads => run_threads(n, runs),
+            Mode::Pool(method) => run_pool(method, n, runs),
         }
     }
 }
@@ -106,6 +110,15 @@ fn run_processes(method: StartMethod, n: u64, runs: u64) -> Result<Vec<u64>, Box
         .into_iter()
         .map(Process::join)
         .collect::<multiproc::Result<Vec<u64>>>()?;
+    Ok(sums)
+}
+
+fn run_pool(method: StartMethod, n: u64, runs: u64) -> Result<Vec<u64>, Box<dyn Error>> {
+    let pool = multiproc::Pool::builder()
+        .processes(runs as usize)
+        .start_method(method)
+        .build()?;
+    let sums = pool.map(work, (0..runs).map(|_| (0, n)))?;
     Ok(sums)
 }
 
@@ -136,11 +149,14 @@ pub fn run(args: &DemoArgs) -> Result<ExitCode, Box<dyn Error>> {
         .into());
     };
     let lang = args.lang;
-    let modes = [
+    let mut modes = vec![
         Mode::Sequential,
         Mode::Processes(args.start_method.into()),
         Mode::Threads,
     ];
+    if args.pool {
+        modes.push(Mode::Pool(args.start_method.into()));
+    }
 
     println!("{}", lang.intro(args.n, args.procs, args.repeat));
     println!("{}", lang.why_python_printed_zero());
@@ -291,6 +307,12 @@ impl Lang {
                 format!("== {procs} processes (start method: {m}), sums returned by join ==")
             }
             (Lang::En, Mode::Threads) => format!("== {procs} threads (std::thread::scope) =="),
+            (Lang::En, Mode::Pool(m)) => {
+                format!("== a Pool of {procs} worker processes ({m}), pool.map ==")
+            }
+            (Lang::Ko, Mode::Pool(m)) => {
+                format!("== Pool 을 사용할 경우: 워커 프로세스 {procs}개 ({m}), pool.map ==")
+            }
             (Lang::Ko, Mode::Sequential) => format!("== 싱글 프로세스 {procs}번 실행 =="),
             (Lang::Ko, Mode::Processes(m)) => {
                 format!("== multiprocessing 을 사용할 경우: 프로세스 {procs}개 ({m}) ==")
@@ -398,6 +420,7 @@ mod tests {
             procs: 2,
             start_method: Method::Forkserver,
             repeat: 2,
+            pool: false,
             lang: Lang::En,
         };
         let expected = expected_total(1000, 2).unwrap();

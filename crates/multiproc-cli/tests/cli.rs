@@ -83,7 +83,16 @@ fn demo_rejects_a_total_that_cannot_fit() {
 
 #[test]
 fn bench_json_has_a_row_per_start_method() {
-    let out = multiproc(&["bench", "--iters", "20", "--warmup", "2", "--json"]);
+    let out = multiproc(&[
+        "bench",
+        "--iters",
+        "20",
+        "--warmup",
+        "2",
+        "--json",
+        "--only",
+        "start+join",
+    ]);
     assert!(out.status.success());
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("valid JSON");
     assert_eq!(report["iters"], 20);
@@ -110,4 +119,20 @@ fn bench_json_has_a_row_per_start_method() {
         assert!(median > 0.0 && p10 <= median && median <= p90, "{row}");
         assert!(row["ratio"].as_f64().unwrap() > 0.0);
     }
+}
+
+#[test]
+fn demo_pool_mode_gets_the_right_total() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_multiproc"))
+        .args(["demo", "--n", "1000000", "--repeat", "1", "--pool"])
+        .output()
+        .expect("run multiproc demo --pool");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("Pool of 2 worker processes"), "{stdout}");
+    assert_eq!(stdout.matches("total: 999999000000").count(), 4, "{stdout}");
 }

@@ -296,6 +296,8 @@ impl TaskPool for ThreadPool {
     }
 }
 
+crate::pool::api::inherent_task_pool_methods!(ThreadPool);
+
 impl Drop for ThreadPool {
     fn drop(&mut self) {
         self.close();

@@ -227,3 +227,94 @@ impl<P: Backend + ?Sized> Drop for CancelOnDrop<'_, P> {
         }
     }
 }
+
+/// Gives a pool type the [`TaskPool`] methods as inherent methods, so that calling them
+/// needs no trait import (and `pool.map` is never mistaken for `Iterator::map`).
+macro_rules! inherent_task_pool_methods {
+    ($pool:ty) => {
+        impl $pool {
+            /// See [`TaskPool::map`](crate::TaskPool::map).
+            pub fn map<A: $crate::pool::Arg, R: $crate::pool::Ret>(
+                &self,
+                f: fn(A) -> R,
+                items: impl IntoIterator<Item = A>,
+            ) -> $crate::Result<Vec<R>> {
+                <Self as $crate::TaskPool>::map(self, f, items)
+            }
+
+            /// See [`TaskPool::map_results`](crate::TaskPool::map_results).
+            pub fn map_results<A: $crate::pool::Arg, R: $crate::pool::Ret>(
+                &self,
+                f: fn(A) -> R,
+                items: impl IntoIterator<Item = A>,
+            ) -> $crate::Result<Vec<$crate::Result<R>>> {
+                <Self as $crate::TaskPool>::map_results(self, f, items)
+            }
+
+            /// See [`TaskPool::imap`](crate::TaskPool::imap).
+            pub fn imap<A: $crate::pool::Arg, R: $crate::pool::Ret, I: IntoIterator<Item = A>>(
+                &self,
+                f: fn(A) -> R,
+                items: I,
+            ) -> $crate::pool::Imap<'_, Self, A, R, I::IntoIter> {
+                <Self as $crate::TaskPool>::imap(self, f, items)
+            }
+
+            /// See [`TaskPool::imap_unordered`](crate::TaskPool::imap_unordered).
+            pub fn imap_unordered<
+                A: $crate::pool::Arg,
+                R: $crate::pool::Ret,
+                I: IntoIterator<Item = A>,
+            >(
+                &self,
+                f: fn(A) -> R,
+                items: I,
+            ) -> $crate::pool::Imap<'_, Self, A, R, I::IntoIter> {
+                <Self as $crate::TaskPool>::imap_unordered(self, f, items)
+            }
+
+            /// See [`TaskPool::apply`](crate::TaskPool::apply).
+            pub fn apply<A: $crate::pool::Arg, R: $crate::pool::Ret>(
+                &self,
+                f: fn(A) -> R,
+                arg: A,
+            ) -> $crate::Result<R> {
+                <Self as $crate::TaskPool>::apply(self, f, arg)
+            }
+
+            /// See [`TaskPool::apply_async`](crate::TaskPool::apply_async).
+            pub fn apply_async<A: $crate::pool::Arg, R: $crate::pool::Ret>(
+                &self,
+                f: fn(A) -> R,
+                arg: A,
+            ) -> $crate::Result<$crate::AsyncResult<R>> {
+                <Self as $crate::TaskPool>::apply_async(self, f, arg)
+            }
+
+            /// See [`TaskPool::map_async`](crate::TaskPool::map_async).
+            pub fn map_async<A: $crate::pool::Arg, R: $crate::pool::Ret>(
+                &self,
+                f: fn(A) -> R,
+                items: impl IntoIterator<Item = A>,
+            ) -> $crate::Result<$crate::AsyncResult<Vec<R>>> {
+                <Self as $crate::TaskPool>::map_async(self, f, items)
+            }
+
+            /// See [`TaskPool::close`](crate::TaskPool::close).
+            pub fn close(&self) {
+                <Self as $crate::TaskPool>::close(self)
+            }
+
+            /// See [`TaskPool::terminate`](crate::TaskPool::terminate).
+            pub fn terminate(&self) {
+                <Self as $crate::TaskPool>::terminate(self)
+            }
+
+            /// See [`TaskPool::join`](crate::TaskPool::join).
+            pub fn join(&self) -> $crate::Result<()> {
+                <Self as $crate::TaskPool>::join(self)
+            }
+        }
+    };
+}
+pub(crate) use inherent_task_pool_methods;

@@ -380,6 +380,8 @@ impl TaskPool for Pool {
     }
 }
 
+api::inherent_task_pool_methods!(Pool);
+
 impl Drop for Pool {
     fn drop(&mut self) {
         self.close();

@@ -1,0 +1,190 @@
+//! Pool workloads: tiny tasks (what per-call overhead costs, and what chunking saves),
+//! and the tutorial's job split over every CPU (what a pool costs on real work) — each
+//! held against rayon, the speed limit of threads, in the same run.
+
+use std::error::Error;
+use std::time::Instant;
+
+use multiproc::{ChunkSize, Pool, ThreadPool};
+use rayon::prelude::*;
+
+use super::{Case, CaseResult, Kind, Workload};
+use crate::work::{expected_total, work};
+
+/// The tiny task.
+fn double(x: u64) -> u64 {
+    x.wrapping_mul(2)
+}
+
+const TINY: u64 = 200_000;
+const RAYON: &str = "rayon par_iter";
+
+fn check_doubles(out: &[u64]) -> Result<(), Box<dyn Error>> {
+    if out.len() as u64 == TINY && out.iter().enumerate().all(|(i, &v)| v == 2 * i as u64) {
+        Ok(())
+    } else {
+        Err("wrong results from a map of x -> 2x".into())
+    }
+}
+
+fn timed_map(f: impl Fn() -> multiproc::Result<Vec<u64>>) -> CaseResult {
+    let t = Instant::now();
+    let out = f()?;
+    let d = t.elapsed();
+    check_doubles(&out)?;
+    Ok(d)
+}
+
+/// 200,000 calls of `x -> 2x`.
+pub struct TinyTasks;
+
+impl Workload for TinyTasks {
+    fn name(&self) -> &'static str {
+        "tiny tasks"
+    }
+
+    fn description(&self) -> &'static str {
+        "map x -> 2x over 200,000 inputs (pools started before timing)"
+    }
+
+    fn reference(&self) -> &'static str {
+        RAYON
+    }
+
+    fn max_iters(&self) -> Option<u64> {
+        Some(5)
+    }
+
+    fn cases(&self) -> Vec<Case> {
+        let workers = multiproc::cpu_count();
+        let threads = ThreadPool::new(workers).map(std::rc::Rc::new);
+        let auto = Pool::new(workers).map(std::rc::Rc::new);
+        let one = Pool::builder()
+            .processes(workers)
+            .chunk_size(ChunkSize::Fixed(1))
+            .build()
+            .map(std::rc::Rc::new);
+        let mut cases = vec![Case::new(RAYON, Kind::Floor, |_| {
+            let t = Instant::now();
+            let out: Vec<u64> = (0..TINY).into_par_iter().map(double).collect();
+            let d = t.elapsed();
+            check_doubles(&out)?;
+            Ok(d)
+        })];
+        match threads {
+            Ok(p) => cases.push(Case::new(
+                "ThreadPool, auto chunks",
+                Kind::Multiproc,
+                move |_| timed_map(|| p.map(double, 0..TINY)),
+            )),
+            Err(e) => eprintln!("bench: no ThreadPool: {e}"),
+        }
+        match auto {
+            Ok(p) => cases.push(Case::new("Pool, auto chunks", Kind::Multiproc, move |_| {
+                timed_map(|| p.map(double, 0..TINY))
+            })),
+            Err(e) => eprintln!("bench: no Pool: {e}"),
+        }
+        match one {
+            Ok(p) => cases.push(Case::new(
+                "Pool, chunk size 1",
+                Kind::Multiproc,
+                move |_| timed_map(|| p.map(double, 0..TINY)),
+            )),
+            Err(e) => eprintln!("bench: no Pool: {e}"),
+        }
+        cases
+    }
+
+    fn notes(&self) -> Vec<String> {
+        vec![
+            "rayon calls x -> 2x in place: ~nothing but the loop. A process pool must encode \
+             each argument and result (postcard), move them over a socket in chunks, and decode \
+             them: that per-call cost (a few hundred ns), not the task, is what this measures."
+                .into(),
+            "chunk size 1 pays one round trip per call (wake the manager, a frame each way, \
+             wake the caller); auto chunks pay it once per chunk."
+                .into(),
+        ]
+    }
+}
+
+const SEQUENTIAL: &str = "sequential";
+/// The tutorial's job: two sums of 0..50,000,000.
+const N: u64 = 50_000_000;
+const RUNS: u64 = 2;
+
+/// The tutorial's two runs of 0..N, cut into `pieces` ranges in all.
+fn split(pieces: u64) -> Vec<(u64, u64)> {
+    let per_run = pieces.div_ceil(RUNS).max(1);
+    let step = N.div_ceil(per_run);
+    (0..RUNS)
+        .flat_map(|_| (0..per_run).map(move |k| (k * step, ((k + 1) * step).min(N))))
+        .collect()
+}
+
+fn timed_sum(f: impl FnOnce() -> Result<u64, Box<dyn Error>>) -> CaseResult {
+    let want = expected_total(N, RUNS).ok_or("total overflows")?;
+    let t = Instant::now();
+    let got = f()?;
+    let d = t.elapsed();
+    if got != want {
+        return Err(format!("wrong total {got}, want {want}").into());
+    }
+    Ok(d)
+}
+
+/// The tutorial's job over every CPU.
+pub struct TutorialJob;
+
+impl Workload for TutorialJob {
+    fn name(&self) -> &'static str {
+        "tutorial job"
+    }
+
+    fn description(&self) -> &'static str {
+        "sum 0..50,000,000 twice, split over cpu_count() workers (pools started before timing)"
+    }
+
+    fn reference(&self) -> &'static str {
+        SEQUENTIAL
+    }
+
+    fn max_iters(&self) -> Option<u64> {
+        Some(21)
+    }
+
+    fn cases(&self) -> Vec<Case> {
+        let workers = multiproc::cpu_count();
+        let pieces = split(workers as u64);
+        let mut cases = vec![
+            Case::new(SEQUENTIAL, Kind::Floor, |_| {
+                timed_sum(|| Ok((0..RUNS).map(|_| work((0, N))).sum()))
+            }),
+            Case::new(RAYON, Kind::Floor, {
+                let pieces = pieces.clone();
+                move |_| timed_sum(|| Ok(pieces.par_iter().map(|&r| work(r)).sum()))
+            }),
+        ];
+        if let Ok(p) = Pool::new(workers) {
+            let pieces = pieces.clone();
+            cases.push(Case::new("Pool", Kind::Multiproc, move |_| {
+                timed_sum(|| Ok(p.map(work, pieces.iter().copied())?.iter().sum()))
+            }));
+        }
+        if let Ok(p) = ThreadPool::new(workers) {
+            cases.push(Case::new("ThreadPool", Kind::Multiproc, move |_| {
+                timed_sum(|| Ok(p.map(work, pieces.iter().copied())?.iter().sum()))
+            }));
+        }
+        cases
+    }
+
+    fn notes(&self) -> Vec<String> {
+        vec![
+            "target: Pool within 10% of rayon. Both split the job the same way; the pool adds \
+             one round trip per piece (tens of µs) to a job of tens of ms."
+                .into(),
+        ]
+    }
+}
