@@ -14,7 +14,7 @@ use crate::start::{self, StartMethod};
 use crate::sys;
 use crate::task::{self, TaskRef};
 use crate::wire::message::{Batch, PROTOCOL_VERSION, Reply, Request};
-use crate::wire::{self, FrameDecoder, Received, recv_frame, send_frame, send_frame_with_fds};
+use crate::wire::{self, FrameDecoder, Received, recv_frame, send_frame, send_frames};
 
 /// A task running in a child process.
 ///
@@ -186,9 +186,14 @@ impl<R: DeserializeOwned> Process<R> {
         })?;
         let exit = wire::encode(&Request::Exit)?;
         let sock = self.sock.as_ref().expect("a new process has its socket");
-        let sent = send_frame(sock.as_fd(), &hello, max)
-            .and_then(|()| send_frame_with_fds(sock.as_fd(), &run, &fds, max))
-            .and_then(|()| send_frame(sock.as_fd(), &exit, max));
+        // One write for the three frames; descriptors must arrive with the frame that
+        // names them (the Run), so with descriptors the hello goes first, alone.
+        let sent = if fds.is_empty() {
+            send_frames(sock.as_fd(), &[&hello, &run, &exit], &[], max)
+        } else {
+            send_frame(sock.as_fd(), &hello, max)
+                .and_then(|()| send_frames(sock.as_fd(), &[&run, &exit], &fds, max))
+        };
         match sent {
             Ok(()) => Ok(()),
             // The child closed its end early: most likely it refused (another build) or
@@ -291,8 +296,9 @@ impl<R: DeserializeOwned> Process<R> {
         }
         self.sock = None;
         if self.status.is_none() {
-            if !wire::wait_readable(self.pidfd.as_fd(), deadline)
-                .map_err(|e| Error::io("waiting for a child process", e))?
+            if deadline.is_some()
+                && !wire::wait_readable(self.pidfd.as_fd(), deadline)
+                    .map_err(|e| Error::io("waiting for a child process", e))?
             {
                 return Err(timed_out());
             }

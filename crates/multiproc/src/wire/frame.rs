@@ -238,7 +238,7 @@ pub(crate) fn recv_frame(
 
 /// Writes `payload` as one frame, blocking until it is all written.
 pub(crate) fn send_frame(fd: impl AsFd, payload: &[u8], max: usize) -> Result<()> {
-    send_frame_with_fds(fd, payload, &[], max)
+    send_frames(fd, &[payload], &[], max)
 }
 
 /// Writes `payload` as one frame with `fds` attached to its first byte.
@@ -248,36 +248,60 @@ pub(crate) fn send_frame_with_fds(
     fds: &[OwnedFd],
     max: usize,
 ) -> Result<()> {
-    let raw_fds: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
-    if payload.len() > max {
+    send_frames(fd, &[payload], fds, max)
+}
+
+/// Writes each payload as a frame, in one `sendmsg` when the socket takes it all, with
+/// `fds` attached to the first byte (so they arrive with the first frame).
+pub(crate) fn send_frames(
+    fd: impl AsFd,
+    payloads: &[&[u8]],
+    fds: &[OwnedFd],
+    max: usize,
+) -> Result<()> {
+    if let Some(p) = payloads.iter().find(|p| p.len() > max) {
         return Err(Error::FrameTooLarge {
-            len: payload.len() as u64,
+            len: p.len() as u64,
             max: max as u64,
         });
     }
-    let header = (payload.len() as u64).to_le_bytes();
+    let raw_fds: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    let headers: Vec<[u8; HEADER_LEN]> = payloads
+        .iter()
+        .map(|p| (p.len() as u64).to_le_bytes())
+        .collect();
+    let parts: Vec<&[u8]> = headers
+        .iter()
+        .zip(payloads)
+        .flat_map(|(h, p)| [&h[..], *p])
+        .collect();
+    let total: usize = parts.iter().map(|p| p.len()).sum();
     let fd = fd.as_fd().as_raw_fd();
     let mut written = 0usize;
-    let total = HEADER_LEN + payload.len();
     while written < total {
-        let iov_storage;
-        let iov: &[IoSlice<'_>] = if written < HEADER_LEN {
-            iov_storage = [IoSlice::new(&header[written..]), IoSlice::new(payload)];
-            &iov_storage
-        } else {
-            iov_storage = [
-                IoSlice::new(&payload[written - HEADER_LEN..]),
-                IoSlice::new(&[]),
-            ];
-            &iov_storage[..1]
-        };
+        // The parts not yet fully written, the first one cut where the last write ended.
+        let mut skip = written;
+        let iov: Vec<IoSlice<'_>> = parts
+            .iter()
+            .filter_map(|p| {
+                if skip >= p.len() {
+                    skip -= p.len();
+                    None
+                } else {
+                    let rest = &p[skip..];
+                    skip = 0;
+                    Some(IoSlice::new(rest))
+                }
+            })
+            .take(64)
+            .collect();
         let rights = [ControlMessage::ScmRights(&raw_fds)];
         let cmsgs: &[ControlMessage<'_>] = if written == 0 && !raw_fds.is_empty() {
             &rights
         } else {
             &[]
         };
-        match sendmsg::<()>(fd, iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None) {
+        match sendmsg::<()>(fd, &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None) {
             Ok(n) => written += n,
             Err(Errno::EINTR) => {}
             Err(e) => return Err(Error::io("sending a frame", e)),
