@@ -16,16 +16,3 @@ pub(crate) fn launcher_rank() -> Option<usize> {
         .iter()
         .find_map(|v| std::env::var(v).ok()?.trim().parse().ok())
 }
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn no_launcher_in_cargo_test() {
-        // cargo test is not started by mpirun (if it ever is, this says so clearly).
-        assert_eq!(
-            super::launcher_rank(),
-            None,
-            "tests run under an MPI launcher?"
-        );
-    }
-}

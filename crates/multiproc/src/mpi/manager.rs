@@ -231,8 +231,8 @@ impl Manager {
                         let e = task::refusal_error(reason, pid);
                         Error::Mpi {
                             detail: format!(
-                                "MPI rank {rank} (pid {pid} on {host}) refused to serve: {e}; \
-                                 every rank must run the same executable"
+                                "MPI rank {rank} on {host} refused to serve: {e} (every rank \
+                                 must run the same executable)"
                             ),
                         }
                     });
@@ -552,12 +552,9 @@ impl Manager {
                     link::abort_job(
                         EXIT_TIMEOUT,
                         &format!(
-                            "a task on MPI rank {} (pid {} on {}) is still running {:?} past its \
+                            "a task on MPI rank {} (pid {} on {}) is still running twice its \
                              task_timeout of {timeout:?}; MPI cannot stop one rank",
-                            info.rank,
-                            info.pid,
-                            info.host,
-                            now - deadline + timeout
+                            info.rank, info.pid, info.host,
                         ),
                     );
                 }

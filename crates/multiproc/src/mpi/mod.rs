@@ -24,14 +24,14 @@
 //! [`Error::FrameTooLarge`](crate::Error::FrameTooLarge), a result over it comes back as
 //! that call's error. Tasks are found by their offset in the executable, so every rank
 //! must run the same build: rank 0's hello carries its build id, and a rank that runs
-//! another build refuses; [`Pool::new`] then fails with an [`Error::Mpi`] that names the
+//! another build refuses; [`Pool::new`] then fails with an [`Error::Mpi`](crate::Error::Mpi) that names the
 //! rank and both build ids. Descriptors (pipes, queues, shared memory) cannot cross
 //! ranks: such an argument is refused at submission (an `Error::Encode` that says so),
 //! such a result is that call's error.
 //!
 //! ## Without a launcher
 //!
-//! `./app` alone: [`Pool::new`] returns [`Error::Mpi`] ("not started by an MPI
+//! `./app` alone: [`Pool::new`] returns [`Error::Mpi`](crate::Error::Mpi) ("not started by an MPI
 //! launcher... use multiproc::Pool for local worker processes") at once, without
 //! initializing MPI. There is no silent fallback to local processes: the two pools have
 //! different costs and failure modes, and a program that wants one can match the error
@@ -63,7 +63,7 @@
 //!
 //! MPI can be initialized once per process. The pool finalizes it when dropped (after
 //! its work and after telling every worker to exit), so create one pool and keep it for
-//! the whole program; a second [`Pool::new`] in the same process is an [`Error::Mpi`].
+//! the whole program; a second [`Pool::new`] in the same process is an [`Error::Mpi`](crate::Error::Mpi).
 //! Leaking the pool (or `std::process::exit` while it lives) skips `MPI_Finalize`, which
 //! `mpirun` reports as an error.
 
