@@ -173,9 +173,11 @@ fn measure<P: TaskPool>(pool: &P) -> multiproc::Result<(f64, f64)> {
     let tasks = f64::from(n) / t.elapsed().as_secs_f64();
     assert_eq!(r.len(), n as usize);
     let mib = 1024usize;
-    let block = serde_bytes::ByteBuf::from(vec![1u8; 1 << 20]);
+    let blocks: Vec<_> = (0..mib)
+        .map(|_| serde_bytes::ByteBuf::from(vec![1u8; 1 << 20]))
+        .collect();
     let t = Instant::now();
-    let r = pool.map(echo, (0..mib).map(|_| block.clone()))?;
+    let r = pool.map(echo, blocks)?;
     let gbs = (mib << 20) as f64 / t.elapsed().as_secs_f64() / 1e9;
     assert!(r.iter().all(|&l| l == 1 << 20));
     Ok((tasks, gbs))

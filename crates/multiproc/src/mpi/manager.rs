@@ -29,6 +29,9 @@ const TARGET_CHUNK: Duration = Duration::from_millis(10);
 /// The first chunk of an automatically sized job, before its task time is known.
 const PROBE_CHUNK: usize = 16;
 const MAX_CHUNK: usize = 1 << 16;
+/// Arguments per chunk, at most (one call may be larger): big chunks of bulk data
+/// would serialize the ranks behind one long send.
+const CHUNK_BYTES: usize = 8 << 20;
 /// Room for a `Run`'s envelope around its arguments.
 const ENVELOPE: usize = 64;
 
@@ -390,7 +393,7 @@ impl Manager {
 
     /// Gives each idle worker rank a chunk.
     fn dispatch(&mut self) {
-        let budget = link::limit().saturating_sub(ENVELOPE);
+        let budget = link::limit().min(CHUNK_BYTES).saturating_sub(ENVELOPE);
         for w in 0..self.workers.len() {
             if self.workers[w].out.is_some() || self.workers[w].broken {
                 continue;
