@@ -136,6 +136,15 @@ fn install_panic_hook() {
     }));
 }
 
+/// Records a panic's message and location for [`run_chunk`] to report, as the worker's
+/// panic hook does; for other worker loops (MPI ranks) that install their own hook.
+#[cfg_attr(not(feature = "mpi"), allow(dead_code))]
+pub(crate) fn record_panic(info: &std::panic::PanicHookInfo<'_>) {
+    let message = panic_message(info.payload());
+    let location = info.location().map(|l| l.to_string());
+    LAST_PANIC.with(|p| *p.borrow_mut() = Some((message, location)));
+}
+
 /// Runs one call of a task, catching a panic. The value is appended to `out`; the
 /// descriptors it holds are returned.
 fn run_call(
@@ -162,9 +171,10 @@ fn run_call(
 }
 
 /// Runs every call of a chunk; returns the reply and the descriptors to send with it,
-/// or `None` if the chunk is malformed.
-fn run_chunk(
-    sock: &Rc<OwnedFd>,
+/// or `None` if the chunk is malformed. `sock` is where the panic hook reports under
+/// `panic = "abort"` (`None`: nowhere).
+pub(crate) fn run_chunk(
+    sock: Option<&Rc<OwnedFd>>,
     job: u64,
     entry: TaskRef,
     args: &Batch,
@@ -181,7 +191,7 @@ fn run_chunk(
     for i in 0..args.len() {
         let (bytes, n) = args.get(i)?;
         let mine: Vec<OwnedFd> = fds.by_ref().take(n).collect();
-        CURRENT.with(|c| *c.borrow_mut() = Some((sock.clone(), job, i as u32)));
+        CURRENT.with(|c| *c.borrow_mut() = sock.map(|s| (s.clone(), job, i as u32)));
         let result = run_call(entry, bytes, mine, &mut values.data);
         CURRENT.with(|c| *c.borrow_mut() = None);
         match result {
@@ -306,7 +316,7 @@ pub(crate) fn serve(sock: OwnedFd, origin: Origin) -> ! {
                 if !greeted {
                     break EXIT_PROTOCOL;
                 }
-                let Some((reply, out_fds)) = run_chunk(&sock, job, entry, &args, fds) else {
+                let Some((reply, out_fds)) = run_chunk(Some(&sock), job, entry, &args, fds) else {
                     break EXIT_PROTOCOL;
                 };
                 if !send_reply(&sock, &reply, &out_fds) {

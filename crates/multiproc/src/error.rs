@@ -254,6 +254,15 @@ pub enum Error {
         message: String,
     },
 
+    /// An MPI pool (feature `mpi`) cannot serve: the program was not started by an MPI
+    /// launcher, the job has no worker ranks, MPI was already finalized in this process,
+    /// or a rank broke the protocol. The text says which, and what to do.
+    #[error("MPI: {detail}")]
+    Mpi {
+        /// What went wrong, and what to do about it.
+        detail: String,
+    },
+
     /// An operating-system call failed.
     #[error("I/O error while {context}: {source}")]
     Io {

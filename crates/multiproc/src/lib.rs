@@ -65,6 +65,8 @@
 
 mod child;
 mod error;
+#[cfg(feature = "mpi")]
+pub mod mpi;
 pub mod pool;
 mod process;
 mod start;
@@ -95,11 +97,14 @@ pub mod prelude {
 /// Bootstraps multiproc; call it first in `main`.
 ///
 /// In a child started by multiproc it never returns: the process becomes a worker.
+/// With feature `mpi`, the same holds on an MPI rank other than 0 (see [`mpi`]).
 /// (This normally happens even earlier, before `main`, from a load-time constructor.)
 /// In a parent it starts the fork server if the default start method needs one, while
 /// the program is still young; it is idempotent and cheap after the first call.
 pub fn init() {
     child::enter_if_child();
+    #[cfg(feature = "mpi")]
+    mpi::enter_if_worker();
     if get_start_method() == StartMethod::ForkServer {
         // Failure is not fatal here: the first Process::start retries and reports it.
         let _ = start::forkserver::ensure_started();

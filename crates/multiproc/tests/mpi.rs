@@ -1,0 +1,339 @@
+//! The MPI pool under a real launcher: `mpirun -n 3` on the `mpi_check` example.
+//!
+//! Needs Open MPI's `mpirun` (Debian: `openmpi-bin`); without it each test says so and
+//! passes. `.ci/run` installs it. The example must be built first (`cargo test
+//! --features mpi` builds examples; `.ci/run` builds it explicitly).
+#![cfg(feature = "mpi")]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// One MPI job at a time: they share two cores.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Root, oversubscription, no UCX probing, loopback only, yield when idle (see
+/// shared notes on MPI).
+const MPI_ENV: [(&str, &str); 8] = [
+    ("OMPI_ALLOW_RUN_AS_ROOT", "1"),
+    ("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1"),
+    ("OMPI_MCA_rmaps_base_oversubscribe", "1"),
+    ("OMPI_MCA_pml", "ob1"),
+    ("OMPI_MCA_osc", "^ucx"),
+    ("OMPI_MCA_btl_tcp_if_include", "lo"),
+    ("OMPI_MCA_oob_tcp_if_include", "lo"),
+    ("OMPI_MCA_mpi_yield_when_idle", "1"),
+];
+
+fn have_mpirun() -> bool {
+    let found = Command::new("sh")
+        .args(["-c", "command -v mpirun"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        eprintln!(
+            "SKIPPED: mpirun is not installed (Debian: apt-get install openmpi-bin libopenmpi-dev)"
+        );
+    }
+    found
+}
+
+/// `target/<profile>/examples/mpi_check`, next to this test's `deps/` directory.
+fn example() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
+    let path = profile_dir.join("examples").join("mpi_check");
+    assert!(
+        path.exists(),
+        "{} is missing: build it with `cargo build -p multiproc --features mpi --example mpi_check`",
+        path.display()
+    );
+    path
+}
+
+/// Runs `mpirun <args>` under `timeout -k 5 60` (a stuck job must not hang the tests).
+fn mpirun(args: &[&str]) -> (Output, Duration) {
+    let _one = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let started = Instant::now();
+    let out = Command::new("timeout")
+        .args(["-k", "5", "60", "mpirun"])
+        .args(args)
+        .envs(MPI_ENV)
+        .output()
+        .expect("running timeout mpirun");
+    let took = started.elapsed();
+    eprintln!(
+        "mpirun {args:?}: {:?} in {took:?}\n--- stdout\n{}--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out, took)
+}
+
+fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn map_tutorial_panic_and_interface_on_three_ranks() {
+    if !have_mpirun() {
+        return;
+    }
+    let ex = example();
+    let (out, _) = mpirun(&["-n", "3", ex.to_str().unwrap()]);
+    let (stdout, _) = text(&out);
+    assert!(out.status.success(), "mpi_check failed");
+    assert!(stdout.contains("2 worker ranks"), "{stdout}");
+    assert!(stdout.contains("map of 10000 ok"), "{stdout}");
+    assert!(
+        stdout.contains("tutorial total 1249999975000000 ok"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("task 7 failed on purpose"), "{stdout}");
+    assert!(stdout.contains("mpi_check: OK"), "{stdout}");
+}
+
+#[test]
+fn without_a_launcher_the_pool_is_a_clear_error() {
+    // No mpirun needed: that is the point.
+    let ex = example();
+    let out = Command::new("timeout")
+        .args(["-k", "5", "30"])
+        .arg(&ex)
+        .env_remove("OMPI_COMM_WORLD_RANK")
+        .env_remove("PMIX_RANK")
+        .env_remove("PMI_RANK")
+        .output()
+        .expect("running the example");
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("not started by an MPI launcher") && stderr.contains("mpirun -n N"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn one_rank_is_a_clear_error() {
+    if !have_mpirun() {
+        return;
+    }
+    let ex = example();
+    let (out, _) = mpirun(&["-n", "1", ex.to_str().unwrap()]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("this MPI job has 1 rank"), "{stderr}");
+}
+
+#[test]
+fn a_task_past_its_timeout_errors_then_aborts_the_job() {
+    if !have_mpirun() {
+        return;
+    }
+    let ex = example();
+    let (out, took) = mpirun(&["-n", "3", ex.to_str().unwrap(), "--timeout"]);
+    let (stdout, stderr) = text(&out);
+    // The caller saw the typed error, then the job was aborted (the rank never came back).
+    assert!(stdout.contains("Err(Timeout"), "{stdout}");
+    assert_eq!(out.status.code(), Some(124), "{stderr}");
+    assert!(stderr.contains("task_timeout"), "{stderr}");
+    assert!(took < Duration::from_secs(30), "{took:?}");
+}
+
+#[test]
+fn a_dying_rank_fails_the_whole_job() {
+    if !have_mpirun() {
+        return;
+    }
+    let ex = example();
+    let (out, took) = mpirun(&["-n", "3", ex.to_str().unwrap(), "--die"]);
+    let (stdout, _) = text(&out);
+    assert!(!out.status.success());
+    assert_ne!(
+        out.status.code(),
+        Some(124),
+        "must not need the outer timeout"
+    );
+    assert!(
+        !stdout.contains("die result"),
+        "rank 0 must not go on: {stdout}"
+    );
+    assert!(took < Duration::from_secs(30), "{took:?}");
+}
+
+/// A copy of the example whose GNU build id differs in one byte: "another build".
+fn other_build(ex: &Path) -> PathBuf {
+    let mut bytes = std::fs::read(ex).expect("reading the example");
+    // Note header: namesz 4, descsz 20, type 3 (NT_GNU_BUILD_ID), name "GNU\0".
+    let header: [u8; 16] = [4, 0, 0, 0, 20, 0, 0, 0, 3, 0, 0, 0, b'G', b'N', b'U', 0];
+    let at = bytes
+        .windows(header.len())
+        .position(|w| w == header)
+        .expect("the example has a GNU build id note");
+    bytes[at + header.len()] ^= 0xff;
+    let dir = std::env::temp_dir().join(format!("multiproc-mpi-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("mpi_check_other_build");
+    std::fs::write(&path, bytes).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+#[test]
+fn ranks_running_another_build_refuse() {
+    if !have_mpirun() {
+        return;
+    }
+    let ex = example();
+    let other = other_build(&ex);
+    let (out, took) = mpirun(&[
+        "-n",
+        "1",
+        ex.to_str().unwrap(),
+        ":",
+        "-n",
+        "2",
+        other.to_str().unwrap(),
+    ]);
+    let _ = std::fs::remove_dir_all(other.parent().unwrap());
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("refused to serve") && stderr.contains("different build"),
+        "{stderr}"
+    );
+    assert!(took < Duration::from_secs(30), "{took:?}");
+}
+
+/// Two network namespaces joined by a veth pair, with addresses that exist only inside
+/// them: two "hosts" on one machine. Deleted on drop.
+struct TwoHosts {
+    names: [String; 2],
+    dir: PathBuf,
+}
+
+impl TwoHosts {
+    const ADDRS: [&str; 2] = ["10.99.0.1", "10.99.0.2"];
+
+    fn create() -> Result<TwoHosts, String> {
+        let id = std::process::id();
+        let names = [format!("mpa{id}"), format!("mpb{id}")];
+        let dir = std::env::temp_dir().join(format!("multiproc-netns-{id}"));
+        let hosts = TwoHosts { names, dir };
+        let [a, b] = &hosts.names;
+        let (va, vb) = (format!("va{id}"), format!("vb{id}"));
+        let steps: Vec<Vec<&str>> = vec![
+            vec!["netns", "add", a],
+            vec!["netns", "add", b],
+            vec!["link", "add", &va, "type", "veth", "peer", "name", &vb],
+            vec!["link", "set", &va, "netns", a],
+            vec!["link", "set", &vb, "netns", b],
+            vec!["-n", a, "addr", "add", "10.99.0.1/24", "dev", &va],
+            vec!["-n", b, "addr", "add", "10.99.0.2/24", "dev", &vb],
+            vec!["-n", a, "link", "set", &va, "up"],
+            vec!["-n", b, "link", "set", &vb, "up"],
+            vec!["-n", a, "link", "set", "lo", "up"],
+            vec!["-n", b, "link", "set", "lo", "up"],
+        ];
+        for step in steps {
+            let out = Command::new("ip")
+                .args(&step)
+                .output()
+                .map_err(|e| e.to_string())?;
+            if !out.status.success() {
+                return Err(format!(
+                    "ip {step:?}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
+        }
+        // Stands in for ssh: runs the daemon's command in that host's namespace, with
+        // that host's name.
+        std::fs::create_dir_all(&hosts.dir).map_err(|e| e.to_string())?;
+        let agent = format!(
+            "#!/bin/sh\nhost=$1; shift\ncase \"$host\" in\n  {}) ns={a} ;;\n  {}) ns={b} ;;\n  \
+             *) echo \"unknown host $host\" >&2; exit 1 ;;\nesac\n\
+             exec ip netns exec \"$ns\" unshare --uts sh -c \"hostname $ns; $*\"\n",
+            Self::ADDRS[0],
+            Self::ADDRS[1]
+        );
+        std::fs::write(hosts.agent(), agent).map_err(|e| e.to_string())?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(hosts.agent(), std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| e.to_string())?;
+        Ok(hosts)
+    }
+
+    fn agent(&self) -> PathBuf {
+        self.dir.join("agent.sh")
+    }
+}
+
+impl Drop for TwoHosts {
+    fn drop(&mut self) {
+        for n in &self.names {
+            // Deleting a namespace deletes the veth end inside it, and so the pair.
+            let _ = Command::new("ip").args(["netns", "del", n]).status();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn ranks_on_two_hosts_in_network_namespaces() {
+    if !have_mpirun() {
+        return;
+    }
+    let tools = Command::new("sh")
+        .args([
+            "-c",
+            "[ \"$(id -u)\" = 0 ] && command -v ip && command -v unshare",
+        ])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !tools {
+        eprintln!("SKIPPED: needs root, `ip` (iproute2) and `unshare` to make two hosts");
+        return;
+    }
+    let hosts = match TwoHosts::create() {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("SKIPPED: cannot create network namespaces here: {e}");
+            return;
+        }
+    };
+    let ex = example();
+    let _one = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let subnet = "10.99.0.0/24";
+    let out = Command::new("ip")
+        .args(["netns", "exec", &hosts.names[0]])
+        .args(["timeout", "-k", "5", "60", "mpirun"])
+        .args(["--host", "10.99.0.1:1,10.99.0.2:2", "-n", "3"])
+        .arg(&ex)
+        .envs(MPI_ENV)
+        .env("OMPI_MCA_btl_tcp_if_include", subnet)
+        .env("OMPI_MCA_oob_tcp_if_include", subnet)
+        .env("OMPI_MCA_plm_rsh_agent", hosts.agent())
+        .output()
+        .expect("running mpirun in a namespace");
+    let (stdout, stderr) = text(&out);
+    eprintln!("--- stdout\n{stdout}--- stderr\n{stderr}");
+    assert!(out.status.success(), "{stderr}");
+    // Both workers run on the second "host", named after its namespace.
+    let b = &hosts.names[1];
+    assert_eq!(
+        stdout.matches(&format!("host: \"{b}\"")).count(),
+        2,
+        "{stdout}"
+    );
+    assert!(stdout.contains("mpi_check: OK"), "{stdout}");
+}
