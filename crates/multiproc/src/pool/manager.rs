@@ -61,6 +61,9 @@ const TARGET_CHUNK: Duration = Duration::from_millis(5);
 /// The first chunk of an automatically sized job, before its task time is known.
 const PROBE_CHUNK: usize = 16;
 const MAX_CHUNK: usize = 1 << 16;
+/// A chunk stops growing past this many bytes of arguments: big arguments travel a few
+/// at a time, so no frame (and no copy of it) grows to hundreds of MiB.
+const MAX_CHUNK_BYTES: usize = 4 << 20;
 /// Consecutive initializer failures, with none succeeding, after which the pool stops
 /// trying and fails its work instead of forking forever.
 const MAX_INIT_FAILURES: u32 = 3;
@@ -315,10 +318,13 @@ impl Manager {
                 n = n.min(max.saturating_sub(worker.done).max(1));
             }
             let mut calls = Vec::with_capacity(n.min(self.queue.len()));
-            while calls.len() < n {
+            let mut bytes = 0;
+            while calls.len() < n && bytes < MAX_CHUNK_BYTES {
                 match self.queue.front() {
                     Some(c) if c.job == job_id && (calls.is_empty() || c.attempts == 0) => {
-                        calls.push(self.queue.pop_front().expect("front exists"));
+                        let c = self.queue.pop_front().expect("front exists");
+                        bytes += c.bytes.len();
+                        calls.push(c);
                     }
                     _ => break,
                 }

@@ -19,6 +19,8 @@
 //!
 //! and at least 1. With a [`task_timeout`](PoolBuilder::task_timeout) the automatic
 //! size is 1, so that the timeout applies to each call. [`ChunkSize::Fixed`] sets it.
+//! Whatever the size, a chunk stops growing once its arguments pass 4 MiB, so large
+//! arguments travel a few at a time.
 
 pub(crate) mod api;
 mod handle;
