@@ -108,23 +108,34 @@ fn panic_message(payload: &dyn std::any::Any) -> String {
 }
 
 /// Reports a panic of the running task from inside the panic hook, so that the parent
-/// gets the message even when the panic aborts the process (`panic = "abort"`).
-fn install_panic_hook() {
-    std::panic::set_hook(Box::new(|info| {
-        let message = panic_message(info.payload());
-        let location = info.location().map(|l| l.to_string());
-        CURRENT.with(|c| {
-            if let Some((sock, job)) = c.borrow_mut().take() {
-                let reply = Reply::Done {
-                    job,
-                    outcome: Outcome::Panicked { message, location },
-                };
-                if let Ok(bytes) = crate::wire::encode(&reply) {
-                    let _ = send_frame(sock.as_fd(), &bytes, crate::wire::max_frame_size());
-                }
+/// gets the message even when the panic aborts the process (`panic = "abort"`). Any
+/// other panic goes to the hook that was in place before.
+///
+/// Installed once per process. The Fork start method installs it in the parent before
+/// it forks, so that a forked child never calls `set_hook`: that takes std's hook lock
+/// for writing, and in a child forked while another thread of the parent was panicking
+/// (holding the lock for reading) it would wait forever.
+pub(crate) fn install_panic_hook() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let task = CURRENT.try_with(|c| c.borrow_mut().take()).ok().flatten();
+            let Some((sock, job)) = task else {
+                return previous(info);
+            };
+            let reply = Reply::Done {
+                job,
+                outcome: Outcome::Panicked {
+                    message: panic_message(info.payload()),
+                    location: info.location().map(|l| l.to_string()),
+                },
+            };
+            if let Ok(bytes) = crate::wire::encode(&reply) {
+                let _ = send_frame(sock.as_fd(), &bytes, crate::wire::max_frame_size());
             }
-        });
-    }));
+        }));
+    });
 }
 
 fn send_reply(sock: &OwnedFd, reply: &Reply) -> bool {

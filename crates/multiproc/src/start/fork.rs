@@ -10,6 +10,8 @@ pub(super) fn start(ours: &OwnedFd, theirs: OwnedFd) -> io::Result<u32> {
     let ours = ours.as_raw_fd();
     let parent = std::process::id();
     runtime().on_launcher(move || {
+        // Before the fork, so that the child need not (see the function's notes).
+        crate::child::install_panic_hook();
         // Held across fork so that the child finds this lock in a known state (held by
         // the one thread it has) rather than perhaps held by a thread it lacks.
         let mut slot = runtime_slot();
