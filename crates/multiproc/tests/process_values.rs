@@ -101,10 +101,9 @@ fn digest_vec(b: Vec<u8>) -> (usize, u64) {
 }
 
 fn checksum(b: &[u8]) -> u64 {
-    b.iter()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, &x| {
-            (h ^ u64::from(x)).wrapping_mul(0x100_0000_01b3)
-        })
+    b.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &x| {
+        (h ^ u64::from(x)).wrapping_mul(0x100_0000_01b3)
+    })
 }
 
 #[test]
@@ -119,7 +118,11 @@ fn integers() {
 #[test]
 fn strings_and_unit() {
     for m in StartMethod::ALL {
-        assert_eq!(start(m, shout, "grüße, wörld".into()), "GRÜSSE, WÖRLD", "{m}");
+        assert_eq!(
+            start(m, shout, "grüße, wörld".into()),
+            "GRÜSSE, WÖRLD",
+            "{m}"
+        );
         assert_eq!(start(m, shout, String::new()), "", "{m}");
         start(m, unit, ());
     }

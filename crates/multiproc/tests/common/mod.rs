@@ -45,7 +45,11 @@ pub fn children_of(pid: u32) -> Vec<(u32, char)> {
         return out;
     };
     for entry in dir.flatten() {
-        let Some(child) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+        let Some(child) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
             continue;
         };
         if let Some((state, ppid)) = stat(child)
@@ -81,7 +85,12 @@ pub fn send_signal(pid: u32, signal: i32) {
     // SAFETY: kill(2) takes two integers; the worst a wrong pid does is signal the wrong
     // process, and every caller passes a child it started and has not reaped.
     let r = unsafe { libc::kill(pid as libc::pid_t, signal) };
-    assert_eq!(r, 0, "kill({pid}, {signal}): {}", std::io::Error::last_os_error());
+    assert_eq!(
+        r,
+        0,
+        "kill({pid}, {signal}): {}",
+        std::io::Error::last_os_error()
+    );
 }
 
 /// A fresh, empty directory under the system temp dir, removed on drop.
