@@ -205,3 +205,59 @@ fn after_failures_work_goes_on() {
         assert_eq!(start(m, panics, 0).join().unwrap(), 0, "{m}");
     }
 }
+
+/// Forks a grandchild that keeps a copy of every descriptor, including the worker's end
+/// of its socket to the parent, for `hold_ms`; writes its pid to `pid_file`; aborts.
+fn abort_leaving_a_socket_copy((pid_file, hold_ms): (String, u32)) -> u32 {
+    // SAFETY: the grandchild calls only async-signal-safe functions (usleep, _exit).
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        unsafe {
+            libc::usleep(hold_ms * 1000);
+            libc::_exit(0)
+        }
+    }
+    std::fs::write(&pid_file, pid.to_string()).unwrap();
+    std::process::abort()
+}
+
+/// A child's death is reported when it dies, even if a copy of its socket lives on
+/// elsewhere and keeps the stream open (regression: join waited for the end of stream,
+/// so for as long as an unrelated process held a copy: here a process the task forked,
+/// in practice also a Fork child started by another thread during a launch).
+#[test]
+fn death_is_seen_while_a_copy_of_the_socket_lives() {
+    const HOLD_MS: u32 = 2000;
+    let dir = common::TempDir::new("socket-copy");
+    let pid_file = |m: StartMethod| dir.path().join(format!("{m}.pid"));
+    let ps: Vec<_> = StartMethod::ALL
+        .into_iter()
+        .map(|m| {
+            let arg = (pid_file(m).to_str().unwrap().to_owned(), HOLD_MS);
+            (
+                m,
+                Instant::now(),
+                start(m, abort_leaving_a_socket_copy, arg),
+            )
+        })
+        .collect();
+    for (m, started, p) in ps {
+        let r = p.join();
+        let took = started.elapsed();
+        expect_signal(m, r.unwrap_err(), Signal::ABRT);
+        assert!(
+            took < Duration::from_millis(u64::from(HOLD_MS) * 3 / 4),
+            "{m}: join took {took:?}"
+        );
+    }
+    for m in StartMethod::ALL {
+        let grandchild: u32 = std::fs::read_to_string(pid_file(m))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(
+            common::wait_dead(grandchild, Duration::from_secs(10)),
+            "{m}"
+        );
+    }
+}
