@@ -188,3 +188,52 @@ fn many_children_at_once() {
         assert_eq!(got, (0..16).map(|i| 50 + i).collect::<Vec<_>>(), "{m}");
     }
 }
+
+/// Ctrl-C is for the parent: a worker ignores SIGINT (the parent decides how its
+/// children end).
+#[test]
+fn workers_ignore_sigint() {
+    for m in StartMethod::ALL {
+        let mut p = start(m, sleep_ms, 60_000);
+        common::send_signal(p.pid(), libc::SIGINT);
+        assert!(
+            p.join_timeout(Duration::from_millis(200))
+                .unwrap_err()
+                .is_timeout(),
+            "{m}: SIGINT ended the worker"
+        );
+        assert!(p.is_alive(), "{m}");
+        p.terminate().unwrap();
+        killed_by(m, p.join_timeout(Duration::from_secs(10)), Signal::TERM);
+    }
+}
+
+fn big_after(ms: u64) -> serde_bytes::ByteBuf {
+    std::thread::sleep(Duration::from_millis(ms));
+    serde_bytes::ByteBuf::from(vec![0x5a; 8 << 20])
+}
+
+/// Many short join_timeouts while a large result streams in: the partial frame kept
+/// between calls is completed, not lost or corrupted.
+#[test]
+fn short_join_timeouts_across_a_large_result() {
+    for m in StartMethod::ALL {
+        let mut p = Process::builder()
+            .start_method(m)
+            .start(big_after, 50)
+            .unwrap();
+        let mut timeouts = 0;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let bytes = loop {
+            match p.join_timeout(Duration::from_micros(300)) {
+                Ok(b) => break b,
+                Err(e) if e.is_timeout() => timeouts += 1,
+                Err(e) => panic!("{m}: {e}"),
+            }
+            assert!(Instant::now() < deadline, "{m}: never finished");
+        };
+        assert!(timeouts > 0, "{m}");
+        assert_eq!(bytes.len(), 8 << 20, "{m}");
+        assert!(bytes.iter().all(|b| *b == 0x5a), "{m}");
+    }
+}
