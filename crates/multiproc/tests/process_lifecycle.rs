@@ -237,3 +237,26 @@ fn short_join_timeouts_across_a_large_result() {
         assert!(bytes.iter().all(|b| *b == 0x5a), "{m}");
     }
 }
+
+/// Many threads start and join at once, with every start method mixed: the launcher
+/// serializes the starts, nothing is mixed up or lost.
+#[test]
+fn concurrent_starts_from_many_threads() {
+    let threads: Vec<_> = (0..8u64)
+        .map(|t| {
+            std::thread::spawn(move || {
+                for i in 0..15u64 {
+                    let m = StartMethod::ALL[((t + i) % 3) as usize];
+                    let x = t * 1000 + i;
+                    let p = start(m, sleep_ms, x % 7);
+                    assert_eq!(p.join().unwrap(), x % 7, "{m}");
+                    let p = start(m, |v: u64| v * 3, x);
+                    assert_eq!(p.join().unwrap(), x * 3, "{m}");
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+}

@@ -193,3 +193,84 @@ fn closures_that_capture_nothing_are_tasks() {
         assert_eq!(start(m, |(a, b): (u64, u64)| a * b, (6, 7)), 42, "{m}");
     }
 }
+
+/// Serializes as an error: a value that cannot cross.
+#[derive(Debug, Deserialize)]
+struct Unsendable(u32);
+
+impl Serialize for Unsendable {
+    fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+        Err(serde::ser::Error::custom(
+            "Unsendable refuses to be serialized",
+        ))
+    }
+}
+
+/// Serializes fine, refuses to be deserialized.
+#[derive(Debug, Serialize)]
+struct Unreadable(u32);
+
+impl<'de> Deserialize<'de> for Unreadable {
+    fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+        Err(serde::de::Error::custom(
+            "Unreadable refuses to be deserialized",
+        ))
+    }
+}
+
+fn takes_unsendable(x: Unsendable) -> u32 {
+    x.0
+}
+
+fn returns_unsendable(x: u32) -> Unsendable {
+    Unsendable(x)
+}
+
+fn takes_unreadable(x: Unreadable) -> u32 {
+    x.0
+}
+
+fn returns_unreadable(x: u32) -> Unreadable {
+    Unreadable(x)
+}
+
+#[test]
+fn values_that_cannot_cross_are_reported() {
+    use multiproc::Error;
+    for m in StartMethod::ALL {
+        let b = || Process::builder().start_method(m);
+        // The argument fails to encode in the parent: no child at all.
+        match b().start(takes_unsendable, Unsendable(1)) {
+            Err(Error::Encode { type_name, reason }) => {
+                assert!(type_name.contains("Unsendable"), "{m}: {type_name}");
+                // postcard drops a custom error's text: "Serde Serialization Error".
+                assert!(!reason.is_empty(), "{m}");
+            }
+            other => panic!("{m}: {other:?}"),
+        }
+        // The result fails to encode in the child.
+        match b().start(returns_unsendable, 2).unwrap().join() {
+            Err(Error::Encode { type_name, reason }) => {
+                assert!(type_name.contains("Unsendable"), "{m}: {type_name}");
+                assert!(reason.contains("in the child"), "{m}: {reason}");
+            }
+            other => panic!("{m}: {other:?}"),
+        }
+        // The argument fails to decode in the child.
+        match b().start(takes_unreadable, Unreadable(3)).unwrap().join() {
+            Err(Error::Decode { type_name, reason }) => {
+                assert!(type_name.contains("Unreadable"), "{m}: {type_name}");
+                assert!(reason.contains("in the child"), "{m}: {reason}");
+            }
+            other => panic!("{m}: {other:?}"),
+        }
+        // The result fails to decode in the parent.
+        match b().start(returns_unreadable, 4).unwrap().join() {
+            Err(Error::Decode { type_name, reason }) => {
+                assert!(type_name.contains("Unreadable"), "{m}: {type_name}");
+                assert!(!reason.is_empty(), "{m}");
+            }
+            other => panic!("{m}: {other:?}"),
+        }
+    }
+}
