@@ -111,29 +111,43 @@ fn panic_message(payload: &dyn std::any::Any) -> String {
     }
 }
 
-/// Records each panic of a task for the worker loop. Under `panic = "abort"` the
-/// process dies inside the hook, so the hook itself reports to the parent first.
-fn install_panic_hook() {
-    std::panic::set_hook(Box::new(|info| {
-        let message = panic_message(info.payload());
-        let location = info.location().map(|l| l.to_string());
-        if cfg!(panic = "abort") {
-            CURRENT.with(|c| {
-                if let Some((sock, job, index)) = c.borrow().as_ref() {
-                    let reply = Reply::Aborting {
-                        job: *job,
-                        index: *index,
-                        message: message.clone(),
-                        location: location.clone(),
-                    };
-                    if let Ok(bytes) = crate::wire::encode(&reply) {
-                        let _ = send_frame(sock.as_fd(), &bytes, crate::wire::max_frame_size());
+/// Records each panic of a running task for the worker loop; under `panic = "abort"`,
+/// where the process dies inside the hook, the hook itself reports to the parent first.
+/// Any other panic goes to the hook that was in place before.
+///
+/// Installed once per process. The Fork start method installs it in the parent before
+/// it forks, so that a forked child never calls `set_hook`: that takes std's hook lock
+/// for writing, and in a child forked while another thread of the parent was panicking
+/// (holding the lock for reading) it would wait forever.
+pub(crate) fn install_panic_hook() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let in_task = CURRENT.try_with(|c| c.borrow().is_some()).unwrap_or(false);
+            if !in_task {
+                return previous(info);
+            }
+            let message = panic_message(info.payload());
+            let location = info.location().map(|l| l.to_string());
+            if cfg!(panic = "abort") {
+                CURRENT.with(|c| {
+                    if let Some((sock, job, index)) = c.borrow().as_ref() {
+                        let reply = Reply::Aborting {
+                            job: *job,
+                            index: *index,
+                            message: message.clone(),
+                            location: location.clone(),
+                        };
+                        if let Ok(bytes) = crate::wire::encode(&reply) {
+                            let _ = send_frame(sock.as_fd(), &bytes, crate::wire::max_frame_size());
+                        }
                     }
-                }
-            });
-        }
-        LAST_PANIC.with(|p| *p.borrow_mut() = Some((message, location)));
-    }));
+                });
+            }
+            LAST_PANIC.with(|p| *p.borrow_mut() = Some((message, location)));
+        }));
+    });
 }
 
 /// Records a panic's message and location for [`run_chunk`] to report, as the worker's

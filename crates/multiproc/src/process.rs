@@ -1,10 +1,12 @@
 //! `Process`: run one task in a child process and get its result back, typed.
 
 use std::marker::PhantomData;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_bytes::ByteBuf;
@@ -278,7 +280,19 @@ impl<R: DeserializeOwned> Process<R> {
             let Some(sock) = self.sock.as_ref() else {
                 break;
             };
-            match recv_frame(sock.as_fd(), &mut self.decoder, deadline)? {
+            // Wait for the socket *or the child's exit*: a copy of the child's end of the
+            // socket can outlive the child (a Fork child started by another thread while
+            // this one was being launched inherits it, as does a process the task forks)
+            // and then holds the stream open after the child died.
+            let exited = self.status.is_some();
+            let Some(exited) =
+                wait_socket_or_exit(sock.as_fd(), self.pidfd.as_fd(), exited, deadline)
+                    .map_err(|e| Error::io("waiting for a child process", e))?
+            else {
+                return Err(timed_out());
+            };
+            // Read what is there without blocking; once the child exited, that is all.
+            match recv_frame(sock.as_fd(), &mut self.decoder, Some(Instant::now()))? {
                 Received::Frame(frame, fds) => match Reply::decode(&frame) {
                     Ok(reply) => self.reply = Some((reply, fds)),
                     Err(e) => {
@@ -291,7 +305,8 @@ impl<R: DeserializeOwned> Process<R> {
                     }
                 },
                 Received::Closed => self.sock = None,
-                Received::TimedOut => return Err(timed_out()),
+                Received::TimedOut if exited => self.sock = None,
+                Received::TimedOut => {}
             }
         }
         self.sock = None;
@@ -342,6 +357,40 @@ impl<R: DeserializeOwned> Process<R> {
                 detail: format!("{} results for one task", values.len()),
             }),
             None => Err(task::death_error(self.status, pid)),
+        }
+    }
+}
+
+/// Waits until `sock` is readable or the process behind `pidfd` has exited (or is
+/// already known to have: `exited`). `Some(true)` once it exited, `Some(false)` if only
+/// the socket is ready, `None` when the deadline passed.
+fn wait_socket_or_exit(
+    sock: BorrowedFd<'_>,
+    pidfd: BorrowedFd<'_>,
+    exited: bool,
+    deadline: Option<Instant>,
+) -> std::io::Result<Option<bool>> {
+    if exited {
+        return Ok(Some(true));
+    }
+    loop {
+        let timeout = match deadline {
+            None => PollTimeout::NONE,
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+                PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
+            }
+        };
+        let mut fds = [
+            PollFd::new(sock, PollFlags::POLLIN),
+            PollFd::new(pidfd, PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, timeout) {
+            Ok(0) if deadline.is_some_and(|d| Instant::now() >= d) => return Ok(None),
+            Ok(0) | Err(Errno::EINTR) => {}
+            Ok(_) => return Ok(Some(fds[1].any().unwrap_or(false))),
+            Err(e) => return Err(e.into()),
         }
     }
 }

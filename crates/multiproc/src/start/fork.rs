@@ -4,17 +4,29 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 
 use super::{forget_runtime_after_fork, runtime, runtime_slot};
+use crate::sys;
 use crate::sys::proc::{Forked, die_with_parent, exit_now, fork};
 
 pub(super) fn start(ours: &OwnedFd, theirs: OwnedFd) -> io::Result<u32> {
     let ours = ours.as_raw_fd();
     let parent = std::process::id();
     runtime().on_launcher(move || {
+        // Before the fork, so that the child need not (see the function's notes).
+        crate::child::install_panic_hook();
         // Held across fork so that the child finds this lock in a known state (held by
         // the one thread it has) rather than perhaps held by a thread it lacks.
         let mut slot = runtime_slot();
-        match fork()? {
+        // A Ctrl-C must not kill the child before it ignores SIGINT as a worker does:
+        // blocked across the fork, it stays pending until the child ignores it.
+        let mask = sys::proc::block_sigint();
+        let forked = fork();
+        if !matches!(forked, Ok(Forked::Child)) {
+            sys::proc::restore_sigmask(mask);
+        }
+        match forked? {
             Forked::Child => {
+                sys::proc::ignore_sigint();
+                sys::proc::restore_sigmask(mask);
                 forget_runtime_after_fork(&mut slot);
                 drop(slot);
                 // The parent's end of our own socket: keeping it would hide the parent's

@@ -4,7 +4,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 use nix::errno::Errno;
-use nix::sys::signal::{SigHandler, Signal as NixSignal};
+use nix::sys::signal::{SigHandler, SigSet, SigmaskHow, Signal as NixSignal, pthread_sigmask};
 use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
 use nix::unistd::ForkResult;
 
@@ -176,6 +176,31 @@ pub(crate) fn worker_signals() {
         // signal context.
         let _ = unsafe { nix::sys::signal::signal(sig, handler) };
     }
+}
+
+/// Blocks SIGINT on the calling thread and returns the previous mask, for
+/// [`restore_sigmask`]. Around a fork: the child cannot be ended by a Ctrl-C that
+/// arrives before it has set up its worker's signal dispositions.
+pub(crate) fn block_sigint() -> Option<SigSet> {
+    let mut old = SigSet::empty();
+    let sigint = SigSet::from(NixSignal::SIGINT);
+    pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&sigint), Some(&mut old))
+        .ok()
+        .map(|()| old)
+}
+
+/// Restores the mask [`block_sigint`] returned.
+pub(crate) fn restore_sigmask(old: Option<SigSet>) {
+    if let Some(old) = old {
+        let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
+    }
+}
+
+/// Ignores SIGINT. Async-signal-safe: usable between fork and exec, where an ignored
+/// disposition survives into the new program.
+pub(crate) fn ignore_sigint() {
+    // SAFETY: SIG_IGN installs no handler; sigaction is async-signal-safe.
+    let _ = unsafe { nix::sys::signal::signal(NixSignal::SIGINT, SigHandler::SigIgn) };
 }
 
 /// Removes a variable from this process's environment.

@@ -20,9 +20,13 @@ pub(crate) fn spawn_with_socket(
         cmd.env(k, v);
     }
     // SAFETY: the closure runs in the forked child before exec and calls only
-    // async-signal-safe functions (prctl, getppid, fcntl); it allocates nothing.
+    // async-signal-safe functions (sigaction, prctl, getppid, fcntl); it allocates
+    // nothing.
     unsafe {
         cmd.pre_exec(move || {
+            // Ignored across exec: a Ctrl-C cannot kill the child before its worker (or
+            // fork server) starts ignoring SIGINT itself.
+            super::proc::ignore_sigint();
             if !super::proc::die_with_parent(parent) {
                 return Err(io::Error::other(
                     "the parent exited before its child started",

@@ -145,7 +145,12 @@ impl FrameDecoder {
 
     /// Bytes of the current frame received so far (header included).
     pub fn partial_len(&self) -> usize {
-        self.header_filled + self.body_filled
+        if self.header_filled < HEADER_LEN {
+            // Between frames `body_filled` still counts the previous frame's body.
+            self.header_filled
+        } else {
+            HEADER_LEN + self.body_filled
+        }
     }
 }
 
