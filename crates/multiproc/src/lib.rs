@@ -145,3 +145,8 @@ pub fn parent_process() -> Option<ProcessInfo> {
         name: "MainProcess".to_owned(),
     })
 }
+
+/// The README's code blocks, compiled and run as doctests so that the README stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeDoctests;
