@@ -120,3 +120,60 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// Builds and runs `main_rs` as the `main` of a new user's crate that depends on
+/// multiproc by path (offline, with this workspace's lock file), with `extra_toml`
+/// appended to its manifest. The build directory is kept inside this workspace's target
+/// directory, per `name`, so only the first run compiles the dependencies.
+#[allow(dead_code)]
+pub fn run_user_crate(name: &str, main_rs: &str, extra_toml: &str) -> std::process::Output {
+    let crate_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let project = TempDir::new(name);
+    let dir = project.path();
+    std::fs::create_dir_all(dir.join("src")).unwrap();
+    std::fs::write(
+        dir.join("Cargo.toml"),
+        format!(
+            r#"[package]
+name = "{name}-user"
+version = "0.1.0"
+edition = "2024"
+publish = false
+
+[dependencies]
+multiproc = {{ path = {:?} }}
+
+# Not part of any enclosing workspace.
+[workspace]
+{extra_toml}
+"#,
+            crate_dir.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    std::fs::write(dir.join("src/main.rs"), main_rs).unwrap();
+    // The workspace's lock file pins the versions this repository was tested with, all of
+    // them in the local registry cache: no network needed.
+    let lock = crate_dir.join("../../Cargo.lock");
+    if lock.exists() {
+        std::fs::copy(&lock, dir.join("Cargo.lock")).unwrap();
+    }
+    // target/<profile>/deps/<this test> -> target/
+    let target = std::env::current_exe()
+        .unwrap()
+        .ancestors()
+        .nth(3)
+        .unwrap()
+        .join(format!("{name}-crate"));
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let t = std::time::Instant::now();
+    let out = std::process::Command::new(cargo)
+        .args(["run", "--offline", "--quiet"])
+        .current_dir(dir)
+        .env("CARGO_TARGET_DIR", &target)
+        .env_remove("RUSTFLAGS")
+        .output()
+        .expect("run cargo");
+    eprintln!("cargo run of the {name} crate: {:?}", t.elapsed());
+    out
+}
