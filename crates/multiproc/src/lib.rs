@@ -63,17 +63,22 @@
 //!   signal, set from a thread that lives as long as the process).
 #![deny(missing_docs)]
 
+mod channel;
 mod child;
 mod error;
 mod process;
+mod shm;
 mod start;
+mod sync;
 mod sys;
 mod task;
 pub mod wire;
 
 pub use error::{Error, ExitStatus, Result, Signal};
 pub use process::{Builder, Process};
+pub use shm::{Array, ArrayGuard, SharedMemory, Value, ValueGuard};
 pub use start::{StartMethod, get_start_method, set_start_method};
+pub use sync::{Barrier, BoundedSemaphore, Condition, Event, Lock, LockGuard, RLock, Semaphore};
 pub use wire::{DEFAULT_MAX_FRAME_SIZE, max_frame_size, set_max_frame_size};
 
 /// Bootstraps multiproc; call it first in `main`.
