@@ -285,6 +285,10 @@ pub enum Error {
     )]
     BrokenBarrier,
 
+    /// `JoinableQueue::task_done` was called more times than items were put.
+    #[error("task_done() called more times than items were put on the JoinableQueue")]
+    TaskDoneTooOften,
+
     /// A shared-memory segment could not be created, opened or accepted.
     #[error("shared memory: {detail}")]
     SharedMemory {
@@ -336,6 +340,11 @@ impl Error {
     /// `true` if the task panicked.
     pub fn is_panic(&self) -> bool {
         matches!(self, Error::Panicked { .. })
+    }
+
+    /// `true` if a channel's other side is gone ([`Error::Closed`]).
+    pub fn is_closed(&self) -> bool {
+        matches!(self, Error::Closed { .. })
     }
 
     /// `true` if a deadline passed.

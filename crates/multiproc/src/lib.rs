@@ -74,6 +74,7 @@ mod sys;
 mod task;
 pub mod wire;
 
+pub use channel::{JoinableQueue, Pipe, PipeEnd, Queue, SimpleQueue};
 pub use error::{Error, ExitStatus, Result, Signal};
 pub use process::{Builder, Process};
 pub use shm::{Array, ArrayGuard, SharedMemory, Value, ValueGuard};

@@ -47,13 +47,11 @@ pub(crate) fn seal(fd: BorrowedFd<'_>, seals: libc::c_int) -> io::Result<()> {
 }
 
 /// Seals a memfd whose contents are final: no more writes, no size change.
-#[allow(dead_code)] // used by channel::queue, next
 pub(crate) fn seal_final(fd: BorrowedFd<'_>) -> io::Result<()> {
     seal(fd, SIZE_SEALS | libc::F_SEAL_WRITE)
 }
 
 /// The seals on a descriptor (0 for a file that is not a memfd).
-#[allow(dead_code)] // used by channel::queue, next
 fn seals(fd: BorrowedFd<'_>) -> libc::c_int {
     // SAFETY: fcntl(F_GET_SEALS) touches no memory; -1 for files without seals.
     let r = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
@@ -61,7 +59,6 @@ fn seals(fd: BorrowedFd<'_>) -> libc::c_int {
 }
 
 /// `true` if the descriptor's contents can no longer change.
-#[allow(dead_code)] // used by channel::queue, next
 pub(crate) fn is_sealed_final(fd: BorrowedFd<'_>) -> bool {
     let want = libc::F_SEAL_SHRINK | libc::F_SEAL_WRITE;
     seals(fd) & want == want
@@ -74,7 +71,6 @@ pub(crate) fn file_len(fd: BorrowedFd<'_>) -> io::Result<usize> {
 }
 
 /// Writes all of `bytes` at the current position of a (memory) file.
-#[allow(dead_code)] // used by channel::queue, next
 pub(crate) fn write_all(fd: BorrowedFd<'_>, mut bytes: &[u8]) -> io::Result<()> {
     while !bytes.is_empty() {
         match nix::unistd::write(fd, bytes) {
@@ -144,6 +140,32 @@ impl Mapping {
         })
     }
 
+    /// A read-only mapping of all `len` bytes of a sealed memfd, pre-faulted
+    /// (`MAP_POPULATE`: one call instead of a page fault per page).
+    pub(crate) fn new_readonly_populated(fd: BorrowedFd<'_>, len: usize) -> io::Result<Mapping> {
+        if len == 0 {
+            return Mapping::new(fd, 0, false);
+        }
+        // SAFETY: as in `new`.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED | libc::MAP_POPULATE,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Mapping {
+            ptr: NonNull::new(p.cast()).ok_or_else(|| io::Error::other("mmap returned null"))?,
+            len,
+        })
+    }
+
     /// Length in bytes.
     pub(crate) fn len(&self) -> usize {
         self.len
@@ -199,7 +221,6 @@ impl Mapping {
 
     /// The mapped bytes, for a mapping of a memfd sealed against writes and resizes:
     /// nobody can change them while the slice lives.
-    #[allow(dead_code)] // used by channel::queue, next
     pub(crate) fn sealed_bytes(&self) -> &[u8] {
         // SAFETY: the caller mapped a file sealed with F_SEAL_WRITE|F_SEAL_SHRINK
         // (checked with `is_sealed_final` before mapping), so the bytes are immutable
