@@ -12,6 +12,10 @@ use crate::wire::fds::{self, PassFd};
 use crate::wire::{self, FrameDecoder, Received};
 
 const WHAT: &str = "pipe";
+/// Socket buffer size requested for each end.
+const SOCKET_BUFFER: usize = 1 << 20;
+/// The largest encoding buffer a `PipeEnd` keeps for its next message.
+const KEEP_BUFFER: usize = 8 << 20;
 
 /// Makes connected pipe ends (Python's `multiprocessing.Pipe()`).
 ///
@@ -60,6 +64,8 @@ impl<T: Serialize + DeserializeOwned> Pipe<T> {
 pub struct PipeEnd<T> {
     sock: OwnedFd,
     decoder: FrameDecoder,
+    /// The last message's encoding buffer, reused (kept only while small enough).
+    out: Vec<u8>,
     _t: PhantomData<fn(T) -> T>,
 }
 
@@ -73,19 +79,32 @@ impl<T> std::fmt::Debug for PipeEnd<T> {
 
 impl<T: Serialize + DeserializeOwned> PipeEnd<T> {
     fn from_fd(sock: OwnedFd) -> Self {
+        // Larger socket buffers mean fewer sleeps and wake-ups per large message; the
+        // kernel caps the request (net.core.wmem_max/rmem_max), and any size works.
+        let _ =
+            nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::SndBuf, &SOCKET_BUFFER);
+        let _ =
+            nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::RcvBuf, &SOCKET_BUFFER);
         PipeEnd {
             sock,
             decoder: FrameDecoder::new(wire::max_frame_size()),
+            out: Vec::new(),
             _t: PhantomData,
         }
     }
 
     /// Sends one value; blocks while the other side's buffer is full.
     pub fn send(&mut self, value: &T) -> Result<()> {
-        let (bytes, fds) = fds::capture(|| wire::encode(value));
-        let bytes = bytes?;
-        wire::send_frame_with_fds(self.sock.as_fd(), &bytes, &fds, wire::max_frame_size())
-            .map_err(|e| super::closed_if_peer_gone(e, WHAT))
+        let mut out = std::mem::take(&mut self.out);
+        let (encoded, fds) = fds::capture(|| wire::encode_into(value, &mut out));
+        let sent = encoded.and_then(|()| {
+            wire::send_frame_with_fds(self.sock.as_fd(), &out, &fds, wire::max_frame_size())
+                .map_err(|e| super::closed_if_peer_gone(e, WHAT))
+        });
+        if out.capacity() <= KEEP_BUFFER {
+            self.out = out;
+        }
+        sent
     }
 
     /// Receives one value, waiting as long as it takes. [`Error::Closed`] once the other
@@ -121,7 +140,11 @@ impl<T: Serialize + DeserializeOwned> PipeEnd<T> {
         match wire::recv_frame(self.sock.as_fd(), &mut self.decoder, deadline)
             .map_err(|e| super::closed_if_peer_gone(e, WHAT))?
         {
-            Received::Frame(bytes, fds) => fds::provide(fds, || wire::decode(&bytes)).map(Some),
+            Received::Frame(bytes, fds) => {
+                let value = fds::provide(fds, || wire::decode(&bytes));
+                self.decoder.recycle(bytes);
+                value.map(Some)
+            }
             Received::Closed => Err(Error::Closed { what: WHAT }),
             Received::TimedOut => Ok(None),
         }
@@ -144,13 +167,9 @@ impl<T> Serialize for PipeEnd<T> {
     }
 }
 
-impl<'de, T> Deserialize<'de> for PipeEnd<T> {
+impl<'de, T: Serialize + DeserializeOwned> Deserialize<'de> for PipeEnd<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         let fd = PassFd::deserialize(d)?;
-        Ok(PipeEnd {
-            sock: fd.0,
-            decoder: FrameDecoder::new(wire::max_frame_size()),
-            _t: PhantomData,
-        })
+        Ok(PipeEnd::from_fd(fd.0))
     }
 }

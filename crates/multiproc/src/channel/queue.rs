@@ -57,6 +57,13 @@ const INLINE: u8 = 0;
 const IN_MEMFD: u8 = 1;
 /// Socket send buffer requested (the kernel caps it at `net.core.wmem_max`).
 const SEND_BUFFER: usize = 4 << 20;
+/// The largest encoding buffer a thread keeps for its next `put`.
+const KEEP_BUFFER: usize = 8 << 20;
+
+thread_local! {
+    /// This thread's encoding buffer for `put`, reused across messages.
+    static OUT: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
 
 /// The two sockets shared by every handle of one queue.
 #[derive(Debug)]
@@ -147,8 +154,20 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     }
 
     fn put_until(&self, item: &T, deadline: Option<Instant>, _timeout: Duration) -> Result<()> {
-        let (bytes, user_fds) = fds::capture(|| wire::encode(item));
-        let bytes = bytes?;
+        OUT.with(|out| {
+            let mut out = out.take();
+            let sent = self.put_encoded(item, deadline, &mut out);
+            if out.capacity() <= KEEP_BUFFER {
+                OUT.with(|o| o.replace(out));
+            }
+            sent
+        })
+    }
+
+    fn put_encoded(&self, item: &T, deadline: Option<Instant>, bytes: &mut Vec<u8>) -> Result<()> {
+        let (encoded, user_fds) = fds::capture(|| wire::encode_into(item, bytes));
+        encoded?;
+        let bytes = &bytes[..];
         let max = wire::max_frame_size();
         if bytes.len() > max {
             return Err(Error::FrameTooLarge {
@@ -161,9 +180,9 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         let kind: [u8; 1];
         let payload: &[u8] = if bytes.len() <= INLINE_MAX {
             kind = [INLINE];
-            &bytes
+            bytes
         } else {
-            memfd = to_sealed_memfd(&bytes)?;
+            memfd = to_sealed_memfd(bytes)?;
             raw.push(memfd.as_raw_fd());
             kind = [IN_MEMFD];
             &[]

@@ -14,6 +14,24 @@ pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
     })
 }
 
+/// Encodes `value` into `buf` (cleared first), reusing its allocation: for a sender
+/// that encodes many messages, no per-message allocation or regrowth copies.
+pub(crate) fn encode_into<T: Serialize + ?Sized>(value: &T, buf: &mut Vec<u8>) -> Result<()> {
+    super::fds::take_error();
+    buf.clear();
+    let taken = std::mem::take(buf);
+    match postcard::to_extend(value, taken) {
+        Ok(filled) => {
+            *buf = filled;
+            Ok(())
+        }
+        Err(e) => Err(Error::Encode {
+            type_name: std::any::type_name::<T>().to_owned(),
+            reason: super::fds::take_error().unwrap_or_else(|| e.to_string()),
+        }),
+    }
+}
+
 /// Decodes a whole buffer as `T`; trailing bytes are an error (they mean the two
 /// sides disagree on the type).
 pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
