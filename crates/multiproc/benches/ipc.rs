@@ -89,15 +89,22 @@ fn queue_sink((q, n, ack): (Queue<ByteBuf>, u64, Event)) {
 fn raw_echo((rfd, wfd): (i32, i32)) {
     let mut b = [0u8; 8];
     loop {
+        // Stop on a sentinel: this forked child holds copies of both pipes' write
+        // ends, so it would never see end of stream.
         match nix::unistd::read(inherited(rfd), &mut b) {
-            Ok(8) => write_all(inherited(wfd), &b),
+            Ok(8) if b != [0xff; 8] => write_all(inherited(wfd), &b),
             _ => return,
         }
     }
 }
 
+// Children stop on a sentinel, not on end of stream: a `Fork` child inherits copies
+// of all the parent's descriptors, the parent's pipe end included.
 fn pipe_echo(mut end: PipeEnd<u64>) {
     while let Ok(x) = end.recv() {
+        if x == u64::MAX {
+            return;
+        }
         end.send(&x).unwrap();
     }
 }
@@ -134,6 +141,9 @@ fn array_reader(mut end: PipeEnd<Option<Array<u8>>>) {
 
 fn bytes_taker(mut end: PipeEnd<ByteBuf>) {
     while let Ok(b) = end.recv() {
+        if b.is_empty() {
+            return;
+        }
         let n = b.len();
         drop(b);
         end.send(&ByteBuf::from(vec![n as u8])).unwrap();
@@ -234,7 +244,7 @@ fn roundtrip(c: &mut Criterion) {
             write_all(w1.as_fd(), &42u64.to_le_bytes());
             read_exact(r2.as_fd(), 8, &mut buf);
         });
-        drop(w1);
+        write_all(w1.as_fd(), &[0xff; 8]);
         p.join().unwrap();
     });
 
@@ -245,7 +255,7 @@ fn roundtrip(c: &mut Criterion) {
             here.send(&42).unwrap();
             black_box(here.recv().unwrap());
         });
-        drop(here);
+        here.send(&u64::MAX).unwrap();
         p.join().unwrap();
     });
 
@@ -301,7 +311,7 @@ fn handoff(c: &mut Criterion) {
             here.send(&bytes).unwrap();
             here.recv().unwrap();
         });
-        drop(here);
+        here.send(&ByteBuf::new()).unwrap();
         p.join().unwrap();
     });
     g.finish();

@@ -61,6 +61,11 @@ impl<T: Serialize + DeserializeOwned> Pipe<T> {
 ///
 /// An end is a value: pass it to a child as (part of) a task argument, and drop your
 /// copy of it so that the child's exit is seen as a close.
+///
+/// Under [`StartMethod::Fork`](crate::StartMethod::Fork) a child inherits copies of
+/// *all* the parent's descriptors, the parent's own end included, so a forked child
+/// waiting for its pipe to close waits for itself: end such loops with a sentinel
+/// message, or use the fork server or spawn (as Python's docs warn for `fork`).
 pub struct PipeEnd<T> {
     sock: OwnedFd,
     decoder: FrameDecoder,
