@@ -263,6 +263,68 @@ pub enum Error {
         detail: String,
     },
 
+    /// The other end of a channel is gone: its process exited (or was killed), or it
+    /// closed or dropped its handle. Nothing more will arrive, or nothing sent can be
+    /// read.
+    #[error("{what} is closed: the other side exited, was killed, or dropped its handle")]
+    Closed {
+        /// Which channel (`"pipe"`, `"queue"`, ...).
+        what: &'static str,
+    },
+
+    /// Nothing was waiting in a queue or pipe (from a non-blocking `try_*` call).
+    #[error("{what} is empty")]
+    Empty {
+        /// Which channel.
+        what: &'static str,
+    },
+
+    /// A queue's buffer is full (from a non-blocking or timed `put`): a consumer must
+    /// take messages first.
+    #[error("{what} is full: no consumer has taken the messages already in it")]
+    Full {
+        /// Which channel.
+        what: &'static str,
+    },
+
+    /// The calling thread already holds this non-recursive lock: taking it again would
+    /// wait forever. Use an `RLock` to lock recursively.
+    #[error(
+        "this thread already holds the {what}; locking it again would deadlock (use an RLock to lock recursively)"
+    )]
+    Deadlock {
+        /// Which primitive.
+        what: &'static str,
+    },
+
+    /// A `BoundedSemaphore` was released more times than it was acquired.
+    #[error(
+        "BoundedSemaphore released too many times: its value would exceed its bound of {bound}"
+    )]
+    SemaphoreOverflow {
+        /// The bound given at creation.
+        bound: u32,
+    },
+
+    /// A `Barrier` is broken: a party timed out, or [`abort`](crate::Barrier::abort)
+    /// was called. Every waiter, now and later, gets this until the barrier is
+    /// [`reset`](crate::Barrier::reset).
+    #[error(
+        "the barrier is broken: a party timed out or it was aborted (reset it to use it again)"
+    )]
+    BrokenBarrier,
+
+    /// `JoinableQueue::task_done` was called more times than items were put.
+    #[error("task_done() called more times than items were put on the JoinableQueue")]
+    TaskDoneTooOften,
+
+    /// A shared-memory segment could not be created, opened or accepted.
+    #[error("shared memory: {detail}")]
+    SharedMemory {
+        /// What was wrong, and with which segment.
+        detail: String,
+    },
+
     /// An operating-system call failed.
     #[error("I/O error while {context}: {source}")]
     Io {
@@ -307,6 +369,11 @@ impl Error {
     /// `true` if the task panicked.
     pub fn is_panic(&self) -> bool {
         matches!(self, Error::Panicked { .. })
+    }
+
+    /// `true` if a channel's other side is gone ([`Error::Closed`]).
+    pub fn is_closed(&self) -> bool {
+        matches!(self, Error::Closed { .. })
     }
 
     /// `true` if a deadline passed.

@@ -63,22 +63,28 @@
 //!   signal, set from a thread that lives as long as the process).
 #![deny(missing_docs)]
 
+mod channel;
 mod child;
 mod error;
 #[cfg(feature = "mpi")]
 pub mod mpi;
 pub mod pool;
 mod process;
+mod shm;
 mod start;
+mod sync;
 mod sys;
 mod task;
 mod thread;
 pub mod wire;
 
+pub use channel::{JoinableQueue, Pipe, PipeEnd, Queue, SimpleQueue};
 pub use error::{Error, ExitStatus, Result, Signal};
 pub use pool::{AsyncResult, ChunkSize, Pool, PoolBuilder, Progress, TaskPool};
 pub use process::{Builder, Process};
+pub use shm::{Array, ArrayGuard, SharedMemory, Value, ValueGuard};
 pub use start::{StartMethod, get_start_method, set_start_method};
+pub use sync::{Barrier, BoundedSemaphore, Condition, Event, Lock, LockGuard, RLock, Semaphore};
 pub use thread::{ThreadPool, ThreadPoolBuilder};
 pub use wire::{DEFAULT_MAX_FRAME_SIZE, max_frame_size, set_max_frame_size};
 

@@ -5,10 +5,16 @@
 //! - [`image`]: this executable's code range, and calling a task by its offset.
 //! - [`spawn`]: fork + exec of this executable with an inherited socket.
 //! - [`fd`]: passing descriptors over Unix sockets.
+//! - [`shm`]: memfd and named segments, mappings, bounds-checked access.
+//! - [`futex`]: futex wait/wake on shared words.
+//! - [`pmutex`]: robust process-shared pthread mutexes.
 //! - `bootstrap`: the load-time constructor that turns a re-executed child into a worker.
 
 mod bootstrap;
 pub(crate) mod fd;
+pub(crate) mod futex;
 pub(crate) mod image;
+pub(crate) mod pmutex;
 pub(crate) mod proc;
+pub(crate) mod shm;
 pub(crate) mod spawn;

@@ -53,6 +53,40 @@ pub(crate) fn fork_as_sibling() -> io::Result<Forked> {
 pub(crate) struct RobustList {
     head: usize,
     len: usize,
+    /// Where glibc caches this thread's kernel thread id, if found (see below).
+    tid_cache: Option<usize>,
+}
+
+/// Bytes from glibc's `struct pthread::tid` to its `robust_head`: `pid_t tid; pid_t
+/// pid_ununsed; void *robust_prev; struct robust_list_head robust_head;` (nptl/descr.h,
+/// unchanged since glibc 2.25 on 64-bit targets).
+#[cfg(target_pointer_width = "64")]
+const TID_BEFORE_ROBUST_HEAD: usize = 16;
+
+/// Finds glibc's cached thread id of the calling thread next to its robust-list head,
+/// and only trusts the layout if the value there is the thread's actual id.
+fn find_tid_cache(head: usize) -> Option<usize> {
+    #[cfg(target_pointer_width = "64")]
+    {
+        let addr = head.checked_sub(TID_BEFORE_ROBUST_HEAD)?;
+        if addr % align_of::<libc::pid_t>() != 0 {
+            return None;
+        }
+        // SAFETY: `head` is the address of the calling thread's `robust_head` inside its
+        // glibc thread descriptor (get_robust_list just returned it), and the field 16
+        // bytes before it lies inside the same descriptor in every glibc release since
+        // 2.25; reading a pid_t there reads initialized memory. The value is only used
+        // if it equals our thread id, which confirms the layout.
+        let cached = unsafe { std::ptr::read_volatile(addr as *const libc::pid_t) };
+        // SAFETY: gettid has no preconditions.
+        let tid = unsafe { libc::gettid() };
+        (cached == tid).then_some(addr)
+    }
+    #[cfg(not(target_pointer_width = "64"))]
+    {
+        let _ = head;
+        None
+    }
 }
 
 /// Reads the calling thread's robust-futex list registration.
@@ -69,16 +103,37 @@ pub(crate) fn robust_list() -> Option<RobustList> {
             &mut len as *mut usize,
         )
     };
-    (r == 0 && head != 0).then_some(RobustList { head, len })
+    (r == 0 && head != 0).then(|| RobustList {
+        head,
+        len,
+        tid_cache: find_tid_cache(head),
+    })
 }
 
 /// Re-registers a robust-futex list in a child made by [`fork_as_sibling`]: the kernel
 /// clears it on clone, and glibc only restores it in its own `fork()`.
+///
+/// It also refreshes glibc's cached thread id, which glibc's `fork()` updates and a raw
+/// clone does not. A stale cached id breaks every pthread mutex that records its owner:
+/// robust and error-checking mutexes store the cached id in the lock word, so two
+/// children of the fork server would both look like the owner (`EDEADLK`), and the
+/// kernel, which compares the word with the dying thread's real id, would never mark a
+/// lock held by a killed child as `OWNER_DIED`.
 pub(crate) fn restore_robust_list(list: RobustList) {
     // SAFETY: `list` was read from this very thread before the clone; the child's memory
     // is a copy of the parent's, so the head glibc allocated lives at the same address.
     unsafe {
         libc::syscall(libc::SYS_set_robust_list, list.head, list.len);
+    }
+    if let Some(addr) = list.tid_cache {
+        // SAFETY: `addr` is glibc's `tid` field of this thread's descriptor, located and
+        // verified (it held the thread id) in the parent before the clone; the child's
+        // memory is a copy, and its only thread is the one this descriptor describes.
+        // glibc's own fork() stores the new thread id in exactly this field.
+        unsafe {
+            let tid = libc::gettid();
+            std::ptr::write_volatile(addr as *mut libc::pid_t, tid);
+        }
     }
 }
 

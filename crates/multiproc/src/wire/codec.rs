@@ -14,26 +14,24 @@ pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
     })
 }
 
-/// Encodes `value` at the end of `out`.
+/// Encodes `value` at the end of `out`. On error, `out` keeps what it held before and
+/// possibly a partial encoding after it (callers truncate).
 pub(crate) fn encode_into<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<()> {
     super::fds::take_error();
-    let start = out.len();
-    let buf = std::mem::take(out);
-    match postcard::to_extend(value, buf) {
-        Ok(buf) => {
-            *out = buf;
-            Ok(())
-        }
-        Err(e) => {
-            // to_extend consumed the buffer; what it held before is gone with it, so the
-            // caller gets an empty one back and the error.
-            let _ = start;
-            Err(Error::Encode {
-                type_name: std::any::type_name::<T>().to_owned(),
-                reason: super::fds::take_error().unwrap_or_else(|| e.to_string()),
-            })
-        }
+    match postcard::to_io(value, &mut *out) {
+        Ok(_) => Ok(()),
+        Err(e) => Err(Error::Encode {
+            type_name: std::any::type_name::<T>().to_owned(),
+            reason: super::fds::take_error().unwrap_or_else(|| e.to_string()),
+        }),
     }
+}
+
+/// Encodes `value` into `buf` (cleared first), reusing its allocation: for a sender
+/// that encodes many messages, no per-message allocation or regrowth copies.
+pub(crate) fn encode_reusing<T: Serialize + ?Sized>(value: &T, buf: &mut Vec<u8>) -> Result<()> {
+    buf.clear();
+    encode_into(value, buf)
 }
 
 /// Decodes a whole buffer as `T`; trailing bytes are an error (they mean the two

@@ -57,12 +57,9 @@ pub(crate) fn provide<T>(fds: Vec<OwnedFd>, f: impl FnOnce() -> T) -> T {
 }
 
 /// An owned descriptor that can be a field of a value sent to or from a child.
-// Used by the channel and shared-memory types; kept alive here until they land.
-#[allow(dead_code)]
 #[derive(Debug)]
 pub(crate) struct PassFd(pub(crate) OwnedFd);
 
-#[allow(dead_code)]
 impl PassFd {
     pub(crate) fn new(fd: OwnedFd) -> Self {
         PassFd(fd)

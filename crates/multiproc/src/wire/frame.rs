@@ -20,6 +20,9 @@ pub const HEADER_LEN: usize = 8;
 /// follows what was received, not what a (possibly garbage) header claims.
 const FIRST_CHUNK: usize = 1 << 20;
 
+/// The largest body [`FrameDecoder::recycle`] keeps for reuse.
+const RECYCLE_MAX: usize = 8 << 20;
+
 /// Why a byte stream is not a valid sequence of frames.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FrameError {
@@ -76,6 +79,9 @@ pub struct FrameDecoder {
     expected: usize,
     body: Vec<u8>,
     body_filled: usize,
+    /// A buffer given back by [`recycle`](Self::recycle), reused for the next body
+    /// (its old contents are overwritten, so it need not be zeroed again).
+    recycled: Vec<u8>,
     /// Descriptors that arrived with the current frame.
     fds: Vec<OwnedFd>,
 }
@@ -90,6 +96,7 @@ impl FrameDecoder {
             expected: 0,
             body: Vec::new(),
             body_filled: 0,
+            recycled: Vec::new(),
             fds: Vec::new(),
         }
     }
@@ -129,7 +136,8 @@ impl FrameDecoder {
             }
             // Fits in usize: bounded by `max`.
             self.expected = len as usize;
-            self.body = Vec::new();
+            self.body = std::mem::take(&mut self.recycled);
+            self.body.truncate(self.expected);
             self.body_filled = 0;
         } else {
             self.body_filled = (self.body_filled + n).min(self.body.len());
@@ -141,6 +149,15 @@ impl FrameDecoder {
         let mut body = std::mem::take(&mut self.body);
         body.truncate(self.expected);
         Ok(Some(body))
+    }
+
+    /// Gives back the body of a frame that was consumed, so that the next frame is
+    /// received into it instead of a new, zeroed allocation. Buffers over 8 MiB are
+    /// dropped, so a decoder does not keep a huge buffer alive for small frames.
+    pub fn recycle(&mut self, body: Vec<u8>) {
+        if body.len() <= RECYCLE_MAX && body.len() > self.recycled.len() {
+            self.recycled = body;
+        }
     }
 
     /// Bytes of the current frame received so far (header included).
@@ -197,12 +214,18 @@ pub(crate) fn recv_frame(
     decoder: &mut FrameDecoder,
     deadline: Option<Instant>,
 ) -> Result<Received> {
+    // Try to read first and poll only when nothing is there: a busy stream costs one
+    // syscall per read instead of two.
+    let mut ready = true;
     loop {
-        if !wait_readable(fd, deadline).map_err(|e| Error::io("waiting for a frame", e))? {
+        if !ready
+            && !wait_readable(fd, deadline).map_err(|e| Error::io("waiting for a frame", e))?
+        {
             return Ok(Received::TimedOut);
         }
         let n = match crate::sys::fd::recv_fds(fd, decoder.spare(), true) {
             Ok((n, fds)) => {
+                ready = true;
                 if decoder.fds.len() + fds.len() > super::fds::MAX_FDS_PER_FRAME {
                     return Err(Error::Protocol {
                         pid: 0,
@@ -212,14 +235,11 @@ pub(crate) fn recv_frame(
                 decoder.fds.extend(fds);
                 n
             }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                ) =>
-            {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                ready = false;
                 continue;
             }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             // A peer that died with unread data in its socket resets the connection:
             // that is an end of stream like any other, and the caller asks the kernel
             // how the peer ended.

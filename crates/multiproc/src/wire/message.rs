@@ -84,10 +84,10 @@ impl Batch {
 
     /// Ends the value whose bytes were appended to `data` since the previous one.
     pub(crate) fn close_value(&mut self, fds: usize) {
-        if fds > 0 && self.fds.is_empty() {
+        // `fds` stays empty until some value has descriptors; from then on it has one
+        // count per value.
+        if fds > 0 || !self.fds.is_empty() {
             self.fds.resize(self.ends.len(), 0);
-        }
-        if !self.fds.is_empty() {
             self.fds.push(fds as u32);
         }
         self.ends.push(self.data.len() as u64);
@@ -116,9 +116,11 @@ impl Batch {
         Some((bytes, fds))
     }
 
-    /// Total descriptors the batch claims.
+    /// Total descriptors the batch claims (untrusted: saturating).
     pub(crate) fn total_fds(&self) -> usize {
-        self.fds.iter().map(|&n| n as usize).sum()
+        self.fds
+            .iter()
+            .fold(0usize, |total, &n| total.saturating_add(n as usize))
     }
 }
 
@@ -153,5 +155,30 @@ impl Request {
 impl Reply {
     pub(crate) fn decode(bytes: &[u8]) -> Result<Self> {
         super::decode(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_counts_descriptors_whichever_value_has_them() {
+        let mut b = Batch::with_capacity(3, 8);
+        b.push(b"a", 1);
+        b.push(b"bc", 0);
+        b.push(b"d", 2);
+        assert_eq!(b.len(), 3);
+        assert_eq!(b.total_fds(), 3);
+        assert_eq!(b.get(0), Some((&b"a"[..], 1)));
+        assert_eq!(b.get(1), Some((&b"bc"[..], 0)));
+        assert_eq!(b.get(2), Some((&b"d"[..], 2)));
+        assert_eq!(b.get(3), None);
+        let mut late = Batch::with_capacity(2, 2);
+        late.push(b"x", 0);
+        late.push(b"y", 1);
+        assert_eq!(late.total_fds(), 1);
+        assert_eq!(late.get(0), Some((&b"x"[..], 0)));
+        assert_eq!(late.get(1), Some((&b"y"[..], 1)));
     }
 }

@@ -17,7 +17,7 @@ pub(crate) mod fds;
 mod frame;
 pub(crate) mod message;
 
-pub(crate) use codec::{decode, encode, encode_into};
+pub(crate) use codec::{decode, encode, encode_into, encode_reusing};
 pub use frame::{FrameDecoder, FrameError, HEADER_LEN};
 pub(crate) use frame::{
     Received, recv_frame, send_frame, send_frame_with_fds, send_frames, wait_readable,

@@ -1,0 +1,247 @@
+//! `Array<T>`: a fixed-length array of plain data in shared memory, with its lock.
+
+use std::marker::PhantomData;
+use std::ops::{Deref, DerefMut};
+use std::time::Duration;
+
+use bytemuck::Pod;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::data_offset;
+use crate::error::{Error, Result};
+use crate::sync::{LockGuard, MUTEX_SIZE, RawLock};
+
+const WHAT: &str = "Array's lock";
+
+/// A fixed-length array of plain data (`T: bytemuck::Pod`) in shared memory, with a
+/// process-shared lock (Python's `multiprocessing.Array`).
+///
+/// Passing an `Array` to a child passes a descriptor: the child maps the same pages,
+/// so a 256 MiB array costs the same to hand over as a 4 KiB one. Read and write it
+/// through [`lock`](Self::lock) (a guard that dereferences to `[T]`), or, for integer
+/// `T`, element-wise atomics ([`fetch_add`](Array::<u64>::fetch_add), ...) that need
+/// no lock (do not mix the two on the same elements at the same time).
+///
+/// ```
+/// use multiproc::{Array, Process};
+///
+/// fn squares(a: Array<u32>) {
+///     let mut g = a.lock().unwrap();
+///     for (i, x) in g.iter_mut().enumerate() {
+///         *x = (i * i) as u32;
+///     }
+/// }
+///
+/// # fn main() -> multiproc::Result<()> {
+/// let a = Array::<u32>::new(5)?;
+/// Process::start(squares, a.clone())?.join()?;
+/// assert_eq!(a.to_vec()?, [0, 1, 4, 9, 16]);
+/// # Ok(()) }
+/// ```
+pub struct Array<T> {
+    raw: RawLock,
+    len: usize,
+    _t: PhantomData<T>,
+}
+
+impl<T> Clone for Array<T> {
+    fn clone(&self) -> Self {
+        Array {
+            raw: self.raw.clone(),
+            len: self.len,
+            _t: PhantomData,
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for Array<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Array")
+            .field("type", &std::any::type_name::<T>())
+            .field("len", &self.len)
+            .finish_non_exhaustive()
+    }
+}
+
+fn bytes_for<T>(len: usize) -> Result<usize> {
+    len.checked_mul(size_of::<T>())
+        .and_then(|b| b.checked_add(data_offset::<T>()))
+        .ok_or_else(|| Error::SharedMemory {
+            detail: format!(
+                "an Array of {len} x {} does not fit in memory",
+                std::any::type_name::<T>()
+            ),
+        })
+}
+
+impl<T: Pod> Array<T> {
+    /// A new array of `len` zeroed elements.
+    pub fn new(len: usize) -> Result<Self> {
+        let bytes = bytes_for::<T>(len)?;
+        Ok(Array {
+            raw: RawLock::new("multiproc-array", bytes - MUTEX_SIZE, false)?,
+            len,
+            _t: PhantomData,
+        })
+    }
+
+    /// A new array holding a copy of `items`.
+    pub fn from_slice(items: &[T]) -> Result<Self> {
+        let a = Self::new(items.len())?;
+        a.lock()?.copy_from_slice(items);
+        Ok(a)
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// `true` for an empty array.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Takes the lock; the guard dereferences to `[T]`.
+    pub fn lock(&self) -> Result<ArrayGuard<'_, T>> {
+        self.guard(self.raw.lock(WHAT, None)?)
+    }
+
+    /// Takes the lock, waiting at most `timeout`.
+    pub fn lock_timeout(&self, timeout: Duration) -> Result<ArrayGuard<'_, T>> {
+        self.guard(self.raw.lock(WHAT, Some(timeout))?)
+    }
+
+    fn guard<'a>(&'a self, guard: LockGuard<'a>) -> Result<ArrayGuard<'a, T>> {
+        if guard
+            .held()
+            .data::<T>(data_offset::<T>(), self.len)
+            .is_none()
+        {
+            return Err(too_small::<T>());
+        }
+        Ok(ArrayGuard {
+            guard,
+            len: self.len,
+            _t: PhantomData,
+        })
+    }
+
+    /// A copy of the contents, read under the lock.
+    pub fn to_vec(&self) -> Result<Vec<T>> {
+        Ok(self.lock()?.to_vec())
+    }
+
+    fn atomic<A: crate::sys::shm::AtomicCell>(&self, i: usize) -> &A {
+        assert!(
+            i < self.len,
+            "index {i} out of bounds for an Array of length {}",
+            self.len
+        );
+        self.raw
+            .segment()
+            .map()
+            .atomic_at::<A>(data_offset::<T>() + i * size_of::<T>())
+            .expect("an Array's segment holds its elements")
+    }
+}
+
+fn too_small<T>() -> Error {
+    Error::SharedMemory {
+        detail: format!(
+            "a received Array<{}>'s segment is too small for its length",
+            std::any::type_name::<T>()
+        ),
+    }
+}
+
+impl<T: Pod> Serialize for Array<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        (&self.raw, self.len as u64).serialize(s)
+    }
+}
+
+impl<'de, T: Pod> Deserialize<'de> for Array<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let (raw, len) = <(RawLock, u64)>::deserialize(d)?;
+        let len = usize::try_from(len).map_err(serde::de::Error::custom)?;
+        let fits = bytes_for::<T>(len).is_ok_and(|b| b <= raw.segment().len());
+        if !fits {
+            return Err(serde::de::Error::custom(too_small::<T>()));
+        }
+        Ok(Array {
+            raw,
+            len,
+            _t: PhantomData,
+        })
+    }
+}
+
+/// The locked contents of an [`Array`]; dereferences to `[T]`. Dropping it unlocks.
+#[must_use = "the lock is released as soon as the guard is dropped"]
+pub struct ArrayGuard<'a, T> {
+    guard: LockGuard<'a>,
+    len: usize,
+    _t: PhantomData<&'a mut [T]>,
+}
+
+impl<T> ArrayGuard<'_, T> {
+    /// `true` if the previous holder of the lock died holding it: the contents may be
+    /// half-updated.
+    pub fn owner_died(&self) -> bool {
+        self.guard.owner_died()
+    }
+}
+
+impl<T: Pod> Deref for ArrayGuard<'_, T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        self.guard
+            .held()
+            .data::<T>(data_offset::<T>(), self.len)
+            .expect("checked when the guard was made")
+    }
+}
+
+impl<T: Pod> DerefMut for ArrayGuard<'_, T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        let len = self.len;
+        self.guard
+            .held_mut()
+            .data_mut::<T>(data_offset::<T>(), len)
+            .expect("checked when the guard was made")
+    }
+}
+
+macro_rules! atomic_array {
+    ($($t:ty => $a:ty),*) => {$(
+        impl Array<$t> {
+            /// Atomically adds `v` to element `i` (wrapping), without the lock; returns the
+            /// previous value. Panics if `i >= len`.
+            pub fn fetch_add(&self, i: usize, v: $t) -> $t {
+                self.atomic::<$a>(i).fetch_add(v, std::sync::atomic::Ordering::SeqCst)
+            }
+            /// Atomically reads element `i`, without the lock. Panics if `i >= len`.
+            pub fn load(&self, i: usize) -> $t {
+                self.atomic::<$a>(i).load(std::sync::atomic::Ordering::SeqCst)
+            }
+            /// Atomically writes element `i`, without the lock. Panics if `i >= len`.
+            pub fn store(&self, i: usize, v: $t) {
+                self.atomic::<$a>(i).store(v, std::sync::atomic::Ordering::SeqCst)
+            }
+        }
+    )*};
+}
+
+atomic_array!(
+    u8 => std::sync::atomic::AtomicU8,
+    u16 => std::sync::atomic::AtomicU16,
+    u32 => std::sync::atomic::AtomicU32,
+    u64 => std::sync::atomic::AtomicU64,
+    usize => std::sync::atomic::AtomicUsize,
+    i8 => std::sync::atomic::AtomicI8,
+    i16 => std::sync::atomic::AtomicI16,
+    i32 => std::sync::atomic::AtomicI32,
+    i64 => std::sync::atomic::AtomicI64,
+    isize => std::sync::atomic::AtomicIsize
+);

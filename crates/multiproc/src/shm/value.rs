@@ -1,0 +1,247 @@
+//! `Value<T>`: one plain-data value in shared memory, with its lock.
+
+use std::marker::PhantomData;
+use std::ops::{Deref, DerefMut};
+use std::time::Duration;
+
+use bytemuck::Pod;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::data_offset;
+use crate::error::{Error, Result};
+use crate::sync::{LockGuard, RawLock};
+
+const WHAT: &str = "Value's lock";
+
+/// One value of plain data (`T: bytemuck::Pod`: integers, floats, arrays and
+/// `#[repr(C)]` structs of them) in shared memory, with a process-shared lock
+/// (Python's `multiprocessing.Value`).
+///
+/// - [`lock`](Self::lock) gives a guard that dereferences to `T`; a guard whose
+///   previous holder died says so ([`ValueGuard::owner_died`]).
+/// - For integer `T`, the atomic operations ([`fetch_add`](Value::<u64>::fetch_add),
+///   [`load`](Value::<u64>::load), [`store`](Value::<u64>::store),
+///   [`compare_exchange`](Value::<u64>::compare_exchange), ...) need no lock. Do not
+///   mix the two ways on one value at the same time: an atomic update racing a locked
+///   read-modify-write is lost, as it would be with threads.
+///
+/// Clones, and copies passed to children, all name the same memory.
+///
+/// ```
+/// use multiproc::{Process, Value};
+///
+/// fn add(v: Value<u64>) {
+///     for _ in 0..1000 {
+///         *v.lock().unwrap() += 1;
+///     }
+/// }
+///
+/// # fn main() -> multiproc::Result<()> {
+/// let v = Value::new(0u64)?;
+/// let ps = (0..2).map(|_| Process::start(add, v.clone())).collect::<Result<Vec<_>, _>>()?;
+/// for p in ps { p.join()?; }
+/// assert_eq!(v.get()?, 2000);
+/// assert_eq!(v.fetch_add(5), 2000);
+/// assert_eq!(v.load(), 2005);
+/// # Ok(()) }
+/// ```
+pub struct Value<T> {
+    raw: RawLock,
+    _t: PhantomData<T>,
+}
+
+impl<T> Clone for Value<T> {
+    fn clone(&self) -> Self {
+        Value {
+            raw: self.raw.clone(),
+            _t: PhantomData,
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for Value<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Value")
+            .field("type", &std::any::type_name::<T>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T: Pod> Value<T> {
+    /// A new value in a new shared segment.
+    pub fn new(value: T) -> Result<Self> {
+        let raw = RawLock::new(
+            "multiproc-value",
+            data_offset::<T>() - crate::sync::MUTEX_SIZE + size_of::<T>(),
+            false,
+        )?;
+        let v = Value {
+            raw,
+            _t: PhantomData,
+        };
+        *v.lock()? = value;
+        Ok(v)
+    }
+
+    /// Takes the lock; the guard dereferences to the value.
+    pub fn lock(&self) -> Result<ValueGuard<'_, T>> {
+        self.guard(self.raw.lock(WHAT, None)?)
+    }
+
+    /// Takes the lock, waiting at most `timeout`.
+    pub fn lock_timeout(&self, timeout: Duration) -> Result<ValueGuard<'_, T>> {
+        self.guard(self.raw.lock(WHAT, Some(timeout))?)
+    }
+
+    fn guard<'a>(&'a self, guard: LockGuard<'a>) -> Result<ValueGuard<'a, T>> {
+        // Checked once here, so deref cannot fail later.
+        if guard.held().data::<T>(data_offset::<T>(), 1).is_none() {
+            return Err(too_small::<T>());
+        }
+        Ok(ValueGuard {
+            guard,
+            _t: PhantomData,
+        })
+    }
+
+    /// A copy of the value, read under the lock.
+    pub fn get(&self) -> Result<T> {
+        Ok(*self.lock()?)
+    }
+
+    /// Replaces the value, under the lock.
+    pub fn set(&self, value: T) -> Result<()> {
+        *self.lock()? = value;
+        Ok(())
+    }
+
+    fn atomic<A: crate::sys::shm::AtomicCell>(&self) -> &A {
+        // Value<T> with T of A's size and alignment: checked when made or received.
+        self.raw
+            .segment()
+            .map()
+            .atomic_at::<A>(data_offset::<T>())
+            .expect("a Value's segment holds its value")
+    }
+}
+
+fn too_small<T>() -> Error {
+    Error::SharedMemory {
+        detail: format!(
+            "a received Value<{}>'s segment is too small for it",
+            std::any::type_name::<T>()
+        ),
+    }
+}
+
+impl<T: Pod> Serialize for Value<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        self.raw.serialize(s)
+    }
+}
+
+impl<'de, T: Pod> Deserialize<'de> for Value<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let raw = RawLock::deserialize(d)?;
+        if raw.segment().len() < data_offset::<T>() + size_of::<T>() {
+            return Err(serde::de::Error::custom(too_small::<T>()));
+        }
+        Ok(Value {
+            raw,
+            _t: PhantomData,
+        })
+    }
+}
+
+/// The locked value of a [`Value`]; dereferences to `T`. Dropping it unlocks.
+#[must_use = "the lock is released as soon as the guard is dropped"]
+pub struct ValueGuard<'a, T> {
+    guard: LockGuard<'a>,
+    _t: PhantomData<&'a mut T>,
+}
+
+impl<T> ValueGuard<'_, T> {
+    /// `true` if the previous holder of the lock died holding it: the value may be
+    /// half-updated.
+    pub fn owner_died(&self) -> bool {
+        self.guard.owner_died()
+    }
+}
+
+impl<T: Pod> Deref for ValueGuard<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        // The bounds were checked when the guard was made.
+        &self
+            .guard
+            .held()
+            .data::<T>(data_offset::<T>(), 1)
+            .expect("checked when the guard was made")[0]
+    }
+}
+
+impl<T: Pod> DerefMut for ValueGuard<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        &mut self
+            .guard
+            .held_mut()
+            .data_mut::<T>(data_offset::<T>(), 1)
+            .expect("checked when the guard was made")[0]
+    }
+}
+
+impl<T: Pod + std::fmt::Debug> std::fmt::Debug for ValueGuard<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        (**self).fmt(f)
+    }
+}
+
+macro_rules! atomic_value {
+    ($($t:ty => $a:ty),*) => {$(
+        impl Value<$t> {
+            /// Atomically adds `v` (wrapping), without the lock; returns the previous value.
+            pub fn fetch_add(&self, v: $t) -> $t {
+                self.atomic::<$a>().fetch_add(v, std::sync::atomic::Ordering::SeqCst)
+            }
+            /// Atomically subtracts `v` (wrapping), without the lock; returns the previous value.
+            pub fn fetch_sub(&self, v: $t) -> $t {
+                self.atomic::<$a>().fetch_sub(v, std::sync::atomic::Ordering::SeqCst)
+            }
+            /// Atomically reads the value, without the lock.
+            pub fn load(&self) -> $t {
+                self.atomic::<$a>().load(std::sync::atomic::Ordering::SeqCst)
+            }
+            /// Atomically writes the value, without the lock.
+            pub fn store(&self, v: $t) {
+                self.atomic::<$a>().store(v, std::sync::atomic::Ordering::SeqCst)
+            }
+            /// Atomically replaces the value, without the lock; returns the previous one.
+            pub fn swap(&self, v: $t) -> $t {
+                self.atomic::<$a>().swap(v, std::sync::atomic::Ordering::SeqCst)
+            }
+            /// Atomically replaces `current` with `new`, without the lock: `Ok(previous)`
+            /// if it held `current`, `Err(actual)` otherwise.
+            pub fn compare_exchange(&self, current: $t, new: $t) -> std::result::Result<$t, $t> {
+                self.atomic::<$a>().compare_exchange(
+                    current,
+                    new,
+                    std::sync::atomic::Ordering::SeqCst,
+                    std::sync::atomic::Ordering::SeqCst,
+                )
+            }
+        }
+    )*};
+}
+
+atomic_value!(
+    u8 => std::sync::atomic::AtomicU8,
+    u16 => std::sync::atomic::AtomicU16,
+    u32 => std::sync::atomic::AtomicU32,
+    u64 => std::sync::atomic::AtomicU64,
+    usize => std::sync::atomic::AtomicUsize,
+    i8 => std::sync::atomic::AtomicI8,
+    i16 => std::sync::atomic::AtomicI16,
+    i32 => std::sync::atomic::AtomicI32,
+    i64 => std::sync::atomic::AtomicI64,
+    isize => std::sync::atomic::AtomicIsize
+);

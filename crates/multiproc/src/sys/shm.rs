@@ -1,0 +1,324 @@
+//! Shared memory: anonymous `memfd` segments, named POSIX segments, and mappings.
+//!
+//! A [`Mapping`] is a `MAP_SHARED` view of a whole descriptor. Everything that touches
+//! its bytes goes through the bounds- and alignment-checked accessors here, so the
+//! rest of the crate never handles a raw pointer.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::ptr::NonNull;
+use std::sync::atomic::AtomicU32;
+
+/// Seals that freeze a memfd's size: a peer can then neither truncate it under our
+/// mapping (which would make our accesses fault with SIGBUS) nor grow it.
+const SIZE_SEALS: libc::c_int = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+
+/// A new anonymous memory file of `len` zero bytes, close-on-exec, with its size
+/// sealed.
+pub(crate) fn memfd(name: &str, len: usize) -> io::Result<OwnedFd> {
+    let fd = memfd_unsealed(name)?;
+    nix::unistd::ftruncate(&fd, len as libc::off_t)?;
+    seal(fd.as_fd(), SIZE_SEALS)?;
+    Ok(fd)
+}
+
+/// A new, empty anonymous memory file that accepts seals, close-on-exec.
+pub(crate) fn memfd_unsealed(name: &str) -> io::Result<OwnedFd> {
+    let cname = CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: memfd_create reads a NUL-terminated string that lives across the call and
+    // returns a new descriptor or -1.
+    let r =
+        unsafe { libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel returned a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(r) })
+}
+
+/// Adds `seals` to a memfd.
+pub(crate) fn seal(fd: BorrowedFd<'_>, seals: libc::c_int) -> io::Result<()> {
+    // SAFETY: fcntl(F_ADD_SEALS) takes an integer argument and touches no memory.
+    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Seals a memfd whose contents are final: no more writes, no size change.
+pub(crate) fn seal_final(fd: BorrowedFd<'_>) -> io::Result<()> {
+    seal(fd, SIZE_SEALS | libc::F_SEAL_WRITE)
+}
+
+/// The seals on a descriptor (0 for a file that is not a memfd).
+fn seals(fd: BorrowedFd<'_>) -> libc::c_int {
+    // SAFETY: fcntl(F_GET_SEALS) touches no memory; -1 for files without seals.
+    let r = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
+    r.max(0)
+}
+
+/// `true` if the descriptor's contents can no longer change.
+pub(crate) fn is_sealed_final(fd: BorrowedFd<'_>) -> bool {
+    let want = libc::F_SEAL_SHRINK | libc::F_SEAL_WRITE;
+    seals(fd) & want == want
+}
+
+/// The size of the file behind `fd`.
+pub(crate) fn file_len(fd: BorrowedFd<'_>) -> io::Result<usize> {
+    let st = nix::sys::stat::fstat(fd)?;
+    usize::try_from(st.st_size).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))
+}
+
+/// Writes all of `bytes` at the current position of a (memory) file.
+pub(crate) fn write_all(fd: BorrowedFd<'_>, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        match nix::unistd::write(fd, bytes) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => bytes = &bytes[n..],
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Sets the size of a (memory) file.
+pub(crate) fn set_len(fd: BorrowedFd<'_>, len: usize) -> io::Result<()> {
+    Ok(nix::unistd::ftruncate(fd, len as libc::off_t)?)
+}
+
+/// A shared mapping of the first `len` bytes of a file, unmapped on drop.
+#[derive(Debug)]
+pub(crate) struct Mapping {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: a Mapping is a range of process memory that lives until drop; the crate
+// accesses it only through atomics, through `copy_*` (whose callers hold the segment's
+// lock or accept torn bytes of plain data), or through guards that a process-shared
+// lock makes exclusive. Nothing about it is tied to one thread.
+unsafe impl Send for Mapping {}
+// SAFETY: as above; `&Mapping` offers only atomic or copying access.
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    /// Maps `len` bytes of `fd` shared, read-write (or read-only). The caller has
+    /// checked that the file is at least `len` bytes long and cannot shrink (sealed,
+    /// or a file only this program's handles resize), so no access faults.
+    pub(crate) fn new(fd: BorrowedFd<'_>, len: usize, writable: bool) -> io::Result<Mapping> {
+        if len == 0 {
+            return Ok(Mapping {
+                ptr: NonNull::dangling(),
+                len: 0,
+            });
+        }
+        let prot = if writable {
+            libc::PROT_READ | libc::PROT_WRITE
+        } else {
+            libc::PROT_READ
+        };
+        // SAFETY: a fresh mapping at an address the kernel chooses overlaps nothing Rust
+        // knows about; `fd` is a valid descriptor for the duration of the call.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                prot,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Mapping {
+            ptr: NonNull::new(p.cast()).ok_or_else(|| io::Error::other("mmap returned null"))?,
+            len,
+        })
+    }
+
+    /// A read-only mapping of all `len` bytes of a sealed memfd, pre-faulted
+    /// (`MAP_POPULATE`: one call instead of a page fault per page).
+    pub(crate) fn new_readonly_populated(fd: BorrowedFd<'_>, len: usize) -> io::Result<Mapping> {
+        if len == 0 {
+            return Mapping::new(fd, 0, false);
+        }
+        // SAFETY: as in `new`.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED | libc::MAP_POPULATE,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Mapping {
+            ptr: NonNull::new(p.cast()).ok_or_else(|| io::Error::other("mmap returned null"))?,
+            len,
+        })
+    }
+
+    /// Length in bytes.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// `&AtomicU32` at byte `offset`, or `None` out of bounds or misaligned.
+    pub(crate) fn atomic_u32(&self, offset: usize) -> Option<&AtomicU32> {
+        self.atomic_at::<AtomicU32>(offset)
+    }
+
+    /// A reference to an atomic type at `offset` (bounds and alignment checked).
+    pub(crate) fn atomic_at<A: AtomicCell>(&self, offset: usize) -> Option<&A> {
+        let p = self.checked(offset, size_of::<A>(), align_of::<A>())?;
+        // SAFETY: `p` is in bounds and aligned for `A`; `A` is an atomic integer type
+        // (sealed trait), for which every bit pattern is valid and concurrent access
+        // from any thread or process is defined. The mapping lives as long as `&self`.
+        Some(unsafe { &*p.cast::<A>() })
+    }
+
+    /// The address of `len` bytes at `offset` aligned to `align`, if in bounds.
+    fn checked(&self, offset: usize, len: usize, align: usize) -> Option<*mut u8> {
+        let end = offset.checked_add(len)?;
+        if end > self.len {
+            return None;
+        }
+        // SAFETY: offset + len <= self.len, so the result stays inside the mapping.
+        let p = unsafe { self.ptr.as_ptr().add(offset) };
+        ((p as usize) % align == 0).then_some(p)
+    }
+
+    /// Copies `dst.len()` bytes from `offset` into `dst`. `false` if out of bounds.
+    pub(crate) fn copy_out(&self, offset: usize, dst: &mut [u8]) -> bool {
+        let Some(p) = self.checked(offset, dst.len(), 1) else {
+            return false;
+        };
+        // SAFETY: the source range is inside the mapping (checked); `dst` is a distinct
+        // Rust buffer. Other processes may write concurrently: the bytes are plain data,
+        // so the worst outcome is a torn copy, which the API documents.
+        unsafe { std::ptr::copy_nonoverlapping(p, dst.as_mut_ptr(), dst.len()) };
+        true
+    }
+
+    /// Copies `src` to `offset`. `false` if out of bounds.
+    pub(crate) fn copy_in(&self, offset: usize, src: &[u8]) -> bool {
+        let Some(p) = self.checked(offset, src.len(), 1) else {
+            return false;
+        };
+        // SAFETY: the destination range is inside a writable mapping (only writable
+        // mappings are given out to callers of copy_in) and does not overlap `src`.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), p, src.len()) };
+        true
+    }
+
+    /// The mapped bytes, for a mapping of a memfd sealed against writes and resizes:
+    /// nobody can change them while the slice lives.
+    pub(crate) fn sealed_bytes(&self) -> &[u8] {
+        // SAFETY: the caller mapped a file sealed with F_SEAL_WRITE|F_SEAL_SHRINK
+        // (checked with `is_sealed_final` before mapping), so the bytes are immutable
+        // and stay mapped for the life of `&self`.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    /// The address of `count` values of `T` at `offset`, checked for bounds and
+    /// alignment.
+    pub(crate) fn region<T>(&self, offset: usize, count: usize) -> Option<*mut T> {
+        let bytes = count.checked_mul(size_of::<T>())?;
+        self.checked(offset, bytes, align_of::<T>())
+            .map(|p| p.cast())
+    }
+
+    /// A pthread mutex at `offset`, checked for bounds and alignment.
+    pub(crate) fn mutex(&self, offset: usize) -> Option<*mut libc::pthread_mutex_t> {
+        self.checked(
+            offset,
+            size_of::<libc::pthread_mutex_t>(),
+            align_of::<libc::pthread_mutex_t>(),
+        )
+        .map(|p| p.cast())
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        if self.len != 0 {
+            // SAFETY: ptr/len are exactly what mmap returned; no reference into the
+            // mapping outlives `self` (all accessors borrow `self`).
+            unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+        }
+    }
+}
+
+/// Atomic integer types that may be placed over shared memory.
+pub(crate) trait AtomicCell: sealed::Sealed {}
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+macro_rules! atomic_cells {
+    ($($t:ty),*) => {$(
+        impl sealed::Sealed for $t {}
+        impl AtomicCell for $t {}
+    )*};
+}
+atomic_cells!(
+    std::sync::atomic::AtomicU8,
+    std::sync::atomic::AtomicU16,
+    std::sync::atomic::AtomicU32,
+    std::sync::atomic::AtomicU64,
+    std::sync::atomic::AtomicUsize,
+    std::sync::atomic::AtomicI8,
+    std::sync::atomic::AtomicI16,
+    std::sync::atomic::AtomicI32,
+    std::sync::atomic::AtomicI64,
+    std::sync::atomic::AtomicIsize
+);
+
+/// Takes an advisory `flock` on `fd` without waiting: `shared` or exclusive.
+/// `Ok(false)` if another open file description holds a conflicting lock.
+pub(crate) fn try_flock(fd: BorrowedFd<'_>, shared: bool) -> io::Result<bool> {
+    let op = if shared { libc::LOCK_SH } else { libc::LOCK_EX } | libc::LOCK_NB;
+    loop {
+        // SAFETY: flock takes a descriptor and an integer; it touches no memory.
+        if unsafe { libc::flock(fd.as_raw_fd(), op) } == 0 {
+            return Ok(true);
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EWOULDBLOCK) => return Ok(false),
+            Some(libc::EINTR) => continue,
+            _ => return Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memfd_map_and_bounds() {
+        let fd = memfd("t", 8192).unwrap();
+        assert_eq!(file_len(fd.as_fd()).unwrap(), 8192);
+        // Sealed: cannot shrink.
+        assert!(set_len(fd.as_fd(), 10).is_err());
+        let m = Mapping::new(fd.as_fd(), 8192, true).unwrap();
+        assert!(m.copy_in(8190, &[1, 2]));
+        assert!(!m.copy_in(8191, &[1, 2]));
+        let mut b = [0u8; 2];
+        assert!(m.copy_out(8190, &mut b));
+        assert_eq!(b, [1, 2]);
+        assert!(m.atomic_u32(2).is_none());
+        assert!(m.atomic_u32(8192).is_none());
+        assert!(m.atomic_u32(4).is_some());
+    }
+}
