@@ -6,6 +6,7 @@
 //! workload's reference case (a floor such as raw `fork()`). To add a workload, write a
 //! module that implements [`Workload`] and list it in [`workloads`].
 
+mod ipc;
 mod latency;
 mod pool;
 mod report;
@@ -35,7 +36,7 @@ pub struct BenchArgs {
     json: bool,
 
     /// Run only the workloads with these names (repeatable): "start+join",
-    /// "tiny tasks", "tutorial job".
+    /// "tiny tasks", "tutorial job", "bandwidth", "round trip", "256 MiB hand-off".
     #[arg(long = "only", value_name = "WORKLOAD")]
     only: Vec<String>,
 }
@@ -110,6 +111,9 @@ fn workloads() -> Vec<Box<dyn Workload>> {
         Box::new(latency::StartJoin),
         Box::new(pool::TinyTasks),
         Box::new(pool::TutorialJob),
+        Box::new(ipc::Bandwidth),
+        Box::new(ipc::RoundTrip),
+        Box::new(ipc::Handoff),
     ]
 }
 

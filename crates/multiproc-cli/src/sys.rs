@@ -73,6 +73,159 @@ pub fn fork_pipe_u64(value: u64) -> io::Result<u64> {
     read
 }
 
+fn pipe() -> io::Result<(i32, i32)> {
+    let mut fds = [0i32; 2];
+    // SAFETY: pipe2 writes two descriptors into the two-element array we pass.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((fds[0], fds[1]))
+}
+
+fn close(fd: i32) {
+    // SAFETY: every caller passes a descriptor it opened and closes it exactly once.
+    unsafe { libc::close(fd) };
+}
+
+/// Writes all of `buf` to `fd` (the parent side; EINTR retried).
+fn write_all(fd: i32, mut buf: &[u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        // SAFETY: writes at most `buf.len()` bytes from `buf`, which is alive.
+        let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        buf = &buf[n as usize..];
+    }
+    Ok(())
+}
+
+/// Reads exactly `buf.len()` bytes from `fd` (the parent side).
+fn read_exact(fd: i32, buf: &mut [u8]) -> io::Result<()> {
+    let mut got = 0;
+    while got < buf.len() {
+        // SAFETY: reads at most the remaining bytes of `buf` into it.
+        let n = unsafe { libc::read(fd, buf[got..].as_mut_ptr().cast(), buf.len() - got) };
+        match n {
+            -1 if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => {}
+            -1 => return Err(io::Error::last_os_error()),
+            0 => return Err(io::Error::from(io::ErrorKind::UnexpectedEof)),
+            n => got += n as usize,
+        }
+    }
+    Ok(())
+}
+
+/// In a raw child: reads `total` bytes from `fd` into `scratch` (async-signal-safe:
+/// only `read`). `false` on error or early end of stream.
+fn child_drain(fd: i32, scratch: &mut [u8], mut total: usize) -> bool {
+    while total > 0 {
+        let want = total.min(scratch.len());
+        // SAFETY: reads at most `want` <= scratch.len() bytes into `scratch`, a buffer
+        // allocated by the parent before fork (this child's copy).
+        let n = unsafe { libc::read(fd, scratch.as_mut_ptr().cast(), want) };
+        if n <= 0 {
+            if n == -1 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return false;
+        }
+        total -= n as usize;
+    }
+    true
+}
+
+/// The raw floor for bandwidth: forks a child that reads `count` messages of
+/// `msg.len()` bytes from a pipe and acknowledges with one byte; returns the time from
+/// the first write to the acknowledgement (the fork is outside it).
+pub fn raw_pipe_transfer(msg: &[u8], count: usize) -> io::Result<std::time::Duration> {
+    let (rd, wr) = pipe()?;
+    let (ack_rd, ack_wr) = pipe()?;
+    let mut scratch = vec![0u8; msg.len().max(1)];
+    let total = msg.len() * count;
+    // SAFETY: fork is sound; the child calls only read, write and _exit
+    // (async-signal-safe) on buffers allocated before the fork.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        let ok = child_drain(rd, &mut scratch, total);
+        let byte = [u8::from(ok)];
+        // SAFETY: one byte from a live array into our pipe; `_exit` skips the parent's
+        // atexit handlers and destructors.
+        unsafe {
+            libc::write(ack_wr, byte.as_ptr().cast(), 1);
+            libc::_exit(if ok { 0 } else { 1 })
+        }
+    }
+    close(rd);
+    close(ack_wr);
+    if pid == -1 {
+        let e = io::Error::last_os_error();
+        close(wr);
+        close(ack_rd);
+        return Err(e);
+    }
+    let t = std::time::Instant::now();
+    let sent = (0..count).try_for_each(|_| write_all(wr, msg));
+    let mut ack = [0u8; 1];
+    let acked = sent.and_then(|()| read_exact(ack_rd, &mut ack));
+    let elapsed = t.elapsed();
+    close(wr);
+    close(ack_rd);
+    reap(pid)?;
+    acked?;
+    if ack[0] != 1 {
+        return Err(io::Error::other("the raw child did not receive every byte"));
+    }
+    Ok(elapsed)
+}
+
+/// The raw floor for latency: forks a child that echoes 8 bytes `count` times through
+/// two pipes; returns the time of the `count` round trips (the fork is outside it).
+pub fn raw_pipe_round_trips(count: usize) -> io::Result<std::time::Duration> {
+    let (to_rd, to_wr) = pipe()?;
+    let (back_rd, back_wr) = pipe()?;
+    // SAFETY: as in `raw_pipe_transfer`: the child calls only read, write and _exit.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        let mut b = [0u8; 8];
+        let mut ok = true;
+        for _ in 0..count {
+            ok = child_drain(to_rd, &mut b, 8);
+            // SAFETY: 8 bytes from a live array; a pipe write of 8 bytes is atomic.
+            ok = ok && unsafe { libc::write(back_wr, b.as_ptr().cast(), 8) } == 8;
+            if !ok {
+                break;
+            }
+        }
+        // SAFETY: as above.
+        unsafe { libc::_exit(if ok { 0 } else { 1 }) }
+    }
+    close(to_rd);
+    close(back_wr);
+    if pid == -1 {
+        let e = io::Error::last_os_error();
+        close(to_wr);
+        close(back_rd);
+        return Err(e);
+    }
+    let mut b = [0u8; 8];
+    let t = std::time::Instant::now();
+    let result = (0..count).try_for_each(|i| {
+        write_all(to_wr, &(i as u64).to_le_bytes())?;
+        read_exact(back_rd, &mut b)
+    });
+    let elapsed = t.elapsed();
+    close(to_wr);
+    close(back_rd);
+    reap(pid)?;
+    result?;
+    Ok(elapsed)
+}
+
 /// Waits for child `pid`; an error unless it exited with code 0.
 fn reap(pid: libc::pid_t) -> io::Result<()> {
     let mut status = 0;
@@ -107,5 +260,7 @@ mod tests {
             fork_pipe_u64(0x0123_4567_89ab_cdef).unwrap(),
             0x0123_4567_89ab_cdef
         );
+        raw_pipe_transfer(&[7u8; 100_000], 3).unwrap();
+        raw_pipe_round_trips(10).unwrap();
     }
 }
