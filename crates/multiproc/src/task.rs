@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
 use crate::error::ExitStatus;
-use crate::wire::message::{Failure, Refusal};
+use crate::wire::message::{Batch, Failure, Refusal};
 use std::os::fd::OwnedFd;
 
 /// Where a task lives in this executable: image offsets of its typed trampoline and of
@@ -75,6 +75,37 @@ pub(crate) fn decode_value<R: DeserializeOwned>(
     } else {
         crate::wire::fds::provide(fds, || crate::wire::decode(bytes))
     }
+}
+
+/// Typed results of a chunk a worker answered: call `k` of the chunk is input
+/// `indices[k]`; its value is `values[k]` (with its share of `fds`, in order) unless
+/// `failures` lists `k`. The batch came from another process: a malformed one gives
+/// errors, never a panic.
+pub(crate) fn decode_chunk<R: DeserializeOwned>(
+    pid: u32,
+    indices: Vec<usize>,
+    values: &Batch,
+    failures: Vec<(u32, Failure)>,
+    fds: Vec<OwnedFd>,
+) -> Vec<(usize, Result<R, Error>)> {
+    let mut failures = failures.into_iter().peekable();
+    let mut fds = fds.into_iter();
+    indices
+        .into_iter()
+        .enumerate()
+        .map(|(k, index)| {
+            let failed = failures.next_if(|(at, _)| *at as usize == k);
+            let r = match (failed, values.get(k)) {
+                (Some((_, f)), _) => Err(failure_error(f, pid)),
+                (None, Some((bytes, n))) => decode_value(bytes, fds.by_ref().take(n).collect()),
+                (None, None) => Err(Error::Protocol {
+                    pid,
+                    detail: "a malformed result batch".into(),
+                }),
+            };
+            (index, r)
+        })
+        .collect()
 }
 
 /// The error for a call that failed in the child.

@@ -199,25 +199,7 @@ fn sink<R: DeserializeOwned + Send + 'static>(
                 indices,
                 values,
                 failures,
-            } => {
-                let mut failures = failures.into_iter().peekable();
-                indices
-                    .into_iter()
-                    .enumerate()
-                    .map(|(k, index)| {
-                        let failed = failures.next_if(|(at, _)| *at as usize == k);
-                        let r = match (failed, values.get(k)) {
-                            (Some((_, f)), _) => Err(task::failure_error(f, pid)),
-                            (None, Some((bytes, _))) => crate::wire::decode(bytes),
-                            (None, None) => Err(Error::Protocol {
-                                pid,
-                                detail: "a malformed result batch".into(),
-                            }),
-                        };
-                        (index, r)
-                    })
-                    .collect()
-            }
+            } => task::decode_chunk(pid, indices, &values, failures, Vec::new()),
         };
         let _ = tx.send(typed);
     })

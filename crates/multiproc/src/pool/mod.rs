@@ -268,28 +268,7 @@ fn sink<R: DeserializeOwned + Send + 'static>(
                 values,
                 failures,
                 fds,
-            } => {
-                let mut failures = failures.into_iter().peekable();
-                let mut fds = fds.into_iter();
-                indices
-                    .into_iter()
-                    .enumerate()
-                    .map(|(k, index)| {
-                        let failed = failures.next_if(|(at, _)| *at as usize == k);
-                        let r = match (failed, values.get(k)) {
-                            (Some((_, f)), _) => Err(task::failure_error(f, pid)),
-                            (None, Some((bytes, n))) => {
-                                task::decode_value(bytes, fds.by_ref().take(n).collect())
-                            }
-                            (None, None) => Err(Error::Protocol {
-                                pid,
-                                detail: "a malformed result batch".into(),
-                            }),
-                        };
-                        (index, r)
-                    })
-                    .collect()
-            }
+            } => task::decode_chunk(pid, indices, &values, failures, fds),
         };
         let _ = tx.send(typed);
     })
