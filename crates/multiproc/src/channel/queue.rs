@@ -14,8 +14,12 @@
 //!   returns [`Error::Full`]) when consumers fall behind — back-pressure, and no
 //!   hidden feeder thread.
 //!
-//! A datagram must fit the socket buffer, so a message over 64 KiB travels in a
-//! `memfd`: the producer writes the encoded bytes there, seals it against any further
+//! A datagram must fit the socket buffer, so a message travels inline only up to a
+//! limit set by the send buffer the kernel granted (`net.core.wmem_max`): at most a
+//! quarter of it, never less than 64 KiB nor more than 2 MiB. With a large enough
+//! buffer a 1 MiB message is one datagram: two copies in the kernel, no page
+//! allocation, no mapping. A larger message (or one the kernel cannot allocate a
+//! datagram for) travels in a `memfd`: the producer writes the encoded bytes there, seals it against any further
 //! change (`F_SEAL_WRITE | F_SEAL_SHRINK | F_SEAL_GROW`) and sends only the descriptor
 //! in a one-byte datagram. The consumer maps it and decodes in place. The memory
 //! belongs to the kernel object, not the producer, so the producer can exit at once,
@@ -50,8 +54,11 @@ use crate::wire::{self, fds};
 
 const WHAT: &str = "queue";
 
-/// Largest encoded message sent inline in its datagram; larger ones go by memfd.
-const INLINE_MAX: usize = 64 << 10;
+/// Smallest inline limit: messages up to this size always go inline.
+const INLINE_MIN: usize = 64 << 10;
+/// Largest encoded message ever sent inline in its datagram (larger ones go by
+/// memfd); also the size of every consumer thread's receive buffer.
+const INLINE_MAX: usize = 2 << 20;
 /// Datagram kinds (first byte).
 const INLINE: u8 = 0;
 const IN_MEMFD: u8 = 1;
@@ -63,6 +70,15 @@ const KEEP_BUFFER: usize = 8 << 20;
 thread_local! {
     /// This thread's encoding buffer for `put`, reused across messages.
     static OUT: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+    /// This thread's receive buffer for `get` (`INLINE_MAX + 2` bytes once used).
+    static IN: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// The largest message this process sends inline on `tx`: a quarter of the send
+/// buffer the kernel granted, within `INLINE_MIN..=INLINE_MAX`.
+fn inline_limit(tx: &OwnedFd) -> usize {
+    let granted = nix::sys::socket::getsockopt(tx, nix::sys::socket::sockopt::SndBuf).unwrap_or(0);
+    (granted / 4).clamp(INLINE_MIN, INLINE_MAX)
 }
 
 /// The two sockets shared by every handle of one queue.
@@ -72,6 +88,8 @@ struct Ends {
     tx: RwLock<Option<OwnedFd>>,
     /// Consumers receive here.
     rx: OwnedFd,
+    /// Encoded messages up to this size go inline (see [`inline_limit`]).
+    inline_max: usize,
 }
 
 /// A multi-producer, multi-consumer queue between processes (Python's
@@ -131,6 +149,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         let _ = nix::sys::socket::setsockopt(&tx, nix::sys::socket::sockopt::SndBuf, &SEND_BUFFER);
         Ok(Queue {
             ends: Arc::new(Ends {
+                inline_max: inline_limit(&tx),
                 tx: RwLock::new(Some(tx)),
                 rx,
             }),
@@ -175,45 +194,25 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
                 max: max as u64,
             });
         }
-        let memfd;
-        let mut raw: Vec<RawFd> = Vec::with_capacity(user_fds.len() + 1);
-        let kind: [u8; 1];
-        let payload: &[u8] = if bytes.len() <= INLINE_MAX {
-            kind = [INLINE];
-            bytes
-        } else {
-            memfd = to_sealed_memfd(bytes)?;
-            raw.push(memfd.as_raw_fd());
-            kind = [IN_MEMFD];
-            &[]
-        };
-        raw.extend(user_fds.iter().map(|f| f.as_raw_fd()));
         let guard = self.ends.tx.read().unwrap_or_else(|p| p.into_inner());
         let Some(tx) = guard.as_ref() else {
             return Err(Error::Closed { what: WHAT });
         };
-        let iov = [std::io::IoSlice::new(&kind), std::io::IoSlice::new(payload)];
-        let rights = [ControlMessage::ScmRights(&raw)];
-        let cmsgs: &[ControlMessage<'_>] = if raw.is_empty() { &[] } else { &rights };
-        loop {
-            match sendmsg::<()>(
-                tx.as_raw_fd(),
-                &iov,
-                cmsgs,
-                MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
-                None,
-            ) {
-                Ok(_) => return Ok(()),
-                Err(Errno::EINTR) => {}
-                Err(Errno::EAGAIN) => {
-                    if !wait_writable(tx.as_fd(), deadline)? {
-                        return Err(Error::Full { what: WHAT });
-                    }
-                }
-                Err(Errno::EPIPE | Errno::ECONNRESET) => return Err(Error::Closed { what: WHAT }),
-                Err(e) => return Err(Error::io("putting a message on a queue", e)),
+        let user: Vec<RawFd> = user_fds.iter().map(|f| f.as_raw_fd()).collect();
+        if bytes.len() <= self.ends.inline_max {
+            match send(tx, &[INLINE], bytes, &user, deadline) {
+                // The kernel could not take a datagram this large (a smaller buffer
+                // than it granted at first, or no contiguous memory): use a memfd.
+                Err(Failed::Os(Errno::EMSGSIZE | Errno::ENOBUFS | Errno::ENOMEM))
+                    if bytes.len() > INLINE_MIN => {}
+                r => return sent(r),
             }
         }
+        let memfd = to_sealed_memfd(bytes)?;
+        let mut raw: Vec<RawFd> = Vec::with_capacity(user.len() + 1);
+        raw.push(memfd.as_raw_fd());
+        raw.extend(user);
+        sent(send(tx, &[IN_MEMFD], &[], &raw, deadline))
     }
 
     /// Takes the next item, waiting as long as it takes. [`Error::Closed`] once every
@@ -253,15 +252,26 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
 
     /// `Ok(None)`: timed out.
     fn get_until(&self, deadline: Option<Instant>) -> Result<Option<T>> {
+        // Taken out of the thread-local, so that a value whose decoding gets from a
+        // queue on this thread still works (with a buffer of its own).
+        let mut buf = IN.take();
+        if buf.len() < INLINE_MAX + 2 {
+            buf = vec![0u8; INLINE_MAX + 2];
+        }
+        let got = self.get_into(&mut buf, deadline);
+        IN.set(buf);
+        got
+    }
+
+    fn get_into(&self, buf: &mut [u8], deadline: Option<Instant>) -> Result<Option<T>> {
         let rx = self.ends.rx.as_fd();
-        let mut buf = vec![0u8; INLINE_MAX + 2];
         loop {
             if !wire::wait_readable(rx, deadline)
                 .map_err(|e| Error::io("waiting for a queue item", e))?
             {
                 return Ok(None);
             }
-            let (n, mut received) = match crate::sys::fd::recv_fds(rx, &mut buf, true) {
+            let (n, mut received) = match crate::sys::fd::recv_fds(rx, buf, true) {
                 Ok(r) => r,
                 // Another consumer took it first.
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
@@ -284,6 +294,56 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
                 _ => Err(bad("a malformed datagram")),
             };
         }
+    }
+}
+
+/// Why [`send`] did not send.
+enum Failed {
+    /// `sendmsg` failed with this.
+    Os(Errno),
+    /// Anything else (no room before the deadline, a failed wait).
+    Other(Error),
+}
+
+/// Sends one datagram, `kind` then `payload`, with `fds` attached, waiting for room
+/// until `deadline`.
+fn send(
+    tx: &OwnedFd,
+    kind: &[u8; 1],
+    payload: &[u8],
+    fds: &[RawFd],
+    deadline: Option<Instant>,
+) -> std::result::Result<(), Failed> {
+    let iov = [std::io::IoSlice::new(kind), std::io::IoSlice::new(payload)];
+    let rights = [ControlMessage::ScmRights(fds)];
+    let cmsgs: &[ControlMessage<'_>] = if fds.is_empty() { &[] } else { &rights };
+    loop {
+        match sendmsg::<()>(
+            tx.as_raw_fd(),
+            &iov,
+            cmsgs,
+            MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
+            None,
+        ) {
+            Ok(_) => return Ok(()),
+            Err(Errno::EINTR) => {}
+            Err(Errno::EAGAIN) => match wait_writable(tx.as_fd(), deadline) {
+                Ok(true) => {}
+                Ok(false) => return Err(Failed::Other(Error::Full { what: WHAT })),
+                Err(e) => return Err(Failed::Other(e)),
+            },
+            Err(e) => return Err(Failed::Os(e)),
+        }
+    }
+}
+
+/// The outcome of a `put` from that of its [`send`].
+fn sent(r: std::result::Result<(), Failed>) -> Result<()> {
+    match r {
+        Ok(()) => Ok(()),
+        Err(Failed::Os(Errno::EPIPE | Errno::ECONNRESET)) => Err(Error::Closed { what: WHAT }),
+        Err(Failed::Os(e)) => Err(Error::io("putting a message on a queue", e)),
+        Err(Failed::Other(e)) => Err(e),
     }
 }
 
@@ -369,9 +429,11 @@ impl<T> Serialize for Queue<T> {
 impl<'de, T> Deserialize<'de> for Queue<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         let w = WireQueue::deserialize(d)?;
+        let tx = w.tx.map(|f| f.0);
         Ok(Queue {
             ends: Arc::new(Ends {
-                tx: RwLock::new(w.tx.map(|f| f.0)),
+                inline_max: tx.as_ref().map_or(INLINE_MIN, inline_limit),
+                tx: RwLock::new(tx),
                 rx: w.rx.0,
             }),
             _t: PhantomData,
@@ -578,5 +640,54 @@ impl<T: Serialize + DeserializeOwned> SimpleQueue<T> {
     /// See [`Queue::close`].
     pub fn close(&self) {
         self.queue.close()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pattern(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 7 + len) as u8).collect()
+    }
+
+    #[test]
+    fn every_size_around_the_inline_limits_arrives_intact() {
+        let q = Queue::<Vec<u8>>::new().unwrap();
+        let limit = q.ends.inline_max;
+        assert!((INLINE_MIN..=INLINE_MAX).contains(&limit));
+        for len in [
+            0,
+            1,
+            INLINE_MIN - 8,
+            INLINE_MIN + 8,
+            1 << 20,
+            limit - 8,
+            limit,
+            limit + 8,
+            INLINE_MAX + 8,
+            3 << 20,
+        ] {
+            q.put(&pattern(len)).unwrap();
+            assert!(q.get().unwrap() == pattern(len), "length {len}");
+        }
+    }
+
+    #[test]
+    fn a_smaller_send_buffer_falls_back_to_a_memfd() {
+        let q = Queue::<Vec<u8>>::new().unwrap();
+        {
+            let tx = q.ends.tx.read().unwrap();
+            let tx = tx.as_ref().unwrap();
+            nix::sys::socket::setsockopt(tx, nix::sys::socket::sockopt::SndBuf, &(64 << 10))
+                .unwrap();
+        }
+        // The limit was computed for the larger buffer: the kernel refuses the
+        // datagram (EMSGSIZE) and the message goes by memfd instead.
+        let len = q.ends.inline_max.max(INLINE_MIN + 1024);
+        for _ in 0..3 {
+            q.put(&pattern(len)).unwrap();
+            assert!(q.get().unwrap() == pattern(len));
+        }
     }
 }
