@@ -5,18 +5,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use multiproc::{Error, Process, Signal, StartMethod};
+use multiproc::{Error, Signal, StartMethod};
 
-fn start<A, R>(method: StartMethod, f: fn(A) -> R, args: A) -> Process<R>
-where
-    A: serde::Serialize + serde::de::DeserializeOwned,
-    R: serde::Serialize + serde::de::DeserializeOwned,
-{
-    Process::builder()
-        .start_method(method)
-        .start(f, args)
-        .unwrap_or_else(|e| panic!("{method}: start: {e}"))
-}
+use common::start;
 
 const PANIC_LINE: u32 = line!() + 3;
 fn panics(n: u32) -> u32 {

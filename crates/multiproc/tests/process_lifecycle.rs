@@ -7,16 +7,7 @@ use std::time::{Duration, Instant};
 
 use multiproc::{Error, ExitStatus, Process, Signal, StartMethod};
 
-fn start<A, R>(method: StartMethod, f: fn(A) -> R, args: A) -> Process<R>
-where
-    A: serde::Serialize + serde::de::DeserializeOwned,
-    R: serde::Serialize + serde::de::DeserializeOwned,
-{
-    Process::builder()
-        .start_method(method)
-        .start(f, args)
-        .unwrap_or_else(|e| panic!("{method}: start: {e}"))
-}
+use common::start;
 
 fn sleep_ms(ms: u64) -> u64 {
     std::thread::sleep(Duration::from_millis(ms));

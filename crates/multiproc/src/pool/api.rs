@@ -97,14 +97,12 @@ pub trait TaskPool: Backend {
     ) -> Result<Vec<R>> {
         let items: Vec<A> = items.into_iter().collect();
         let n = items.len();
-        let (job, rx) = self.open(f, self.chunk_size())?;
+        let (job, rx) = run_all(self, f, items, self.chunk_size())?;
         let cancel = CancelOnDrop {
             pool: self,
             job,
             armed: true,
         };
-        self.submit(job, f, 0, items)?;
-        self.seal(job);
         let mut out: Vec<Option<R>> = (0..n).map(|_| None).collect();
         let mut bar = self.progress().start(Some(n as u64));
         let mut received = 0;
@@ -138,9 +136,7 @@ pub trait TaskPool: Backend {
     ) -> Result<Vec<Result<R>>> {
         let items: Vec<A> = items.into_iter().collect();
         let n = items.len();
-        let (job, rx) = self.open(f, self.chunk_size())?;
-        self.submit(job, f, 0, items)?;
-        self.seal(job);
+        let (_, rx) = run_all(self, f, items, self.chunk_size())?;
         let mut out: Vec<Option<Result<R>>> = (0..n).map(|_| None).collect();
         let mut bar = self.progress().start(Some(n as u64));
         let mut received = 0u64;
@@ -192,9 +188,7 @@ pub trait TaskPool: Backend {
 
     /// Starts one call; the handle gives its result later.
     fn apply_async<A: Arg, R: Ret>(&self, f: fn(A) -> R, arg: A) -> Result<AsyncResult<R>> {
-        let (job, rx) = self.open(f, ChunkSize::Fixed(1))?;
-        self.submit(job, f, 0, vec![arg])?;
-        self.seal(job);
+        let (_, rx) = run_all(self, f, vec![arg], ChunkSize::Fixed(1))?;
         Ok(AsyncResult::single(rx))
     }
 
@@ -206,11 +200,26 @@ pub trait TaskPool: Backend {
     ) -> Result<AsyncResult<Vec<R>>> {
         let items: Vec<A> = items.into_iter().collect();
         let n = items.len();
-        let (job, rx) = self.open(f, self.chunk_size())?;
-        self.submit(job, f, 0, items)?;
-        self.seal(job);
+        let (_, rx) = run_all(self, f, items, self.chunk_size())?;
         Ok(AsyncResult::many(rx, n))
     }
+}
+
+/// Opens a job for `f`, submits all of `items` and seals it: what every eager method
+/// (`map`, `map_results`, `map_async`, `apply_async`) starts with.
+fn run_all<P: Backend + ?Sized, A: Arg, R: Ret>(
+    pool: &P,
+    f: fn(A) -> R,
+    items: Vec<A>,
+    chunk: ChunkSize,
+) -> Result<(u64, sealed::Results<R>)> {
+    let (job, rx) = pool.open(f, chunk)?;
+    if let Err(e) = pool.submit(job, f, 0, items) {
+        pool.cancel(job);
+        return Err(e);
+    }
+    pool.seal(job);
+    Ok((job, rx))
 }
 
 /// Cancels a job if the call that owns it returns early (an error, or a panic).

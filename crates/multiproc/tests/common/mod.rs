@@ -177,3 +177,16 @@ multiproc = {{ path = {:?} }}
     eprintln!("cargo run of the {name} crate: {:?}", t.elapsed());
     out
 }
+
+/// Starts `f(args)` with `method`, panicking with the method's name on failure.
+#[allow(dead_code)]
+pub fn start<A, R>(method: multiproc::StartMethod, f: fn(A) -> R, args: A) -> multiproc::Process<R>
+where
+    A: serde::Serialize + serde::de::DeserializeOwned,
+    R: serde::Serialize + serde::de::DeserializeOwned,
+{
+    multiproc::Process::builder()
+        .start_method(method)
+        .start(f, args)
+        .unwrap_or_else(|e| panic!("{method}: start: {e}"))
+}
