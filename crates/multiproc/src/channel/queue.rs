@@ -378,19 +378,12 @@ fn map_sealed(fd: OwnedFd) -> Result<Mapping> {
 }
 
 fn wait_writable(fd: std::os::fd::BorrowedFd<'_>, deadline: Option<Instant>) -> Result<bool> {
-    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use nix::poll::{PollFd, PollFlags, poll};
     loop {
-        let timeout = match deadline {
-            None => PollTimeout::NONE,
-            Some(d) => {
-                let left = d.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return Ok(false);
-                }
-                let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
-                PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
-            }
-        };
+        if deadline.is_some_and(|d| d <= Instant::now()) {
+            return Ok(false);
+        }
+        let timeout = crate::wire::poll_timeout(deadline);
         let mut fds = [PollFd::new(fd, PollFlags::POLLOUT)];
         match poll(&mut fds, timeout) {
             Ok(0) => {}

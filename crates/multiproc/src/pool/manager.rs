@@ -16,7 +16,7 @@ use std::os::unix::net::UnixStream;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::poll::{PollFd, PollFlags, poll};
 use serde_bytes::ByteBuf;
 
 use super::ChunkSize;
@@ -348,7 +348,6 @@ impl Manager {
     }
 
     fn wait_and_handle(&mut self) {
-        let now = Instant::now();
         let deadline = self
             .workers
             .iter()
@@ -357,13 +356,7 @@ impl Manager {
                 _ => None,
             })
             .min();
-        let timeout = match deadline {
-            None => PollTimeout::NONE,
-            Some(d) => {
-                let ms = d.saturating_duration_since(now).as_micros().div_ceil(1000);
-                PollTimeout::try_from(ms.min(i32::MAX as u128) as i32).unwrap_or(PollTimeout::MAX)
-            }
-        };
+        let timeout = crate::wire::poll_timeout(deadline);
         let (sock_ready, dead) = {
             let mut fds = Vec::with_capacity(1 + 2 * self.workers.len());
             fds.push(PollFd::new(self.wake.as_fd(), PollFlags::POLLIN));

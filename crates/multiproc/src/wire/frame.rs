@@ -182,20 +182,24 @@ pub(crate) enum Received {
     TimedOut,
 }
 
+/// The `poll` timeout that ends at `deadline` (none: wait forever). Rounded up, so that
+/// a sub-millisecond remainder still waits instead of spinning.
+pub(crate) fn poll_timeout(deadline: Option<Instant>) -> PollTimeout {
+    match deadline {
+        None => PollTimeout::NONE,
+        Some(d) => {
+            let left = d.saturating_duration_since(Instant::now());
+            let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+            PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
+        }
+    }
+}
+
 /// Waits until `fd` is readable or the deadline passes. `Ok(false)` means timed out.
 pub(crate) fn wait_readable(fd: BorrowedFd<'_>, deadline: Option<Instant>) -> io::Result<bool> {
     loop {
-        let timeout = match deadline {
-            None => PollTimeout::NONE,
-            Some(d) => {
-                let left = d.saturating_duration_since(Instant::now());
-                // Round up so a sub-millisecond remainder still waits instead of spinning.
-                let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
-                PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
-            }
-        };
         let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
-        match poll(&mut fds, timeout) {
+        match poll(&mut fds, poll_timeout(deadline)) {
             Ok(0) => {
                 if deadline.is_some_and(|d| Instant::now() >= d) {
                     return Ok(false);

@@ -20,7 +20,7 @@ pub(crate) mod message;
 pub(crate) use codec::{decode, encode, encode_into, encode_reusing};
 pub use frame::{FrameDecoder, FrameError, HEADER_LEN};
 pub(crate) use frame::{
-    Received, recv_frame, send_frame, send_frame_with_fds, send_frames, wait_readable,
+    Received, poll_timeout, recv_frame, send_frame, send_frame_with_fds, send_frames, wait_readable,
 };
 
 use std::sync::atomic::{AtomicUsize, Ordering};
