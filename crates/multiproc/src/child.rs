@@ -3,18 +3,13 @@
 use std::cell::RefCell;
 use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::rc::Rc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use serde_bytes::ByteBuf;
-
 use crate::start::ENV_CHILD;
 use crate::sys;
-use crate::task::TaskRef;
-use crate::wire::message::{Batch, Failure, PROTOCOL_VERSION, Refusal, Reply, Request};
-use crate::wire::{FrameDecoder, Received, fds, recv_frame, send_frame, send_frame_with_fds};
+use crate::wire::message::{Failure, Reply};
 
 /// Exit code of a child whose parent was gone before it could start.
 pub(crate) const EXIT_ORPHANED: i32 = 70;
@@ -94,8 +89,8 @@ pub(crate) fn enter_if_child() {
 }
 
 thread_local! {
-    /// The socket, job and call index of the task running on this thread, for the
-    /// panic hook.
+    /// The socket, chunk and call position of the task running on this thread, for
+    /// the panic hook.
     static CURRENT: RefCell<Option<(Rc<OwnedFd>, u64, u32)>> = const { RefCell::new(None) };
     /// The message and location of the last panic on this thread.
     static LAST_PANIC: RefCell<Option<(String, Option<String>)>> = const { RefCell::new(None) };
@@ -132,15 +127,16 @@ pub(crate) fn install_panic_hook() {
             let location = info.location().map(|l| l.to_string());
             if cfg!(panic = "abort") {
                 CURRENT.with(|c| {
-                    if let Some((sock, job, index)) = c.borrow().as_ref() {
+                    if let Some((sock, seq, index)) = c.borrow().as_ref() {
                         let reply = Reply::Aborting {
-                            job: *job,
+                            seq: *seq,
                             index: *index,
                             message: message.clone(),
                             location: location.clone(),
                         };
-                        if let Ok(bytes) = crate::wire::encode(&reply) {
-                            let _ = send_frame(sock.as_fd(), &bytes, crate::wire::max_frame_size());
+                        let mut head = Vec::new();
+                        if crate::wire::message::frame_head(&reply, 0, &mut head).is_ok() {
+                            let _ = crate::wire::send_all(sock.as_fd(), &[&head], &[]);
                         }
                     }
                 });
@@ -150,8 +146,9 @@ pub(crate) fn install_panic_hook() {
     });
 }
 
-/// Records a panic's message and location for [`run_chunk`] to report, as the worker's
-/// panic hook does; for other worker loops (MPI ranks) that install their own hook.
+/// Records a panic's message and location for the worker loop to report, as the
+/// worker's panic hook does; for other worker loops (MPI ranks) that install their own
+/// hook.
 #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
 pub(crate) fn record_panic(info: &std::panic::PanicHookInfo<'_>) {
     let message = panic_message(info.payload());
@@ -159,187 +156,41 @@ pub(crate) fn record_panic(info: &std::panic::PanicHookInfo<'_>) {
     LAST_PANIC.with(|p| *p.borrow_mut() = Some((message, location)));
 }
 
-/// Runs one call of a task, catching a panic. The value is appended to `out`; the
-/// descriptors it holds are returned.
-fn run_call(
-    entry: TaskRef,
-    args: &[u8],
-    fds: Vec<OwnedFd>,
-    out: &mut Vec<u8>,
-) -> Result<Vec<OwnedFd>, Failure> {
-    let (result, out_fds) = fds::capture(|| {
-        fds::provide(fds, || {
-            catch_unwind(AssertUnwindSafe(|| sys::image::run(entry, args, out)))
-        })
-    });
-    match result {
-        Ok(Ok(())) => Ok(out_fds),
-        Ok(Err(failure)) => Err(failure),
-        Err(payload) => {
-            let (message, location) = LAST_PANIC
-                .with(|p| p.borrow_mut().take())
-                .unwrap_or_else(|| (panic_message(&*payload), None));
-            Err(Failure::Panicked { message, location })
-        }
+/// The call now running on this thread, for the panic hook (`sock`: where it reports
+/// under `panic = "abort"`).
+pub(crate) fn set_current(sock: Option<Rc<OwnedFd>>, seq: u64, index: u32) {
+    CURRENT.with(|c| *c.borrow_mut() = sock.map(|s| (s, seq, index)));
+}
+
+/// No call runs on this thread any more.
+pub(crate) fn clear_current() {
+    CURRENT.with(|c| *c.borrow_mut() = None);
+}
+
+/// The failure for a call that panicked with `payload`: the message and location the
+/// hook recorded.
+pub(crate) fn take_panic(payload: &(dyn std::any::Any + Send)) -> Failure {
+    let (message, location) = LAST_PANIC
+        .with(|p| p.borrow_mut().take())
+        .unwrap_or_else(|| (panic_message(payload), None));
+    Failure::Panicked { message, location }
+}
+
+/// The name the parent gave this process.
+pub(crate) fn set_name(name: String) {
+    if let Ok(mut n) = NAME.lock() {
+        *n = Some(name);
     }
 }
 
-/// Runs every call of a chunk; returns the reply and the descriptors to send with it,
-/// or `None` if the chunk is malformed. `sock` is where the panic hook reports under
-/// `panic = "abort"` (`None`: nowhere).
-pub(crate) fn run_chunk(
-    sock: Option<&Rc<OwnedFd>>,
-    job: u64,
-    entry: TaskRef,
-    args: &Batch,
-    fds: Vec<OwnedFd>,
-) -> Option<(Reply, Vec<OwnedFd>)> {
-    if args.total_fds() != fds.len() {
-        return None;
-    }
-    let started = std::time::Instant::now();
-    let mut values = Batch::with_capacity(args.len(), args.data.len());
-    let mut failures = Vec::new();
-    let mut out_fds = Vec::new();
-    let mut fds = fds.into_iter();
-    for i in 0..args.len() {
-        let (bytes, n) = args.get(i)?;
-        let mine: Vec<OwnedFd> = fds.by_ref().take(n).collect();
-        CURRENT.with(|c| *c.borrow_mut() = sock.map(|s| (s.clone(), job, i as u32)));
-        let result = run_call(entry, bytes, mine, &mut values.data);
-        CURRENT.with(|c| *c.borrow_mut() = None);
-        match result {
-            Ok(out) => {
-                values.close_value(out.len());
-                out_fds.extend(out);
-            }
-            Err(failure) => {
-                values.discard_open_value();
-                values.close_value(0);
-                failures.push((i as u32, failure));
-            }
-        }
-    }
-    let nanos = started.elapsed().as_nanos().min(u64::MAX as u128) as u64;
-    Some((
-        Reply::Done {
-            job,
-            values,
-            failures,
-            nanos,
-        },
-        out_fds,
-    ))
-}
-
-/// Sends a reply; a `Done` too large for a frame is replaced by one that says so.
-fn send_reply(sock: &OwnedFd, reply: &Reply, fds: &[OwnedFd]) -> bool {
-    let max = crate::wire::max_frame_size();
-    let Ok(bytes) = crate::wire::encode(reply) else {
-        return false;
-    };
-    match send_frame_with_fds(sock.as_fd(), &bytes, fds, max) {
-        Ok(()) => true,
-        Err(crate::Error::FrameTooLarge { len, max }) => {
-            let Reply::Done {
-                job, values, nanos, ..
-            } = reply
-            else {
-                return false;
-            };
-            let reason = format!(
-                "the encoded results are {len} bytes, over the maximum frame size of {max} bytes"
-            );
-            let mut empty = Batch::with_capacity(values.len(), 0);
-            let failures = (0..values.len())
-                .map(|i| {
-                    empty.close_value(0);
-                    (
-                        i as u32,
-                        Failure::BadResult {
-                            type_name: "task result".into(),
-                            reason: reason.clone(),
-                        },
-                    )
-                })
-                .collect();
-            let fallback = Reply::Done {
-                job: *job,
-                nanos: *nanos,
-                values: empty,
-                failures,
-            };
-            crate::wire::encode(&fallback)
-                .ok()
-                .is_some_and(|b| send_frame(sock.as_fd(), &b, max as usize).is_ok())
-        }
-        Err(_) => false,
-    }
-}
-
-/// The worker loop: answer the parent's hello, run each chunk, exit on `Exit` or end
-/// of stream. Never returns.
+/// The worker loop over the socket to the parent. Never returns.
 pub(crate) fn serve(sock: OwnedFd, origin: Origin) -> ! {
     sys::proc::worker_signals();
     PARENT_PID.store(nix::unistd::getppid().as_raw() as u32, Ordering::Relaxed);
     install_panic_hook();
-    let sock = Rc::new(sock);
-    let mut decoder = FrameDecoder::new(crate::wire::max_frame_size());
-    let mut greeted = false;
-    let code = loop {
-        let (frame, fds) = match recv_frame(sock.as_fd(), &mut decoder, None) {
-            Ok(Received::Frame(f, fds)) => (f, fds),
-            Ok(Received::Closed) | Ok(Received::TimedOut) => break 0,
-            Err(_) => break EXIT_PROTOCOL,
-        };
-        let Ok(request) = Request::decode(&frame) else {
-            break EXIT_PROTOCOL;
-        };
-        match request {
-            Request::Hello {
-                version,
-                build_id,
-                name,
-                max_frame,
-            } => {
-                let refusal = if version != PROTOCOL_VERSION {
-                    Some(Refusal::Version {
-                        child: PROTOCOL_VERSION,
-                    })
-                } else if origin == Origin::Execd && build_id.as_slice() != crate::task::build_id()
-                {
-                    Some(Refusal::Build {
-                        child: ByteBuf::from(crate::task::build_id().to_vec()),
-                    })
-                } else {
-                    None
-                };
-                if let Some(reason) = refusal {
-                    send_reply(&sock, &Reply::Refused { reason }, &[]);
-                    break EXIT_REFUSED;
-                }
-                if let Ok(mut n) = NAME.lock() {
-                    *n = Some(name);
-                }
-                let max = usize::try_from(max_frame).unwrap_or(usize::MAX);
-                crate::wire::set_max_frame_size(max);
-                decoder = FrameDecoder::new(max);
-                greeted = true;
-            }
-            Request::Run { job, entry, args } => {
-                if !greeted {
-                    break EXIT_PROTOCOL;
-                }
-                let Some((reply, out_fds)) = run_chunk(Some(&sock), job, entry, &args, fds) else {
-                    break EXIT_PROTOCOL;
-                };
-                if !send_reply(&sock, &reply, &out_fds) {
-                    break 0;
-                }
-            }
-            Request::Exit => break 0,
-        }
-    };
+    let mut link = crate::worker::SocketLink::new(sock);
+    let code = crate::worker::serve(&mut link, origin);
+    drop(link);
     let _ = std::io::stdout().flush();
     sys::proc::exit_now(code)
 }

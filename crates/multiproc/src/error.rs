@@ -185,10 +185,12 @@ pub enum Error {
 
     /// A frame larger than the configured maximum was sent or announced.
     #[error(
-        "frame of {len} bytes exceeds the maximum of {max} bytes; raise it with multiproc::set_max_frame_size or send bulk data through shared memory"
+        "{what} of {len} bytes exceeds the maximum frame size of {max} bytes; raise it with multiproc::set_max_frame_size or send bulk data through shared memory"
     )]
     FrameTooLarge {
-        /// The frame's length.
+        /// What was too large: `"a frame"`, or which call's argument or result.
+        what: String,
+        /// Its length (at least this long, when encoding stopped at the limit).
         len: u64,
         /// The limit in force.
         max: u64,
@@ -359,6 +361,91 @@ fn signal_hint(signal: Signal) -> &'static str {
 }
 
 impl Error {
+    /// A copy for each of several calls that failed for one reason. Variants that hold
+    /// an `io::Error` keep its kind and message.
+    pub(crate) fn clone_shallow(&self) -> Error {
+        use Error::*;
+        let io_copy = |e: &io::Error| io::Error::new(e.kind(), e.to_string());
+        match self {
+            Panicked {
+                pid,
+                message,
+                location,
+            } => Panicked {
+                pid: *pid,
+                message: message.clone(),
+                location: location.clone(),
+            },
+            Killed {
+                pid,
+                signal,
+                core_dumped,
+            } => Killed {
+                pid: *pid,
+                signal: *signal,
+                core_dumped: *core_dumped,
+            },
+            Exited { pid, code } => Exited {
+                pid: *pid,
+                code: *code,
+            },
+            Timeout { what, timeout } => Timeout {
+                what: what.clone(),
+                timeout: *timeout,
+            },
+            Encode { type_name, reason } => Encode {
+                type_name: type_name.clone(),
+                reason: reason.clone(),
+            },
+            Decode { type_name, reason } => Decode {
+                type_name: type_name.clone(),
+                reason: reason.clone(),
+            },
+            FrameTooLarge { what, len, max } => FrameTooLarge {
+                what: what.clone(),
+                len: *len,
+                max: *max,
+            },
+            Protocol { pid, detail } => Protocol {
+                pid: *pid,
+                detail: detail.clone(),
+            },
+            BuildMismatch { pid, parent, child } => BuildMismatch {
+                pid: *pid,
+                parent: parent.clone(),
+                child: child.clone(),
+            },
+            Start { method, source } => Start {
+                method: *method,
+                source: io_copy(source),
+            },
+            AlreadyJoined { pid } => AlreadyJoined { pid: *pid },
+            PoolClosed => PoolClosed,
+            PoolNotClosed => PoolNotClosed,
+            PoolTerminated => PoolTerminated,
+            Initializer { message } => Initializer {
+                message: message.clone(),
+            },
+            Mpi { detail } => Mpi {
+                detail: detail.clone(),
+            },
+            Closed { what } => Closed { what },
+            Empty { what } => Empty { what },
+            Full { what } => Full { what },
+            Deadlock { what } => Deadlock { what },
+            SemaphoreOverflow { bound } => SemaphoreOverflow { bound: *bound },
+            BrokenBarrier => BrokenBarrier,
+            TaskDoneTooOften => TaskDoneTooOften,
+            SharedMemory { detail } => SharedMemory {
+                detail: detail.clone(),
+            },
+            Io { context, source } => Io {
+                context,
+                source: io_copy(source),
+            },
+        }
+    }
+
     pub(crate) fn io(context: &'static str, source: impl Into<io::Error>) -> Self {
         Error::Io {
             context,

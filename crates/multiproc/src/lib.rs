@@ -77,6 +77,7 @@ mod sys;
 mod task;
 mod thread;
 pub mod wire;
+mod worker;
 
 pub use channel::{JoinableQueue, Pipe, PipeEnd, Queue, SimpleQueue};
 pub use error::{Error, ExitStatus, Result, Signal};

@@ -14,9 +14,10 @@ use serde_bytes::ByteBuf;
 use crate::error::{Error, ExitStatus, Result};
 use crate::start::{self, StartMethod};
 use crate::sys;
-use crate::task::{self, TaskRef};
-use crate::wire::message::{Batch, PROTOCOL_VERSION, Reply, Request};
-use crate::wire::{self, FrameDecoder, Received, recv_frame, send_frame, send_frames};
+use crate::task;
+use crate::wire::message::{self, PROTOCOL_VERSION, Reply, Request, TaskRef};
+use crate::wire::values::{Data, ValueBuf, map_sealed};
+use crate::wire::{self, FrameDecoder, Received, recv_frame, send_all};
 
 /// A task running in a child process.
 ///
@@ -46,7 +47,8 @@ pub struct Process<R> {
     pidfd: OwnedFd,
     sock: Option<OwnedFd>,
     decoder: FrameDecoder,
-    reply: Option<(Reply, Vec<OwnedFd>)>,
+    /// The reply, the frame it came in (its data starts at the offset), its descriptors.
+    reply: Option<(Reply, Vec<u8>, usize, Vec<OwnedFd>)>,
     status: Option<ExitStatus>,
     taken: bool,
     _result: PhantomData<fn() -> R>,
@@ -107,8 +109,12 @@ impl Builder {
         A: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned,
     {
-        let (args, fds) = wire::fds::capture(|| wire::encode(&args));
-        let args = args?;
+        // Encoded (and checked against the limits) before a process is spent on it.
+        let mut buf = ValueBuf::new(wire::max_frame_size(), true);
+        let mut fds = Vec::new();
+        wire::encode_value(&args, &mut buf, &mut fds, &|| "the task's argument".into())?;
+        wire::check_fd_count(fds.len() + 1)?;
+        let args = buf.finish()?;
         let method = self.method.unwrap_or_else(start::get_start_method);
         let name = self.name.unwrap_or_else(next_name);
         let launched = start::launch(method, self.executable.as_deref())?;
@@ -118,13 +124,13 @@ impl Builder {
             method,
             pidfd: launched.pidfd,
             sock: Some(launched.sock),
-            decoder: FrameDecoder::new(wire::max_frame_size()),
+            decoder: FrameDecoder::new(crate::worker::frame_limit(wire::max_frame_size())),
             reply: None,
             status: None,
             taken: false,
             _result: PhantomData,
         };
-        process.send_task(TaskRef::of(f), args, fds)?;
+        process.send_task(task::task_ref(f), args, fds)?;
         Ok(process)
     }
 }
@@ -171,30 +177,45 @@ impl<R: DeserializeOwned> Process<R> {
         self.method
     }
 
-    fn send_task(&mut self, entry: TaskRef, args: Vec<u8>, fds: Vec<OwnedFd>) -> Result<()> {
+    fn send_task(&mut self, entry: TaskRef, args: Data, mut fds: Vec<OwnedFd>) -> Result<()> {
         let max = wire::max_frame_size();
-        let hello = wire::encode(&Request::Hello {
+        let hello = Request::Hello {
             version: PROTOCOL_VERSION,
             build_id: ByteBuf::from(task::build_id().to_vec()),
             name: self.name.clone(),
             max_frame: max as u64,
-        })?;
-        let mut batch = Batch::with_capacity(1, args.len());
-        batch.push(&args, fds.len());
-        let run = wire::encode(&Request::Run {
-            job: 0,
+        };
+        let (inline, shared) = match args {
+            Data::Inline(v) => (v, false),
+            Data::Shared(file) => {
+                fds.insert(0, file);
+                (Vec::new(), true)
+            }
+        };
+        let run = Request::Run {
+            seq: 0,
             entry,
-            args: batch,
-        })?;
-        let exit = wire::encode(&Request::Exit)?;
+            calls: 1,
+            max_value: max as u64,
+            fds: fds.len() as u32,
+            shared,
+        };
+        let (mut hello_head, mut run_head, mut exit_head) = (Vec::new(), Vec::new(), Vec::new());
+        message::frame_head(&hello, 0, &mut hello_head)?;
+        message::frame_head(&run, inline.len(), &mut run_head)?;
+        message::frame_head(&Request::Exit, 0, &mut exit_head)?;
         let sock = self.sock.as_ref().expect("a new process has its socket");
         // One write for the three frames; descriptors must arrive with the frame that
         // names them (the Run), so with descriptors the hello goes first, alone.
         let sent = if fds.is_empty() {
-            send_frames(sock.as_fd(), &[&hello, &run, &exit], &[], max)
+            send_all(
+                sock.as_fd(),
+                &[&hello_head, &run_head, &inline, &exit_head],
+                &[],
+            )
         } else {
-            send_frame(sock.as_fd(), &hello, max)
-                .and_then(|()| send_frames(sock.as_fd(), &[&run, &exit], &fds, max))
+            send_all(sock.as_fd(), &[&hello_head], &[])
+                .and_then(|()| send_all(sock.as_fd(), &[&run_head, &inline, &exit_head], &fds))
         };
         match sent {
             Ok(()) => Ok(()),
@@ -293,8 +314,8 @@ impl<R: DeserializeOwned> Process<R> {
             };
             // Read what is there without blocking; once the child exited, that is all.
             match recv_frame(sock.as_fd(), &mut self.decoder, Some(Instant::now()))? {
-                Received::Frame(frame, fds) => match Reply::decode(&frame) {
-                    Ok(reply) => self.reply = Some((reply, fds)),
+                Received::Frame(frame, fds) => match message::open_frame::<Reply>(&frame) {
+                    Ok((reply, start)) => self.reply = Some((reply, frame, start, fds)),
                     Err(e) => {
                         let _ = self.kill();
                         self.sock = None;
@@ -326,35 +347,43 @@ impl<R: DeserializeOwned> Process<R> {
         match self.reply.take() {
             Some((
                 Reply::Done {
-                    values,
+                    answered: 1,
                     mut failures,
+                    shared,
                     ..
                 },
-                fds,
-            )) if values.len() == 1 => match failures.pop() {
-                Some((_, failure)) => Err(task::failure_error(failure, pid)),
-                None => match values.get(0) {
-                    Some((bytes, _)) => task::decode_value(bytes, fds),
-                    None => Err(Error::Protocol {
-                        pid,
-                        detail: "a malformed result batch".into(),
-                    }),
-                },
+                frame,
+                start,
+                mut fds,
+            )) => match failures.pop() {
+                Some((_, failure)) => Err(task::failure_error(failure, pid, 0)),
+                None if shared => {
+                    if fds.is_empty() {
+                        return Err(Error::Protocol {
+                            pid,
+                            detail: "shared data without its memory file".into(),
+                        });
+                    }
+                    let file = fds.remove(0);
+                    let map = map_sealed(&file, wire::max_frame_size(), "a task's result")?;
+                    wire::fds::provide(fds, || wire::decode(map.sealed_bytes()))
+                }
+                None => wire::fds::provide(fds, || wire::decode(&frame[start..])),
             },
             Some((
                 Reply::Aborting {
                     message, location, ..
                 },
-                _,
+                ..,
             )) => Err(Error::Panicked {
                 pid,
                 message,
                 location,
             }),
-            Some((Reply::Refused { reason }, _)) => Err(task::refusal_error(reason, pid)),
-            Some((Reply::Done { values, .. }, _)) => Err(Error::Protocol {
+            Some((Reply::Refused { reason }, ..)) => Err(task::refusal_error(reason, pid)),
+            Some((Reply::Done { answered, .. }, ..)) => Err(Error::Protocol {
                 pid,
-                detail: format!("{} results for one task", values.len()),
+                detail: format!("{answered} results for one task"),
             }),
             None => Err(task::death_error(self.status, pid)),
         }

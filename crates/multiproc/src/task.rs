@@ -20,96 +20,114 @@
 //! any of its code anyway.
 
 use std::io::{Read, Seek, SeekFrom};
+use std::os::fd::OwnedFd;
 use std::sync::OnceLock;
 
+use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
 
-use crate::error::Error;
-use crate::error::ExitStatus;
-use crate::wire::message::{Batch, Failure, Refusal};
-use std::os::fd::OwnedFd;
+use crate::error::{Error, ExitStatus};
+use crate::sys::image::Invoke;
+use crate::wire::message::{Failure, Refusal, TaskRef};
+use crate::wire::values::ValueBuf;
 
-/// Where a task lives in this executable: image offsets of its typed trampoline and of
-/// the user's function.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct TaskRef {
-    pub(crate) trampoline: u64,
-    pub(crate) function: u64,
-}
-
-impl TaskRef {
-    pub(crate) fn of<A: DeserializeOwned, R: Serialize>(f: fn(A) -> R) -> Self {
-        crate::sys::image::entry_of(f)
+/// Where `f` lives in this executable, for a worker of the same build.
+pub(crate) fn task_ref<A: DeserializeOwned, R: Serialize>(f: fn(A) -> R) -> TaskRef {
+    let (trampoline, function) = crate::sys::image::entry_of::<A, R, Invocation<'_, '_>>(f);
+    TaskRef {
+        trampoline,
+        function,
     }
 }
 
-/// Decodes the argument, calls the task, and appends its encoded result to `out`.
-/// Panics propagate to the caller (the worker loop catches them).
-pub(crate) fn invoke<A: DeserializeOwned, R: Serialize>(
-    f: fn(A) -> R,
-    args: &[u8],
-    out: &mut Vec<u8>,
-) -> Result<(), Failure> {
-    let a: A = crate::wire::decode(args).map_err(|e| match e {
-        Error::Decode { type_name, reason } => Failure::BadArgs { type_name, reason },
-        other => Failure::BadArgs {
-            type_name: std::any::type_name::<A>().into(),
-            reason: other.to_string(),
-        },
-    })?;
-    let r = f(a);
-    crate::wire::encode_into(&r, out).map_err(|e| Failure::BadResult {
-        type_name: std::any::type_name::<R>().into(),
-        reason: e.to_string(),
-    })
+/// Sends the answers gathered so far and empties the buffers: for a result that fits
+/// in a message alone but not beside them. `false` if nothing could be sent.
+pub(crate) type Flush<'a> = dyn FnMut(&mut ValueBuf, &mut Vec<OwnedFd>) -> bool + 'a;
+
+/// One call of a task in a worker: its argument is the first value of `input`; its
+/// result goes at the end of `out` (descriptors at the end of `out_fds`).
+pub(crate) struct Invocation<'i, 'o> {
+    pub(crate) input: &'i [u8],
+    pub(crate) out: &'o mut ValueBuf,
+    pub(crate) out_fds: &'o mut Vec<OwnedFd>,
+    pub(crate) max_fds: usize,
+    pub(crate) flush: &'o mut Flush<'o>,
+    pub(crate) outcome: Result<(), Failure>,
 }
 
-/// A call's value, decoded with the descriptors that came with it.
-pub(crate) fn decode_value<R: DeserializeOwned>(
-    bytes: &[u8],
-    fds: Vec<OwnedFd>,
-) -> Result<R, Error> {
-    if fds.is_empty() {
-        crate::wire::decode(bytes)
-    } else {
-        crate::wire::fds::provide(fds, || crate::wire::decode(bytes))
+impl Invoke for Invocation<'_, '_> {
+    fn invoke<A: DeserializeOwned, R: Serialize>(&mut self, f: fn(A) -> R) {
+        let a = match crate::wire::decode_prefix::<A>(self.input) {
+            Ok((a, rest)) => {
+                self.input = rest;
+                a
+            }
+            Err(e) => {
+                // Values are self-delimiting: the rest of the chunk cannot be found.
+                self.input = &[];
+                let reason = match e {
+                    Error::Decode { reason, .. } => reason,
+                    other => other.to_string(),
+                };
+                self.outcome = Err(Failure::BadArgs {
+                    type_name: std::any::type_name::<A>().into(),
+                    reason,
+                });
+                return;
+            }
+        };
+        let r = f(a);
+        self.outcome = self.store(&r);
     }
 }
 
-/// Typed results of a chunk a worker answered: call `k` of the chunk is input
-/// `indices[k]`; its value is `values[k]` (with its share of `fds`, in order) unless
-/// `failures` lists `k`. The batch came from another process: a malformed one gives
-/// errors, never a panic.
-pub(crate) fn decode_chunk<R: DeserializeOwned>(
-    pid: u32,
-    indices: Vec<usize>,
-    values: &Batch,
-    failures: Vec<(u32, Failure)>,
-    fds: Vec<OwnedFd>,
-) -> Vec<(usize, Result<R, Error>)> {
-    let mut failures = failures.into_iter().peekable();
-    let mut fds = fds.into_iter();
-    indices
-        .into_iter()
-        .enumerate()
-        .map(|(k, index)| {
-            let failed = failures.next_if(|(at, _)| *at as usize == k);
-            let r = match (failed, values.get(k)) {
-                (Some((_, f)), _) => Err(failure_error(f, pid)),
-                (None, Some((bytes, n))) => decode_value(bytes, fds.by_ref().take(n).collect()),
-                (None, None) => Err(Error::Protocol {
-                    pid,
-                    detail: "a malformed result batch".into(),
-                }),
+impl Invocation<'_, '_> {
+    fn store<R: Serialize>(&mut self, r: &R) -> Result<(), Failure> {
+        let mut flushed = false;
+        loop {
+            let (mark, fd_mark) = (self.out.len(), self.out_fds.len());
+            let alone = mark == 0 && fd_mark == 0;
+            let error = match crate::wire::encode_value(r, self.out, self.out_fds, &|| {
+                "a result".into()
+            }) {
+                Ok(()) if self.out_fds.len() <= self.max_fds => return Ok(()),
+                Ok(()) => {
+                    let n = self.out_fds.len() - fd_mark;
+                    self.out.truncate(mark);
+                    self.out_fds.truncate(fd_mark);
+                    Failure::BadResult {
+                        type_name: std::any::type_name::<R>().into(),
+                        reason: match self.max_fds {
+                            0 => "it holds OS handles, which cannot cross to this pool's caller"
+                                .into(),
+                            max => format!(
+                                "it holds {n} OS handles, more than one message can carry ({max})"
+                            ),
+                        },
+                    }
+                }
+                Err(Error::FrameTooLarge { len, max, .. }) => Failure::TooLarge { len, max },
+                Err(e) => {
+                    return Err(Failure::BadResult {
+                        type_name: std::any::type_name::<R>().into(),
+                        reason: match e {
+                            Error::Encode { reason, .. } => reason,
+                            other => other.to_string(),
+                        },
+                    });
+                }
             };
-            (index, r)
-        })
-        .collect()
+            // Over a limit beside the answers before it: send those, try alone.
+            if alone || flushed || !(self.flush)(self.out, self.out_fds) {
+                return Err(error);
+            }
+            flushed = true;
+        }
+    }
 }
 
-/// The error for a call that failed in the child.
-pub(crate) fn failure_error(failure: Failure, pid: u32) -> Error {
+/// The error for a call (input `index`) that failed in the worker.
+pub(crate) fn failure_error(failure: Failure, pid: u32, index: usize) -> Error {
     match failure {
         Failure::Panicked { message, location } => Error::Panicked {
             pid,
@@ -118,11 +136,16 @@ pub(crate) fn failure_error(failure: Failure, pid: u32) -> Error {
         },
         Failure::BadArgs { type_name, reason } => Error::Decode {
             type_name,
-            reason: format!("in the child, decoding the task's argument: {reason}"),
+            reason: format!("in the child, decoding the argument of call {index}: {reason}"),
         },
         Failure::BadResult { type_name, reason } => Error::Encode {
             type_name,
-            reason: format!("in the child, encoding the task's result: {reason}"),
+            reason: format!("in the child, the result of call {index}: {reason}"),
+        },
+        Failure::TooLarge { len, max } => Error::FrameTooLarge {
+            what: format!("the result of call {index}"),
+            len,
+            max,
         },
         Failure::BadEntry => Error::Protocol {
             pid,
@@ -268,17 +291,51 @@ mod tests {
     }
 
     #[test]
-    fn invoke_round_trip_and_bad_args() {
+    fn an_invocation_decodes_its_argument_and_stores_its_result() {
         fn double(x: u32) -> u64 {
             x as u64 * 2
         }
-        let args = crate::wire::encode(&21u32).unwrap();
-        let mut out = Vec::new();
-        invoke(double, &args, &mut out).unwrap();
-        assert_eq!(crate::wire::decode::<u64>(&out).unwrap(), 42);
-        match invoke(double, &[], &mut out) {
-            Err(Failure::BadArgs { type_name, .. }) => assert_eq!(type_name, "u32"),
-            other => panic!("{other:?}"),
-        }
+        let entry = task_ref(double);
+        let args = [
+            crate::wire::encode(&21u32).unwrap(),
+            crate::wire::encode(&4u32).unwrap(),
+        ]
+        .concat();
+        let mut out = ValueBuf::new(1 << 20, false);
+        let mut out_fds = Vec::new();
+        let mut flush = |_: &mut ValueBuf, _: &mut Vec<OwnedFd>| false;
+        let mut inv = Invocation {
+            input: &args,
+            out: &mut out,
+            out_fds: &mut out_fds,
+            max_fds: 253,
+            flush: &mut flush,
+            outcome: Ok(()),
+        };
+        assert!(crate::sys::image::call(
+            entry.trampoline,
+            entry.function,
+            &mut inv
+        ));
+        assert!(inv.outcome.is_ok());
+        assert!(crate::sys::image::call(
+            entry.trampoline,
+            entry.function,
+            &mut inv
+        ));
+        assert!(inv.input.is_empty());
+        assert!(crate::sys::image::call(
+            entry.trampoline,
+            entry.function,
+            &mut inv
+        ));
+        assert!(
+            matches!(&inv.outcome, Err(Failure::BadArgs { type_name, .. }) if type_name == "u32")
+        );
+        assert!(!crate::sys::image::call(u64::MAX, 0, &mut inv));
+        let bytes = out.heap().unwrap().to_vec();
+        let (a, rest): (u64, _) = crate::wire::decode_prefix(&bytes).unwrap();
+        let (b, rest): (u64, _) = crate::wire::decode_prefix(rest).unwrap();
+        assert_eq!((a, b, rest.len()), (42, 8, 0));
     }
 }

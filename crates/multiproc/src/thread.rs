@@ -181,7 +181,12 @@ fn panicked(payload: Box<dyn Any + Send>) -> Error {
 }
 
 impl Backend for ThreadPool {
-    fn open<A: Arg, R: Ret>(&self, _f: fn(A) -> R, _chunk: ChunkSize) -> Result<(u64, Results<R>)> {
+    fn open<A: Arg, R: Ret>(
+        &self,
+        _f: fn(A) -> R,
+        _chunk: ChunkSize,
+        _caller_driven: bool,
+    ) -> Result<(u64, Results<R>)> {
         let mut st = self.shared.lock();
         if st.closed {
             return Err(Error::PoolClosed);
@@ -190,7 +195,7 @@ impl Backend for ThreadPool {
         let (tx, rx) = mpsc::channel::<Vec<(usize, Result<R>)>>();
         st.jobs
             .insert(id, (Box::new(tx), Arc::new(AtomicBool::new(false))));
-        Ok((id, rx))
+        Ok((id, Results::channel(rx)))
     }
 
     fn submit<A: Arg, R: Ret>(

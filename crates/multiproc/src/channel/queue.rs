@@ -190,6 +190,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         let max = wire::max_frame_size();
         if bytes.len() > max {
             return Err(Error::FrameTooLarge {
+                what: "a frame".into(),
                 len: bytes.len() as u64,
                 max: max as u64,
             });
@@ -369,6 +370,7 @@ fn map_sealed(fd: OwnedFd) -> Result<Mapping> {
     let len = sys_shm::file_len(fd.as_fd()).map_err(|e| Error::io("reading a queue message", e))?;
     if len > wire::max_frame_size() {
         return Err(Error::FrameTooLarge {
+            what: "a frame".into(),
             len: len as u64,
             max: wire::max_frame_size() as u64,
         });

@@ -6,12 +6,12 @@ use mpi::point_to_point::{Destination, Message, Status};
 use mpi::topology::{Communicator, Rank, SimpleCommunicator};
 use serde::{Deserialize, Serialize};
 
+use super::message::Refusal;
 use crate::error::{Error, Result};
-use crate::wire::message::Refusal;
 
-/// Rank 0 → worker: a [`Request`](crate::wire::message::Request).
+/// Rank 0 → worker: a [`Request`](super::message::Request).
 pub(crate) const TAG_REQUEST: i32 = 1;
-/// Worker → rank 0: a [`Reply`](crate::wire::message::Reply) to a `Run`.
+/// Worker → rank 0: a [`Reply`](super::message::Reply) to a `Run`.
 pub(crate) const TAG_REPLY: i32 = 2;
 /// Worker → rank 0: its [`Greeting`], the answer to the hello.
 pub(crate) const TAG_GREETING: i32 = 3;
@@ -39,6 +39,7 @@ pub(crate) fn send(world: &SimpleCommunicator, to: Rank, tag: i32, bytes: &[u8])
     let max = limit();
     if bytes.len() > max {
         return Err(Error::FrameTooLarge {
+            what: "a frame".into(),
             len: bytes.len() as u64,
             max: max as u64,
         });

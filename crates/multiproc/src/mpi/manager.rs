@@ -17,11 +17,11 @@ use mpi::topology::{Communicator, Rank, SimpleCommunicator};
 use serde_bytes::ByteBuf;
 
 use super::link::{self, Greeting, TAG_GREETING, TAG_REPLY, TAG_REQUEST};
+use super::message::{Batch, Failure, PROTOCOL_VERSION, Reply, Request, TaskRef};
 use super::{EXIT_PROTOCOL, EXIT_TIMEOUT, RankInfo};
 use crate::error::{Error, Result};
 use crate::pool::ChunkSize;
-use crate::task::{self, TaskRef};
-use crate::wire::message::{Batch, Failure, PROTOCOL_VERSION, Reply, Request};
+use crate::task;
 
 /// What a chunk of an automatically sized job should take on a rank (as in the
 /// process pool, longer: a round trip over TCP costs more than over a socketpair).
@@ -625,10 +625,7 @@ impl Manager {
 /// A copy of an error for each call of a chunk that failed as a whole.
 fn clone_error(e: &Error) -> Error {
     match e {
-        Error::FrameTooLarge { len, max } => Error::FrameTooLarge {
-            len: *len,
-            max: *max,
-        },
+        e @ Error::FrameTooLarge { .. } => e.clone_shallow(),
         other => Error::Mpi {
             detail: other.to_string(),
         },

@@ -70,6 +70,7 @@
 mod launch;
 mod link;
 mod manager;
+mod message;
 mod pool;
 mod worker;
 

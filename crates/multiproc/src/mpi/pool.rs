@@ -9,10 +9,11 @@ use serde::de::DeserializeOwned;
 
 use super::RankInfo;
 use super::manager::{self, Answers, Call, Command, Config, JobSpec};
+use super::message::{Batch, Failure};
 use crate::error::{Error, Result};
 use crate::pool::api::sealed::{Backend, Results};
 use crate::pool::{Arg, ChunkSize, Progress, Ret, TaskPool};
-use crate::task::{self, TaskRef};
+use crate::task;
 
 /// A pool whose workers are the other ranks of an MPI job (feature `mpi`).
 ///
@@ -199,14 +200,19 @@ fn sink<R: DeserializeOwned + Send + 'static>(
                 indices,
                 values,
                 failures,
-            } => task::decode_chunk(pid, indices, &values, failures, Vec::new()),
+            } => decode_chunk(pid, indices, &values, failures),
         };
         let _ = tx.send(typed);
     })
 }
 
 impl Backend for Pool {
-    fn open<A: Arg, R: Ret>(&self, f: fn(A) -> R, chunk: ChunkSize) -> Result<(u64, Results<R>)> {
+    fn open<A: Arg, R: Ret>(
+        &self,
+        f: fn(A) -> R,
+        chunk: ChunkSize,
+        _caller_driven: bool,
+    ) -> Result<(u64, Results<R>)> {
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::PoolClosed);
         }
@@ -214,11 +220,11 @@ impl Backend for Pool {
         let (tx, rx) = mpsc::channel();
         self.command(Command::Open(JobSpec {
             id,
-            entry: TaskRef::of(f),
+            entry: task::task_ref(f),
             sink: sink(tx),
             chunk,
         }))?;
-        Ok((id, rx))
+        Ok((id, Results::channel(rx)))
     }
 
     fn submit<A: Arg, R: Ret>(
@@ -243,6 +249,7 @@ impl Backend for Pool {
                     ),
                 }),
                 Ok(b) if b.len() > max => Err(Error::FrameTooLarge {
+                    what: "a frame".into(),
                     len: b.len() as u64,
                     max: max as u64,
                 }),
@@ -325,4 +332,32 @@ impl std::fmt::Debug for Pool {
             .field("closed", &self.closed.load(Ordering::Relaxed))
             .finish()
     }
+}
+
+/// Typed results of a chunk a rank answered: call `k` of the chunk is input
+/// `indices[k]`; its value is `values[k]` unless `failures` lists `k`. The batch came
+/// from another process: a malformed one gives errors, never a panic.
+fn decode_chunk<R: DeserializeOwned>(
+    pid: u32,
+    indices: Vec<usize>,
+    values: &Batch,
+    failures: Vec<(u32, Failure)>,
+) -> Vec<(usize, Result<R>)> {
+    let mut failures = failures.into_iter().peekable();
+    indices
+        .into_iter()
+        .enumerate()
+        .map(|(k, index)| {
+            let failed = failures.next_if(|(at, _)| *at as usize == k);
+            let r = match (failed, values.get(k)) {
+                (Some((_, f)), _) => Err(task::failure_error(f, pid, index)),
+                (None, Some((bytes, _))) => crate::wire::decode(bytes),
+                (None, None) => Err(Error::Protocol {
+                    pid,
+                    detail: "a malformed result batch".into(),
+                }),
+            };
+            (index, r)
+        })
+        .collect()
 }

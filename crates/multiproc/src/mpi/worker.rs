@@ -15,8 +15,10 @@ use mpi::topology::{Communicator, SimpleCommunicator};
 use serde_bytes::ByteBuf;
 
 use super::link::{self, Greeting, TAG_GREETING, TAG_REPLY, TAG_REQUEST};
+use super::message::{Batch, Failure, PROTOCOL_VERSION, Refusal, Reply, Request, TaskRef};
 use super::{EXIT_PANIC, EXIT_PROTOCOL};
-use crate::wire::message::{Batch, Failure, PROTOCOL_VERSION, Refusal, Reply, Request};
+use crate::task::Invocation;
+use crate::wire::values::ValueBuf;
 
 thread_local! {
     /// Set while a chunk's tasks run: a panic there is the task's, caught and returned
@@ -122,67 +124,65 @@ pub(crate) fn serve() -> ! {
 }
 
 /// Runs a chunk; a malformed one (descriptors never cross MPI) ends the job.
-fn run(job: u64, entry: crate::task::TaskRef, args: &Batch) -> Reply {
+fn run(job: u64, entry: TaskRef, args: &Batch) -> Reply {
     if args.total_fds() != 0 {
         link::abort_job(
             EXIT_PROTOCOL,
             "rank 0 sent descriptors, which cannot cross MPI",
         );
     }
-    IN_CHUNK.set(true);
-    let ran = crate::child::run_chunk(None, job, entry, args, Vec::new());
-    IN_CHUNK.set(false);
-    match ran {
-        Some((reply, fds)) if fds.is_empty() => reply,
-        Some((reply, _fds)) => without_descriptors(reply),
-        None => link::abort_job(EXIT_PROTOCOL, "rank 0 sent a malformed chunk"),
-    }
-}
-
-/// Replaces each value that holds descriptors (a pipe, a queue, shared memory) with a
-/// failure that says they cannot cross MPI.
-fn without_descriptors(reply: Reply) -> Reply {
-    let Reply::Done {
-        job,
-        values,
-        failures,
-        nanos,
-    } = reply
-    else {
-        return reply;
-    };
-    let mut kept = Batch::with_capacity(values.len(), values.data.len());
-    let mut failures = failures.into_iter().peekable();
-    let mut out = Vec::new();
-    for i in 0..values.len() {
-        let Some((bytes, fds)) = values.get(i) else {
-            break;
+    let started = std::time::Instant::now();
+    let mut values = Batch::with_capacity(args.len(), args.data.len());
+    let mut failures = Vec::new();
+    for i in 0..args.len() {
+        let Some((bytes, _)) = args.get(i) else {
+            link::abort_job(EXIT_PROTOCOL, "rank 0 sent a malformed chunk");
         };
-        if let Some(f) = failures.next_if(|(at, _)| *at as usize == i) {
-            kept.push(&[], 0);
-            out.push(f);
-        } else if fds > 0 {
-            kept.push(&[], 0);
-            out.push((
-                i as u32,
-                Failure::BadResult {
-                    type_name: "task result".into(),
-                    reason: format!(
-                        "it holds {fds} descriptor(s) (a pipe, queue or shared-memory handle), \
-                     which cannot cross MPI ranks; return the data itself"
-                    ),
-                },
-            ));
-        } else {
-            kept.push(bytes, 0);
+        let mut out = ValueBuf::new(crate::wire::max_frame_size(), false);
+        let mut out_fds = Vec::new();
+        let mut no_flush = |_: &mut ValueBuf, _: &mut Vec<std::os::fd::OwnedFd>| false;
+        let mut inv = Invocation {
+            input: bytes,
+            out: &mut out,
+            out_fds: &mut out_fds,
+            // Descriptors cannot cross MPI: a result holding one is refused.
+            max_fds: 0,
+            flush: &mut no_flush,
+            outcome: Ok(()),
+        };
+        IN_CHUNK.set(true);
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            crate::sys::image::call(entry.trampoline, entry.function, &mut inv)
+        }));
+        IN_CHUNK.set(false);
+        let outcome = match ran {
+            Ok(true) => inv.outcome,
+            Ok(false) => Err(Failure::BadEntry),
+            Err(payload) => Err(crate::child::take_panic(&*payload)),
+        };
+        match (outcome, out.heap()) {
+            (Ok(()), Some(bytes)) => values.push(bytes, 0),
+            (Ok(()), None) => unreachable_spill(),
+            (Err(f), _) => {
+                values.push(&[], 0);
+                failures.push((i as u32, f));
+            }
         }
     }
     Reply::Done {
         job,
-        values: kept,
-        failures: out,
-        nanos,
+        values,
+        failures,
+        nanos: started.elapsed().as_nanos().min(u64::MAX as u128) as u64,
     }
+}
+
+/// A buffer made with spilling off never spills.
+fn unreachable_spill() -> ! {
+    link::abort_job(
+        EXIT_PROTOCOL,
+        "a result went to shared memory, which cannot cross MPI",
+    )
 }
 
 /// Encodes and sends to rank 0. A reply over the frame limit is replaced by one that
@@ -194,7 +194,7 @@ fn send_or_abort<T: serde::Serialize>(world: &SimpleCommunicator, tag: i32, mess
     };
     match link::send(world, 0, tag, &bytes) {
         Ok(()) => {}
-        Err(crate::Error::FrameTooLarge { len, max }) => {
+        Err(crate::Error::FrameTooLarge { len, max, .. }) => {
             let fallback = too_large(&bytes, len, max);
             let sent = crate::wire::encode(&fallback)
                 .map_err(|e| e.to_string())

@@ -2,6 +2,7 @@
 //! written once over a small backend trait each pool implements.
 
 use std::sync::mpsc;
+use std::time::Instant;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -22,17 +23,65 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> Ret for T {}
 pub(crate) mod sealed {
     use super::*;
 
-    /// Results of one job, as batches of `(input index, result)`, in completion order.
-    /// The channel ends when the job's last result was sent (or the pool stopped).
-    pub type Results<R> = mpsc::Receiver<Vec<(usize, Result<R>)>>;
+    /// What one wait for a job's results gave.
+    pub enum Step<R> {
+        /// Some results, as `(input index, result)`, in completion order.
+        Got(Vec<(usize, Result<R>)>),
+        /// None before the deadline.
+        Empty,
+        /// The job will give no more (its last result was taken, or the pool stopped).
+        Ended,
+    }
+
+    /// Where a pool delivers one job's results.
+    pub trait ResultSource<R>: Send {
+        /// Waits until `deadline` (`None`: as long as it takes) for results.
+        fn recv(&mut self, deadline: Option<Instant>) -> Step<R>;
+    }
+
+    /// Results of one job, in completion order.
+    pub struct Results<R>(pub(crate) Box<dyn ResultSource<R>>);
+
+    impl<R: Send + 'static> Results<R> {
+        /// Waits until `deadline` (`None`: as long as it takes) for results.
+        pub fn recv(&mut self, deadline: Option<Instant>) -> Step<R> {
+            self.0.recv(deadline)
+        }
+
+        /// Results sent on a channel (pools whose workers answer on their own
+        /// threads); the job ends when every sender is gone.
+        pub(crate) fn channel(rx: mpsc::Receiver<Vec<(usize, Result<R>)>>) -> Self {
+            struct Channel<R>(mpsc::Receiver<Vec<(usize, Result<R>)>>);
+            impl<R: Send> ResultSource<R> for Channel<R> {
+                fn recv(&mut self, deadline: Option<Instant>) -> Step<R> {
+                    use mpsc::RecvTimeoutError::{Disconnected, Timeout};
+                    let r = match deadline {
+                        None => self.0.recv().map_err(|_| Disconnected),
+                        Some(d) => self
+                            .0
+                            .recv_timeout(d.saturating_duration_since(Instant::now())),
+                    };
+                    match r {
+                        Ok(batch) => Step::Got(batch),
+                        Err(Timeout) => Step::Empty,
+                        Err(Disconnected) => Step::Ended,
+                    }
+                }
+            }
+            Results(Box::new(Channel(rx)))
+        }
+    }
 
     /// What a pool must do for [`TaskPool`](super::TaskPool)'s methods to work.
     pub trait Backend {
         /// Opens a job running `f`; its results arrive on the returned channel.
+        /// `caller_driven`: the caller waits for the results right away (a pool may
+        /// then let the caller's thread do the I/O instead of another thread).
         fn open<A: Arg, R: Ret>(
             &self,
             f: fn(A) -> R,
             chunk: ChunkSize,
+            caller_driven: bool,
         ) -> Result<(u64, Results<R>)>;
         /// Adds calls `first, first+1, ...` to a job.
         fn submit<A: Arg, R: Ret>(
@@ -55,7 +104,7 @@ pub(crate) mod sealed {
     }
 }
 
-use sealed::Backend;
+use sealed::{Backend, Step};
 
 /// The pool interface shared by [`Pool`](crate::Pool) (processes),
 /// [`ThreadPool`](crate::ThreadPool) (threads) and, with feature `mpi`, the MPI pool.
@@ -97,7 +146,7 @@ pub trait TaskPool: Backend {
     ) -> Result<Vec<R>> {
         let items: Vec<A> = items.into_iter().collect();
         let n = items.len();
-        let (job, rx) = run_all(self, f, items, self.chunk_size())?;
+        let (job, mut rx) = run_all(self, f, items, self.chunk_size(), true)?;
         let cancel = CancelOnDrop {
             pool: self,
             job,
@@ -107,14 +156,20 @@ pub trait TaskPool: Backend {
         let mut bar = self.progress().start(Some(n as u64));
         let mut received = 0;
         while received < n {
-            let Ok(batch) = rx.recv() else {
-                return Err(Error::PoolTerminated);
+            let batch = match rx.recv(None) {
+                Step::Got(batch) => batch,
+                Step::Empty => continue,
+                Step::Ended => return Err(Error::PoolTerminated),
             };
             received += batch.len();
             bar.set(received as u64);
             for (i, r) in batch {
                 match r {
-                    Ok(v) => out[i] = Some(v),
+                    Ok(v) => {
+                        if let Some(slot) = out.get_mut(i) {
+                            *slot = Some(v);
+                        }
+                    }
                     Err(e) => return Err(e),
                 }
             }
@@ -136,14 +191,16 @@ pub trait TaskPool: Backend {
     ) -> Result<Vec<Result<R>>> {
         let items: Vec<A> = items.into_iter().collect();
         let n = items.len();
-        let (_, rx) = run_all(self, f, items, self.chunk_size())?;
+        let (_, mut rx) = run_all(self, f, items, self.chunk_size(), true)?;
         let mut out: Vec<Option<Result<R>>> = (0..n).map(|_| None).collect();
         let mut bar = self.progress().start(Some(n as u64));
         let mut received = 0u64;
-        for batch in rx.iter() {
+        while let Step::Got(batch) = rx.recv(None) {
             received += batch.len() as u64;
             for (i, r) in batch {
-                out[i] = Some(r);
+                if let Some(slot) = out.get_mut(i) {
+                    *slot = Some(r);
+                }
             }
             bar.set(received);
         }
@@ -183,12 +240,13 @@ pub trait TaskPool: Backend {
 
     /// Runs one call and waits for it.
     fn apply<A: Arg, R: Ret>(&self, f: fn(A) -> R, arg: A) -> Result<R> {
-        self.apply_async(f, arg)?.get()
+        let (_, rx) = run_all(self, f, vec![arg], ChunkSize::Fixed(1), true)?;
+        AsyncResult::single(rx).get()
     }
 
     /// Starts one call; the handle gives its result later.
     fn apply_async<A: Arg, R: Ret>(&self, f: fn(A) -> R, arg: A) -> Result<AsyncResult<R>> {
-        let (_, rx) = run_all(self, f, vec![arg], ChunkSize::Fixed(1))?;
+        let (_, rx) = run_all(self, f, vec![arg], ChunkSize::Fixed(1), false)?;
         Ok(AsyncResult::single(rx))
     }
 
@@ -200,7 +258,7 @@ pub trait TaskPool: Backend {
     ) -> Result<AsyncResult<Vec<R>>> {
         let items: Vec<A> = items.into_iter().collect();
         let n = items.len();
-        let (_, rx) = run_all(self, f, items, self.chunk_size())?;
+        let (_, rx) = run_all(self, f, items, self.chunk_size(), false)?;
         Ok(AsyncResult::many(rx, n))
     }
 }
@@ -212,8 +270,9 @@ fn run_all<P: Backend + ?Sized, A: Arg, R: Ret>(
     f: fn(A) -> R,
     items: Vec<A>,
     chunk: ChunkSize,
+    caller_driven: bool,
 ) -> Result<(u64, sealed::Results<R>)> {
-    let (job, rx) = pool.open(f, chunk)?;
+    let (job, rx) = pool.open(f, chunk, caller_driven)?;
     if let Err(e) = pool.submit(job, f, 0, items) {
         pool.cancel(job);
         return Err(e);

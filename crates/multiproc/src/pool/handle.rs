@@ -2,10 +2,9 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::sync::mpsc::{RecvTimeoutError, TryRecvError};
 use std::time::{Duration, Instant};
 
-use super::api::sealed::{Backend, Results};
+use super::api::sealed::{Backend, Results, Step};
 use super::api::{Arg, Ret};
 use super::progress::Bar;
 use crate::error::{Error, Result};
@@ -29,66 +28,48 @@ use crate::error::{Error, Result};
 /// ```
 #[must_use = "an AsyncResult holds work in progress; call get() for its result"]
 pub struct AsyncResult<T> {
-    state: Mutex<Collect>,
-    finish: fn(&mut Collect) -> Result<T>,
+    state: Mutex<Box<dyn Collect<T>>>,
+}
+
+/// Gathers a job's results until it has what the handle gives out.
+trait Collect<T>: Send {
+    /// Receives until done or the deadline; `true` if done.
+    fn pump(&mut self, deadline: Option<Instant>) -> bool;
+    /// Done, and no call failed.
+    fn succeeded(&self) -> bool;
+    /// The result (once).
+    fn take(&mut self) -> Result<T>;
 }
 
 /// Results received so far, by index.
-struct Collect {
-    rx: Box<dyn FnMut(Option<Instant>) -> Step + Send>,
-    slots: Vec<Option<Box<dyn std::any::Any + Send>>>,
+struct Slots<R> {
+    rx: Results<R>,
+    slots: Vec<Option<R>>,
     received: usize,
-    expected: usize,
     failure: Option<Error>,
     ended: bool,
+    taken: bool,
 }
 
-enum Step {
-    Got(Vec<(usize, Result<Box<dyn std::any::Any + Send>>)>),
-    Empty,
-    Ended,
-}
-
-impl Collect {
-    fn new<R: Ret>(rx: Results<R>, expected: usize) -> Self {
-        let recv = move |deadline: Option<Instant>| -> Step {
-            let r = match deadline {
-                None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
-                Some(d) if d <= Instant::now() => rx.try_recv().map_err(|e| match e {
-                    TryRecvError::Empty => RecvTimeoutError::Timeout,
-                    TryRecvError::Disconnected => RecvTimeoutError::Disconnected,
-                }),
-                Some(d) => rx.recv_timeout(d.saturating_duration_since(Instant::now())),
-            };
-            match r {
-                Ok(batch) => Step::Got(
-                    batch
-                        .into_iter()
-                        .map(|(i, r)| (i, r.map(|v| Box::new(v) as Box<dyn std::any::Any + Send>)))
-                        .collect(),
-                ),
-                Err(RecvTimeoutError::Timeout) => Step::Empty,
-                Err(RecvTimeoutError::Disconnected) => Step::Ended,
-            }
-        };
-        Collect {
-            rx: Box::new(recv),
+impl<R: Ret> Slots<R> {
+    fn new(rx: Results<R>, expected: usize) -> Self {
+        Slots {
+            rx,
             slots: (0..expected).map(|_| None).collect(),
             received: 0,
-            expected,
             failure: None,
             ended: false,
+            taken: false,
         }
     }
 
     fn done(&self) -> bool {
-        self.received == self.expected || self.failure.is_some() || self.ended
+        self.received == self.slots.len() || self.failure.is_some() || self.ended
     }
 
-    /// Receives until done or the deadline; `true` if done.
     fn pump(&mut self, deadline: Option<Instant>) -> bool {
         while !self.done() {
-            match (self.rx)(deadline) {
+            match self.rx.recv(deadline) {
                 Step::Got(batch) => {
                     for (i, r) in batch {
                         match r {
@@ -111,24 +92,51 @@ impl Collect {
         true
     }
 
-    fn take<R: 'static>(&mut self, i: usize) -> Result<R> {
+    fn take_all(&mut self) -> Result<Vec<R>> {
+        if std::mem::replace(&mut self.taken, true) {
+            return Err(Error::PoolTerminated);
+        }
         if let Some(e) = self.failure.take() {
             return Err(e);
         }
-        self.slots
-            .get_mut(i)
-            .and_then(Option::take)
-            .and_then(|b| b.downcast::<R>().ok())
-            .map(|b| *b)
-            .ok_or(Error::PoolTerminated)
+        std::mem::take(&mut self.slots)
+            .into_iter()
+            .map(|v| v.ok_or(Error::PoolTerminated))
+            .collect()
+    }
+}
+
+struct One<R>(Slots<R>);
+struct Many<R>(Slots<R>);
+
+impl<R: Ret> Collect<R> for One<R> {
+    fn pump(&mut self, deadline: Option<Instant>) -> bool {
+        self.0.pump(deadline)
+    }
+    fn succeeded(&self) -> bool {
+        self.0.failure.is_none() && self.0.received == self.0.slots.len()
+    }
+    fn take(&mut self) -> Result<R> {
+        self.0.take_all()?.pop().ok_or(Error::PoolTerminated)
+    }
+}
+
+impl<R: Ret> Collect<Vec<R>> for Many<R> {
+    fn pump(&mut self, deadline: Option<Instant>) -> bool {
+        self.0.pump(deadline)
+    }
+    fn succeeded(&self) -> bool {
+        self.0.failure.is_none() && self.0.received == self.0.slots.len()
+    }
+    fn take(&mut self) -> Result<Vec<R>> {
+        self.0.take_all()
     }
 }
 
 impl<R: Ret> AsyncResult<R> {
     pub(crate) fn single(rx: Results<R>) -> Self {
         AsyncResult {
-            state: Mutex::new(Collect::new(rx, 1)),
-            finish: |c| c.take::<R>(0),
+            state: Mutex::new(Box::new(One(Slots::new(rx, 1)))),
         }
     }
 }
@@ -136,14 +144,13 @@ impl<R: Ret> AsyncResult<R> {
 impl<R: Ret> AsyncResult<Vec<R>> {
     pub(crate) fn many(rx: Results<R>, n: usize) -> Self {
         AsyncResult {
-            state: Mutex::new(Collect::new(rx, n)),
-            finish: |c| (0..c.expected).map(|i| c.take::<R>(i)).collect(),
+            state: Mutex::new(Box::new(Many(Slots::new(rx, n)))),
         }
     }
 }
 
 impl<T> AsyncResult<T> {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Collect> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Box<dyn Collect<T>>> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -165,15 +172,14 @@ impl<T> AsyncResult<T> {
     /// Whether the call succeeded; `None` while it runs.
     pub fn successful(&self) -> Option<bool> {
         let mut c = self.lock();
-        c.pump(Some(Instant::now()))
-            .then(|| c.failure.is_none() && c.received == c.expected)
+        c.pump(Some(Instant::now())).then(|| c.succeeded())
     }
 
     /// Waits for the result.
     pub fn get(self) -> Result<T> {
         let mut c = self.lock();
         c.pump(None);
-        (self.finish)(&mut c)
+        c.take()
     }
 
     /// Waits at most `timeout` for the result: [`Error::Timeout`] if it is not
@@ -187,7 +193,7 @@ impl<T> AsyncResult<T> {
                 timeout,
             });
         }
-        (self.finish)(&mut c)
+        c.take()
     }
 }
 
@@ -216,7 +222,7 @@ impl<'p, P: Backend + ?Sized, A: Arg, R: Ret, I: Iterator<Item = A>> Imap<'p, P,
     pub(crate) fn new(pool: &'p P, f: fn(A) -> R, input: I, ordered: bool) -> Self {
         let (lower, upper) = input.size_hint();
         let total = (Some(lower) == upper).then_some(lower as u64);
-        let job = pool.open(f, pool.chunk_size());
+        let job = pool.open(f, pool.chunk_size(), false);
         let (job, failed) = match job {
             Ok(j) => (Some(j), None),
             Err(e) => (None, Some(e)),
@@ -290,10 +296,11 @@ impl<'p, P: Backend + ?Sized, A: Arg, R: Ret, I: Iterator<Item = A>> Imap<'p, P,
             if self.yielded >= self.submitted && self.input.is_none() {
                 return None;
             }
-            let (_, rx) = self.job.as_ref()?;
-            match rx.recv() {
-                Ok(batch) => self.buffer.extend(batch),
-                Err(_) => {
+            let (_, rx) = self.job.as_mut()?;
+            match rx.recv(None) {
+                Step::Got(batch) => self.buffer.extend(batch),
+                Step::Empty => {}
+                Step::Ended => {
                     // The pool stopped with calls unanswered.
                     self.input = None;
                     self.submitted = self.yielded;

@@ -134,3 +134,21 @@ pub(crate) fn peer(sock: BorrowedFd<'_>) -> io::Result<(u32, u32)> {
     let cred = nix::sys::socket::getsockopt(&sock, nix::sys::socket::sockopt::PeerCredentials)?;
     Ok((cred.pid() as u32, cred.uid()))
 }
+
+/// `poll(2)` over descriptor numbers, for an event loop that polls without holding the
+/// lock that owns the descriptors (only that loop closes them). `timeout_ms < 0` waits
+/// forever. `EINTR` counts as nothing ready.
+pub(crate) fn poll_raw(fds: &mut [libc::pollfd], timeout_ms: i32) -> io::Result<usize> {
+    // SAFETY: poll reads `fds.len()` pollfd structs from a valid, exclusively borrowed
+    // slice and writes only their `revents`; a descriptor number that is not open is
+    // reported as POLLNVAL, never dereferenced.
+    let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::Interrupted {
+            return Ok(0);
+        }
+        return Err(e);
+    }
+    Ok(r as usize)
+}

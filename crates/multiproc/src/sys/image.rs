@@ -9,9 +9,6 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::task::TaskRef;
-use crate::wire::message::Failure;
-
 unsafe extern "C" {
     // Defined by the linker (GNU ld and lld alike) for every executable.
     static __executable_start: u8;
@@ -26,48 +23,48 @@ fn text_end() -> usize {
     (&raw const etext) as usize
 }
 
-type Trampoline = fn(usize, &[u8], &mut Vec<u8>) -> Result<(), Failure>;
+/// What a worker does with a task once it has it typed: the seam between this module
+/// (which alone turns offsets back into functions) and the worker loop (which decodes
+/// arguments and encodes results).
+pub(crate) trait Invoke {
+    fn invoke<A: DeserializeOwned, R: Serialize>(&mut self, f: fn(A) -> R);
+}
 
-fn trampoline<A: DeserializeOwned, R: Serialize>(
-    function: usize,
-    args: &[u8],
-    out: &mut Vec<u8>,
-) -> Result<(), Failure> {
-    // SAFETY: `function` is the address of a `fn(A) -> R`: `entry_of::<A, R>` paired
+fn trampoline<A: DeserializeOwned, R: Serialize, C: Invoke>(function: usize, ctx: &mut C) {
+    // SAFETY: `function` is the address of a `fn(A) -> R`: `entry_of::<A, R, C>` paired
     // this trampoline, monomorphized for exactly A and R, with a `fn(A) -> R`, and
-    // `run` only calls a trampoline found through such a pair from the same build.
+    // `call` only calls a trampoline found through such a pair from the same build.
     let f: fn(A) -> R = unsafe { std::mem::transmute::<usize, fn(A) -> R>(function) };
-    crate::task::invoke(f, args, out)
+    ctx.invoke(f)
 }
 
 fn offset(addr: usize) -> u64 {
     addr.wrapping_sub(image_start()) as u64
 }
 
-/// The offsets under which a child of the same build finds `f` and its trampoline.
-pub(crate) fn entry_of<A: DeserializeOwned, R: Serialize>(f: fn(A) -> R) -> TaskRef {
-    let t: Trampoline = trampoline::<A, R>;
-    TaskRef {
-        trampoline: offset(t as usize),
-        function: offset(f as usize),
-    }
+/// The image offsets (trampoline, function) under which a worker of the same build
+/// finds `f`, to be called with a context of type `C`.
+pub(crate) fn entry_of<A: DeserializeOwned, R: Serialize, C: Invoke>(f: fn(A) -> R) -> (u64, u64) {
+    let t: fn(usize, &mut C) = trampoline::<A, R, C>;
+    (offset(t as usize), offset(f as usize))
 }
 
-/// Runs the task named by `entry` on `args`, appending its encoded result to `out`;
-/// refuses an entry outside our code.
-pub(crate) fn run(entry: TaskRef, args: &[u8], out: &mut Vec<u8>) -> Result<(), Failure> {
+/// Calls the task at image offsets (`trampoline`, `function`) with `ctx`; `false`
+/// (and nothing called) if either offset is outside this executable's code.
+pub(crate) fn call<C: Invoke>(trampoline: u64, function: u64, ctx: &mut C) -> bool {
     let code_len = (text_end() - image_start()) as u64;
-    if entry.trampoline >= code_len || entry.function >= code_len {
-        return Err(Failure::BadEntry);
+    if trampoline >= code_len || function >= code_len {
+        return false;
     }
-    let trampoline_addr = image_start() + entry.trampoline as usize;
-    let function_addr = image_start() + entry.function as usize;
+    let trampoline_addr = image_start() + trampoline as usize;
+    let function_addr = image_start() + function as usize;
     // SAFETY: the caller (the worker loop) runs a `Run` only after the hello proved the
     // parent is the same build (same build id) and, for exec'd children, the socket
-    // peer is our parent with our uid; such a parent made `entry` with `entry_of`, so
-    // `trampoline` is the image offset of a `Trampoline`, valid at the same offset in
-    // this identical image. The bounds check above keeps even a corrupted entry inside
-    // our own code.
-    let t: Trampoline = unsafe { std::mem::transmute::<usize, Trampoline>(trampoline_addr) };
-    t(function_addr, args, out)
+    // peer is our parent with our uid; such a parent made the offsets with `entry_of`
+    // for this same `C`, so `trampoline` is the image offset of a `fn(usize, &mut C)`,
+    // valid at the same offset in this identical image. The bounds check above keeps
+    // even a corrupted entry inside our own code.
+    let t = unsafe { std::mem::transmute::<usize, fn(usize, &mut C)>(trampoline_addr) };
+    t(function_addr, ctx);
+    true
 }

@@ -166,6 +166,21 @@ impl Mapping {
         })
     }
 
+    /// Keeps the mapping out of processes forked from now on: a writable mapping that
+    /// a child inherited would keep the file from being sealed against writes.
+    pub(crate) fn dont_fork(&self) -> io::Result<()> {
+        if self.len == 0 {
+            return Ok(());
+        }
+        // SAFETY: madvise on exactly the range mmap returned changes only what fork
+        // copies; it does not touch the memory.
+        let r = unsafe { libc::madvise(self.ptr.as_ptr().cast(), self.len, libc::MADV_DONTFORK) };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     /// Length in bytes.
     pub(crate) fn len(&self) -> usize {
         self.len

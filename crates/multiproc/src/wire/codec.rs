@@ -34,6 +34,73 @@ pub(crate) fn encode_reusing<T: Serialize + ?Sized>(value: &T, buf: &mut Vec<u8>
     encode_into(value, buf)
 }
 
+/// Encodes `value` at the end of `buf`, its descriptors at the end of `fds` (numbered
+/// after those already there). On error both are as before. A value that does not fit
+/// under the buffer's limit is `Error::FrameTooLarge`, its length counted without
+/// storing it; `what` names it in that message ("the argument of call 3").
+pub(crate) fn encode_value<T: Serialize + ?Sized>(
+    value: &T,
+    buf: &mut super::values::ValueBuf,
+    fds: &mut Vec<std::os::fd::OwnedFd>,
+    what: &dyn Fn() -> String,
+) -> Result<()> {
+    let (mark, fd_mark) = (buf.len(), fds.len());
+    super::fds::take_error();
+    let r = super::fds::capture_into(fds, || postcard::serialize_with_flavor(value, &mut *buf));
+    match r {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let overflowed = buf.overflowed();
+            buf.truncate(mark);
+            fds.truncate(fd_mark);
+            if overflowed {
+                return Err(Error::FrameTooLarge {
+                    what: what(),
+                    len: encoded_len(value) as u64,
+                    max: buf.limit() as u64,
+                });
+            }
+            Err(Error::Encode {
+                type_name: std::any::type_name::<T>().to_owned(),
+                reason: super::fds::take_error().unwrap_or_else(|| e.to_string()),
+            })
+        }
+    }
+}
+
+/// The encoded length of `value`, without storing it (descriptors count as indices).
+fn encoded_len<T: Serialize + ?Sized>(value: &T) -> usize {
+    struct Count(usize);
+    impl postcard::ser_flavors::Flavor for Count {
+        type Output = usize;
+        fn try_push(&mut self, _: u8) -> postcard::Result<()> {
+            self.0 += 1;
+            Ok(())
+        }
+        fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+            self.0 += data.len();
+            Ok(())
+        }
+        fn finalize(self) -> postcard::Result<usize> {
+            Ok(self.0)
+        }
+    }
+    let mut scratch = Vec::new();
+    super::fds::capture_into(&mut scratch, || {
+        postcard::serialize_with_flavor(value, Count(0))
+    })
+    .unwrap_or(0)
+}
+
+/// Decodes one `T` from the front of `bytes`; returns it and the bytes after it.
+pub(crate) fn decode_prefix<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, &[u8])> {
+    super::fds::take_error();
+    postcard::take_from_bytes::<T>(bytes).map_err(|e| Error::Decode {
+        type_name: std::any::type_name::<T>().to_owned(),
+        reason: super::fds::take_error().unwrap_or_else(|| e.to_string()),
+    })
+}
+
 /// Decodes a whole buffer as `T`; trailing bytes are an error (they mean the two
 /// sides disagree on the type).
 pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {

@@ -47,6 +47,17 @@ pub(crate) fn capture<T>(f: impl FnOnce() -> T) -> (T, Vec<OwnedFd>) {
     (value, fds)
 }
 
+/// Like [`capture`], appending to `fds`: the encoded values number their descriptors
+/// after those already in it, so that one frame can carry the descriptors of many.
+pub(crate) fn capture_into<T>(fds: &mut Vec<OwnedFd>, f: impl FnOnce() -> T) -> T {
+    let outer = OUTGOING.with(|o| o.borrow_mut().replace(std::mem::take(fds)));
+    let value = f();
+    *fds = OUTGOING
+        .with(|o| std::mem::replace(&mut *o.borrow_mut(), outer))
+        .unwrap_or_default();
+    value
+}
+
 /// Runs `f` (which decodes something) with `fds` available to the [`PassFd`]s in it.
 /// Descriptors nobody claimed are closed.
 pub(crate) fn provide<T>(fds: Vec<OwnedFd>, f: impl FnOnce() -> T) -> T {
@@ -79,11 +90,6 @@ impl Serialize for PassFd {
             let list = o.as_mut().ok_or_else(|| {
                 "this value holds an OS handle (a Pipe end, a Queue, shared memory...), which can only cross to another process as a task's argument or result, or through a multiproc channel".to_owned()
             })?;
-            if list.len() >= MAX_FDS_PER_FRAME {
-                return Err(format!(
-                    "one message can carry at most {MAX_FDS_PER_FRAME} OS handles"
-                ));
-            }
             let dup = self.0.try_clone().map_err(|e| format!("cannot duplicate a handle: {e}"))?;
             list.push(dup);
             Ok((list.len() - 1) as u32)

@@ -1,7 +1,7 @@
 //! Length-prefixed frames over a stream socket.
 //!
 //! [`FrameDecoder`] is the I/O-free core (what the fuzz target drives); `recv_frame`
-//! and `send_frame` move it over a socket with a deadline.
+//! and `send_frame_with_fds` move it over a socket with a deadline.
 
 use std::io::{self, IoSlice};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -48,7 +48,11 @@ impl std::fmt::Display for FrameError {
 impl From<FrameError> for Error {
     fn from(e: FrameError) -> Self {
         match e {
-            FrameError::TooLarge { len, max } => Error::FrameTooLarge { len, max },
+            FrameError::TooLarge { len, max } => Error::FrameTooLarge {
+                what: "a frame".into(),
+                len,
+                max,
+            },
         }
     }
 }
@@ -265,11 +269,6 @@ pub(crate) fn recv_frame(
     }
 }
 
-/// Writes `payload` as one frame, blocking until it is all written.
-pub(crate) fn send_frame(fd: impl AsFd, payload: &[u8], max: usize) -> Result<()> {
-    send_frames(fd, &[payload], &[], max)
-}
-
 /// Writes `payload` as one frame with `fds` attached to its first byte.
 pub(crate) fn send_frame_with_fds(
     fd: impl AsFd,
@@ -290,11 +289,11 @@ pub(crate) fn send_frames(
 ) -> Result<()> {
     if let Some(p) = payloads.iter().find(|p| p.len() > max) {
         return Err(Error::FrameTooLarge {
+            what: "a frame".into(),
             len: p.len() as u64,
             max: max as u64,
         });
     }
-    let raw_fds: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
     let headers: Vec<[u8; HEADER_LEN]> = payloads
         .iter()
         .map(|p| (p.len() as u64).to_le_bytes())
@@ -304,8 +303,16 @@ pub(crate) fn send_frames(
         .zip(payloads)
         .flat_map(|(h, p)| [&h[..], *p])
         .collect();
+    send_all(fd.as_fd(), &parts, fds)
+}
+
+/// Writes `parts` back to back, blocking until all is written, with `fds` attached to
+/// the first byte.
+pub(crate) fn send_all(sock: BorrowedFd<'_>, parts: &[&[u8]], fds: &[OwnedFd]) -> Result<()> {
+    check_fd_count(fds.len())?;
+    let raw_fds: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
     let total: usize = parts.iter().map(|p| p.len()).sum();
-    let fd = fd.as_fd().as_raw_fd();
+    let fd = sock.as_raw_fd();
     let mut written = 0usize;
     while written < total {
         // The parts not yet fully written, the first one cut where the last write ended.
@@ -333,10 +340,207 @@ pub(crate) fn send_frames(
         match sendmsg::<()>(fd, &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None) {
             Ok(n) => written += n,
             Err(Errno::EINTR) => {}
+            Err(Errno::EAGAIN) => {
+                // A non-blocking socket that is full: wait for room.
+                let mut p = [PollFd::new(sock, PollFlags::POLLOUT)];
+                let _ = poll(&mut p, PollTimeout::NONE);
+            }
             Err(e) => return Err(Error::io("sending a frame", e)),
         }
     }
     Ok(())
+}
+
+/// Refuses a message with more descriptors than one `sendmsg` may carry, before the
+/// kernel does (it would answer only `EINVAL`).
+pub(crate) fn check_fd_count(n: usize) -> Result<()> {
+    let max = super::fds::MAX_FDS_PER_FRAME;
+    if n > max {
+        return Err(Error::Encode {
+            type_name: "message".into(),
+            reason: format!("it holds {n} OS handles, more than one message can carry ({max})"),
+        });
+    }
+    Ok(())
+}
+
+/// Reads frames from a stream socket ahead of need: one `recv` can bring many small
+/// frames, which matters when a chunk's answers arrive as many small frames. The
+/// descriptors that arrive are queued in order; each frame's envelope says how many of
+/// them are its own, and the caller takes that many (see [`FrameReader::take_fds`]).
+#[derive(Debug)]
+pub(crate) struct FrameReader {
+    max: usize,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    fds: std::collections::VecDeque<OwnedFd>,
+    closed: bool,
+}
+
+/// What [`FrameReader::next`] found.
+#[derive(Debug)]
+pub(crate) enum Next {
+    Frame(Vec<u8>),
+    /// Nothing complete yet; the socket has nothing more to read now.
+    Empty,
+    /// End of stream (a partial frame at the end is dropped: the peer died mid-frame).
+    Closed,
+}
+
+/// The read-ahead buffer; frames larger than this are read into their own buffer.
+const READ_AHEAD: usize = 256 << 10;
+/// The most descriptors a reader holds for frames not yet taken.
+const MAX_QUEUED_FDS: usize = 4 * super::fds::MAX_FDS_PER_FRAME;
+
+impl FrameReader {
+    pub(crate) fn new(max: usize) -> Self {
+        FrameReader {
+            max,
+            buf: vec![0; READ_AHEAD],
+            start: 0,
+            end: 0,
+            fds: Default::default(),
+            closed: false,
+        }
+    }
+
+    /// The frame limit.
+    pub(crate) fn set_max(&mut self, max: usize) {
+        self.max = max;
+    }
+
+    /// The next complete frame, reading from `sock` without blocking as needed.
+    pub(crate) fn next(&mut self, sock: BorrowedFd<'_>) -> Result<Next> {
+        loop {
+            let have = self.end - self.start;
+            if have >= HEADER_LEN {
+                let head: [u8; HEADER_LEN] = self.buf[self.start..self.start + HEADER_LEN]
+                    .try_into()
+                    .expect("8 bytes");
+                let len = u64::from_le_bytes(head);
+                if len > self.max as u64 {
+                    return Err(FrameError::TooLarge {
+                        len,
+                        max: self.max as u64,
+                    }
+                    .into());
+                }
+                let len = len as usize;
+                if have >= HEADER_LEN + len {
+                    let at = self.start + HEADER_LEN;
+                    let body = self.buf[at..at + len].to_vec();
+                    self.start = at + len;
+                    return Ok(Next::Frame(body));
+                }
+                if HEADER_LEN + len > self.buf.len() {
+                    return self.read_big(sock, len);
+                }
+            }
+            if self.closed {
+                return Ok(Next::Closed);
+            }
+            if self.start > 0 && (self.end == self.buf.len() || self.start == self.end) {
+                self.buf.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+            }
+            if !self.fill(sock)? {
+                return Ok(if self.closed {
+                    Next::Closed
+                } else {
+                    Next::Empty
+                });
+            }
+        }
+    }
+
+    /// Reads into the buffer's free space; `false` if nothing was there.
+    fn fill(&mut self, sock: BorrowedFd<'_>) -> Result<bool> {
+        loop {
+            match crate::sys::fd::recv_fds(sock, &mut self.buf[self.end..], true) {
+                Ok((0, _)) => {
+                    self.closed = true;
+                    return Ok(false);
+                }
+                Ok((n, fds)) => {
+                    self.end += n;
+                    self.queue_fds(fds)?;
+                    return Ok(true);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {
+                    self.closed = true;
+                    return Ok(false);
+                }
+                Err(e) => return Err(Error::io("reading a frame", e)),
+            }
+        }
+    }
+
+    fn queue_fds(&mut self, fds: Vec<OwnedFd>) -> Result<()> {
+        if self.fds.len() + fds.len() > MAX_QUEUED_FDS {
+            return Err(Error::Protocol {
+                pid: 0,
+                detail: "a peer sent more OS handles than its messages name".into(),
+            });
+        }
+        self.fds.extend(fds);
+        Ok(())
+    }
+
+    /// A frame bigger than the read-ahead buffer: read the rest of it straight into
+    /// its own allocation (blocking: the peer is in the middle of sending it).
+    fn read_big(&mut self, sock: BorrowedFd<'_>, len: usize) -> Result<Next> {
+        let at = self.start + HEADER_LEN;
+        let mut body = Vec::with_capacity(len);
+        body.extend_from_slice(&self.buf[at..self.end]);
+        self.start = 0;
+        self.end = 0;
+        while body.len() < len {
+            let filled = body.len();
+            // Grow with what arrives, not with what the header claims.
+            let want = (len - filled).min(FIRST_CHUNK.max(filled));
+            body.resize(filled + want, 0);
+            match crate::sys::fd::recv_fds(sock, &mut body[filled..], false) {
+                Ok((0, _)) => {
+                    self.closed = true;
+                    return Ok(Next::Closed);
+                }
+                Ok((n, fds)) => {
+                    body.truncate(filled + n);
+                    self.queue_fds(fds)?;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => body.truncate(filled),
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {
+                    self.closed = true;
+                    return Ok(Next::Closed);
+                }
+                Err(e) => return Err(Error::io("reading a frame", e)),
+            }
+        }
+        Ok(Next::Frame(body))
+    }
+
+    /// The next `n` descriptors that arrived, for the frame that names them.
+    pub(crate) fn take_fds(&mut self, n: usize) -> Result<Vec<OwnedFd>> {
+        if n > self.fds.len() {
+            return Err(Error::Protocol {
+                pid: 0,
+                detail: format!(
+                    "a frame names {n} OS handles, but only {} arrived",
+                    self.fds.len()
+                ),
+            });
+        }
+        Ok(self.fds.drain(..n).collect())
+    }
+
+    /// Whether a frame or part of one is buffered.
+    pub(crate) fn has_buffered(&self) -> bool {
+        self.end > self.start
+    }
 }
 
 #[cfg(test)]

@@ -1,24 +1,40 @@
-//! The messages parent and child exchange, one per frame.
+//! The messages a parent (a pool, a `Process`) and a worker exchange, one per frame.
 //!
-//! Parent → child: `Hello` once (protocol version, build id, process name), then any
-//! number of `Run` (a chunk of one or more calls of one task), then `Exit` (or end of
-//! stream). Child → parent: one `Done` per `Run`, or one `Refused` instead of
-//! everything if the hello does not match. Under `panic = "abort"` a panicking task
-//! sends `Aborting` from the panic hook, just before the process dies.
+//! Parent → worker: `Hello` once (protocol version, build id, process name, frame
+//! limit), then any number of `Run` (a chunk of calls of one task), then `Exit` (or end
+//! of stream). Worker → parent: one or more `Done` per `Run` (a long chunk is answered
+//! in pieces, as its calls finish), or one `Refused` instead of everything if the hello
+//! does not match. Under `panic = "abort"` a panicking task sends `Aborting` from the
+//! panic hook, just before the process dies.
 //!
-//! Descriptors ride along with a frame (SCM_RIGHTS); each argument and each value
-//! says how many of them are its own, in order.
+//! A frame's body is a 4-byte little-endian envelope length, the envelope (postcard),
+//! then the data: the chunk's encoded values laid end to end, each self-delimiting
+//! (postcard), so no table of offsets travels. When the envelope says `shared`, the
+//! data is not in the frame but in a sealed memory file, the frame's first descriptor.
+//! Descriptors inside values (`PassFd`) are numbered across the whole frame; the
+//! envelope says how many descriptors the frame carries in all, so a reader that reads
+//! several frames at once knows which descriptors are whose.
 
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
-use crate::error::Result;
-use crate::task::TaskRef;
+use crate::error::{Error, Result};
 
 /// Bumped whenever a message changes shape.
-pub(crate) const PROTOCOL_VERSION: u32 = 1;
+pub(crate) const PROTOCOL_VERSION: u32 = 2;
 
-/// Parent → child.
+/// Bytes of envelope length at the start of a frame body.
+const ENVELOPE_LEN: usize = 4;
+
+/// Where a task lives in an executable: image offsets of its typed trampoline and of
+/// the user's function. Plain data; only a worker of the same build may act on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct TaskRef {
+    pub(crate) trampoline: u64,
+    pub(crate) function: u64,
+}
+
+/// Parent → worker.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum Request {
     Hello {
@@ -27,104 +43,49 @@ pub(crate) enum Request {
         name: String,
         max_frame: u64,
     },
+    /// `calls` calls of the task at `entry`; their arguments are the data.
     Run {
-        job: u64,
+        /// Numbers the chunks sent to one worker, in order.
+        seq: u64,
         entry: TaskRef,
-        args: Batch,
+        calls: u32,
+        /// The largest result the worker may send (the parent's frame limit now).
+        max_value: u64,
+        /// Descriptors the frame carries.
+        fds: u32,
+        /// The data is in the frame's first descriptor.
+        shared: bool,
     },
     Exit,
 }
 
-/// Child → parent.
+/// Worker → parent.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum Reply {
     Refused {
         reason: Refusal,
     },
+    /// Answers for calls `first .. first + answered` of chunk `seq`: the data holds the
+    /// values of those calls not listed in `failures` (chunk positions), in order.
     Done {
-        job: u64,
-        /// One value per call; a failed call's slot is empty and listed in `failures`.
-        values: Batch,
+        seq: u64,
+        first: u32,
+        answered: u32,
         failures: Vec<(u32, Failure)>,
-        /// Time the chunk took in the child, for adaptive chunk sizes.
+        /// Time these calls took in the worker, for adaptive chunk sizes.
         nanos: u64,
+        fds: u32,
+        shared: bool,
     },
     Aborting {
-        job: u64,
+        seq: u64,
         index: u32,
         message: String,
         location: Option<String>,
     },
 }
 
-/// Encoded values laid end to end in one buffer — one allocation per chunk, not per
-/// call. Value `i` is `data[ends[i-1]..ends[i]]`; `fds[i]` of the frame's descriptors
-/// belong to it, in order (`fds` is empty when no value has any).
-#[derive(Debug, Default, Serialize, Deserialize)]
-pub(crate) struct Batch {
-    pub(crate) data: ByteBuf,
-    ends: Vec<u64>,
-    fds: Vec<u32>,
-}
-
-impl Batch {
-    pub(crate) fn with_capacity(values: usize, bytes: usize) -> Self {
-        Batch {
-            data: ByteBuf::with_capacity(bytes),
-            ends: Vec::with_capacity(values),
-            fds: Vec::new(),
-        }
-    }
-
-    /// Appends a value already encoded.
-    pub(crate) fn push(&mut self, bytes: &[u8], fds: usize) {
-        self.data.extend_from_slice(bytes);
-        self.close_value(fds);
-    }
-
-    /// Ends the value whose bytes were appended to `data` since the previous one.
-    pub(crate) fn close_value(&mut self, fds: usize) {
-        // `fds` stays empty until some value has descriptors; from then on it has one
-        // count per value.
-        if fds > 0 || !self.fds.is_empty() {
-            self.fds.resize(self.ends.len(), 0);
-            self.fds.push(fds as u32);
-        }
-        self.ends.push(self.data.len() as u64);
-    }
-
-    /// Drops bytes appended since the last complete value.
-    pub(crate) fn discard_open_value(&mut self) {
-        let end = self.ends.last().copied().unwrap_or(0) as usize;
-        self.data.truncate(end);
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        self.ends.len()
-    }
-
-    /// Value `i` and its descriptor count, or `None` if the batch is malformed there
-    /// (it came from another process: never trusted).
-    pub(crate) fn get(&self, i: usize) -> Option<(&[u8], usize)> {
-        let end = usize::try_from(*self.ends.get(i)?).ok()?;
-        let start = match i {
-            0 => 0,
-            _ => usize::try_from(*self.ends.get(i - 1)?).ok()?,
-        };
-        let bytes = self.data.get(start..end)?;
-        let fds = self.fds.get(i).copied().unwrap_or(0) as usize;
-        Some((bytes, fds))
-    }
-
-    /// Total descriptors the batch claims (untrusted: saturating).
-    pub(crate) fn total_fds(&self) -> usize {
-        self.fds
-            .iter()
-            .fold(0usize, |total, &n| total.saturating_add(n as usize))
-    }
-}
-
-/// Why a child refused to serve.
+/// Why a worker refused to serve.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum Refusal {
     Version { child: u32 },
@@ -132,30 +93,57 @@ pub(crate) enum Refusal {
 }
 
 /// Why one call produced no value.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) enum Failure {
     Panicked {
         message: String,
         location: Option<String>,
     },
-    /// The child could not decode the arguments as the task's parameter type.
+    /// The worker could not decode the argument as the task's parameter type.
     BadArgs { type_name: String, reason: String },
     /// The task's return value could not be encoded.
     BadResult { type_name: String, reason: String },
+    /// The encoded result is over the frame limit.
+    TooLarge { len: u64, max: u64 },
     /// The task reference did not point into this program's code.
     BadEntry,
 }
 
-impl Request {
-    pub(crate) fn decode(bytes: &[u8]) -> Result<Self> {
-        super::decode(bytes)
-    }
+/// Writes a frame header and `envelope` into `out` (cleared first); the frame's data,
+/// `data_len` bytes, is sent right after it.
+pub(crate) fn frame_head<T: Serialize>(
+    envelope: &T,
+    data_len: usize,
+    out: &mut Vec<u8>,
+) -> Result<()> {
+    out.clear();
+    out.extend_from_slice(&[0; super::HEADER_LEN + ENVELOPE_LEN]);
+    super::encode_into(envelope, out)?;
+    let env = out.len() - super::HEADER_LEN - ENVELOPE_LEN;
+    let body = ENVELOPE_LEN + env + data_len;
+    out[..super::HEADER_LEN].copy_from_slice(&(body as u64).to_le_bytes());
+    out[super::HEADER_LEN..super::HEADER_LEN + ENVELOPE_LEN]
+        .copy_from_slice(&(env as u32).to_le_bytes());
+    Ok(())
 }
 
-impl Reply {
-    pub(crate) fn decode(bytes: &[u8]) -> Result<Self> {
-        super::decode(bytes)
-    }
+/// A frame body's envelope, decoded, and where its data starts. The body came from
+/// another process: a malformed one is an error, never a panic.
+pub(crate) fn open_frame<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<(T, usize)> {
+    let bad = |detail: &str| Error::Protocol {
+        pid: 0,
+        detail: detail.into(),
+    };
+    let len = body
+        .get(..ENVELOPE_LEN)
+        .ok_or_else(|| bad("a frame too short for its envelope"))?;
+    let len = u32::from_le_bytes(len.try_into().map_err(|_| bad("a short envelope length"))?);
+    let end = ENVELOPE_LEN
+        .checked_add(len as usize)
+        .filter(|&e| e <= body.len())
+        .ok_or_else(|| bad("an envelope longer than its frame"))?;
+    let envelope = super::decode(&body[ENVELOPE_LEN..end])?;
+    Ok((envelope, end))
 }
 
 #[cfg(test)]
@@ -163,22 +151,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn batch_counts_descriptors_whichever_value_has_them() {
-        let mut b = Batch::with_capacity(3, 8);
-        b.push(b"a", 1);
-        b.push(b"bc", 0);
-        b.push(b"d", 2);
-        assert_eq!(b.len(), 3);
-        assert_eq!(b.total_fds(), 3);
-        assert_eq!(b.get(0), Some((&b"a"[..], 1)));
-        assert_eq!(b.get(1), Some((&b"bc"[..], 0)));
-        assert_eq!(b.get(2), Some((&b"d"[..], 2)));
-        assert_eq!(b.get(3), None);
-        let mut late = Batch::with_capacity(2, 2);
-        late.push(b"x", 0);
-        late.push(b"y", 1);
-        assert_eq!(late.total_fds(), 1);
-        assert_eq!(late.get(0), Some((&b"x"[..], 0)));
-        assert_eq!(late.get(1), Some((&b"y"[..], 1)));
+    fn a_frame_head_and_its_data_open_again() {
+        let mut head = Vec::new();
+        let data = b"xyz";
+        frame_head(&Request::Exit, data.len(), &mut head).unwrap();
+        let len = u64::from_le_bytes(head[..8].try_into().unwrap()) as usize;
+        let mut body = head[8..].to_vec();
+        body.extend_from_slice(data);
+        assert_eq!(body.len(), len);
+        let (req, start): (Request, usize) = open_frame(&body).unwrap();
+        assert!(matches!(req, Request::Exit));
+        assert_eq!(&body[start..], data);
+        assert!(open_frame::<Request>(&[9, 9]).is_err());
+        assert!(open_frame::<Request>(&[200, 0, 0, 0, 1]).is_err());
     }
 }

@@ -16,11 +16,13 @@ mod codec;
 pub(crate) mod fds;
 mod frame;
 pub(crate) mod message;
+pub(crate) mod values;
 
-pub(crate) use codec::{decode, encode, encode_into, encode_reusing};
+pub(crate) use codec::{decode, decode_prefix, encode, encode_into, encode_reusing, encode_value};
 pub use frame::{FrameDecoder, FrameError, HEADER_LEN};
 pub(crate) use frame::{
-    Received, poll_timeout, recv_frame, send_frame, send_frame_with_fds, send_frames, wait_readable,
+    FrameReader, Next, Received, check_fd_count, poll_timeout, recv_frame, send_all,
+    send_frame_with_fds, wait_readable,
 };
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -63,8 +65,8 @@ pub fn check_untrusted_stream(bytes: &[u8], max_frame: usize) -> Result<usize, S
         spare[..n].copy_from_slice(&rest[..n]);
         rest = &rest[n..];
         if let Some(frame) = decoder.advance(n).map_err(|e| e.to_string())? {
-            message::Reply::decode(&frame).map_err(|e| e.to_string())?;
-            message::Request::decode(&frame).ok();
+            message::open_frame::<message::Reply>(&frame).map_err(|e| e.to_string())?;
+            message::open_frame::<message::Request>(&frame).ok();
             messages += 1;
         }
     }

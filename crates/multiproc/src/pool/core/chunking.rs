@@ -1,0 +1,137 @@
+//! How many calls go to a worker at once, and when a worker gets another chunk before
+//! it has answered the last one. One rule for every pool that sends work over a wire.
+//!
+//! - [`ChunkSize::Fixed(n)`](crate::ChunkSize::Fixed): `n` calls.
+//! - Automatic, with a task timeout: 1 (the timeout is per call).
+//! - Automatic, before the job's call time is known: 1 call (a probe). A job of
+//!   40 ms calls must not start with a chunk of many calls that keeps one worker busy
+//!   while the others idle.
+//! - Automatic, call time known: the job's fair share, `pending / (4 × workers)`
+//!   rounded up (Python's rule, recomputed as the job drains, so the tail still spreads
+//!   over every worker), but no less than what runs in [`MIN_CHUNK_TIME`] (so a tail of
+//!   tiny calls does not dissolve into many tiny messages) and no more than what runs
+//!   in [`TARGET_CHUNK_TIME`].
+//!
+//! Pipelining: a worker holds more than one chunk while what it holds is estimated to
+//! run for less than [`PIPELINE_TIME`], at most [`MAX_IN_FLIGHT`] chunks, so that it
+//! never waits a round trip between small chunks. A worker holding a probe (call time
+//! unknown) or any chunk under a task timeout holds only that one.
+
+use std::time::Duration;
+
+use crate::pool::ChunkSize;
+
+/// What a chunk of an automatically sized job should take in a worker at most.
+pub(crate) const TARGET_CHUNK_TIME: Duration = Duration::from_millis(5);
+/// What a chunk of tiny calls should take at least.
+pub(crate) const MIN_CHUNK_TIME: Duration = Duration::from_micros(250);
+/// A worker is given more work while what it holds runs shorter than this.
+pub(crate) const PIPELINE_TIME: Duration = Duration::from_millis(2);
+/// Chunks one worker holds at most.
+pub(crate) const MAX_IN_FLIGHT: usize = 32;
+/// Calls in one chunk at most.
+pub(crate) const MAX_CHUNK: usize = 1 << 17;
+/// A chunk stops growing once its arguments pass this many bytes (big arguments
+/// travel a few at a time, so workers share them out).
+pub(crate) const CHUNK_BYTES: usize = 16 << 20;
+
+/// The smoothing of a job's measured call time: the newest chunk counts this much.
+const NEWEST_WEIGHT: f64 = 0.3;
+
+/// Calls in the next chunk of a job.
+pub(crate) fn chunk_len(
+    chunk: ChunkSize,
+    timeout: bool,
+    pending: usize,
+    workers: usize,
+    nanos_per_call: Option<f64>,
+) -> usize {
+    match chunk {
+        ChunkSize::Fixed(n) => n.max(1),
+        ChunkSize::Auto if timeout => 1,
+        ChunkSize::Auto => match nanos_per_call {
+            None => 1,
+            Some(ns) => {
+                let ns = ns.max(1.0);
+                let fair = pending.div_ceil(4 * workers.max(1));
+                let lo = (MIN_CHUNK_TIME.as_nanos() as f64 / ns) as usize;
+                let hi = (TARGET_CHUNK_TIME.as_nanos() as f64 / ns) as usize;
+                fair.max(lo).min(hi).clamp(1, MAX_CHUNK)
+            }
+        },
+    }
+}
+
+/// Whether a worker that holds `held` chunks, estimated to run `held_nanos` in all
+/// (`None`: some of it has an unknown call time), should get another.
+pub(crate) fn wants_more(held: usize, held_nanos: Option<f64>, timeout: bool) -> bool {
+    match (held, held_nanos) {
+        (0, _) => true,
+        _ if timeout => false,
+        (_, None) => false,
+        (n, Some(ns)) => n < MAX_IN_FLIGHT && ns < PIPELINE_TIME.as_nanos() as f64,
+    }
+}
+
+/// The new smoothed call time after a worker measured `nanos` over `calls` calls.
+pub(crate) fn update_call_time(old: Option<f64>, nanos: u64, calls: usize) -> Option<f64> {
+    if calls == 0 {
+        return old;
+    }
+    let now = nanos as f64 / calls as f64;
+    Some(match old {
+        None => now,
+        Some(old) => (1.0 - NEWEST_WEIGHT) * old + NEWEST_WEIGHT * now,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn coarse_jobs_never_start_with_a_big_chunk() {
+        assert_eq!(chunk_len(ChunkSize::Auto, false, 64, 2, None), 1);
+        // 40 ms calls: one at a time.
+        assert_eq!(chunk_len(ChunkSize::Auto, false, 60, 2, Some(40e6)), 1);
+    }
+
+    #[test]
+    fn tiny_calls_get_a_fair_share_bounded_by_time() {
+        // 20 ns calls, 200,000 pending over 2 workers: the fair share 25,000.
+        assert_eq!(
+            chunk_len(ChunkSize::Auto, false, 200_000, 2, Some(20.0)),
+            25_000
+        );
+        // The tail keeps at least 250 µs worth of calls.
+        assert_eq!(
+            chunk_len(ChunkSize::Auto, false, 100, 2, Some(20.0)),
+            12_500
+        );
+        // 1 µs calls: at most 5 ms worth.
+        assert_eq!(
+            chunk_len(ChunkSize::Auto, false, 10_000_000, 2, Some(1000.0)),
+            5_000
+        );
+        assert_eq!(chunk_len(ChunkSize::Auto, true, 1000, 2, Some(20.0)), 1);
+        assert_eq!(chunk_len(ChunkSize::Fixed(0), false, 1000, 2, None), 1);
+    }
+
+    #[test]
+    fn pipelining_only_for_known_short_work() {
+        assert!(wants_more(0, None, true));
+        assert!(!wants_more(1, None, false));
+        assert!(!wants_more(1, Some(10.0), true));
+        assert!(wants_more(1, Some(1e5), false));
+        assert!(!wants_more(1, Some(3e6), false));
+        assert!(!wants_more(MAX_IN_FLIGHT, Some(10.0), false));
+    }
+
+    #[test]
+    fn call_time_is_smoothed() {
+        assert_eq!(update_call_time(None, 1000, 10), Some(100.0));
+        let t = update_call_time(Some(100.0), 2000, 10).unwrap();
+        assert!((t - 130.0).abs() < 1e-9);
+        assert_eq!(update_call_time(Some(5.0), 0, 0), Some(5.0));
+    }
+}

@@ -1,0 +1,103 @@
+//! The job table: every job's calls, from submission to last answer.
+//!
+//! A job's life cycle, the one every pool follows:
+//!
+//! 1. **open**: the job exists, with its task and chunking; it has no calls.
+//! 2. **calls**: submissions add calls (`submit`, any number of times); each is
+//!    pending until a worker takes it in a chunk, then outstanding until answered.
+//! 3. **seal** (no more calls will come) or **cancel** (nobody wants the answers:
+//!    pending calls are dropped at once, answers still arriving are thrown away).
+//! 4. **last answer**: a sealed job whose every call was answered and whose answers
+//!    were all taken by its handle is removed. A cancelled job is removed at once.
+//!
+//! Arguments stay typed in the job until a chunk is built: each is encoded exactly
+//! once, straight into the chunk that carries it (see [`Source`]).
+
+use std::collections::VecDeque;
+use std::os::fd::OwnedFd;
+
+use super::Answers;
+use crate::error::Result;
+use crate::pool::ChunkSize;
+use crate::wire::message::TaskRef;
+use crate::wire::values::ValueBuf;
+
+/// Arguments of some calls, not yet encoded.
+pub(crate) trait Source: Send {
+    /// Encodes the first argument (that of call `index`) at the end of `buf`, its
+    /// descriptors at the end of `fds`; `None` when there is none. The argument stays
+    /// first until `pop`.
+    fn encode_first(
+        &mut self,
+        index: usize,
+        buf: &mut ValueBuf,
+        fds: &mut Vec<OwnedFd>,
+    ) -> Option<Result<()>>;
+    /// Drops the first argument (it was sent, or answered with its encoding error).
+    fn pop(&mut self);
+    /// Arguments left.
+    fn len(&self) -> usize;
+}
+
+/// A call to run again, alone, after its worker died: its encoded argument, and every
+/// descriptor of the chunk it first travelled in (its encoding numbers them so).
+pub(crate) struct Retry {
+    pub(crate) index: usize,
+    pub(crate) bytes: Vec<u8>,
+    pub(crate) fds: Vec<OwnedFd>,
+    pub(crate) attempts: u32,
+}
+
+pub(crate) struct Job {
+    pub(crate) entry: TaskRef,
+    pub(crate) chunk: ChunkSize,
+    /// A thread waits on this job right away (map, apply): it drives the pool itself
+    /// and no background thread needs waking for it.
+    pub(crate) caller_driven: bool,
+    /// Arguments not yet sent, in submission order: (index of the first, arguments).
+    pub(crate) sources: VecDeque<(usize, Box<dyn Source>)>,
+    pub(crate) retries: VecDeque<Retry>,
+    /// Calls submitted and not yet answered.
+    pub(crate) outstanding: usize,
+    pub(crate) sealed: bool,
+    /// Smoothed nanoseconds per call, as workers measured.
+    pub(crate) nanos_per_call: Option<f64>,
+    /// Answers not yet taken by the job's handle.
+    pub(crate) inbox: VecDeque<Answers>,
+}
+
+impl Job {
+    pub(crate) fn new(entry: TaskRef, chunk: ChunkSize, caller_driven: bool) -> Self {
+        Job {
+            entry,
+            chunk,
+            caller_driven,
+            sources: VecDeque::new(),
+            retries: VecDeque::new(),
+            outstanding: 0,
+            sealed: false,
+            nanos_per_call: None,
+            inbox: VecDeque::new(),
+        }
+    }
+
+    /// Calls not yet handed to a worker.
+    pub(crate) fn pending(&self) -> usize {
+        self.retries.len() + self.sources.iter().map(|(_, s)| s.len()).sum::<usize>()
+    }
+
+    /// Sealed, every call answered, every answer taken: the job can go.
+    pub(crate) fn finished(&self) -> bool {
+        self.sealed && self.outstanding == 0 && self.inbox.is_empty()
+    }
+
+    /// Records answers for `n` calls.
+    pub(crate) fn deliver(&mut self, answers: Answers) {
+        let n = answers.len();
+        if n == 0 {
+            return;
+        }
+        self.outstanding = self.outstanding.saturating_sub(n);
+        self.inbox.push_back(answers);
+    }
+}

@@ -1,0 +1,697 @@
+//! The pool core: I/O-free bookkeeping shared by every pool that sends work over a
+//! wire (local worker processes; MPI ranks and cluster nodes drive the same core from
+//! their own event loops).
+//!
+//! It owns the job table ([`jobs`]), the chunking rule ([`chunking`]) and, per worker,
+//! the chunks it holds. An event loop feeds it what happened — a worker joined, a
+//! reply arrived, a worker died, a deadline passed — and asks it what to send next.
+//! It never touches a socket or a process, so every rule here has unit tests that need
+//! neither.
+//!
+//! What a worker's death costs: the calls it held and had not answered. Answers it
+//! sent before dying are kept (a worker answers a long chunk in pieces, as its calls
+//! finish). A worker may hold several chunks at once (pipelining, see [`chunking`]);
+//! each of its unanswered calls is then retried alone on another worker, if the pool
+//! allows retries, or answered with the error that says how the worker died.
+
+pub(crate) mod chunking;
+pub(crate) mod jobs;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::os::fd::OwnedFd;
+use std::time::{Duration, Instant};
+
+use serde::de::DeserializeOwned;
+
+use crate::error::{Error, Result};
+use crate::pool::ChunkSize;
+use crate::task;
+use crate::wire::message::{Failure, TaskRef};
+use crate::wire::values::{Data, Received, ValueBuf};
+use jobs::{Job, Retry, Source};
+
+/// Answers for some calls of one job, still encoded.
+pub(crate) enum Answers {
+    /// What a worker sent: the calls at `indices`, in order; those listed in
+    /// `failures` (by position in `indices`) failed, the others' values lie end to end
+    /// in `data`, with `fds` (numbered across the whole frame).
+    Values {
+        pid: u32,
+        indices: Vec<usize>,
+        failures: Vec<(u32, Failure)>,
+        data: Received,
+        fds: Vec<OwnedFd>,
+    },
+    /// Calls that ended without a value from a worker.
+    Failed(Vec<(usize, Error)>),
+}
+
+impl Answers {
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Answers::Values { indices, .. } => indices.len(),
+            Answers::Failed(v) => v.len(),
+        }
+    }
+}
+
+/// Decodes answers as `R`. The bytes came from another process: a malformed batch
+/// gives errors, never a panic.
+pub(crate) fn decode_answers<R: DeserializeOwned>(answers: Answers) -> Vec<(usize, Result<R>)> {
+    match answers {
+        Answers::Failed(v) => v.into_iter().map(|(i, e)| (i, Err(e))).collect(),
+        Answers::Values {
+            pid,
+            indices,
+            failures,
+            data,
+            fds,
+        } => crate::wire::fds::provide(fds, || {
+            let mut rest = data.bytes();
+            let mut failures = failures.into_iter().peekable();
+            let mut broken: Option<String> = None;
+            indices
+                .into_iter()
+                .enumerate()
+                .map(|(k, index)| {
+                    if let Some((_, f)) = failures.next_if(|(at, _)| *at as usize == k) {
+                        return (index, Err(task::failure_error(f, pid, index)));
+                    }
+                    if let Some(why) = &broken {
+                        return (
+                            index,
+                            Err(Error::Protocol {
+                                pid,
+                                detail: why.clone(),
+                            }),
+                        );
+                    }
+                    match crate::wire::decode_prefix::<R>(rest) {
+                        Ok((v, tail)) => {
+                            rest = tail;
+                            (index, Ok(v))
+                        }
+                        Err(e) => {
+                            // Values are self-delimiting: after one that does not
+                            // decode, the rest of the batch cannot be found.
+                            broken = Some(format!("a result batch that breaks off: {e}"));
+                            (index, Err(e))
+                        }
+                    }
+                })
+                .collect()
+        }),
+    }
+}
+
+/// What the pool allows a chunk to carry.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Limits {
+    /// The largest encoded argument (and result), and the most a chunk's data holds.
+    pub(crate) max_value: usize,
+    /// Descriptors one message may carry (0: the transport passes none).
+    pub(crate) max_fds: usize,
+    /// Big data may travel in a sealed memory file.
+    pub(crate) may_spill: bool,
+}
+
+/// Pool-wide settings the core applies.
+#[derive(Clone, Debug)]
+pub(crate) struct Config {
+    pub(crate) workers: usize,
+    pub(crate) retries: u32,
+    pub(crate) task_timeout: Option<Duration>,
+    pub(crate) max_tasks_per_child: Option<usize>,
+}
+
+/// A worker's identity in the core (the event loop maps it to a process, a rank...).
+pub(crate) type WorkerId = u64;
+
+/// A chunk a worker holds.
+struct Held {
+    seq: u64,
+    job: u64,
+    indices: Vec<usize>,
+    /// Calls of it answered so far (answers come in order).
+    answered: usize,
+    deadline: Option<Instant>,
+    /// Estimated run time, for pipelining (`None`: call time unknown).
+    nanos: Option<f64>,
+    /// For retries: each call's bytes and the chunk's descriptors.
+    kept: Option<(Vec<Vec<u8>>, Vec<OwnedFd>)>,
+    /// Attempts so far of a retried call (0 for a first run).
+    attempts: u32,
+}
+
+#[derive(Default)]
+struct Slot {
+    held: VecDeque<Held>,
+    next_seq: u64,
+    /// Calls answered, for `max_tasks_per_child`.
+    done: usize,
+    /// Calls handed out, for `max_tasks_per_child`.
+    given: usize,
+    /// Takes no more work (retiring, initializing, or broken).
+    paused: bool,
+    timed_out: bool,
+    /// What the panic hook reported before a `panic = "abort"` death: chunk, position,
+    /// message, location.
+    aborting: Option<(u64, u32, String, Option<String>)>,
+}
+
+/// A chunk ready to send.
+pub(crate) struct Chunk {
+    pub(crate) seq: u64,
+    pub(crate) entry: TaskRef,
+    pub(crate) calls: u32,
+    pub(crate) data: Data,
+    pub(crate) fds: Vec<OwnedFd>,
+}
+
+/// The bookkeeping of one pool.
+pub(crate) struct Core {
+    cfg: Config,
+    jobs: BTreeMap<u64, Job>,
+    next_job: u64,
+    slots: HashMap<WorkerId, Slot>,
+    /// Why the pool cannot run work (an initializer that keeps failing...).
+    broken: Option<Error>,
+}
+
+impl Core {
+    pub(crate) fn new(cfg: Config) -> Self {
+        Core {
+            cfg,
+            jobs: BTreeMap::new(),
+            next_job: 0,
+            slots: HashMap::new(),
+            broken: None,
+        }
+    }
+
+    // ---- jobs ----
+
+    pub(crate) fn open(&mut self, entry: TaskRef, chunk: ChunkSize, caller_driven: bool) -> u64 {
+        let id = self.next_job;
+        self.next_job += 1;
+        self.jobs.insert(id, Job::new(entry, chunk, caller_driven));
+        id
+    }
+
+    /// Whether a caller waits on `job` right away (see [`Core::open`]).
+    pub(crate) fn caller_driven(&self, job: u64) -> bool {
+        self.jobs.get(&job).is_some_and(|j| j.caller_driven)
+    }
+
+    /// Adds calls `first, first + 1, ...` to `job` (a no-op for a job that is gone).
+    pub(crate) fn submit(&mut self, job: u64, first: usize, source: Box<dyn Source>) {
+        let broken = self.broken.as_ref().map(clone_error);
+        let Some(j) = self.jobs.get_mut(&job) else {
+            return;
+        };
+        let n = source.len();
+        j.outstanding += n;
+        match broken {
+            Some(e) => {
+                let answers = (first..first + n).map(|i| (i, clone_error(&e))).collect();
+                j.deliver(Answers::Failed(answers));
+            }
+            None => j.sources.push_back((first, source)),
+        }
+    }
+
+    pub(crate) fn seal(&mut self, job: u64) {
+        if let Some(j) = self.jobs.get_mut(&job) {
+            j.sealed = true;
+        }
+        self.remove_if_finished(job);
+    }
+
+    /// Nobody wants `job`'s answers: its pending calls are dropped, answers still to
+    /// come are thrown away.
+    pub(crate) fn cancel(&mut self, job: u64) {
+        self.jobs.remove(&job);
+    }
+
+    /// The next answers for `job`'s handle.
+    pub(crate) fn take_answers(&mut self, job: u64) -> Option<Answers> {
+        let a = self.jobs.get_mut(&job)?.inbox.pop_front();
+        self.remove_if_finished(job);
+        a
+    }
+
+    /// Whether `job` will give no more answers (finished, cancelled, or never was).
+    pub(crate) fn job_over(&self, job: u64) -> bool {
+        self.jobs.get(&job).is_none_or(Job::finished)
+    }
+
+    fn remove_if_finished(&mut self, job: u64) {
+        if self.jobs.get(&job).is_some_and(Job::finished) {
+            self.jobs.remove(&job);
+        }
+    }
+
+    /// Calls submitted and not answered, in all jobs.
+    pub(crate) fn outstanding(&self) -> usize {
+        self.jobs.values().map(|j| j.outstanding).sum()
+    }
+
+    /// Whether some job nobody is waiting on right away has calls to run: a
+    /// background thread must drive the pool.
+    pub(crate) fn needs_background(&self) -> bool {
+        self.jobs
+            .values()
+            .any(|j| !j.caller_driven && j.outstanding > 0)
+    }
+
+    /// The pool cannot run work: answer everything pending, and everything to come.
+    pub(crate) fn break_pool(&mut self, error: Error) {
+        for j in self.jobs.values_mut() {
+            let mut failed = Vec::new();
+            for r in std::mem::take(&mut j.retries) {
+                failed.push((r.index, clone_error(&error)));
+            }
+            for (first, s) in std::mem::take(&mut j.sources) {
+                failed.extend((first..first + s.len()).map(|i| (i, clone_error(&error))));
+            }
+            j.deliver(Answers::Failed(failed));
+        }
+        self.broken = Some(error);
+    }
+
+    pub(crate) fn is_broken(&self) -> bool {
+        self.broken.is_some()
+    }
+
+    // ---- workers ----
+
+    pub(crate) fn add_worker(&mut self, id: WorkerId, paused: bool) {
+        self.slots.insert(
+            id,
+            Slot {
+                paused,
+                ..Slot::default()
+            },
+        );
+    }
+
+    /// Lets a paused worker take work (its initializer succeeded), or stops giving it
+    /// any (it is retiring).
+    pub(crate) fn set_paused(&mut self, id: WorkerId, paused: bool) {
+        if let Some(s) = self.slots.get_mut(&id) {
+            s.paused = paused;
+        }
+    }
+
+    /// Whether `id` reached `max_tasks_per_child` and holds nothing: time to retire it.
+    pub(crate) fn spent(&self, id: WorkerId) -> bool {
+        let Some(max) = self.cfg.max_tasks_per_child else {
+            return false;
+        };
+        self.slots
+            .get(&id)
+            .is_some_and(|s| s.done >= max && s.held.is_empty())
+    }
+
+    /// The next chunk for worker `id`, if it should get one now. Calls whose argument
+    /// cannot be sent (it does not encode, is over the frame limit, carries too many
+    /// descriptors) are answered with that error here, for that call only.
+    pub(crate) fn next_chunk(
+        &mut self,
+        id: WorkerId,
+        limits: &Limits,
+        now: Instant,
+    ) -> Option<Chunk> {
+        let timeout = self.cfg.task_timeout;
+        let slot = self.slots.get(&id)?;
+        // A retried call runs alone: its worker holds nothing else, before or after.
+        if slot.paused || slot.held.iter().any(|h| h.attempts > 0) {
+            return None;
+        }
+        let held_nanos = slot
+            .held
+            .iter()
+            .try_fold(0.0, |sum, h| h.nanos.map(|n| sum + n));
+        if !chunking::wants_more(slot.held.len(), held_nanos, timeout.is_some()) {
+            return None;
+        }
+        let quota = self
+            .cfg
+            .max_tasks_per_child
+            .map(|max| max.saturating_sub(slot.given));
+        if quota == Some(0) {
+            return None;
+        }
+        let workers = self.cfg.workers;
+        let keep = self.cfg.retries > 0;
+        let (job_id, job) = self.jobs.iter_mut().find(|(_, j)| j.pending() > 0)?;
+        let job_id = *job_id;
+        let idle = slot.held.is_empty();
+        let built = if !job.retries.is_empty() {
+            if !idle {
+                return None;
+            }
+            Built::retry(job.retries.pop_front()?)
+        } else {
+            let n = chunking::chunk_len(
+                job.chunk,
+                timeout.is_some(),
+                job.pending(),
+                workers,
+                job.nanos_per_call,
+            );
+            let n = quota.map_or(n, |q| n.min(q));
+            build(job, n, limits, keep)
+        };
+        if !built.failed.is_empty() {
+            job.deliver(Answers::Failed(built.failed));
+        }
+        let entry = job.entry;
+        let nanos = job.nanos_per_call.map(|ns| ns * built.indices.len() as f64);
+        let data = built.data;
+        if built.indices.is_empty() {
+            self.remove_if_finished(job_id);
+            return None;
+        }
+        let slot = self.slots.get_mut(&id)?;
+        let seq = slot.next_seq;
+        slot.next_seq += 1;
+        slot.given += built.indices.len();
+        let calls = built.indices.len() as u32;
+        slot.held.push_back(Held {
+            seq,
+            job: job_id,
+            deadline: timeout.map(|t| now + t * calls),
+            indices: built.indices,
+            answered: 0,
+            nanos,
+            kept: built.kept,
+            attempts: built.attempts,
+        });
+        Some(Chunk {
+            seq,
+            entry,
+            calls,
+            data,
+            fds: built.fds,
+        })
+    }
+
+    /// A worker answered calls `first .. first + values` of its chunk `seq`. An answer
+    /// that does not fit what the worker holds is a protocol violation (`Err`): the
+    /// event loop ends the worker, whose death then answers what it held.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn on_done(
+        &mut self,
+        id: WorkerId,
+        pid: u32,
+        seq: u64,
+        first: u32,
+        answered: u32,
+        failures: Vec<(u32, Failure)>,
+        nanos: u64,
+        data: Received,
+        fds: Vec<OwnedFd>,
+    ) -> std::result::Result<(), String> {
+        let slot = self.slots.get_mut(&id).ok_or("an unknown worker")?;
+        let held = slot.held.front_mut().ok_or("an answer to no chunk")?;
+        let (first, answered) = (first as usize, answered as usize);
+        if held.seq != seq || held.answered != first || first + answered > held.indices.len() {
+            return Err(format!(
+                "an answer to calls {first}..{} of chunk {seq}, expected chunk {} from call {}",
+                first + answered,
+                held.seq,
+                held.answered
+            ));
+        }
+        let indices = held.indices[first..first + answered].to_vec();
+        let mut shifted = Vec::with_capacity(failures.len());
+        for (at, f) in failures {
+            let k = (at as usize)
+                .checked_sub(first)
+                .filter(|&k| k < answered)
+                .ok_or("a failure outside the answered calls")?;
+            if shifted.last().is_some_and(|(prev, _)| *prev >= k as u32) {
+                return Err("failures out of order".into());
+            }
+            shifted.push((k as u32, f));
+        }
+        held.answered += answered;
+        let job_id = held.job;
+        if held.answered == held.indices.len() {
+            slot.held.pop_front();
+        }
+        slot.done += answered;
+        if let Some(job) = self.jobs.get_mut(&job_id) {
+            job.nanos_per_call = chunking::update_call_time(job.nanos_per_call, nanos, answered);
+            job.deliver(Answers::Values {
+                pid,
+                indices,
+                failures: shifted,
+                data,
+                fds,
+            });
+            self.remove_if_finished(job_id);
+        }
+        Ok(())
+    }
+
+    /// The panic hook of worker `id` reported a panic under `panic = "abort"`.
+    pub(crate) fn on_aborting(
+        &mut self,
+        id: WorkerId,
+        seq: u64,
+        index: u32,
+        message: String,
+        location: Option<String>,
+    ) {
+        if let Some(s) = self.slots.get_mut(&id) {
+            s.aborting = Some((seq, index, message, location));
+        }
+    }
+
+    /// The nearest deadline of any chunk held.
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        self.slots
+            .values()
+            .filter(|s| !s.timed_out)
+            .filter_map(|s| s.held.front().and_then(|h| h.deadline))
+            .min()
+    }
+
+    /// Workers whose chunk is past its deadline, marked so that their death answers
+    /// `Error::Timeout`; the event loop kills them.
+    pub(crate) fn expired(&mut self, now: Instant) -> Vec<WorkerId> {
+        let mut out = Vec::new();
+        for (id, s) in &mut self.slots {
+            if !s.timed_out
+                && s.held
+                    .front()
+                    .and_then(|h| h.deadline)
+                    .is_some_and(|d| d <= now)
+            {
+                s.timed_out = true;
+                out.push(*id);
+            }
+        }
+        out
+    }
+
+    /// Worker `id` is gone. `death` is how it ended (as the error its unanswered calls
+    /// get when they are not retried). Returns the worker's pid-independent summary:
+    /// how many calls it cost.
+    pub(crate) fn on_death(&mut self, id: WorkerId, pid: u32, death: Error) -> usize {
+        let Some(slot) = self.slots.remove(&id) else {
+            return 0;
+        };
+        let mut lost = 0;
+        for held in slot.held {
+            let Some(job) = self.jobs.get_mut(&held.job) else {
+                continue;
+            };
+            let mut failed = Vec::new();
+            let mut kept = held.kept;
+            for pos in held.answered..held.indices.len() {
+                let index = held.indices[pos];
+                lost += 1;
+                let error = if slot.timed_out {
+                    Error::Timeout {
+                        what: format!("call {index} of a pool job (worker {pid} was killed)"),
+                        timeout: self.cfg.task_timeout.unwrap_or_default(),
+                    }
+                } else if let Some((_, _, message, location)) = slot
+                    .aborting
+                    .as_ref()
+                    .filter(|(seq, at, ..)| *seq == held.seq && *at as usize == pos)
+                {
+                    Error::Panicked {
+                        pid,
+                        message: message.clone(),
+                        location: location.clone(),
+                    }
+                } else if held.attempts < self.cfg.retries
+                    && let Some((bytes, fds)) = kept.as_mut()
+                {
+                    job.retries.push_back(Retry {
+                        index,
+                        bytes: std::mem::take(&mut bytes[pos]),
+                        fds: fds.iter().filter_map(|f| f.try_clone().ok()).collect(),
+                        attempts: held.attempts + 1,
+                    });
+                    continue;
+                } else {
+                    clone_error(&death)
+                };
+                failed.push((index, error));
+            }
+            job.deliver(Answers::Failed(failed));
+            let job_id = held.job;
+            self.remove_if_finished(job_id);
+        }
+        lost
+    }
+
+    /// The pool stops at once: every call not yet answered answers
+    /// [`Error::PoolTerminated`], whatever held it.
+    pub(crate) fn terminate(&mut self) {
+        let retries = std::mem::replace(&mut self.cfg.retries, 0);
+        let ids: Vec<WorkerId> = self.slots.keys().copied().collect();
+        for id in ids {
+            if let Some(s) = self.slots.get_mut(&id) {
+                s.timed_out = false;
+                s.aborting = None;
+            }
+            self.on_death(id, 0, Error::PoolTerminated);
+        }
+        self.cfg.retries = retries;
+        self.break_pool(Error::PoolTerminated);
+    }
+}
+
+/// A chunk being built.
+struct Built {
+    indices: Vec<usize>,
+    data: Data,
+    fds: Vec<OwnedFd>,
+    failed: Vec<(usize, Error)>,
+    kept: Option<(Vec<Vec<u8>>, Vec<OwnedFd>)>,
+    attempts: u32,
+}
+
+impl Built {
+    fn retry(r: Retry) -> Built {
+        let fds: Vec<OwnedFd> = r.fds.iter().filter_map(|f| f.try_clone().ok()).collect();
+        Built {
+            indices: vec![r.index],
+            data: Data::Inline(r.bytes.clone()),
+            fds,
+            failed: Vec::new(),
+            kept: Some((vec![r.bytes], r.fds)),
+            attempts: r.attempts,
+        }
+    }
+}
+
+/// Encodes up to `n` of `job`'s pending arguments into one chunk, within `limits`.
+fn build(job: &mut Job, n: usize, limits: &Limits, keep: bool) -> Built {
+    let mut buf = ValueBuf::new(limits.max_value, limits.may_spill);
+    let mut fds: Vec<OwnedFd> = Vec::new();
+    let mut indices = Vec::with_capacity(n.min(job.pending()));
+    let mut ends: Vec<usize> = Vec::new();
+    let mut failed = Vec::new();
+    'fill: while indices.len() < n {
+        let Some((first, source)) = job.sources.front_mut() else {
+            break;
+        };
+        let index = *first;
+        let (mark, fd_mark) = (buf.len(), fds.len());
+        let result = match source.encode_first(index, &mut buf, &mut fds) {
+            None => {
+                job.sources.pop_front();
+                continue;
+            }
+            Some(r) => r,
+        };
+        let too_many_fds = fds.len() > limits.max_fds;
+        let error = match result {
+            Ok(()) if !too_many_fds => None,
+            Ok(()) => Some(Error::Encode {
+                type_name: "task argument".into(),
+                reason: match limits.max_fds {
+                    0 => "it holds OS handles (a Pipe, a Queue, shared memory...), which cannot cross to this pool's workers".into(),
+                    max => format!(
+                        "it holds {} OS handles, more than one message can carry ({max})",
+                        fds.len() - fd_mark
+                    ),
+                },
+            }),
+            Err(e) => Some(e),
+        };
+        match error {
+            None => {
+                source.pop();
+                *first += 1;
+                indices.push(index);
+                ends.push(buf.len());
+                if buf.len() >= chunking::CHUNK_BYTES {
+                    break 'fill;
+                }
+            }
+            Some(e) => {
+                buf.truncate(mark);
+                fds.truncate(fd_mark);
+                // Over a limit beside the calls before it: it goes first in the next
+                // chunk, where it is tried alone.
+                let shared_limit = matches!(e, Error::FrameTooLarge { .. }) || too_many_fds;
+                if shared_limit && !indices.is_empty() {
+                    break 'fill;
+                }
+                source.pop();
+                *first += 1;
+                failed.push((index, e));
+            }
+        }
+    }
+    let kept = keep.then(|| {
+        let bytes = buf.heap().map(|heap| {
+            let mut start = 0;
+            ends.iter()
+                .map(|&end| {
+                    let b = heap[start..end].to_vec();
+                    start = end;
+                    b
+                })
+                .collect()
+        });
+        let fds_copy = fds.iter().filter_map(|f| f.try_clone().ok()).collect();
+        (bytes, fds_copy)
+    });
+    let data = match buf.finish() {
+        Ok(d) => d,
+        Err(e) => {
+            failed.extend(indices.drain(..).map(|i| (i, clone_error(&e))));
+            Data::Inline(Vec::new())
+        }
+    };
+    let kept = match kept {
+        Some((Some(bytes), fds_copy)) => Some((bytes, fds_copy)),
+        // Spilled data is not kept per call: such calls are answered, not retried.
+        _ => None,
+    };
+    Built {
+        indices,
+        data,
+        fds,
+        failed,
+        kept,
+        attempts: 0,
+    }
+}
+
+/// Errors hold no `Clone` (an `io::Error` inside); a copy keeps kind and message.
+pub(crate) fn clone_error(e: &Error) -> Error {
+    e.clone_shallow()
+}
+
+#[cfg(test)]
+mod tests;

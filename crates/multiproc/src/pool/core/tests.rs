@@ -1,0 +1,338 @@
+//! The core's rules, without a process or a socket.
+
+use std::collections::VecDeque;
+use std::os::fd::OwnedFd;
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::wire::values::Received;
+
+/// Arguments of the tests: `u32`s, encoded as the pools encode them.
+struct Nums(VecDeque<u32>);
+
+impl Source for Nums {
+    fn encode_first(
+        &mut self,
+        _: usize,
+        buf: &mut ValueBuf,
+        fds: &mut Vec<OwnedFd>,
+    ) -> Option<Result<()>> {
+        let v = self.0.front()?;
+        Some(crate::wire::encode_value(v, buf, fds, &|| "call".into()))
+    }
+    fn pop(&mut self) {
+        self.0.pop_front();
+    }
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
+fn nums(n: u32) -> Box<dyn Source> {
+    Box::new(Nums((0..n).collect()))
+}
+
+const ENTRY: TaskRef = TaskRef {
+    trampoline: 1,
+    function: 2,
+};
+
+fn limits() -> Limits {
+    Limits {
+        max_value: 1 << 20,
+        max_fds: 253,
+        may_spill: false,
+    }
+}
+
+fn core(retries: u32) -> Core {
+    Core::new(Config {
+        workers: 2,
+        retries,
+        task_timeout: None,
+        max_tasks_per_child: None,
+    })
+}
+
+/// Answers `n` calls of the worker's front chunk from `first`, each value `index * 10`.
+fn answer(core: &mut Core, id: WorkerId, seq: u64, first: u32, indices: &[usize]) {
+    let mut data = Vec::new();
+    for &i in indices {
+        data.extend(crate::wire::encode(&(i as u64 * 10)).unwrap());
+    }
+    core.on_done(
+        id,
+        7,
+        seq,
+        first,
+        indices.len() as u32,
+        Vec::new(),
+        1000,
+        Received::Inline(data, 0),
+        Vec::new(),
+    )
+    .unwrap();
+}
+
+fn drain(core: &mut Core, job: u64) -> Vec<(usize, Result<u64>)> {
+    let mut out = Vec::new();
+    while let Some(a) = core.take_answers(job) {
+        out.extend(decode_answers::<u64>(a));
+    }
+    out.sort_by_key(|(i, _)| *i);
+    out
+}
+
+#[test]
+fn a_job_lives_from_open_to_its_last_answer() {
+    let mut c = core(0);
+    c.add_worker(1, false);
+    let job = c.open(ENTRY, ChunkSize::Fixed(4), true);
+    c.submit(job, 0, nums(10));
+    c.seal(job);
+    assert!(!c.job_over(job));
+    let mut answered = 0;
+    while let Some(chunk) = c.next_chunk(1, &limits(), Instant::now()) {
+        let idx: Vec<usize> = (answered..answered + chunk.calls as usize).collect();
+        answer(&mut c, 1, chunk.seq, 0, &idx);
+        answered += idx.len();
+    }
+    assert_eq!(answered, 10);
+    let got = drain(&mut c, job);
+    assert_eq!(got.len(), 10);
+    assert!(
+        got.iter()
+            .all(|(i, r)| *r.as_ref().unwrap() == *i as u64 * 10)
+    );
+    assert!(c.job_over(job));
+    assert_eq!(c.outstanding(), 0);
+}
+
+#[test]
+fn a_probe_chunk_first_then_chunks_sized_by_time() {
+    let mut c = core(0);
+    c.add_worker(1, false);
+    let job = c.open(ENTRY, ChunkSize::Auto, false);
+    c.submit(job, 0, nums(100_000));
+    c.seal(job);
+    let probe = c.next_chunk(1, &limits(), Instant::now()).unwrap();
+    assert_eq!(probe.calls, 1);
+    // Call time unknown: no second chunk before the probe answers.
+    assert!(c.next_chunk(1, &limits(), Instant::now()).is_none());
+    answer(&mut c, 1, probe.seq, 0, &[0]);
+    let next = c.next_chunk(1, &limits(), Instant::now()).unwrap();
+    // 1 µs calls: the fair share (99,999 / 8) bounded by 5 ms worth.
+    assert_eq!(next.calls, 5000);
+    assert!(c.needs_background());
+}
+
+#[test]
+fn cancel_while_chunks_run_drops_what_comes_back() {
+    let mut c = core(0);
+    c.add_worker(1, false);
+    let job = c.open(ENTRY, ChunkSize::Fixed(3), false);
+    c.submit(job, 0, nums(9));
+    let chunk = c.next_chunk(1, &limits(), Instant::now()).unwrap();
+    c.cancel(job);
+    assert!(c.job_over(job));
+    answer(&mut c, 1, chunk.seq, 0, &[0, 1, 2]);
+    assert!(c.take_answers(job).is_none());
+    assert_eq!(c.outstanding(), 0);
+}
+
+#[test]
+fn a_death_mid_chunk_costs_only_the_unanswered_calls() {
+    let mut c = core(0);
+    c.add_worker(1, false);
+    let job = c.open(ENTRY, ChunkSize::Fixed(8), true);
+    c.submit(job, 0, nums(8));
+    c.seal(job);
+    let chunk = c.next_chunk(1, &limits(), Instant::now()).unwrap();
+    answer(&mut c, 1, chunk.seq, 0, &[0, 1, 2, 3, 4]);
+    let death = Error::Exited { pid: 7, code: 3 };
+    assert_eq!(c.on_death(1, 7, death), 3);
+    let got = drain(&mut c, job);
+    assert_eq!(got.len(), 8);
+    for (i, r) in got {
+        match i {
+            0..=4 => assert_eq!(r.unwrap(), i as u64 * 10),
+            _ => assert_eq!(r.unwrap_err().exit_code(), Some(3)),
+        }
+    }
+    assert!(c.job_over(job));
+}
+
+#[test]
+fn with_retries_unanswered_calls_run_again_alone() {
+    let mut c = core(1);
+    c.add_worker(1, false);
+    let job = c.open(ENTRY, ChunkSize::Fixed(4), true);
+    c.submit(job, 0, nums(4));
+    c.seal(job);
+    let chunk = c.next_chunk(1, &limits(), Instant::now()).unwrap();
+    answer(&mut c, 1, chunk.seq, 0, &[0]);
+    c.on_death(1, 7, Error::PoolTerminated);
+    c.add_worker(2, false);
+    let mut retried = Vec::new();
+    while let Some(ch) = c.next_chunk(2, &limits(), Instant::now()) {
+        assert_eq!(ch.calls, 1, "a retried call runs alone");
+        let Data::Inline(bytes) = &ch.data else {
+            panic!("inline")
+        };
+        let (v, _): (u32, _) = postcard::take_from_bytes(bytes).unwrap();
+        retried.push(v);
+        answer(&mut c, 2, ch.seq, 0, &[v as usize]);
+    }
+    assert_eq!(retried, vec![1, 2, 3]);
+    // A second death of a retried call is answered, not retried again.
+    let job2 = c.open(ENTRY, ChunkSize::Fixed(1), true);
+    c.submit(job2, 0, nums(1));
+    c.seal(job2);
+    let _ = c.next_chunk(2, &limits(), Instant::now()).unwrap();
+    c.on_death(2, 8, Error::Exited { pid: 8, code: 1 });
+    c.add_worker(3, false);
+    let again = c.next_chunk(3, &limits(), Instant::now()).unwrap();
+    c.on_death(3, 9, Error::Exited { pid: 9, code: 2 });
+    let _ = again;
+    let got = drain(&mut c, job2);
+    assert_eq!(got[0].1.as_ref().unwrap_err().exit_code(), Some(2));
+    assert_eq!(drain(&mut c, job).len(), 4);
+}
+
+#[test]
+fn an_argument_over_the_limit_fails_alone_and_a_full_chunk_ends_early() {
+    struct Blobs(VecDeque<serde_bytes::ByteBuf>);
+    impl Source for Blobs {
+        fn encode_first(
+            &mut self,
+            _: usize,
+            buf: &mut ValueBuf,
+            fds: &mut Vec<OwnedFd>,
+        ) -> Option<Result<()>> {
+            let v = self.0.front()?;
+            Some(crate::wire::encode_value(v, buf, fds, &|| "call".into()))
+        }
+        fn pop(&mut self) {
+            self.0.pop_front();
+        }
+        fn len(&self) -> usize {
+            self.0.len()
+        }
+    }
+    let sizes = [100usize, 2000, 600, 600];
+    let blobs = sizes
+        .iter()
+        .map(|&n| serde_bytes::ByteBuf::from(vec![1u8; n]));
+    let mut c = core(0);
+    c.add_worker(1, false);
+    let job = c.open(ENTRY, ChunkSize::Fixed(10), true);
+    c.submit(job, 0, Box::new(Blobs(blobs.collect())));
+    c.seal(job);
+    let small = Limits {
+        max_value: 1024,
+        ..limits()
+    };
+    // Call 1 does not fit beside call 0: the chunk ends before it.
+    let first = c.next_chunk(1, &small, Instant::now()).unwrap();
+    assert_eq!(first.calls, 1);
+    answer(&mut c, 1, first.seq, 0, &[0]);
+    // Alone it is still over the limit: answered, for that call only; call 3 does not
+    // fit beside call 2.
+    let second = c.next_chunk(1, &small, Instant::now()).unwrap();
+    assert_eq!(second.calls, 1);
+    let got = drain(&mut c, job);
+    assert!(
+        matches!(got[1], (1, Err(Error::FrameTooLarge { .. }))),
+        "{:?}",
+        got[1].1
+    );
+    answer(&mut c, 1, second.seq, 0, &[2]);
+    let third = c.next_chunk(1, &small, Instant::now()).unwrap();
+    assert_eq!(third.calls, 1);
+}
+
+#[test]
+fn a_deadline_marks_the_worker_and_its_death_answers_timeout() {
+    let mut c = Core::new(Config {
+        workers: 1,
+        retries: 3,
+        task_timeout: Some(Duration::from_millis(10)),
+        max_tasks_per_child: None,
+    });
+    c.add_worker(1, false);
+    let job = c.open(ENTRY, ChunkSize::Auto, true);
+    c.submit(job, 0, nums(2));
+    c.seal(job);
+    let t0 = Instant::now();
+    let chunk = c.next_chunk(1, &limits(), t0).unwrap();
+    assert_eq!(chunk.calls, 1);
+    assert!(
+        c.next_chunk(1, &limits(), t0).is_none(),
+        "no pipelining under a timeout"
+    );
+    assert_eq!(c.next_deadline(), Some(t0 + Duration::from_millis(10)));
+    assert!(c.expired(t0).is_empty());
+    assert_eq!(c.expired(t0 + Duration::from_millis(11)), vec![1]);
+    c.on_death(1, 5, Error::PoolTerminated);
+    let got = drain(&mut c, job);
+    assert!(got[0].1.as_ref().unwrap_err().is_timeout());
+}
+
+#[test]
+fn a_broken_pool_answers_pending_and_future_calls() {
+    let mut c = core(0);
+    let job = c.open(ENTRY, ChunkSize::Auto, true);
+    c.submit(job, 0, nums(3));
+    c.break_pool(Error::Initializer {
+        message: "no".into(),
+    });
+    c.submit(job, 3, nums(2));
+    c.seal(job);
+    let got = drain(&mut c, job);
+    assert_eq!(got.len(), 5);
+    assert!(
+        got.iter()
+            .all(|(_, r)| matches!(r, Err(Error::Initializer { .. })))
+    );
+    assert!(c.job_over(job));
+}
+
+#[test]
+fn answers_that_do_not_fit_are_refused() {
+    let mut c = core(0);
+    c.add_worker(1, false);
+    let job = c.open(ENTRY, ChunkSize::Fixed(2), true);
+    c.submit(job, 0, nums(2));
+    let chunk = c.next_chunk(1, &limits(), Instant::now()).unwrap();
+    let bad = |c: &mut Core, seq, first, n| {
+        c.on_done(
+            1,
+            7,
+            seq,
+            first,
+            n,
+            Vec::new(),
+            0,
+            Received::Inline(Vec::new(), 0),
+            Vec::new(),
+        )
+    };
+    assert!(bad(&mut c, chunk.seq + 1, 0, 1).is_err());
+    assert!(bad(&mut c, chunk.seq, 1, 1).is_err());
+    assert!(bad(&mut c, chunk.seq, 0, 3).is_err());
+    // A malformed value decodes to errors, not a panic.
+    c.on_done(
+        1,
+        7,
+        chunk.seq,
+        0,
+        2,
+        Vec::new(),
+        0,
+        Received::Inline(vec![0xff], 0),
+        Vec::new(),
+    )
+    .unwrap();
+    let got = drain(&mut c, job);
+    assert!(got.iter().all(|(_, r)| r.is_err()));
+}

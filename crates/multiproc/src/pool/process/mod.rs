@@ -1,0 +1,367 @@
+//! The local process pool: [`Pool`] and its builder, over the pool core, with the
+//! event loop in `driver` and each worker's parent-side state in `proc`.
+
+mod driver;
+mod proc;
+
+use std::collections::VecDeque;
+use std::marker::PhantomData;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::ChunkSize;
+use super::api::sealed::{Backend, ResultSource, Results, Step};
+use super::api::{self, Arg, Ret, TaskPool};
+use super::core::jobs::Source;
+use super::core::{Config as CoreConfig, Core, decode_answers};
+use super::progress::Progress;
+use crate::error::{Error, Result};
+use crate::start::StartMethod;
+use crate::task;
+use crate::wire;
+use crate::wire::message::TaskRef;
+use crate::wire::values::ValueBuf;
+use driver::{Polled, Settings, Shared};
+
+/// A pool of worker processes.
+///
+/// ```
+/// use multiproc::prelude::*;
+///
+/// fn work((start, end): (u64, u64)) -> u64 { (start..end).sum() }
+///
+/// # fn main() -> multiproc::Result<()> {
+/// multiproc::init();
+/// let pool = Pool::new(2)?;
+/// let sums = pool.map(work, [(0, 1000), (1000, 2000)])?;
+/// assert_eq!(sums.iter().sum::<u64>(), 1_999_000);
+/// # Ok(()) }
+/// ```
+///
+/// Dropping a pool closes it, waits for the work already submitted, and lets its
+/// workers exit; [`terminate`](TaskPool::terminate) stops at once.
+pub struct Pool {
+    shared: Arc<Shared>,
+    background: Mutex<Option<JoinHandle<()>>>,
+    closed: AtomicBool,
+    processes: usize,
+    chunk: ChunkSize,
+    progress: Progress,
+}
+
+/// Options for a [`Pool`].
+///
+/// ```
+/// use std::time::Duration;
+/// use multiproc::prelude::*;
+///
+/// fn setup(greeting: String) { let _ = greeting; }
+///
+/// # fn main() -> multiproc::Result<()> {
+/// let pool = Pool::builder()
+///     .processes(2)
+///     .start_method(StartMethod::ForkServer)
+///     .initializer(setup, "hello".to_string())
+///     .max_tasks_per_child(1000)
+///     .task_timeout(Duration::from_secs(60))
+///     .retries(1)
+///     .chunk_size(ChunkSize::Auto)
+///     .build()?;
+/// # drop(pool);
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Default)]
+pub struct PoolBuilder {
+    processes: Option<usize>,
+    method: Option<StartMethod>,
+    initializer: Option<(TaskRef, Vec<u8>)>,
+    init_error: Option<String>,
+    max_tasks_per_child: Option<usize>,
+    task_timeout: Option<Duration>,
+    retries: u32,
+    chunk: ChunkSize,
+    progress: Progress,
+}
+
+impl PoolBuilder {
+    /// Number of worker processes; default [`cpu_count`](crate::cpu_count).
+    pub fn processes(mut self, n: usize) -> Self {
+        self.processes = Some(n.max(1));
+        self
+    }
+
+    /// How workers are started; default [`get_start_method`](crate::get_start_method).
+    pub fn start_method(mut self, method: StartMethod) -> Self {
+        self.method = Some(method);
+        self
+    }
+
+    /// Runs `f(args)` once in each worker before its first call (to open a
+    /// connection, load a model...). A worker whose initializer fails is replaced; if
+    /// it fails in 3 workers in a row and never succeeded, the pool's calls answer
+    /// [`Error::Initializer`].
+    pub fn initializer<A: Serialize + DeserializeOwned>(mut self, f: fn(A), args: A) -> Self {
+        match wire::encode(&args) {
+            Ok(bytes) => self.initializer = Some((task::task_ref(f), bytes)),
+            Err(e) => self.init_error = Some(e.to_string()),
+        }
+        self
+    }
+
+    /// Replaces a worker after it has run this many calls (to bound leaks).
+    pub fn max_tasks_per_child(mut self, n: usize) -> Self {
+        self.max_tasks_per_child = Some(n.max(1));
+        self
+    }
+
+    /// Kills and replaces a worker whose call runs longer than this; the call answers
+    /// [`Error::Timeout`].
+    pub fn task_timeout(mut self, timeout: Duration) -> Self {
+        self.task_timeout = Some(timeout);
+        self
+    }
+
+    /// How many times a call whose worker died is run again (alone, on a new worker)
+    /// before its error is returned. Default 0. Panics and timeouts are not retried.
+    pub fn retries(mut self, n: u32) -> Self {
+        self.retries = n;
+        self
+    }
+
+    /// Chunk size policy; default [`ChunkSize::Auto`].
+    pub fn chunk_size(mut self, chunk: ChunkSize) -> Self {
+        self.chunk = chunk;
+        self
+    }
+
+    /// Progress reporting for `map`, `map_results` and `imap`.
+    pub fn progress(mut self, progress: Progress) -> Self {
+        self.progress = progress;
+        self
+    }
+
+    /// Starts the pool and its workers.
+    pub fn build(self) -> Result<Pool> {
+        if let Some(reason) = self.init_error {
+            return Err(Error::Encode {
+                type_name: "initializer argument".into(),
+                reason,
+            });
+        }
+        let processes = self.processes.unwrap_or_else(crate::cpu_count);
+        let core = Core::new(CoreConfig {
+            workers: processes,
+            retries: self.retries,
+            task_timeout: self.task_timeout,
+            max_tasks_per_child: self.max_tasks_per_child,
+        });
+        let settings = Settings {
+            processes,
+            method: self.method.unwrap_or_else(crate::get_start_method),
+            initializer: self.initializer,
+        };
+        let shared = Arc::new(Shared::new(core, settings)?);
+        let bg = shared.clone();
+        let background = std::thread::Builder::new()
+            .name("multiproc-pool".into())
+            .spawn(move || bg.background())
+            .map_err(|e| Error::io("starting the pool's background thread", e))?;
+        Ok(Pool {
+            shared,
+            background: Mutex::new(Some(background)),
+            closed: AtomicBool::new(false),
+            processes,
+            chunk: self.chunk,
+            progress: self.progress,
+        })
+    }
+}
+
+impl Pool {
+    /// A pool of `processes` workers with default options.
+    pub fn new(processes: usize) -> Result<Pool> {
+        Pool::builder().processes(processes).build()
+    }
+
+    /// A [`PoolBuilder`].
+    pub fn builder() -> PoolBuilder {
+        PoolBuilder::default()
+    }
+
+    /// Number of worker processes.
+    pub fn processes(&self) -> usize {
+        self.processes
+    }
+
+    fn stop_background(&self) {
+        self.shared.lock().stop_background = true;
+        self.shared.notify_background();
+        let handle = self
+            .background
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+    }
+}
+
+/// A job's arguments, typed until a chunk takes them.
+struct Items<A>(VecDeque<A>);
+
+impl<A: Arg> Source for Items<A> {
+    fn encode_first(
+        &mut self,
+        index: usize,
+        buf: &mut ValueBuf,
+        fds: &mut Vec<OwnedFd>,
+    ) -> Option<Result<()>> {
+        let item = self.0.front()?;
+        Some(wire::encode_value(item, buf, fds, &|| {
+            format!("the argument of call {index}")
+        }))
+    }
+
+    fn pop(&mut self) {
+        self.0.pop_front();
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
+/// A job's results, read by the thread that waits for them (which drives the pool
+/// meanwhile, see `driver`).
+struct PoolResults<R> {
+    shared: Arc<Shared>,
+    job: u64,
+    _r: PhantomData<fn() -> R>,
+}
+
+impl<R: Ret> ResultSource<R> for PoolResults<R> {
+    fn recv(&mut self, deadline: Option<Instant>) -> Step<R> {
+        let job = self.job;
+        let polled = self.shared.drive(deadline, |st| {
+            if let Some(a) = st.core.take_answers(job) {
+                Some(Polled::Got(a))
+            } else if st.core.job_over(job) {
+                Some(Polled::Ended)
+            } else {
+                None
+            }
+        });
+        match polled {
+            None => Step::Empty,
+            Some(Polled::Got(a)) => Step::Got(decode_answers::<R>(a)),
+            Some(Polled::Ended) => Step::Ended,
+        }
+    }
+}
+
+impl Backend for Pool {
+    fn open<A: Arg, R: Ret>(
+        &self,
+        f: fn(A) -> R,
+        chunk: ChunkSize,
+        caller_driven: bool,
+    ) -> Result<(u64, Results<R>)> {
+        let mut st = self.shared.lock();
+        if self.closed.load(Ordering::Acquire) || st.closed {
+            return Err(Error::PoolClosed);
+        }
+        let job = st.core.open(task::task_ref(f), chunk, caller_driven);
+        drop(st);
+        let results = PoolResults {
+            shared: self.shared.clone(),
+            job,
+            _r: PhantomData,
+        };
+        Ok((job, Results(Box::new(results))))
+    }
+
+    fn submit<A: Arg, R: Ret>(
+        &self,
+        job: u64,
+        _f: fn(A) -> R,
+        first: usize,
+        items: Vec<A>,
+    ) -> Result<()> {
+        let mut st = self.shared.lock();
+        let caller_driven = st.core.caller_driven(job);
+        st.core
+            .submit(job, first, Box::new(Items(VecDeque::from(items))));
+        self.shared.notify(&st, caller_driven);
+        Ok(())
+    }
+
+    fn seal(&self, job: u64) {
+        self.shared.lock().core.seal(job);
+    }
+
+    fn cancel(&self, job: u64) {
+        self.shared.lock().core.cancel(job);
+    }
+
+    fn parallelism(&self) -> usize {
+        self.processes
+    }
+
+    fn progress(&self) -> &Progress {
+        &self.progress
+    }
+
+    fn chunk_size(&self) -> ChunkSize {
+        self.chunk
+    }
+}
+
+impl TaskPool for Pool {
+    fn close(&self) {
+        if !self.closed.swap(true, Ordering::AcqRel) {
+            self.shared.lock().closed = true;
+        }
+    }
+
+    fn terminate(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.shared.terminate();
+        self.stop_background();
+    }
+
+    fn join(&self) -> Result<()> {
+        if !self.closed.load(Ordering::Acquire) {
+            return Err(Error::PoolNotClosed);
+        }
+        self.shared.finish();
+        self.stop_background();
+        Ok(())
+    }
+}
+
+api::inherent_task_pool_methods!(Pool);
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.close();
+        self.shared.finish();
+        self.stop_background();
+    }
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("processes", &self.processes)
+            .field("chunk", &self.chunk)
+            .field("closed", &self.closed.load(Ordering::Relaxed))
+            .finish()
+    }
+}

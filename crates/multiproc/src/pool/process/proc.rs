@@ -1,0 +1,183 @@
+//! One worker process of a pool, as the pool sees it from the parent's side: its pid,
+//! pidfd and socket, frames waiting to be written, frames read ahead.
+
+use std::collections::VecDeque;
+use std::io::IoSlice;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+
+use nix::errno::Errno;
+use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+use serde_bytes::ByteBuf;
+
+use crate::error::{Error, ExitStatus, Result};
+use crate::start::{self, StartMethod};
+use crate::sys;
+use crate::task;
+use crate::wire::message::{self, PROTOCOL_VERSION, Request};
+use crate::wire::{self, FrameReader};
+
+/// A frame not yet fully written: its parts, the descriptors that go with its first
+/// byte, and how much of it the socket took.
+struct Outgoing {
+    head: Vec<u8>,
+    data: Vec<u8>,
+    fds: Vec<OwnedFd>,
+    written: usize,
+}
+
+pub(crate) struct Proc {
+    pub(crate) pid: u32,
+    pub(crate) pidfd: OwnedFd,
+    pub(crate) sock: Option<OwnedFd>,
+    pub(crate) reader: FrameReader,
+    outbox: VecDeque<Outgoing>,
+    /// Told to exit; takes no more work.
+    pub(crate) retiring: bool,
+    /// Running the pool's initializer (its answer is chunk 0).
+    pub(crate) initializing: bool,
+    reaped: bool,
+}
+
+impl Proc {
+    /// Starts a worker and queues its hello.
+    pub(crate) fn launch(method: StartMethod, name: String) -> Result<Proc> {
+        let launched = start::launch(method, None)?;
+        let max = wire::max_frame_size();
+        let mut proc = Proc {
+            pid: launched.pid,
+            pidfd: launched.pidfd,
+            sock: Some(launched.sock),
+            reader: FrameReader::new(crate::worker::frame_limit(max)),
+            outbox: VecDeque::new(),
+            retiring: false,
+            initializing: false,
+            reaped: false,
+        };
+        let hello = Request::Hello {
+            version: PROTOCOL_VERSION,
+            build_id: ByteBuf::from(task::build_id().to_vec()),
+            name,
+            max_frame: max as u64,
+        };
+        proc.queue(&hello, Vec::new(), Vec::new())?;
+        Ok(proc)
+    }
+
+    /// Queues a frame: `envelope`, then `data`, with `fds`.
+    pub(crate) fn queue(
+        &mut self,
+        envelope: &Request,
+        data: Vec<u8>,
+        fds: Vec<OwnedFd>,
+    ) -> Result<()> {
+        let mut head = Vec::new();
+        message::frame_head(envelope, data.len(), &mut head)?;
+        self.outbox.push_back(Outgoing {
+            head,
+            data,
+            fds,
+            written: 0,
+        });
+        Ok(())
+    }
+
+    /// Whether frames wait to be written.
+    pub(crate) fn has_output(&self) -> bool {
+        !self.outbox.is_empty()
+    }
+
+    /// Writes queued frames until the socket is full. Frames without descriptors go
+    /// out together in one `sendmsg`. Errors are the socket's own (`EPIPE` when the
+    /// worker died: its pidfd says how).
+    pub(crate) fn write(&mut self) -> std::io::Result<()> {
+        let Some(sock) = self.sock.as_ref() else {
+            self.outbox.clear();
+            return Ok(());
+        };
+        let fd = sock.as_raw_fd();
+        while let Some(front) = self.outbox.front() {
+            // The first frame, with its descriptors, and the frames after it that
+            // have none.
+            let mut parts: Vec<IoSlice<'_>> = Vec::new();
+            let mut skip = front.written;
+            for (k, o) in self.outbox.iter().enumerate() {
+                if k > 0 && (!o.fds.is_empty() || parts.len() >= 64) {
+                    break;
+                }
+                for part in [&o.head[..], &o.data[..]] {
+                    if skip >= part.len() {
+                        skip -= part.len();
+                    } else if !part.is_empty() {
+                        parts.push(IoSlice::new(&part[skip..]));
+                        skip = 0;
+                    }
+                }
+            }
+            let raw: Vec<i32> = front.fds.iter().map(|f| f.as_raw_fd()).collect();
+            let rights = [ControlMessage::ScmRights(&raw)];
+            let cmsgs: &[ControlMessage<'_>] = if front.written == 0 && !raw.is_empty() {
+                &rights
+            } else {
+                &[]
+            };
+            let flags = MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT;
+            let mut n = match sendmsg::<()>(fd, &parts, cmsgs, flags, None) {
+                Ok(n) => n,
+                Err(Errno::EINTR) => continue,
+                Err(Errno::EAGAIN) => return Ok(()),
+                Err(e) => return Err(e.into()),
+            };
+            while n > 0 {
+                let Some(o) = self.outbox.front_mut() else {
+                    break;
+                };
+                let left = o.head.len() + o.data.len() - o.written;
+                if n >= left {
+                    n -= left;
+                    self.outbox.pop_front();
+                } else {
+                    o.written += n;
+                    if !o.fds.is_empty() {
+                        // Sent with the first byte: never again.
+                        o.fds.clear();
+                    }
+                    n = 0;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Asks the worker to finish and exit.
+    pub(crate) fn retire(&mut self) {
+        self.retiring = true;
+        let _ = self.queue(&Request::Exit, Vec::new(), Vec::new());
+        let _ = self.write();
+    }
+
+    pub(crate) fn kill(&self) {
+        let _ = sys::proc::pidfd_signal(self.pidfd.as_fd(), crate::Signal::KILL);
+    }
+
+    /// Reaps the worker (its pidfd was readable, or it was killed).
+    pub(crate) fn reap(&mut self) -> Option<ExitStatus> {
+        self.reaped = true;
+        sys::proc::wait_pidfd(&self.pidfd, true).ok().flatten()
+    }
+
+    /// The error for calls this worker held when it died.
+    pub(crate) fn death(&mut self) -> Error {
+        let status = self.reap();
+        task::death_error(status, self.pid)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        // A worker leaves the pool reaped; this covers early exits.
+        if !self.reaped {
+            self.kill();
+            let _ = sys::proc::wait_pidfd(&self.pidfd, true);
+        }
+    }
+}

@@ -1,0 +1,335 @@
+//! The worker loop: what a child process (and any other worker) does with the frames
+//! its parent sends. One loop over a small [`Link`] (frames in, frames out): answer
+//! the hello or refuse it, run each chunk, answer it, exit on `Exit` or end of stream.
+//!
+//! A chunk is answered in pieces as its calls finish (every [`FLUSH_AFTER`] at most),
+//! so a worker that dies in the middle of a long chunk has already delivered the
+//! answers of the calls before; and a result that would take a reply over the frame
+//! limit (or over the descriptors one message may carry) first sends the answers
+//! gathered so far, so only a result too large on its own fails.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use serde_bytes::ByteBuf;
+
+use crate::child::{self, EXIT_PROTOCOL, EXIT_REFUSED, Origin};
+use crate::error::Result;
+use crate::task::Invocation;
+use crate::wire::message::{self, Failure, PROTOCOL_VERSION, Refusal, Reply, Request, TaskRef};
+use crate::wire::values::{Data, Received, ValueBuf, map_sealed};
+use crate::wire::{FrameReader, Next, fds, send_all, wait_readable};
+
+/// A worker sends the answers of a running chunk at least this often.
+pub(crate) const FLUSH_AFTER: Duration = Duration::from_millis(10);
+
+/// Room in a frame for its envelope beside the data (failure messages, counts).
+pub(crate) const ENVELOPE_ROOM: usize = 1 << 20;
+
+/// The largest frame that carries values of up to `max_value` bytes.
+pub(crate) fn frame_limit(max_value: usize) -> usize {
+    max_value.saturating_add(ENVELOPE_ROOM)
+}
+
+/// Frames in, frames out: what the worker loop needs of a transport.
+pub(crate) trait Link {
+    /// The next frame's body; `None` at end of stream.
+    fn recv(&mut self) -> Result<Option<Vec<u8>>>;
+    /// The next `n` descriptors that arrived (the frame just received names them).
+    fn take_fds(&mut self, n: usize) -> Result<Vec<OwnedFd>>;
+    /// Sends a frame: `head` (header and envelope), then `data`, with `fds`.
+    fn send(&mut self, head: &[u8], data: &[u8], fds: &[OwnedFd]) -> Result<()>;
+    /// Sends what `send` gathered.
+    fn flush(&mut self) -> Result<()>;
+    /// Descriptors one frame may carry (0: none cross this link).
+    fn max_fds(&self) -> usize;
+    /// The frame limit changed (the hello, or a chunk, said so).
+    fn set_max_frame(&mut self, max: usize);
+    /// Where the panic hook reports a panic under `panic = "abort"`.
+    fn abort_channel(&self) -> Option<Rc<OwnedFd>>;
+}
+
+/// A worker's end of a Unix stream socket to its parent.
+pub(crate) struct SocketLink {
+    sock: Rc<OwnedFd>,
+    reader: FrameReader,
+    /// Small frames gathered while more requests wait in `reader`, sent in one write.
+    out: Vec<u8>,
+}
+
+/// Frames gathered before a write, at most.
+const GATHER: usize = 64 << 10;
+
+impl SocketLink {
+    pub(crate) fn new(sock: OwnedFd) -> Self {
+        SocketLink {
+            sock: Rc::new(sock),
+            reader: FrameReader::new(frame_limit(crate::wire::max_frame_size())),
+            out: Vec::new(),
+        }
+    }
+}
+
+impl Link for SocketLink {
+    fn recv(&mut self) -> Result<Option<Vec<u8>>> {
+        loop {
+            match self.reader.next(self.sock.as_fd())? {
+                Next::Frame(body) => return Ok(Some(body)),
+                Next::Closed => return Ok(None),
+                Next::Empty => {
+                    // About to wait: whatever was gathered goes now.
+                    self.flush()?;
+                    wait_readable(self.sock.as_fd(), None)
+                        .map_err(|e| crate::Error::io("waiting for work", e))?;
+                }
+            }
+        }
+    }
+
+    fn take_fds(&mut self, n: usize) -> Result<Vec<OwnedFd>> {
+        self.reader.take_fds(n)
+    }
+
+    fn send(&mut self, head: &[u8], data: &[u8], fds: &[OwnedFd]) -> Result<()> {
+        if fds.is_empty() && self.out.len() + head.len() + data.len() <= GATHER {
+            self.out.extend_from_slice(head);
+            self.out.extend_from_slice(data);
+            if !self.reader.has_buffered() {
+                self.flush()?;
+            }
+            return Ok(());
+        }
+        self.flush()?;
+        send_all(self.sock.as_fd(), &[head, data], fds)
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let r = send_all(self.sock.as_fd(), &[&self.out], &[]);
+        self.out.clear();
+        r
+    }
+
+    fn max_fds(&self) -> usize {
+        fds::MAX_FDS_PER_FRAME
+    }
+
+    fn set_max_frame(&mut self, max: usize) {
+        self.reader.set_max(frame_limit(max));
+    }
+
+    fn abort_channel(&self) -> Option<Rc<OwnedFd>> {
+        Some(self.sock.clone())
+    }
+}
+
+/// Serves the parent on `link` until it says `Exit` or goes away; returns the exit
+/// code the process should end with.
+pub(crate) fn serve(link: &mut impl Link, origin: Origin) -> i32 {
+    let mut greeted = false;
+    let mut head = Vec::new();
+    loop {
+        let body = match link.recv() {
+            Ok(Some(b)) => b,
+            Ok(None) => return 0,
+            Err(_) => return EXIT_PROTOCOL,
+        };
+        let Ok((request, data_start)) = message::open_frame::<Request>(&body) else {
+            return EXIT_PROTOCOL;
+        };
+        match request {
+            Request::Hello {
+                version,
+                build_id,
+                name,
+                max_frame,
+            } => {
+                let refusal = if version != PROTOCOL_VERSION {
+                    Some(Refusal::Version {
+                        child: PROTOCOL_VERSION,
+                    })
+                } else if origin == Origin::Execd && build_id.as_slice() != crate::task::build_id()
+                {
+                    Some(Refusal::Build {
+                        child: ByteBuf::from(crate::task::build_id().to_vec()),
+                    })
+                } else {
+                    None
+                };
+                if let Some(reason) = refusal {
+                    let _ = message::frame_head(&Reply::Refused { reason }, 0, &mut head)
+                        .and_then(|()| link.send(&head, &[], &[]))
+                        .and_then(|()| link.flush());
+                    return EXIT_REFUSED;
+                }
+                child::set_name(name);
+                let max = usize::try_from(max_frame).unwrap_or(usize::MAX);
+                crate::wire::set_max_frame_size(max);
+                link.set_max_frame(max);
+                greeted = true;
+            }
+            Request::Run {
+                seq,
+                entry,
+                calls,
+                max_value,
+                fds,
+                shared,
+            } => {
+                if !greeted {
+                    return EXIT_PROTOCOL;
+                }
+                let max_value = usize::try_from(max_value).unwrap_or(usize::MAX);
+                if max_value != crate::wire::max_frame_size() {
+                    crate::wire::set_max_frame_size(max_value);
+                    link.set_max_frame(max_value);
+                }
+                let Ok(mut fds) = link.take_fds(fds as usize) else {
+                    return EXIT_PROTOCOL;
+                };
+                let data = if shared {
+                    if fds.is_empty() {
+                        return EXIT_PROTOCOL;
+                    }
+                    let file = fds.remove(0);
+                    match map_sealed(&file, max_value, "a chunk's arguments") {
+                        Ok(map) => Received::Shared(map),
+                        Err(_) => return EXIT_PROTOCOL,
+                    }
+                } else {
+                    Received::Inline(body, data_start)
+                };
+                let chunk = ChunkRun {
+                    seq,
+                    entry,
+                    calls,
+                    max_value,
+                };
+                if chunk.run(link, &data, fds).is_err() {
+                    // The parent is gone (or its socket is): nothing left to serve.
+                    return 0;
+                }
+            }
+            Request::Exit => {
+                let _ = link.flush();
+                return 0;
+            }
+        }
+    }
+}
+
+struct ChunkRun {
+    seq: u64,
+    entry: TaskRef,
+    calls: u32,
+    max_value: usize,
+}
+
+/// The answers of a chunk not yet sent.
+struct Pending {
+    first: u32,
+    failures: Vec<(u32, Failure)>,
+    since: Instant,
+}
+
+impl ChunkRun {
+    fn run(&self, link: &mut impl Link, data: &Received, value_fds: Vec<OwnedFd>) -> Result<()> {
+        let max_fds = link.max_fds();
+        let may_spill = max_fds > 0;
+        let abort = link.abort_channel();
+        let mut out = ValueBuf::new(self.max_value, may_spill);
+        let mut out_fds: Vec<OwnedFd> = Vec::new();
+        let mut pending = Pending {
+            first: 0,
+            failures: Vec::new(),
+            since: Instant::now(),
+        };
+        let mut input = data.bytes();
+        let mut sent = Ok(());
+        fds::provide(value_fds, || {
+            for i in 0..self.calls {
+                child::set_current(abort.clone(), self.seq, i);
+                let mut flush = |out: &mut ValueBuf, out_fds: &mut Vec<OwnedFd>| {
+                    let r = self.send(link, &mut pending, i, out, out_fds, may_spill);
+                    r.is_ok()
+                };
+                let mut inv = Invocation {
+                    input,
+                    out: &mut out,
+                    out_fds: &mut out_fds,
+                    max_fds,
+                    flush: &mut flush,
+                    outcome: Ok(()),
+                };
+                let entry = self.entry;
+                let ran = catch_unwind(AssertUnwindSafe(|| {
+                    crate::sys::image::call(entry.trampoline, entry.function, &mut inv)
+                }));
+                input = inv.input;
+                let outcome = match ran {
+                    Ok(true) => inv.outcome,
+                    Ok(false) => Err(Failure::BadEntry),
+                    Err(payload) => Err(child::take_panic(&*payload)),
+                };
+                child::clear_current();
+                if let Err(f) = outcome {
+                    pending.failures.push((i, f));
+                }
+                let last = i + 1 == self.calls;
+                let check_time = self.calls < 64 || i % 64 == 63;
+                if last || (check_time && pending.since.elapsed() >= FLUSH_AFTER) {
+                    sent = self.send(link, &mut pending, i + 1, &mut out, &mut out_fds, may_spill);
+                    if sent.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        sent
+    }
+
+    /// Sends the answers of calls `pending.first .. upto`.
+    fn send(
+        &self,
+        link: &mut impl Link,
+        pending: &mut Pending,
+        upto: u32,
+        out: &mut ValueBuf,
+        out_fds: &mut Vec<OwnedFd>,
+        may_spill: bool,
+    ) -> Result<()> {
+        if upto <= pending.first {
+            return Ok(());
+        }
+        let full = std::mem::replace(out, ValueBuf::new(self.max_value, may_spill));
+        let data = full.finish()?;
+        let mut fds = std::mem::take(out_fds);
+        let (inline, shared) = match data {
+            Data::Inline(v) => (v, false),
+            Data::Shared(file) => {
+                fds.insert(0, file);
+                (Vec::new(), true)
+            }
+        };
+        let nanos = pending.since.elapsed().as_nanos().min(u64::MAX as u128) as u64;
+        let reply = Reply::Done {
+            seq: self.seq,
+            first: pending.first,
+            answered: upto - pending.first,
+            failures: std::mem::take(&mut pending.failures),
+            nanos,
+            fds: fds.len() as u32,
+            shared,
+        };
+        let mut head = Vec::new();
+        message::frame_head(&reply, inline.len(), &mut head)?;
+        link.send(&head, &inline, &fds)?;
+        pending.first = upto;
+        pending.since = Instant::now();
+        Ok(())
+    }
+}
