@@ -25,8 +25,8 @@ enum Command {
     /// Sum 0..N once per worker, sequentially, in processes and in threads, and compare
     /// (the experiment of a popular Python multiprocessing tutorial, done right).
     Demo(demo::DemoArgs),
-    /// Measure process start+join latency per start method against raw fork, a pipe and
-    /// thread floors, side by side in the same run.
+    /// Measure multiproc against raw-syscall floors, threads and CPython's
+    /// multiprocessing, side by side in the same run.
     Bench(bench::BenchArgs),
 }
 

@@ -122,6 +122,17 @@ fn bench_json_has_a_row_per_start_method() {
 }
 
 #[test]
+fn bench_rejects_an_unknown_workload() {
+    let out = multiproc(&["bench", "--only", "no such thing"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no such thing") && err.contains("tiny tasks"),
+        "{err}"
+    );
+}
+
+#[test]
 fn demo_pool_mode_gets_the_right_total() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_multiproc"))
         .args(["demo", "--n", "1000000", "--repeat", "1", "--pool"])
