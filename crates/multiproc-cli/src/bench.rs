@@ -8,6 +8,7 @@
 //! job (see [`python`]). To add a workload, write a module that implements [`Workload`]
 //! and list it in [`workloads`].
 
+mod apply;
 mod ipc;
 mod latency;
 mod pool;
@@ -39,7 +40,8 @@ pub struct BenchArgs {
     json: bool,
 
     /// Run only the workloads with these names (repeatable): "start+join",
-    /// "tiny tasks", "tutorial job", "bandwidth", "round trip", "256 MiB hand-off".
+    /// "tiny tasks", "tutorial job", "apply round trip", "bandwidth", "round trip",
+    /// "256 MiB hand-off".
     #[arg(long = "only", value_name = "WORKLOAD")]
     only: Vec<String>,
 }
@@ -135,6 +137,12 @@ pub fn at_most(what: &str, value: f64, max: f64) -> String {
     format!("{what}: {value:.2}x (target ≤ {max}x): {verdict}")
 }
 
+/// "`what`: 25.1x (target ≥ 20x): met", for a value that must reach at least `min`.
+pub fn at_least(what: &str, value: f64, min: f64) -> String {
+    let verdict = if value >= min { "met" } else { "MISSED" };
+    format!("{what}: {value:.2}x (target ≥ {min}x): {verdict}")
+}
+
 /// "12.3x faster" or "1.52x slower", for a speed-up (the other's time over this one's).
 pub fn faster_or_slower(speedup: f64) -> String {
     if speedup >= 1.0 {
@@ -155,12 +163,24 @@ pub fn versus_python(row: &Row) -> Option<String> {
     ))
 }
 
+/// How many times faster than its Python case `row` was, against a target.
+pub fn faster_than_python(row: &Row, min: f64) -> Option<String> {
+    let speedup = row.speedup_vs_python?;
+    let python = row.python_case.as_deref()?;
+    Some(at_least(
+        &format!("{}, times faster than {python}", row.name),
+        speedup,
+        min,
+    ))
+}
+
 /// Every workload `multiproc bench` runs, in order.
 fn workloads() -> Vec<Box<dyn Workload>> {
     vec![
         Box::new(latency::StartJoin),
         Box::new(pool::TinyTasks),
         Box::new(pool::TutorialJob),
+        Box::new(apply::ApplyRoundTrip),
         Box::new(ipc::Bandwidth),
         Box::new(ipc::RoundTrip),
         Box::new(ipc::Handoff),

@@ -216,7 +216,12 @@ pub fn raw_pipe_round_trips(count: usize) -> io::Result<std::time::Duration> {
     let t = std::time::Instant::now();
     let result = (0..count).try_for_each(|i| {
         write_all(to_wr, &(i as u64).to_le_bytes())?;
-        read_exact(back_rd, &mut b)
+        read_exact(back_rd, &mut b)?;
+        if u64::from_le_bytes(b) == i as u64 {
+            Ok(())
+        } else {
+            Err(io::Error::other("the raw child echoed the wrong bytes"))
+        }
     });
     let elapsed = t.elapsed();
     close(to_wr);

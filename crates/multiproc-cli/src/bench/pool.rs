@@ -17,6 +17,14 @@ pub fn double(x: u64) -> u64 {
     x.wrapping_mul(2)
 }
 
+/// A pool of `workers` whose workers are all running: a pool may start them lazily,
+/// and their start is not what the workloads measure.
+pub fn started_pool(workers: usize) -> multiproc::Result<Pool> {
+    let pool = Pool::new(workers)?;
+    pool.map(double, 0..4 * workers as u64)?;
+    Ok(pool)
+}
+
 const TINY: u64 = 200_000;
 pub const RAYON: &str = "rayon par_iter";
 const PY_AUTO: &str = "Python Pool.map, auto chunks";
