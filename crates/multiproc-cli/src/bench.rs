@@ -14,6 +14,7 @@ mod latency;
 mod pool;
 mod python;
 mod report;
+mod values;
 
 use std::error::Error;
 use std::process::ExitCode;
@@ -40,8 +41,8 @@ pub struct BenchArgs {
     json: bool,
 
     /// Run only the workloads with these names (repeatable): "start+join",
-    /// "tiny tasks", "tutorial job", "apply round trip", "bandwidth", "round trip",
-    /// "256 MiB hand-off".
+    /// "tiny tasks", "tutorial job", "apply round trip", "256 MiB values", "bandwidth",
+    /// "round trip", "256 MiB hand-off".
     #[arg(long = "only", value_name = "WORKLOAD")]
     only: Vec<String>,
 }
@@ -181,6 +182,7 @@ fn workloads() -> Vec<Box<dyn Workload>> {
         Box::new(pool::TinyTasks),
         Box::new(pool::TutorialJob),
         Box::new(apply::ApplyRoundTrip),
+        Box::new(values::LargeValues),
         Box::new(ipc::Bandwidth),
         Box::new(ipc::RoundTrip),
         Box::new(ipc::Handoff),
