@@ -15,6 +15,7 @@ mod pool;
 mod python;
 mod report;
 mod values;
+mod zlib;
 
 use std::error::Error;
 use std::process::ExitCode;
@@ -41,8 +42,8 @@ pub struct BenchArgs {
     json: bool,
 
     /// Run only the workloads with these names (repeatable): "start+join",
-    /// "tiny tasks", "tutorial job", "apply round trip", "256 MiB values", "bandwidth",
-    /// "round trip", "256 MiB hand-off".
+    /// "tiny tasks", "tutorial job", "apply round trip", "256 MiB values", "zlib",
+    /// "bandwidth", "round trip", "256 MiB hand-off".
     #[arg(long = "only", value_name = "WORKLOAD")]
     only: Vec<String>,
 }
@@ -183,6 +184,7 @@ fn workloads() -> Vec<Box<dyn Workload>> {
         Box::new(pool::TutorialJob),
         Box::new(apply::ApplyRoundTrip),
         Box::new(values::LargeValues),
+        Box::new(zlib::Zlib),
         Box::new(ipc::Bandwidth),
         Box::new(ipc::RoundTrip),
         Box::new(ipc::Handoff),
