@@ -11,6 +11,7 @@
 mod apply;
 mod ipc;
 mod latency;
+mod memory;
 mod pool;
 mod python;
 mod report;
@@ -43,10 +44,12 @@ pub struct BenchArgs {
 
     /// Run only the workloads with these names (repeatable): "start+join",
     /// "tiny tasks", "tutorial job", "apply round trip", "256 MiB values", "zlib",
-    /// "bandwidth", "round trip", "256 MiB hand-off".
+    /// "bandwidth", "round trip", "256 MiB hand-off", "map memory".
     #[arg(long = "only", value_name = "WORKLOAD")]
     only: Vec<String>,
 }
+
+pub use memory::{CHILD_COMMAND as MEMORY_CHILD_COMMAND, run_child as memory_child};
 
 /// Result of one timed repetition.
 pub type CaseResult = Result<Duration, Box<dyn Error>>;
@@ -231,6 +234,8 @@ pub struct Report {
     pub warmup: u64,
     pub cpus: usize,
     pub workloads: Vec<WorkloadReport>,
+    /// Peak memory of a large `Pool::map`, if the "map memory" workload ran.
+    pub memory: Option<memory::MemoryReport>,
 }
 
 pub fn run(args: &BenchArgs) -> Result<ExitCode, Box<dyn Error>> {
@@ -240,9 +245,11 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, Box<dyn Error>> {
         warmup: args.warmup,
         cpus: multiproc::cpu_count(),
         workloads: Vec::new(),
+        memory: None,
     };
     let workloads = workloads();
-    let names: Vec<&str> = workloads.iter().map(|w| w.name()).collect();
+    let mut names: Vec<&str> = workloads.iter().map(|w| w.name()).collect();
+    names.push(memory::NAME);
     if let Some(unknown) = args.only.iter().find(|o| !names.contains(&o.as_str())) {
         return Err(format!(
             "no workload named {unknown:?}; there are: {}",
@@ -260,6 +267,9 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, Box<dyn Error>> {
             None => (args.iters, args.warmup),
         };
         report.workloads.push(measure(&**w, iters, warmup)?);
+    }
+    if selected(memory::NAME) {
+        report.memory = Some(memory::measure()?);
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

@@ -28,6 +28,9 @@ enum Command {
     /// Measure multiproc against raw-syscall floors, threads and CPython's
     /// multiprocessing, side by side in the same run.
     Bench(bench::BenchArgs),
+    /// The "map memory" measurement, run by `bench` in a fresh process of its own.
+    #[command(name = bench::MEMORY_CHILD_COMMAND, hide = true)]
+    BenchRss,
 }
 
 fn main() -> ExitCode {
@@ -38,6 +41,7 @@ fn main() -> ExitCode {
     let outcome = match cli.command {
         Command::Demo(args) => demo::run(&args),
         Command::Bench(args) => bench::run(&args),
+        Command::BenchRss => bench::memory_child(),
     };
     match outcome {
         Ok(code) => code,

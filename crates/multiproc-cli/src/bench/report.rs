@@ -78,4 +78,49 @@ pub fn print_table(report: &Report) {
             None => println!("  (could not read /proc to check for other load)"),
         }
     }
+    if let Some(m) = &report.memory {
+        println!();
+        println!(
+            "map memory: Pool::map(x -> 2x) over {} u64s into a Vec<u64>, in a fresh process \
+             ({:.0} MB of input and output vectors)",
+            thousands(m.items),
+            m.vectors_mb
+        );
+        println!(
+            "  peak RSS (VmHWM)  {:>8.1} MiB  = {:.2}x the vectors' bytes",
+            m.peak_mib, m.peak_over_vectors
+        );
+        println!(
+            "  before the map    {:>8.1} MiB  (the program and a started pool)",
+            m.before_mib
+        );
+        println!("  the map took {:.2} s", m.seconds);
+        println!("  result: {}", m.finding);
+    }
+}
+
+/// 10000000 as "10,000,000".
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::thousands;
+
+    #[test]
+    fn groups_digits_by_three() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000), "1,000");
+        assert_eq!(thousands(10_000_000), "10,000,000");
+    }
 }
