@@ -85,6 +85,10 @@ impl Workload for ApplyRoundTrip {
              from a child echoing them (two context switches per trip, nothing encoded). \
              apply adds encoding, the pool's manager thread and waking the caller."
                 .into(),
+            "the floor's child is forked anew each repetition (outside the timing), and \
+             whether the scheduler puts it on this CPU or another changes a pipe round trip \
+             several-fold (waking an idle CPU); a wide p10..p90 of the floor shows both."
+                .into(),
             python::note(),
         ]
     }
