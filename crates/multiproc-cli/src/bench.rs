@@ -3,13 +3,20 @@
 //! A [`Workload`] is a family of [`Case`]s timed side by side: the cases of a workload
 //! run round-robin (one repetition of each, then the next round), so a slow moment of a
 //! shared machine hits every case alike, and each row is reported with its ratio to the
-//! workload's reference case (a floor such as raw `fork()`). To add a workload, write a
-//! module that implements [`Workload`] and list it in [`workloads`].
+//! workload's reference case (a floor such as raw `fork()`), and, where the workload has
+//! one, with how many times faster it is than CPython's `multiprocessing` doing the same
+//! job (see [`python`]). To add a workload, write a module that implements [`Workload`]
+//! and list it in [`workloads`].
 
+mod apply;
 mod ipc;
 mod latency;
+mod memory;
 mod pool;
+mod python;
 mod report;
+mod values;
+mod zlib;
 
 use std::error::Error;
 use std::process::ExitCode;
@@ -36,10 +43,13 @@ pub struct BenchArgs {
     json: bool,
 
     /// Run only the workloads with these names (repeatable): "start+join",
-    /// "tiny tasks", "tutorial job", "bandwidth", "round trip", "256 MiB hand-off".
+    /// "tiny tasks", "tutorial job", "apply round trip", "256 MiB values", "zlib",
+    /// "bandwidth", "round trip", "256 MiB hand-off", "map memory".
     #[arg(long = "only", value_name = "WORKLOAD")]
     only: Vec<String>,
 }
+
+pub use memory::{CHILD_COMMAND as MEMORY_CHILD_COMMAND, run_child as memory_child};
 
 /// Result of one timed repetition.
 pub type CaseResult = Result<Duration, Box<dyn Error>>;
@@ -52,6 +62,8 @@ pub enum Kind {
     Floor,
     /// multiproc itself.
     Multiproc,
+    /// CPython's `multiprocessing` doing the same job: what users would otherwise run.
+    Python,
 }
 
 /// One thing to time. Each call of `run` performs one repetition and returns its
@@ -61,6 +73,8 @@ pub struct Case {
     pub name: String,
     pub kind: Kind,
     pub run: Box<dyn FnMut(u64) -> CaseResult>,
+    /// The Python case this row is compared with; `None`: the workload's only one.
+    pub python: Option<&'static str>,
 }
 
 impl Case {
@@ -73,7 +87,14 @@ impl Case {
             name: name.into(),
             kind,
             run: Box::new(run),
+            python: None,
         }
+    }
+
+    /// Compares this row with the Python case `name` (for workloads with several).
+    pub fn vs_python(mut self, name: &'static str) -> Case {
+        self.python = Some(name);
+        self
     }
 }
 
@@ -103,6 +124,59 @@ pub trait Workload {
     fn notes(&self) -> Vec<String> {
         Vec::new()
     }
+    /// Lines computed from the measured rows: speed-ups, targets met or missed.
+    fn findings(&self, rows: &[Row]) -> Vec<String> {
+        let _ = rows;
+        Vec::new()
+    }
+}
+
+/// The row named `name`, if that case ran.
+pub fn find<'r>(rows: &'r [Row], name: &str) -> Option<&'r Row> {
+    rows.iter().find(|r| r.name == name)
+}
+
+/// "`what`: 2.41x (target ≤ 3x): met", for a value that must stay at most `max`.
+pub fn at_most(what: &str, value: f64, max: f64) -> String {
+    let verdict = if value <= max { "met" } else { "MISSED" };
+    format!("{what}: {value:.2}x (target ≤ {max}x): {verdict}")
+}
+
+/// "`what`: 25.1x (target ≥ 20x): met", for a value that must reach at least `min`.
+pub fn at_least(what: &str, value: f64, min: f64) -> String {
+    let verdict = if value >= min { "met" } else { "MISSED" };
+    format!("{what}: {value:.2}x (target ≥ {min}x): {verdict}")
+}
+
+/// "12.3x faster" or "1.52x slower", for a speed-up (the other's time over this one's).
+pub fn faster_or_slower(speedup: f64) -> String {
+    if speedup >= 1.0 {
+        format!("{speedup:.2}x faster")
+    } else {
+        format!("{:.2}x slower", 1.0 / speedup)
+    }
+}
+
+/// "Pool: 12.3x faster than Python Pool.map", if `row` has a Python case.
+pub fn versus_python(row: &Row) -> Option<String> {
+    let speedup = row.speedup_vs_python?;
+    let python = row.python_case.as_deref()?;
+    Some(format!(
+        "{}: {} than {python}",
+        row.name,
+        faster_or_slower(speedup)
+    ))
+}
+
+/// How many times faster than its Python case `row` was, against a target.
+pub fn faster_than_python(row: &Row, min: f64) -> Option<String> {
+    let speedup = row.speedup_vs_python?;
+    let python = row.python_case.as_deref()?;
+    Some(at_least(
+        &format!("{}, times faster than {python}", row.name),
+        speedup,
+        min,
+    ))
 }
 
 /// Every workload `multiproc bench` runs, in order.
@@ -111,6 +185,9 @@ fn workloads() -> Vec<Box<dyn Workload>> {
         Box::new(latency::StartJoin),
         Box::new(pool::TinyTasks),
         Box::new(pool::TutorialJob),
+        Box::new(apply::ApplyRoundTrip),
+        Box::new(values::LargeValues),
+        Box::new(zlib::Zlib),
         Box::new(ipc::Bandwidth),
         Box::new(ipc::RoundTrip),
         Box::new(ipc::Handoff),
@@ -127,8 +204,13 @@ pub struct Row {
     pub p90_us: f64,
     pub min_us: f64,
     pub max_us: f64,
-    /// Median over the reference's median.
+    /// Median over the reference's median (time: below 1 is faster than the reference).
     pub ratio: f64,
+    /// The Python case this row is compared with, if the workload has one.
+    pub python_case: Option<String>,
+    /// That case's median over this row's: above 1, this row is that many times faster
+    /// than Python; below 1, slower.
+    pub speedup_vs_python: Option<f64>,
 }
 
 /// All rows of one workload.
@@ -139,6 +221,8 @@ pub struct WorkloadReport {
     pub reference: &'static str,
     pub rows: Vec<Row>,
     pub notes: Vec<String>,
+    /// Computed from the rows: speed-ups, and each target met or missed.
+    pub findings: Vec<String>,
     /// Other processes' CPU use while this workload ran, if procfs could tell.
     pub other_load: Option<OtherLoad>,
 }
@@ -150,6 +234,8 @@ pub struct Report {
     pub warmup: u64,
     pub cpus: usize,
     pub workloads: Vec<WorkloadReport>,
+    /// Peak memory of a large `Pool::map`, if the "map memory" workload ran.
+    pub memory: Option<memory::MemoryReport>,
 }
 
 pub fn run(args: &BenchArgs) -> Result<ExitCode, Box<dyn Error>> {
@@ -159,16 +245,31 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, Box<dyn Error>> {
         warmup: args.warmup,
         cpus: multiproc::cpu_count(),
         workloads: Vec::new(),
+        memory: None,
     };
-    for w in workloads() {
-        if !args.only.is_empty() && !args.only.iter().any(|o| o == w.name()) {
+    let workloads = workloads();
+    let mut names: Vec<&str> = workloads.iter().map(|w| w.name()).collect();
+    names.push(memory::NAME);
+    if let Some(unknown) = args.only.iter().find(|o| !names.contains(&o.as_str())) {
+        return Err(format!(
+            "no workload named {unknown:?}; there are: {}",
+            names.join(", ")
+        )
+        .into());
+    }
+    let selected = |name: &str| args.only.is_empty() || args.only.iter().any(|o| o == name);
+    for w in &workloads {
+        if !selected(w.name()) {
             continue;
         }
         let (iters, warmup) = match w.max_iters() {
             Some(max) => (args.iters.min(max), args.warmup.min(1)),
             None => (args.iters, args.warmup),
         };
-        report.workloads.push(measure(&*w, iters, warmup)?);
+        report.workloads.push(measure(&**w, iters, warmup)?);
+    }
+    if selected(memory::NAME) {
+        report.memory = Some(memory::measure()?);
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -212,24 +313,44 @@ fn measure(w: &dyn Workload, iters: u64, warmup: u64) -> Result<WorkloadReport, 
             )
         })?;
     let us = |d: Duration| d.as_secs_f64() * 1e6;
-    let rows = cases
+    let pythons: Vec<usize> = (0..cases.len())
+        .filter(|&i| cases[i].kind == Kind::Python)
+        .collect();
+    let python_of = |c: &Case| -> Option<usize> {
+        if c.kind == Kind::Python {
+            return None;
+        }
+        match c.python {
+            Some(name) => pythons.iter().copied().find(|&i| cases[i].name == name),
+            None if pythons.len() == 1 => Some(pythons[0]),
+            None => None,
+        }
+    };
+    let rows: Vec<Row> = cases
         .iter()
         .zip(&summaries)
-        .map(|(c, s)| Row {
-            name: c.name.clone(),
-            kind: c.kind,
-            median_us: us(s.median),
-            p10_us: us(s.p10),
-            p90_us: us(s.p90),
-            min_us: us(s.min),
-            max_us: us(s.max),
-            ratio: s.median.as_secs_f64() / reference.as_secs_f64(),
+        .map(|(c, s)| {
+            let python = python_of(c);
+            Row {
+                name: c.name.clone(),
+                kind: c.kind,
+                median_us: us(s.median),
+                p10_us: us(s.p10),
+                p90_us: us(s.p90),
+                min_us: us(s.min),
+                max_us: us(s.max),
+                ratio: s.median.as_secs_f64() / reference.as_secs_f64(),
+                python_case: python.map(|i| cases[i].name.clone()),
+                speedup_vs_python: python
+                    .map(|i| summaries[i].median.as_secs_f64() / s.median.as_secs_f64()),
+            }
         })
         .collect();
     Ok(WorkloadReport {
         name: w.name(),
         description: w.description(),
         reference: w.reference(),
+        findings: w.findings(&rows),
         rows,
         notes: w.notes(),
         other_load,

@@ -194,7 +194,7 @@ fn measure(
     modes: &[Mode],
     args: &DemoArgs,
 ) -> Result<(Vec<Measured>, Option<OtherLoad>), Box<dyn Error>> {
-    // BENCH-NOTES: wake every core, and take first-use costs (the fork server's first
+    // Wake every core, and take first-use costs (the fork server's first
     // child, thread creation, page faults) outside the timed runs.
     warm::warm_cpus(warm::DEFAULT_SPIN);
     for mode in modes {

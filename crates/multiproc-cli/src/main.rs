@@ -25,9 +25,12 @@ enum Command {
     /// Sum 0..N once per worker, sequentially, in processes and in threads, and compare
     /// (the experiment of a popular Python multiprocessing tutorial, done right).
     Demo(demo::DemoArgs),
-    /// Measure process start+join latency per start method against raw fork, a pipe and
-    /// thread floors, side by side in the same run.
+    /// Measure multiproc against raw-syscall floors, threads and CPython's
+    /// multiprocessing, side by side in the same run.
     Bench(bench::BenchArgs),
+    /// The "map memory" measurement, run by `bench` in a fresh process of its own.
+    #[command(name = bench::MEMORY_CHILD_COMMAND, hide = true)]
+    BenchRss,
 }
 
 fn main() -> ExitCode {
@@ -38,6 +41,7 @@ fn main() -> ExitCode {
     let outcome = match cli.command {
         Command::Demo(args) => demo::run(&args),
         Command::Bench(args) => bench::run(&args),
+        Command::BenchRss => bench::memory_child(),
     };
     match outcome {
         Ok(code) => code,

@@ -1,9 +1,10 @@
 //! Raw process creation for the benchmark floors. Every `unsafe` of this crate is here.
 //!
-//! These measure what the kernel charges for a process, with nothing of multiproc in
-//! the way: `fork()` + `waitpid()`, and the same with 8 bytes sent back through a pipe.
-//! The children call only async-signal-safe functions (`write`, `_exit`), as a child of
-//! a multithreaded parent must (this process has multiproc's launcher thread).
+//! These measure what the kernel charges, with nothing of multiproc in the way:
+//! `fork()` + `waitpid()`, bytes through pipes between two processes, a child building
+//! a large buffer and piping it back. The children call only async-signal-safe
+//! functions (`read`, `write`, `memset`, `_exit`), as a child of a multithreaded parent
+//! must (this process has multiproc's launcher thread).
 
 use std::io;
 
@@ -216,7 +217,12 @@ pub fn raw_pipe_round_trips(count: usize) -> io::Result<std::time::Duration> {
     let t = std::time::Instant::now();
     let result = (0..count).try_for_each(|i| {
         write_all(to_wr, &(i as u64).to_le_bytes())?;
-        read_exact(back_rd, &mut b)
+        read_exact(back_rd, &mut b)?;
+        if u64::from_le_bytes(b) == i as u64 {
+            Ok(())
+        } else {
+            Err(io::Error::other("the raw child echoed the wrong bytes"))
+        }
     });
     let elapsed = t.elapsed();
     close(to_wr);
@@ -224,6 +230,71 @@ pub fn raw_pipe_round_trips(count: usize) -> io::Result<std::time::Duration> {
     reap(pid)?;
     result?;
     Ok(elapsed)
+}
+
+/// In a raw child: writes all of `buf` to `fd` (async-signal-safe: only `write`).
+/// `false` on error.
+fn child_write_all(fd: i32, mut buf: &[u8]) -> bool {
+    while !buf.is_empty() {
+        // SAFETY: writes at most `buf.len()` bytes from `buf`, this child's copy of a
+        // buffer allocated by the parent before fork.
+        let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+        if n <= 0 {
+            if n == -1 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return false;
+        }
+        buf = &buf[n as usize..];
+    }
+    true
+}
+
+/// The raw floor for a large result: forks a child that, once told to go, fills `len`
+/// fresh bytes with 1 and writes them into a pipe, which this process reads into a
+/// fresh buffer. Returns the time from "go" to the last byte read (the fork is outside
+/// it), and the bytes, for the caller to check.
+///
+/// The child's buffer is allocated here but never touched before the fork, so the
+/// child faults in zeroed pages and fills them, as a task building its result does;
+/// the reader, too, faults in the pages it receives into.
+pub fn raw_child_builds_and_sends(len: usize) -> io::Result<(std::time::Duration, Vec<u8>)> {
+    let (go_rd, go_wr) = pipe()?;
+    let (rd, wr) = pipe()?;
+    let mut build = vec![0u8; len];
+    // SAFETY: as in `raw_pipe_transfer`; the child calls only read, memset (through
+    // `write_bytes`; async-signal-safe since POSIX.1-2016), write and _exit, on memory
+    // allocated before the fork.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        let mut go = [0u8; 1];
+        let mut ok = child_drain(go_rd, &mut go, 1);
+        if ok {
+            // SAFETY: `build` is this child's copy of a live `len`-byte buffer.
+            unsafe { std::ptr::write_bytes(build.as_mut_ptr(), 1, len) };
+            ok = child_write_all(wr, &build);
+        }
+        // SAFETY: as in `fork_and_wait`.
+        unsafe { libc::_exit(if ok { 0 } else { 1 }) }
+    }
+    close(go_rd);
+    close(wr);
+    drop(build);
+    if pid == -1 {
+        let e = io::Error::last_os_error();
+        close(go_wr);
+        close(rd);
+        return Err(e);
+    }
+    let mut got = vec![0u8; len];
+    let t = std::time::Instant::now();
+    let result = write_all(go_wr, &[1]).and_then(|()| read_exact(rd, &mut got));
+    let elapsed = t.elapsed();
+    close(go_wr);
+    close(rd);
+    reap(pid)?;
+    result?;
+    Ok((elapsed, got))
 }
 
 /// Waits for child `pid`; an error unless it exited with code 0.
@@ -262,5 +333,7 @@ mod tests {
         );
         raw_pipe_transfer(&[7u8; 100_000], 3).unwrap();
         raw_pipe_round_trips(10).unwrap();
+        let (_, built) = raw_child_builds_and_sends(300_000).unwrap();
+        assert!(built.len() == 300_000 && built.iter().all(|&b| b == 1));
     }
 }

@@ -1,5 +1,5 @@
 //! Waking the CPUs before timing: a core that sleeps deeply takes a while to reach full
-//! speed, which turns a short parallel job's 2x into 1x on some runs (BENCH-NOTES).
+//! speed, which turns a short parallel job's 2x into 1x on some runs.
 
 use std::time::{Duration, Instant};
 

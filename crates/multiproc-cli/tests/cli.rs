@@ -121,6 +121,70 @@ fn bench_json_has_a_row_per_start_method() {
     }
 }
 
+fn python3_works() -> bool {
+    Command::new("python3")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+#[test]
+fn bench_apply_round_trip_compares_with_the_floor_and_python() {
+    let out = multiproc(&[
+        "bench",
+        "--iters",
+        "3",
+        "--warmup",
+        "1",
+        "--json",
+        "--only",
+        "apply round trip",
+    ]);
+    assert!(out.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("valid JSON");
+    assert!(report["memory"].is_null(), "{report}");
+    let workload = &report["workloads"][0];
+    assert_eq!(workload["name"], "apply round trip");
+    assert_eq!(workload["reference"], "raw pipe round trip");
+    let rows = workload["rows"].as_array().expect("rows");
+    let row = |name: &str| {
+        rows.iter()
+            .find(|r| r["name"] == name)
+            .unwrap_or_else(|| panic!("no row {name:?}: {workload}"))
+    };
+    assert_eq!(row("raw pipe round trip")["ratio"], 1.0);
+    for name in ["Pool::apply, 1 worker", "ThreadPool::apply"] {
+        assert_eq!(row(name)["kind"], "multiproc");
+        assert!(row(name)["median_us"].as_f64().unwrap() > 0.0);
+    }
+    let findings = workload["findings"].as_array().expect("findings");
+    assert!(
+        findings
+            .iter()
+            .any(|f| f.as_str().unwrap().contains("target")),
+        "{workload}"
+    );
+    let pool = row("Pool::apply, 1 worker");
+    if python3_works() {
+        assert_eq!(row("Python Pool.apply")["kind"], "python");
+        assert_eq!(pool["python_case"], "Python Pool.apply");
+        assert!(pool["speedup_vs_python"].as_f64().unwrap() > 0.0, "{pool}");
+    } else {
+        assert!(pool["speedup_vs_python"].is_null(), "{pool}");
+    }
+}
+
+#[test]
+fn bench_rejects_an_unknown_workload() {
+    let out = multiproc(&["bench", "--only", "no such thing"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no such thing") && err.contains("tiny tasks"),
+        "{err}"
+    );
+}
+
 #[test]
 fn demo_pool_mode_gets_the_right_total() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_multiproc"))

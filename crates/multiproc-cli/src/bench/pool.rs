@@ -1,6 +1,7 @@
 //! Pool workloads: tiny tasks (what per-call overhead costs, and what chunking saves),
 //! and the tutorial's job split over every CPU (what a pool costs on real work) — each
-//! held against rayon, the speed limit of threads, in the same run.
+//! held against rayon, the speed limit of threads, and CPython's `multiprocessing`, in
+//! the same run.
 
 use std::error::Error;
 use std::time::Instant;
@@ -8,16 +9,26 @@ use std::time::Instant;
 use multiproc::{ChunkSize, Pool, ThreadPool};
 use rayon::prelude::*;
 
-use super::{Case, CaseResult, Kind, Workload};
+use super::{Case, CaseResult, Kind, Row, Workload, find, python, versus_python};
 use crate::work::{expected_total, work};
 
 /// The tiny task.
-fn double(x: u64) -> u64 {
+pub fn double(x: u64) -> u64 {
     x.wrapping_mul(2)
 }
 
+/// A pool of `workers` whose workers are all running: a pool may start them lazily,
+/// and their start is not what the workloads measure.
+pub fn started_pool(workers: usize) -> multiproc::Result<Pool> {
+    let pool = Pool::new(workers)?;
+    pool.map(double, 0..4 * workers as u64)?;
+    Ok(pool)
+}
+
 const TINY: u64 = 200_000;
-const RAYON: &str = "rayon par_iter";
+pub const RAYON: &str = "rayon par_iter";
+const PY_AUTO: &str = "Python Pool.map, auto chunks";
+const PY_ONE: &str = "Python Pool.map, chunksize=1";
 
 fn check_doubles(out: &[u64]) -> Result<(), Box<dyn Error>> {
     if out.len() as u64 == TINY && out.iter().enumerate().all(|(i, &v)| v == 2 * i as u64) {
@@ -64,34 +75,46 @@ impl Workload for TinyTasks {
             .chunk_size(ChunkSize::Fixed(1))
             .build()
             .map(std::rc::Rc::new);
-        let mut cases = vec![Case::new(RAYON, Kind::Floor, |_| {
-            let t = Instant::now();
-            let out: Vec<u64> = (0..TINY).into_par_iter().map(double).collect();
-            let d = t.elapsed();
-            check_doubles(&out)?;
-            Ok(d)
-        })];
+        let mut cases = vec![
+            Case::new(RAYON, Kind::Floor, |_| {
+                let t = Instant::now();
+                let out: Vec<u64> = (0..TINY).into_par_iter().map(double).collect();
+                let d = t.elapsed();
+                check_doubles(&out)?;
+                Ok(d)
+            })
+            .vs_python(PY_AUTO),
+        ];
         match threads {
-            Ok(p) => cases.push(Case::new(
-                "ThreadPool, auto chunks",
-                Kind::Multiproc,
-                move |_| timed_map(|| p.map(double, 0..TINY)),
-            )),
+            Ok(p) => cases.push(
+                Case::new("ThreadPool, auto chunks", Kind::Multiproc, move |_| {
+                    timed_map(|| p.map(double, 0..TINY))
+                })
+                .vs_python(PY_AUTO),
+            ),
             Err(e) => eprintln!("bench: no ThreadPool: {e}"),
         }
         match auto {
-            Ok(p) => cases.push(Case::new("Pool, auto chunks", Kind::Multiproc, move |_| {
-                timed_map(|| p.map(double, 0..TINY))
-            })),
+            Ok(p) => cases.push(
+                Case::new("Pool, auto chunks", Kind::Multiproc, move |_| {
+                    timed_map(|| p.map(double, 0..TINY))
+                })
+                .vs_python(PY_AUTO),
+            ),
             Err(e) => eprintln!("bench: no Pool: {e}"),
         }
         match one {
-            Ok(p) => cases.push(Case::new(
-                "Pool, chunk size 1",
-                Kind::Multiproc,
-                move |_| timed_map(|| p.map(double, 0..TINY)),
-            )),
+            Ok(p) => cases.push(
+                Case::new("Pool, chunk size 1", Kind::Multiproc, move |_| {
+                    timed_map(|| p.map(double, 0..TINY))
+                })
+                .vs_python(PY_ONE),
+            ),
             Err(e) => eprintln!("bench: no Pool: {e}"),
+        }
+        for (name, chunks) in [(PY_AUTO, "auto"), (PY_ONE, "1")] {
+            let args = [TINY.to_string(), chunks.to_string()];
+            cases.extend(python::case(name, "tiny-map", workers, &args, &[], 1));
         }
         cases
     }
@@ -103,9 +126,19 @@ impl Workload for TinyTasks {
              them: that per-call cost (a few hundred ns), not the task, is what this measures."
                 .into(),
             "chunk size 1 pays one round trip per call (wake the manager, a frame each way, \
-             wake the caller); auto chunks pay it once per chunk."
+             wake the caller); auto chunks pay it once per chunk. Python's rows do the same \
+             with pickle and its own chunking rule (chunksize = len / (4 × workers))."
                 .into(),
+            python::note(),
         ]
+    }
+
+    fn findings(&self, rows: &[Row]) -> Vec<String> {
+        ["Pool, auto chunks", "Pool, chunk size 1"]
+            .iter()
+            .filter_map(|name| find(rows, name))
+            .filter_map(versus_python)
+            .collect()
     }
 }
 
@@ -173,9 +206,22 @@ impl Workload for TutorialJob {
             }));
         }
         if let Ok(p) = ThreadPool::new(workers) {
+            let pieces = pieces.clone();
             cases.push(Case::new("ThreadPool", Kind::Multiproc, move |_| {
                 timed_sum(|| Ok(p.map(work, pieces.iter().copied())?.iter().sum()))
             }));
+        }
+        if let Some(want) = expected_total(N, RUNS) {
+            let spec: Vec<String> = pieces.iter().map(|(a, b)| format!("{a}:{b}")).collect();
+            let args = [want.to_string(), spec.join(",")];
+            cases.extend(python::case(
+                "Python Pool.map",
+                "tutorial",
+                workers,
+                &args,
+                &[],
+                1,
+            ));
         }
         cases
     }
@@ -185,6 +231,23 @@ impl Workload for TutorialJob {
             "target: Pool within 10% of rayon. Both split the job the same way; the pool adds \
              one round trip per piece (tens of µs) to a job of tens of ms."
                 .into(),
+            "Python's row runs the tutorial's own loop (`for i in range(..): total += i`) on \
+             the same pieces: it measures the interpreter as much as the pool."
+                .into(),
+            python::note(),
         ]
+    }
+
+    fn findings(&self, rows: &[Row]) -> Vec<String> {
+        let mut out = Vec::new();
+        if let (Some(pool), Some(rayon)) = (find(rows, "Pool"), find(rows, RAYON)) {
+            out.push(super::at_most(
+                "Pool's time over rayon's",
+                pool.ratio / rayon.ratio,
+                1.1,
+            ));
+        }
+        out.extend(find(rows, "Pool").and_then(versus_python));
+        out
     }
 }

@@ -1,6 +1,8 @@
 //! The human-readable form of a [`Report`]: one table per workload.
 
-use super::Report;
+use std::collections::BTreeSet;
+
+use super::{Report, faster_or_slower};
 
 pub fn print_table(report: &Report) {
     println!(
@@ -18,19 +20,52 @@ pub fn print_table(report: &Report) {
             .max()
             .unwrap_or(6)
             .max(6);
-        let ratio_head = format!("ratio vs {}", w.reference);
-        println!(
-            "  {:<width$}  {:>10}  {:>10}  {:>10}  {}",
-            "method", "median µs", "p10 µs", "p90 µs", ratio_head
+        let python = w.rows.iter().any(|r| r.speedup_vs_python.is_some());
+        let targets: BTreeSet<&str> = w
+            .rows
+            .iter()
+            .filter_map(|r| r.python_case.as_deref())
+            .collect();
+        let mut head = format!(
+            "  {:<width$}  {:>10}  {:>10}  {:>10}  {:>10}",
+            "method", "median µs", "p10 µs", "p90 µs", "time ratio"
         );
+        if python {
+            head.push_str("  vs Python");
+        }
+        println!("{head}");
         for r in &w.rows {
-            println!(
-                "  {:<width$}  {:>10.1}  {:>10.1}  {:>10.1}  {:>6.2}x",
+            let mut line = format!(
+                "  {:<width$}  {:>10.1}  {:>10.1}  {:>10.1}  {:>9.2}x",
                 r.name, r.median_us, r.p10_us, r.p90_us, r.ratio
             );
+            if let (Some(speedup), Some(py)) = (r.speedup_vs_python, &r.python_case) {
+                line.push_str("  ");
+                line.push_str(&faster_or_slower(speedup));
+                // With several Python cases, each row says which one it faces.
+                if targets.len() > 1 {
+                    line.push_str(&format!(" than {py}"));
+                }
+            }
+            println!("{line}");
+        }
+        // Both directions spelled out, so that no number reads the wrong way round.
+        println!(
+            "  time ratio: median / {}'s median (below 1.00x: faster than it)",
+            w.reference
+        );
+        match targets.first() {
+            Some(py) if targets.len() == 1 => {
+                println!("  vs Python: {py}'s median / the row's")
+            }
+            Some(_) => println!("  vs Python: the Python case's median / the row's"),
+            None => {}
         }
         for note in &w.notes {
             println!("  note: {note}");
+        }
+        for finding in &w.findings {
+            println!("  result: {finding}");
         }
         match w.other_load {
             Some(load) => match load.warning() {
@@ -42,5 +77,50 @@ pub fn print_table(report: &Report) {
             },
             None => println!("  (could not read /proc to check for other load)"),
         }
+    }
+    if let Some(m) = &report.memory {
+        println!();
+        println!(
+            "map memory: Pool::map(x -> 2x) over {} u64s into a Vec<u64>, in a fresh process \
+             ({:.0} MB of input and output vectors)",
+            thousands(m.items),
+            m.vectors_mb
+        );
+        println!(
+            "  peak RSS (VmHWM)  {:>8.1} MiB  = {:.2}x the vectors' bytes",
+            m.peak_mib, m.peak_over_vectors
+        );
+        println!(
+            "  before the map    {:>8.1} MiB  (the program and a started pool)",
+            m.before_mib
+        );
+        println!("  the map took {:.2} s", m.seconds);
+        println!("  result: {}", m.finding);
+    }
+}
+
+/// 10000000 as "10,000,000".
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::thousands;
+
+    #[test]
+    fn groups_digits_by_three() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000), "1,000");
+        assert_eq!(thousands(10_000_000), "10,000,000");
     }
 }
