@@ -10,7 +10,7 @@ mod watchdog;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use multiproc::{Array, ChunkSize, Error, Pool, Queue, Signal};
 use watchdog::Watchdog;
@@ -163,9 +163,9 @@ fn count_queues(qs: Vec<Queue<u32>>) -> usize {
 /// A single argument no `sendmsg` can carry is the caller's mistake, found while
 /// encoding it: the worker, which never saw it, must not pay for it.
 #[test]
-fn an_argument_with_more_descriptors_than_one_sendmsg_takes_fails_at_submit() {
+fn an_argument_with_more_descriptors_than_one_sendmsg_takes_is_refused_at_once() {
     let _watchdog = Watchdog::new(
-        "an_argument_with_more_descriptors_than_one_sendmsg_takes_fails_at_submit",
+        "an_argument_with_more_descriptors_than_one_sendmsg_takes_is_refused_at_once",
         BUDGET,
     );
     let pool = Pool::new(1).unwrap();
@@ -181,13 +181,17 @@ fn an_argument_with_more_descriptors_than_one_sendmsg_takes_fails_at_submit() {
     assert_eq!(n, fits);
     assert_eq!(worker_pid(&pool), worker);
 
-    // 200 queues = 400 descriptors.
+    // 200 queues = 400 descriptors: refused before any worker sees them, either by
+    // `apply_async` itself or as the call's answer, at once (arguments are encoded
+    // when their chunk is built).
     let queues: Vec<Queue<u32>> = (0..200).map(|_| Queue::new().unwrap()).collect();
-    match pool.apply_async(count_queues, queues) {
-        Ok(pending) => panic!(
-            "an argument with 400 descriptors was accepted at submit; it answered {:?}",
-            pending.get_timeout(ANSWER)
-        ),
+    let t = Instant::now();
+    let answer = pool
+        .apply_async(count_queues, queues)
+        .and_then(|pending| pending.get_timeout(ANSWER));
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    match answer {
+        Ok(n) => panic!("an argument with 400 descriptors ran ({n} queues)"),
         Err(e) => {
             let msg = e.to_string();
             assert!(

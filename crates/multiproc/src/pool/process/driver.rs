@@ -249,12 +249,19 @@ impl Shared {
         if st.stopped {
             return st;
         }
+        let before = st.core.outstanding();
         self.fill(&mut st);
         dispatch(&mut st);
-        let until = [deadline, st.core.next_deadline()]
-            .into_iter()
-            .flatten()
-            .min();
+        // Calls answered while sending (an argument over a limit): nothing to wait for
+        // before the caller looks.
+        let until = if st.core.outstanding() != before {
+            Some(Instant::now())
+        } else {
+            [deadline, st.core.next_deadline()]
+                .into_iter()
+                .flatten()
+                .min()
+        };
         let mut fds = Vec::with_capacity(1 + 2 * st.procs.len());
         fds.push(pollfd(self.wake_rx.as_raw_fd(), libc::POLLIN));
         for (_, p) in &st.procs {
@@ -277,7 +284,6 @@ impl Shared {
         let mut buf = [0u8; 64];
         while matches!((&self.wake_rx).read(&mut buf), Ok(n) if n > 0) {}
 
-        let delivered_before = st.core.outstanding();
         let n = st.procs.len();
         let mut dead = Vec::new();
         for i in 0..n {
@@ -308,7 +314,7 @@ impl Shared {
                 st.procs[i].1.retire();
             }
         }
-        if st.waiting > 0 && st.core.outstanding() != delivered_before {
+        if st.waiting > 0 && st.core.outstanding() != before {
             self.follow.notify_all();
         }
         st
