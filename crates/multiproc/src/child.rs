@@ -92,6 +92,8 @@ thread_local! {
     /// The socket, chunk and call position of the task running on this thread, for
     /// the panic hook.
     static CURRENT: RefCell<Option<(Rc<OwnedFd>, u64, u32)>> = const { RefCell::new(None) };
+    /// The position of the running call in its chunk (a `Cell`: set once per call).
+    static INDEX: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
     /// The message and location of the last panic on this thread.
     static LAST_PANIC: RefCell<Option<(String, Option<String>)>> = const { RefCell::new(None) };
 }
@@ -127,10 +129,10 @@ pub(crate) fn install_panic_hook() {
             let location = info.location().map(|l| l.to_string());
             if cfg!(panic = "abort") {
                 CURRENT.with(|c| {
-                    if let Some((sock, seq, index)) = c.borrow().as_ref() {
+                    if let Some((sock, seq, _)) = c.borrow().as_ref() {
                         let reply = Reply::Aborting {
                             seq: *seq,
-                            index: *index,
+                            index: INDEX.get(),
                             message: message.clone(),
                             location: location.clone(),
                         };
@@ -156,10 +158,15 @@ pub(crate) fn record_panic(info: &std::panic::PanicHookInfo<'_>) {
     LAST_PANIC.with(|p| *p.borrow_mut() = Some((message, location)));
 }
 
-/// The call now running on this thread, for the panic hook (`sock`: where it reports
-/// under `panic = "abort"`).
-pub(crate) fn set_current(sock: Option<Rc<OwnedFd>>, seq: u64, index: u32) {
-    CURRENT.with(|c| *c.borrow_mut() = sock.map(|s| (s, seq, index)));
+/// The chunk now running on this thread, for the panic hook (`sock`: where it reports
+/// under `panic = "abort"`); [`set_index`] says which call of it.
+pub(crate) fn set_current(sock: Option<Rc<OwnedFd>>, seq: u64) {
+    CURRENT.with(|c| *c.borrow_mut() = sock.map(|s| (s, seq, 0)));
+}
+
+/// The position in its chunk of the call now running on this thread.
+pub(crate) fn set_index(index: u32) {
+    INDEX.set(index);
 }
 
 /// No call runs on this thread any more.

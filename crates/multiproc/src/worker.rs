@@ -250,9 +250,10 @@ impl ChunkRun {
         };
         let mut input = data.bytes();
         let mut sent = Ok(());
+        child::set_current(abort, self.seq);
         fds::provide(value_fds, || {
             for i in 0..self.calls {
-                child::set_current(abort.clone(), self.seq, i);
+                child::set_index(i);
                 let mut flush = |out: &mut ValueBuf, out_fds: &mut Vec<OwnedFd>| {
                     let r = self.send(link, &mut pending, i, out, out_fds, may_spill);
                     r.is_ok()
@@ -275,7 +276,6 @@ impl ChunkRun {
                     Ok(false) => Err(Failure::BadEntry),
                     Err(payload) => Err(child::take_panic(&*payload)),
                 };
-                child::clear_current();
                 if let Err(f) = outcome {
                     pending.failures.push((i, f));
                 }
@@ -289,6 +289,7 @@ impl ChunkRun {
                 }
             }
         });
+        child::clear_current();
         sent
     }
 

@@ -44,8 +44,9 @@ pub(crate) fn encode_value<T: Serialize + ?Sized>(
     fds: &mut Vec<std::os::fd::OwnedFd>,
     what: &dyn Fn() -> String,
 ) -> Result<()> {
+    // No clearing of a stale handle error first: this is the hot path of small calls,
+    // and a handle error is consumed by the failure it causes.
     let (mark, fd_mark) = (buf.len(), fds.len());
-    super::fds::take_error();
     let r = super::fds::capture_into(fds, || postcard::serialize_with_flavor(value, &mut *buf));
     match r {
         Ok(()) => Ok(()),
@@ -94,7 +95,6 @@ fn encoded_len<T: Serialize + ?Sized>(value: &T) -> usize {
 
 /// Decodes one `T` from the front of `bytes`; returns it and the bytes after it.
 pub(crate) fn decode_prefix<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, &[u8])> {
-    super::fds::take_error();
     postcard::take_from_bytes::<T>(bytes).map_err(|e| Error::Decode {
         type_name: std::any::type_name::<T>().to_owned(),
         reason: super::fds::take_error().unwrap_or_else(|| e.to_string()),

@@ -98,6 +98,17 @@ impl ValueBuf {
     }
 
     fn write(&mut self, bytes: &[u8]) -> bool {
+        // Tiny values (varints, small fields) dominate small calls: no memcpy call, no
+        // spill bookkeeping for them.
+        if bytes.len() <= 16
+            && self.spill.is_none()
+            && self.heap.len() + 16 <= SPILL_AT.min(self.limit)
+        {
+            for &b in bytes {
+                self.heap.push(b);
+            }
+            return true;
+        }
         if self.len() + bytes.len() > self.limit {
             self.overflowed = true;
             return false;
@@ -180,7 +191,7 @@ impl Flavor for &mut ValueBuf {
     type Output = ();
 
     fn try_push(&mut self, data: u8) -> postcard::Result<()> {
-        self.try_extend(&[data])
+        self.try_extend(std::slice::from_ref(&data))
     }
 
     fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {

@@ -35,8 +35,11 @@ pub(crate) const MAX_CHUNK: usize = 1 << 17;
 /// travel a few at a time, so workers share them out).
 pub(crate) const CHUNK_BYTES: usize = 16 << 20;
 
-/// The smoothing of a job's measured call time: the newest chunk counts this much.
-const NEWEST_WEIGHT: f64 = 0.3;
+/// The smoothing of a job's measured call time: a chunk of few calls (whose time is
+/// mostly fixed costs) counts for little, a chunk of many nearly replaces the estimate.
+fn newest_weight(calls: usize) -> f64 {
+    (calls as f64 / (calls as f64 + 4.0)).clamp(0.2, 0.95)
+}
 
 /// Calls in the next chunk of a job.
 pub(crate) fn chunk_len(
@@ -81,7 +84,7 @@ pub(crate) fn update_call_time(old: Option<f64>, nanos: u64, calls: usize) -> Op
     let now = nanos as f64 / calls as f64;
     Some(match old {
         None => now,
-        Some(old) => (1.0 - NEWEST_WEIGHT) * old + NEWEST_WEIGHT * now,
+        Some(old) => (1.0 - newest_weight(calls)) * old + newest_weight(calls) * now,
     })
 }
 
@@ -130,8 +133,12 @@ mod tests {
     #[test]
     fn call_time_is_smoothed() {
         assert_eq!(update_call_time(None, 1000, 10), Some(100.0));
+        // 10 calls weigh 10/14.
         let t = update_call_time(Some(100.0), 2000, 10).unwrap();
-        assert!((t - 130.0).abs() < 1e-9);
+        assert!((t - (100.0 * 4.0 / 14.0 + 200.0 * 10.0 / 14.0)).abs() < 1e-9);
+        // One call weighs little: its time is mostly fixed costs.
+        let t = update_call_time(Some(100.0), 1000, 1).unwrap();
+        assert!((t - (0.8 * 100.0 + 0.2 * 1000.0)).abs() < 1e-9);
         assert_eq!(update_call_time(Some(5.0), 0, 0), Some(5.0));
     }
 }
