@@ -87,12 +87,6 @@ impl Batch {
         self.ends.push(self.data.len() as u64);
     }
 
-    /// Drops bytes appended since the last complete value.
-    pub(crate) fn discard_open_value(&mut self) {
-        let end = self.ends.last().copied().unwrap_or(0) as usize;
-        self.data.truncate(end);
-    }
-
     pub(crate) fn len(&self) -> usize {
         self.ends.len()
     }
