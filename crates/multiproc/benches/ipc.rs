@@ -11,7 +11,7 @@
 //!
 //! Children use the `Fork` start method and are started outside the timed region.
 //! Run: `cargo bench -p multiproc --bench ipc` (add `-- bandwidth` to pick a group).
-//! Placement matters (BENCH-NOTES): on 2 CPUs the scheduler may put both processes on
+//! Placement matters: on 2 CPUs the scheduler may put both processes on
 //! one CPU or on two; compare the rows of one run, not runs.
 
 use std::hint::black_box;
