@@ -39,6 +39,37 @@ pub(crate) trait Source: Send {
     fn len(&self) -> usize;
 }
 
+/// Arguments of one submission, typed until a chunk takes them.
+pub(crate) struct Items<A>(VecDeque<A>);
+
+impl<A> Items<A> {
+    pub(crate) fn new(items: Vec<A>) -> Self {
+        Items(VecDeque::from(items))
+    }
+}
+
+impl<A: serde::Serialize + Send> Source for Items<A> {
+    fn encode_first(
+        &mut self,
+        index: usize,
+        buf: &mut ValueBuf,
+        fds: &mut Vec<OwnedFd>,
+    ) -> Option<Result<()>> {
+        let item = self.0.front()?;
+        Some(crate::wire::encode_value(item, buf, fds, &|| {
+            format!("the argument of call {index}")
+        }))
+    }
+
+    fn pop(&mut self) {
+        self.0.pop_front();
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
 /// A call to run again, alone, after its worker died: its encoded argument, and every
 /// descriptor of the chunk it first travelled in (its encoding numbers them so).
 pub(crate) struct Retry {

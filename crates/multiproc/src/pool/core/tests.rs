@@ -1,35 +1,13 @@
 //! The core's rules, without a process or a socket.
 
-use std::collections::VecDeque;
-use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
+use super::jobs::Items;
 use super::*;
 use crate::wire::values::Received;
 
-/// Arguments of the tests: `u32`s, encoded as the pools encode them.
-struct Nums(VecDeque<u32>);
-
-impl Source for Nums {
-    fn encode_first(
-        &mut self,
-        _: usize,
-        buf: &mut ValueBuf,
-        fds: &mut Vec<OwnedFd>,
-    ) -> Option<Result<()>> {
-        let v = self.0.front()?;
-        Some(crate::wire::encode_value(v, buf, fds, &|| "call".into()))
-    }
-    fn pop(&mut self) {
-        self.0.pop_front();
-    }
-    fn len(&self) -> usize {
-        self.0.len()
-    }
-}
-
 fn nums(n: u32) -> Box<dyn Source> {
-    Box::new(Nums((0..n).collect()))
+    Box::new(Items::new((0..n).collect()))
 }
 
 const ENTRY: TaskRef = TaskRef {
@@ -201,24 +179,6 @@ fn with_retries_unanswered_calls_run_again_alone() {
 
 #[test]
 fn an_argument_over_the_limit_fails_alone_and_a_full_chunk_ends_early() {
-    struct Blobs(VecDeque<serde_bytes::ByteBuf>);
-    impl Source for Blobs {
-        fn encode_first(
-            &mut self,
-            _: usize,
-            buf: &mut ValueBuf,
-            fds: &mut Vec<OwnedFd>,
-        ) -> Option<Result<()>> {
-            let v = self.0.front()?;
-            Some(crate::wire::encode_value(v, buf, fds, &|| "call".into()))
-        }
-        fn pop(&mut self) {
-            self.0.pop_front();
-        }
-        fn len(&self) -> usize {
-            self.0.len()
-        }
-    }
     let sizes = [100usize, 2000, 600, 600];
     let blobs = sizes
         .iter()
@@ -226,7 +186,7 @@ fn an_argument_over_the_limit_fails_alone_and_a_full_chunk_ends_early() {
     let mut c = core(0);
     c.add_worker(1, false);
     let job = c.open(ENTRY, ChunkSize::Fixed(10), true);
-    c.submit(job, 0, Box::new(Blobs(blobs.collect())));
+    c.submit(job, 0, Box::new(Items::new(blobs.collect())));
     c.seal(job);
     let small = Limits {
         max_value: 1024,

@@ -4,9 +4,7 @@
 mod driver;
 mod proc;
 
-use std::collections::VecDeque;
 use std::marker::PhantomData;
-use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -18,7 +16,7 @@ use serde::de::DeserializeOwned;
 use super::ChunkSize;
 use super::api::sealed::{Backend, ResultSource, Results, Step};
 use super::api::{self, Arg, Ret, TaskPool};
-use super::core::jobs::Source;
+use super::core::jobs::Items;
 use super::core::{Config as CoreConfig, Core, decode_answers};
 use super::progress::Progress;
 use crate::error::{Error, Result};
@@ -26,7 +24,6 @@ use crate::start::StartMethod;
 use crate::task;
 use crate::wire;
 use crate::wire::message::TaskRef;
-use crate::wire::values::ValueBuf;
 use driver::{Polled, Settings, Shared};
 
 /// A pool of worker processes.
@@ -213,31 +210,6 @@ impl Pool {
     }
 }
 
-/// A job's arguments, typed until a chunk takes them.
-struct Items<A>(VecDeque<A>);
-
-impl<A: Arg> Source for Items<A> {
-    fn encode_first(
-        &mut self,
-        index: usize,
-        buf: &mut ValueBuf,
-        fds: &mut Vec<OwnedFd>,
-    ) -> Option<Result<()>> {
-        let item = self.0.front()?;
-        Some(wire::encode_value(item, buf, fds, &|| {
-            format!("the argument of call {index}")
-        }))
-    }
-
-    fn pop(&mut self) {
-        self.0.pop_front();
-    }
-
-    fn len(&self) -> usize {
-        self.0.len()
-    }
-}
-
 /// A job's results, read by the thread that waits for them (which drives the pool
 /// meanwhile, see `driver`).
 struct PoolResults<R> {
@@ -296,8 +268,7 @@ impl Backend for Pool {
     ) -> Result<()> {
         let mut st = self.shared.lock();
         let caller_driven = st.core.caller_driven(job);
-        st.core
-            .submit(job, first, Box::new(Items(VecDeque::from(items))));
+        st.core.submit(job, first, Box::new(Items::new(items)));
         self.shared.notify(&st, caller_driven);
         Ok(())
     }
