@@ -62,6 +62,8 @@
 //! - When the parent dies, even by SIGKILL, its children die with it (parent-death
 //!   signal, set from a thread that lives as long as the process).
 #![deny(missing_docs)]
+// Every unsafe block lives in `sys`, each with a SAFETY comment (see its docs).
+#![deny(unsafe_code)]
 
 mod channel;
 mod child;
@@ -73,6 +75,7 @@ mod process;
 mod shm;
 mod start;
 mod sync;
+#[allow(unsafe_code)]
 mod sys;
 mod task;
 mod thread;
