@@ -47,7 +47,7 @@ pub(crate) type Flush<'a> = dyn FnMut(&mut ValueBuf, &mut Vec<OwnedFd>) -> bool 
 /// One call of a task in a worker: its argument is the first value of `input`; its
 /// result goes at the end of `out` (descriptors at the end of `out_fds`).
 pub(crate) struct Invocation<'i, 'o> {
-    pub(crate) input: &'i [u8],
+    pub(crate) input: &'o mut crate::wire::Values<'i>,
     pub(crate) out: &'o mut ValueBuf,
     pub(crate) out_fds: &'o mut Vec<OwnedFd>,
     pub(crate) max_fds: usize,
@@ -57,14 +57,9 @@ pub(crate) struct Invocation<'i, 'o> {
 
 impl Invoke for Invocation<'_, '_> {
     fn invoke<A: DeserializeOwned, R: Serialize>(&mut self, f: fn(A) -> R) {
-        let a = match crate::wire::decode_prefix::<A>(self.input) {
-            Ok((a, rest)) => {
-                self.input = rest;
-                a
-            }
+        let a = match self.input.next::<A>() {
+            Ok(a) => a,
             Err(e) => {
-                // Values are self-delimiting: the rest of the chunk cannot be found.
-                self.input = &[];
                 let reason = match e {
                     Error::Decode { reason, .. } => reason,
                     other => other.to_string(),
@@ -304,8 +299,9 @@ mod tests {
         let mut out = ValueBuf::new(1 << 20, false);
         let mut out_fds = Vec::new();
         let mut flush = |_: &mut ValueBuf, _: &mut Vec<OwnedFd>| false;
+        let mut input = crate::wire::Values::new(&args);
         let mut inv = Invocation {
-            input: &args,
+            input: &mut input,
             out: &mut out,
             out_fds: &mut out_fds,
             max_fds: 253,
@@ -323,7 +319,6 @@ mod tests {
             entry.function,
             &mut inv
         ));
-        assert!(inv.input.is_empty());
         assert!(crate::sys::image::call(
             entry.trampoline,
             entry.function,
@@ -334,8 +329,9 @@ mod tests {
         );
         assert!(!crate::sys::image::call(u64::MAX, 0, &mut inv));
         let bytes = out.heap().unwrap().to_vec();
-        let (a, rest): (u64, _) = crate::wire::decode_prefix(&bytes).unwrap();
-        let (b, rest): (u64, _) = crate::wire::decode_prefix(rest).unwrap();
-        assert_eq!((a, b, rest.len()), (42, 8, 0));
+        let mut values = crate::wire::Values::new(&bytes);
+        let (a, b): (u64, u64) = (values.next().unwrap(), values.next().unwrap());
+        assert_eq!((a, b), (42, 8));
+        assert!(values.next::<u64>().is_err());
     }
 }

@@ -248,7 +248,7 @@ impl ChunkRun {
             failures: Vec::new(),
             since: Instant::now(),
         };
-        let mut input = data.bytes();
+        let mut input = crate::wire::Values::new(data.bytes());
         let mut sent = Ok(());
         child::set_current(abort, self.seq);
         fds::provide(value_fds, || {
@@ -259,7 +259,7 @@ impl ChunkRun {
                     r.is_ok()
                 };
                 let mut inv = Invocation {
-                    input,
+                    input: &mut input,
                     out: &mut out,
                     out_fds: &mut out_fds,
                     max_fds,
@@ -270,7 +270,6 @@ impl ChunkRun {
                 let ran = catch_unwind(AssertUnwindSafe(|| {
                     crate::sys::image::call(entry.trampoline, entry.function, &mut inv)
                 }));
-                input = inv.input;
                 let outcome = match ran {
                     Ok(true) => inv.outcome,
                     Ok(false) => Err(Failure::BadEntry),

@@ -141,8 +141,9 @@ fn run(job: u64, entry: TaskRef, args: &Batch) -> Reply {
         let mut out = ValueBuf::new(crate::wire::max_frame_size(), false);
         let mut out_fds = Vec::new();
         let mut no_flush = |_: &mut ValueBuf, _: &mut Vec<std::os::fd::OwnedFd>| false;
+        let mut input = crate::wire::Values::new(bytes);
         let mut inv = Invocation {
-            input: bytes,
+            input: &mut input,
             out: &mut out,
             out_fds: &mut out_fds,
             // Descriptors cannot cross MPI: a result holding one is refused.

@@ -23,10 +23,12 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> Ret for T {}
 pub(crate) mod sealed {
     use super::*;
 
+    pub use crate::pool::core::Batch;
+
     /// What one wait for a job's results gave.
     pub enum Step<R> {
-        /// Some results, as `(input index, result)`, in completion order.
-        Got(Vec<(usize, Result<R>)>),
+        /// Some results, with their input indices, in completion order.
+        Got(Batch<R>),
         /// None before the deadline.
         Empty,
         /// The job will give no more (its last result was taken, or the pool stopped).
@@ -62,7 +64,7 @@ pub(crate) mod sealed {
                             .recv_timeout(d.saturating_duration_since(Instant::now())),
                     };
                     match r {
-                        Ok(batch) => Step::Got(batch),
+                        Ok(batch) => Step::Got(Batch::from_results(batch)),
                         Err(Timeout) => Step::Empty,
                         Err(Disconnected) => Step::Ended,
                     }
@@ -163,14 +165,12 @@ pub trait TaskPool: Backend {
             };
             received += batch.len();
             bar.set(received as u64);
-            for (i, r) in batch {
-                match r {
-                    Ok(v) => {
-                        if let Some(slot) = out.get_mut(i) {
-                            *slot = Some(v);
-                        }
-                    }
-                    Err(e) => return Err(e),
+            if let Some((_, e)) = batch.errors.into_iter().next() {
+                return Err(e);
+            }
+            for (i, v) in batch.values {
+                if let Some(slot) = out.get_mut(i) {
+                    *slot = Some(v);
                 }
             }
         }
@@ -178,8 +178,8 @@ pub trait TaskPool: Backend {
         let mut cancel = cancel;
         cancel.armed = false;
         out.into_iter()
-            .map(|v| v.ok_or(Error::PoolTerminated))
-            .collect()
+            .collect::<Option<Vec<R>>>()
+            .ok_or(Error::PoolTerminated)
     }
 
     /// Like [`map`](TaskPool::map), but keeps every call's own result: one failed call

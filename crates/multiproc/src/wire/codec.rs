@@ -44,16 +44,30 @@ pub(crate) fn encode_value<T: Serialize + ?Sized>(
     fds: &mut Vec<std::os::fd::OwnedFd>,
     what: &dyn Fn() -> String,
 ) -> Result<()> {
+    let fd_mark = fds.len();
+    let r = super::fds::capture_into(fds, || encode_captured(value, buf, what));
+    if r.is_err() {
+        fds.truncate(fd_mark);
+    }
+    r
+}
+
+/// [`encode_value`] for a caller that captures descriptors itself (around many values:
+/// see `wire::fds::capture_into`). On error `buf` is as before; the caller undoes the
+/// descriptors.
+pub(crate) fn encode_captured<T: Serialize + ?Sized>(
+    value: &T,
+    buf: &mut super::values::ValueBuf,
+    what: &dyn Fn() -> String,
+) -> Result<()> {
     // No clearing of a stale handle error first: this is the hot path of small calls,
     // and a handle error is consumed by the failure it causes.
-    let (mark, fd_mark) = (buf.len(), fds.len());
-    let r = super::fds::capture_into(fds, || postcard::serialize_with_flavor(value, &mut *buf));
-    match r {
+    let mark = buf.len();
+    match postcard::serialize_with_flavor(value, &mut *buf) {
         Ok(()) => Ok(()),
         Err(e) => {
             let overflowed = buf.overflowed();
             buf.truncate(mark);
-            fds.truncate(fd_mark);
             if overflowed {
                 return Err(Error::FrameTooLarge {
                     what: what(),
@@ -93,12 +107,35 @@ fn encoded_len<T: Serialize + ?Sized>(value: &T) -> usize {
     .unwrap_or(0)
 }
 
-/// Decodes one `T` from the front of `bytes`; returns it and the bytes after it.
-pub(crate) fn decode_prefix<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, &[u8])> {
-    postcard::take_from_bytes::<T>(bytes).map_err(|e| Error::Decode {
-        type_name: std::any::type_name::<T>().to_owned(),
-        reason: super::fds::take_error().unwrap_or_else(|| e.to_string()),
-    })
+/// Decodes values laid end to end, one after another, with one decoder for them all.
+pub(crate) struct Values<'de> {
+    de: postcard::Deserializer<'de, postcard::de_flavors::Slice<'de>>,
+    broken: bool,
+}
+
+impl<'de> Values<'de> {
+    pub(crate) fn new(bytes: &'de [u8]) -> Self {
+        Values {
+            de: postcard::Deserializer::from_bytes(bytes),
+            broken: false,
+        }
+    }
+
+    /// The next value as `T`. After an error the rest cannot be found (values are
+    /// self-delimiting only when each decodes): every later call fails too.
+    pub(crate) fn next<T: DeserializeOwned>(&mut self) -> Result<T> {
+        let fail = |reason: String| Error::Decode {
+            type_name: std::any::type_name::<T>().to_owned(),
+            reason,
+        };
+        if self.broken {
+            return Err(fail("it follows a value that could not be decoded".into()));
+        }
+        T::deserialize(&mut self.de).map_err(|e| {
+            self.broken = true;
+            fail(super::fds::take_error().unwrap_or_else(|| e.to_string()))
+        })
+    }
 }
 
 /// Decodes a whole buffer as `T`; trailing bytes are an error (they mean the two

@@ -58,6 +58,20 @@ pub(crate) fn capture_into<T>(fds: &mut Vec<OwnedFd>, f: impl FnOnce() -> T) -> 
     value
 }
 
+/// Descriptors captured so far by the innermost [`capture_into`] (0 outside one).
+pub(crate) fn captured_len() -> usize {
+    OUTGOING.with(|o| o.borrow().as_ref().map_or(0, Vec::len))
+}
+
+/// Drops the descriptors captured after the first `n` (a value that failed).
+pub(crate) fn truncate_captured(n: usize) {
+    OUTGOING.with(|o| {
+        if let Some(list) = o.borrow_mut().as_mut() {
+            list.truncate(n);
+        }
+    });
+}
+
 /// Runs `f` (which decodes something) with `fds` available to the [`PassFd`]s in it.
 /// Descriptors nobody claimed are closed.
 pub(crate) fn provide<T>(fds: Vec<OwnedFd>, f: impl FnOnce() -> T) -> T {

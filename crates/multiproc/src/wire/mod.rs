@@ -18,7 +18,9 @@ mod frame;
 pub(crate) mod message;
 pub(crate) mod values;
 
-pub(crate) use codec::{decode, decode_prefix, encode, encode_into, encode_reusing, encode_value};
+pub(crate) use codec::{
+    Values, decode, encode, encode_captured, encode_into, encode_reusing, encode_value,
+};
 pub use frame::{FrameDecoder, FrameError, HEADER_LEN};
 pub(crate) use frame::{
     FrameReader, Next, Received, check_fd_count, poll_timeout, recv_frame, send_all,

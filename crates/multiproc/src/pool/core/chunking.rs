@@ -14,8 +14,11 @@
 //!
 //! Pipelining: a worker holds more than one chunk while what it holds is estimated to
 //! run for less than [`PIPELINE_TIME`], at most [`MAX_IN_FLIGHT`] chunks, so that it
-//! never waits a round trip between small chunks. A worker holding a probe (call time
-//! unknown) or any chunk under a task timeout holds only that one.
+//! never waits a round trip between small chunks. Behind a long chunk it holds one
+//! more while the job has plenty left (over [`PLENTY_PER_WORKER`] pending calls per
+//! worker): the next argument is already there when a call ends, and near the end of
+//! the job no worker sits on a call another could run. A worker holding a probe (call
+//! time unknown) or any chunk under a task timeout holds only that one.
 
 use std::time::Duration;
 
@@ -29,6 +32,9 @@ pub(crate) const MIN_CHUNK_TIME: Duration = Duration::from_micros(250);
 pub(crate) const PIPELINE_TIME: Duration = Duration::from_millis(2);
 /// Chunks one worker holds at most.
 pub(crate) const MAX_IN_FLIGHT: usize = 32;
+/// Pending calls per worker above which a worker busy with a long chunk gets the next
+/// one already.
+pub(crate) const PLENTY_PER_WORKER: usize = 2;
 /// Calls in one chunk at most.
 pub(crate) const MAX_CHUNK: usize = 1 << 17;
 /// A chunk stops growing once its arguments pass this many bytes (big arguments
@@ -66,13 +72,21 @@ pub(crate) fn chunk_len(
 }
 
 /// Whether a worker that holds `held` chunks, estimated to run `held_nanos` in all
-/// (`None`: some of it has an unknown call time), should get another.
-pub(crate) fn wants_more(held: usize, held_nanos: Option<f64>, timeout: bool) -> bool {
+/// (`None`: some of it has an unknown call time), should get another; `plenty`: the
+/// job has plenty of calls left.
+pub(crate) fn wants_more(
+    held: usize,
+    held_nanos: Option<f64>,
+    timeout: bool,
+    plenty: bool,
+) -> bool {
     match (held, held_nanos) {
         (0, _) => true,
         _ if timeout => false,
         (_, None) => false,
-        (n, Some(ns)) => n < MAX_IN_FLIGHT && ns < PIPELINE_TIME.as_nanos() as f64,
+        (n, _) if n >= MAX_IN_FLIGHT => false,
+        (_, Some(ns)) if ns < PIPELINE_TIME.as_nanos() as f64 => true,
+        (n, Some(_)) => n == 1 && plenty,
     }
 }
 
@@ -121,13 +135,16 @@ mod tests {
     }
 
     #[test]
-    fn pipelining_only_for_known_short_work() {
-        assert!(wants_more(0, None, true));
-        assert!(!wants_more(1, None, false));
-        assert!(!wants_more(1, Some(10.0), true));
-        assert!(wants_more(1, Some(1e5), false));
-        assert!(!wants_more(1, Some(3e6), false));
-        assert!(!wants_more(MAX_IN_FLIGHT, Some(10.0), false));
+    fn pipelining_for_known_short_work_and_one_behind_long_work() {
+        assert!(wants_more(0, None, true, false));
+        assert!(!wants_more(1, None, false, true));
+        assert!(!wants_more(1, Some(10.0), true, true));
+        assert!(wants_more(1, Some(1e5), false, false));
+        assert!(!wants_more(MAX_IN_FLIGHT, Some(10.0), false, true));
+        // Behind a 3 ms chunk: one more while plenty is left, none near the end.
+        assert!(wants_more(1, Some(3e6), false, true));
+        assert!(!wants_more(1, Some(3e6), false, false));
+        assert!(!wants_more(2, Some(6e6), false, true));
     }
 
     #[test]

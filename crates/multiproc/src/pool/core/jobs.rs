@@ -24,15 +24,10 @@ use crate::wire::values::ValueBuf;
 
 /// Arguments of some calls, not yet encoded.
 pub(crate) trait Source: Send {
-    /// Encodes the first argument (that of call `index`) at the end of `buf`, its
-    /// descriptors at the end of `fds`; `None` when there is none. The argument stays
-    /// first until `pop`.
-    fn encode_first(
-        &mut self,
-        index: usize,
-        buf: &mut ValueBuf,
-        fds: &mut Vec<OwnedFd>,
-    ) -> Option<Result<()>>;
+    /// Encodes the first argument (that of call `index`) at the end of `buf`, inside
+    /// the chunk's descriptor capture (see `wire::fds`); `None` when there is none.
+    /// The argument stays first until `pop`.
+    fn encode_first(&mut self, index: usize, buf: &mut ValueBuf) -> Option<Result<()>>;
     /// Drops the first argument (it was sent, or answered with its encoding error).
     fn pop(&mut self);
     /// Arguments left.
@@ -49,14 +44,9 @@ impl<A> Items<A> {
 }
 
 impl<A: serde::Serialize + Send> Source for Items<A> {
-    fn encode_first(
-        &mut self,
-        index: usize,
-        buf: &mut ValueBuf,
-        fds: &mut Vec<OwnedFd>,
-    ) -> Option<Result<()>> {
+    fn encode_first(&mut self, index: usize, buf: &mut ValueBuf) -> Option<Result<()>> {
         let item = self.0.front()?;
-        Some(crate::wire::encode_value(item, buf, fds, &|| {
+        Some(crate::wire::encode_captured(item, buf, &|| {
             format!("the argument of call {index}")
         }))
     }

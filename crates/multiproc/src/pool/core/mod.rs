@@ -55,11 +55,68 @@ impl Answers {
     }
 }
 
+/// Some results of a job: values and failures apart, so that a batch of many
+/// small values is not a vector of large `Result`s.
+pub struct Batch<R> {
+    pub(crate) values: Vec<(usize, R)>,
+    pub(crate) errors: Vec<(usize, Error)>,
+}
+
+impl<R> Batch<R> {
+    /// Results in one vector (channel-fed pools produce them so).
+    pub(crate) fn from_results(results: Vec<(usize, Result<R>)>) -> Self {
+        let mut b = Batch {
+            values: Vec::with_capacity(results.len()),
+            errors: Vec::new(),
+        };
+        for (i, r) in results {
+            match r {
+                Ok(v) => b.values.push((i, v)),
+                Err(e) => b.errors.push((i, e)),
+            }
+        }
+        b
+    }
+
+    /// Results in the batch.
+    pub fn len(&self) -> usize {
+        self.values.len() + self.errors.len()
+    }
+
+    /// Whether the batch holds no result.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl<R> IntoIterator for Batch<R> {
+    type Item = (usize, Result<R>);
+    type IntoIter = std::iter::Chain<
+        std::iter::Map<std::vec::IntoIter<(usize, R)>, fn((usize, R)) -> (usize, Result<R>)>,
+        std::iter::Map<
+            std::vec::IntoIter<(usize, Error)>,
+            fn((usize, Error)) -> (usize, Result<R>),
+        >,
+    >;
+
+    fn into_iter(self) -> Self::IntoIter {
+        let ok: fn((usize, R)) -> (usize, Result<R>) = |(i, v)| (i, Ok(v));
+        let err: fn((usize, Error)) -> (usize, Result<R>) = |(i, e)| (i, Err(e));
+        self.values
+            .into_iter()
+            .map(ok)
+            .chain(self.errors.into_iter().map(err))
+    }
+}
+
 /// Decodes answers as `R`. The bytes came from another process: a malformed batch
 /// gives errors, never a panic.
-pub(crate) fn decode_answers<R: DeserializeOwned>(answers: Answers) -> Vec<(usize, Result<R>)> {
+pub(crate) fn decode_answers<R: DeserializeOwned>(answers: Answers) -> Batch<R> {
     match answers {
-        Answers::Failed(v) => v.into_iter().map(|(i, e)| (i, Err(e))).collect(),
+        Answers::Failed(errors) => Batch {
+            values: Vec::new(),
+            errors,
+        },
         Answers::Values {
             pid,
             indices,
@@ -67,39 +124,32 @@ pub(crate) fn decode_answers<R: DeserializeOwned>(answers: Answers) -> Vec<(usiz
             data,
             fds,
         } => crate::wire::fds::provide(fds, || {
-            let mut rest = data.bytes();
+            let mut out = Batch {
+                values: Vec::with_capacity(indices.len() - failures.len().min(indices.len())),
+                errors: Vec::new(),
+            };
+            let mut values = crate::wire::Values::new(data.bytes());
             let mut failures = failures.into_iter().peekable();
             let mut broken: Option<String> = None;
-            indices
-                .into_iter()
-                .enumerate()
-                .map(|(k, index)| {
-                    if let Some((_, f)) = failures.next_if(|(at, _)| *at as usize == k) {
-                        return (index, Err(task::failure_error(f, pid, index)));
-                    }
-                    if let Some(why) = &broken {
-                        return (
-                            index,
-                            Err(Error::Protocol {
-                                pid,
-                                detail: why.clone(),
-                            }),
-                        );
-                    }
-                    match crate::wire::decode_prefix::<R>(rest) {
-                        Ok((v, tail)) => {
-                            rest = tail;
-                            (index, Ok(v))
-                        }
+            for (k, index) in indices.into_iter().enumerate() {
+                if let Some((_, f)) = failures.next_if(|(at, _)| *at as usize == k) {
+                    out.errors.push((index, task::failure_error(f, pid, index)));
+                } else if let Some(why) = &broken {
+                    let detail = why.clone();
+                    out.errors.push((index, Error::Protocol { pid, detail }));
+                } else {
+                    match values.next::<R>() {
+                        Ok(v) => out.values.push((index, v)),
                         Err(e) => {
                             // Values are self-delimiting: after one that does not
                             // decode, the rest of the batch cannot be found.
                             broken = Some(format!("a result batch that breaks off: {e}"));
-                            (index, Err(e))
+                            out.errors.push((index, e));
                         }
                     }
-                })
-                .collect()
+                }
+            }
+            out
         }),
     }
 }
@@ -332,9 +382,6 @@ impl Core {
             .held
             .iter()
             .try_fold(0.0, |sum, h| h.nanos.map(|n| sum + n));
-        if !chunking::wants_more(slot.held.len(), held_nanos, timeout.is_some()) {
-            return None;
-        }
         let quota = self
             .cfg
             .max_tasks_per_child
@@ -346,6 +393,10 @@ impl Core {
         let keep = self.cfg.retries > 0;
         let (job_id, job) = self.jobs.iter_mut().find(|(_, j)| j.pending() > 0)?;
         let job_id = *job_id;
+        let plenty = job.pending() > chunking::PLENTY_PER_WORKER * workers.max(1);
+        if !chunking::wants_more(slot.held.len(), held_nanos, timeout.is_some(), plenty) {
+            return None;
+        }
         let idle = slot.held.is_empty();
         let built = if !job.retries.is_empty() {
             if !idle {
@@ -599,59 +650,64 @@ fn build(job: &mut Job, n: usize, limits: &Limits, keep: bool) -> Built {
     let mut indices = Vec::with_capacity(n.min(job.pending()));
     let mut ends: Vec<usize> = Vec::new();
     let mut failed = Vec::new();
-    'fill: while indices.len() < n {
-        let Some((first, source)) = job.sources.front_mut() else {
-            break;
-        };
-        let index = *first;
-        let (mark, fd_mark) = (buf.len(), fds.len());
-        let result = match source.encode_first(index, &mut buf, &mut fds) {
-            None => {
-                job.sources.pop_front();
-                continue;
-            }
-            Some(r) => r,
-        };
-        let too_many_fds = fds.len() > limits.max_fds;
-        let error = match result {
-            Ok(()) if !too_many_fds => None,
-            Ok(()) => Some(Error::Encode {
-                type_name: "task argument".into(),
-                reason: match limits.max_fds {
-                    0 => "it holds OS handles (a Pipe, a Queue, shared memory...), which cannot cross to this pool's workers".into(),
-                    max => format!(
-                        "it holds {} OS handles, more than one message can carry ({max})",
-                        fds.len() - fd_mark
-                    ),
-                },
-            }),
-            Err(e) => Some(e),
-        };
-        match error {
-            None => {
-                source.pop();
-                *first += 1;
-                indices.push(index);
-                ends.push(buf.len());
-                if buf.len() >= chunking::CHUNK_BYTES {
-                    break 'fill;
+    // One capture for the whole chunk: the descriptors of every argument are numbered
+    // across the frame, and the hot path of tiny calls pays no per-value set-up.
+    crate::wire::fds::capture_into(&mut fds, || {
+        while indices.len() < n {
+            let Some((first, source)) = job.sources.front_mut() else {
+                break;
+            };
+            let index = *first;
+            let (mark, fd_mark) = (buf.len(), crate::wire::fds::captured_len());
+            let result = match source.encode_first(index, &mut buf) {
+                None => {
+                    job.sources.pop_front();
+                    continue;
                 }
-            }
-            Some(e) => {
-                buf.truncate(mark);
-                fds.truncate(fd_mark);
-                // Over a limit beside the calls before it: it goes first in the next
-                // chunk, where it is tried alone.
-                let shared_limit = matches!(e, Error::FrameTooLarge { .. }) || too_many_fds;
-                if shared_limit && !indices.is_empty() {
-                    break 'fill;
+                Some(r) => r,
+            };
+            let fd_count = crate::wire::fds::captured_len();
+            let too_many_fds = fd_count > limits.max_fds;
+            let error = match result {
+                Ok(()) if !too_many_fds => None,
+                Ok(()) => Some(Error::Encode {
+                    type_name: "task argument".into(),
+                    reason: match limits.max_fds {
+                        0 => "it holds OS handles (a Pipe, a Queue, shared memory...), which cannot cross to this pool's workers".into(),
+                        max => format!(
+                            "it holds {} OS handles, more than one message can carry ({max})",
+                            fd_count - fd_mark
+                        ),
+                    },
+                }),
+                Err(e) => Some(e),
+            };
+            match error {
+                None => {
+                    source.pop();
+                    *first += 1;
+                    indices.push(index);
+                    ends.push(buf.len());
+                    if buf.len() >= chunking::CHUNK_BYTES {
+                        break;
+                    }
                 }
-                source.pop();
-                *first += 1;
-                failed.push((index, e));
+                Some(e) => {
+                    buf.truncate(mark);
+                    crate::wire::fds::truncate_captured(fd_mark);
+                    // Over a limit beside the calls before it: it goes first in the
+                    // next chunk, where it is tried alone.
+                    let shared_limit = matches!(e, Error::FrameTooLarge { .. }) || too_many_fds;
+                    if shared_limit && !indices.is_empty() {
+                        break;
+                    }
+                    source.pop();
+                    *first += 1;
+                    failed.push((index, e));
+                }
             }
         }
-    }
+    });
     let kept = keep.then(|| {
         let bytes = buf.heap().map(|heap| {
             let mut start = 0;
