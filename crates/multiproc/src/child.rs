@@ -92,6 +92,8 @@ thread_local! {
     /// The socket, chunk and call position of the task running on this thread, for
     /// the panic hook.
     static CURRENT: RefCell<Option<(Rc<OwnedFd>, u64, u32)>> = const { RefCell::new(None) };
+    /// Whether a chunk's tasks run on this thread now.
+    static IN_TASK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     /// The position of the running call in its chunk (a `Cell`: set once per call).
     static INDEX: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
     /// The message and location of the last panic on this thread.
@@ -161,7 +163,14 @@ pub(crate) fn record_panic(info: &std::panic::PanicHookInfo<'_>) {
 /// The chunk now running on this thread, for the panic hook (`sock`: where it reports
 /// under `panic = "abort"`); [`set_index`] says which call of it.
 pub(crate) fn set_current(sock: Option<Rc<OwnedFd>>, seq: u64) {
+    IN_TASK.set(true);
     CURRENT.with(|c| *c.borrow_mut() = sock.map(|s| (s, seq, 0)));
+}
+
+/// Whether a task runs on this thread (for a panic hook: a panic there is the task's).
+#[cfg_attr(not(feature = "mpi"), allow(dead_code))]
+pub(crate) fn in_task() -> bool {
+    IN_TASK.get()
 }
 
 /// The position in its chunk of the call now running on this thread.
@@ -171,6 +180,7 @@ pub(crate) fn set_index(index: u32) {
 
 /// No call runs on this thread any more.
 pub(crate) fn clear_current() {
+    IN_TASK.set(false);
     CURRENT.with(|c| *c.borrow_mut() = None);
 }
 

@@ -185,7 +185,7 @@ pub enum Error {
 
     /// A frame larger than the configured maximum was sent or announced.
     #[error(
-        "{what} of {len} bytes exceeds the maximum frame size of {max} bytes; raise it with multiproc::set_max_frame_size or send bulk data through shared memory"
+        "{what} is {len} bytes, over the maximum frame size of {max} bytes; raise it with multiproc::set_max_frame_size or send bulk data through shared memory"
     )]
     FrameTooLarge {
         /// What was too large: `"a frame"`, or which call's argument or result.

@@ -49,6 +49,9 @@ pub(crate) trait Link {
     fn set_max_frame(&mut self, max: usize);
     /// Where the panic hook reports a panic under `panic = "abort"`.
     fn abort_channel(&self) -> Option<Rc<OwnedFd>>;
+    /// Answers the hello: `refusal` says why this worker will run nothing (`None`:
+    /// ready). Returns whether to go on serving.
+    fn greeted(&mut self, refusal: Option<Refusal>) -> Result<bool>;
 }
 
 /// A worker's end of a Unix stream socket to its parent.
@@ -125,13 +128,39 @@ impl Link for SocketLink {
     fn abort_channel(&self) -> Option<Rc<OwnedFd>> {
         Some(self.sock.clone())
     }
+
+    /// A parent is told only of a refusal; then the worker exits.
+    fn greeted(&mut self, refusal: Option<Refusal>) -> Result<bool> {
+        let Some(reason) = refusal else {
+            return Ok(true);
+        };
+        let mut head = Vec::new();
+        message::frame_head(&Reply::Refused { reason }, 0, &mut head)?;
+        self.send(&head, &[], &[])?;
+        self.flush()?;
+        Ok(false)
+    }
+}
+
+/// Why a worker (of this build, started as `origin` says) refuses a parent's hello.
+pub(crate) fn refusal(version: u32, build_id: &[u8], origin: Origin) -> Option<Refusal> {
+    if version != PROTOCOL_VERSION {
+        Some(Refusal::Version {
+            child: PROTOCOL_VERSION,
+        })
+    } else if origin == Origin::Execd && build_id != crate::task::build_id() {
+        Some(Refusal::Build {
+            child: ByteBuf::from(crate::task::build_id().to_vec()),
+        })
+    } else {
+        None
+    }
 }
 
 /// Serves the parent on `link` until it says `Exit` or goes away; returns the exit
 /// code the process should end with.
 pub(crate) fn serve(link: &mut impl Link, origin: Origin) -> i32 {
     let mut greeted = false;
-    let mut head = Vec::new();
     loop {
         let body = match link.recv() {
             Ok(Some(b)) => b,
@@ -148,25 +177,19 @@ pub(crate) fn serve(link: &mut impl Link, origin: Origin) -> i32 {
                 name,
                 max_frame,
             } => {
-                let refusal = if version != PROTOCOL_VERSION {
-                    Some(Refusal::Version {
-                        child: PROTOCOL_VERSION,
-                    })
-                } else if origin == Origin::Execd && build_id.as_slice() != crate::task::build_id()
-                {
-                    Some(Refusal::Build {
-                        child: ByteBuf::from(crate::task::build_id().to_vec()),
-                    })
-                } else {
-                    None
-                };
-                if let Some(reason) = refusal {
-                    let _ = message::frame_head(&Reply::Refused { reason }, 0, &mut head)
-                        .and_then(|()| link.send(&head, &[], &[]))
-                        .and_then(|()| link.flush());
-                    return EXIT_REFUSED;
+                let refused = refusal(version, &build_id, origin);
+                let ok = refused.is_none();
+                match link.greeted(refused) {
+                    Ok(true) => {}
+                    Ok(false) => return EXIT_REFUSED,
+                    Err(_) => return EXIT_PROTOCOL,
                 }
-                child::set_name(name);
+                if !ok {
+                    continue; // refused, but told to wait for Exit
+                }
+                if !name.is_empty() {
+                    child::set_name(name);
+                }
                 let max = usize::try_from(max_frame).unwrap_or(usize::MAX);
                 crate::wire::set_max_frame_size(max);
                 link.set_max_frame(max);

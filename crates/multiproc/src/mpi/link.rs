@@ -1,17 +1,18 @@
-//! Frames over MPI: one encoded message per MPI message, tagged by direction, under
-//! the same size limit as the process pool's sockets ([`crate::max_frame_size`]).
+//! Frames over MPI: one frame body (envelope and data, as over a socket, without the
+//! length header: MPI messages have their own length) per MPI message, tagged by
+//! direction, under the same size limit as the process pool's sockets.
 
 use mpi::datatype::Equivalence;
 use mpi::point_to_point::{Destination, Message, Status};
 use mpi::topology::{Communicator, Rank, SimpleCommunicator};
 use serde::{Deserialize, Serialize};
 
-use super::message::Refusal;
 use crate::error::{Error, Result};
+use crate::wire::message::Refusal;
 
-/// Rank 0 → worker: a [`Request`](super::message::Request).
+/// Rank 0 → worker: a `Request` frame.
 pub(crate) const TAG_REQUEST: i32 = 1;
-/// Worker → rank 0: a [`Reply`](super::message::Reply) to a `Run`.
+/// Worker → rank 0: a `Reply` frame to a `Run`.
 pub(crate) const TAG_REPLY: i32 = 2;
 /// Worker → rank 0: its [`Greeting`], the answer to the hello.
 pub(crate) const TAG_GREETING: i32 = 3;
@@ -29,9 +30,34 @@ pub(crate) enum Greeting {
     },
 }
 
-/// The largest message: the frame limit, and MPI counts are C ints.
+/// The largest value (argument or result): the frame limit, with room for a frame's
+/// envelope under MPI's count limit (a C int).
+pub(crate) fn max_value() -> usize {
+    crate::wire::max_frame_size().min(i32::MAX as usize - crate::worker::ENVELOPE_ROOM)
+}
+
+/// The largest message.
 pub(crate) fn limit() -> usize {
-    crate::wire::max_frame_size().min(i32::MAX as usize)
+    crate::worker::frame_limit(max_value())
+}
+
+/// Sends a frame made by `wire::message::frame_head` (its first 8 bytes, the length
+/// header, stay behind) followed by `data`.
+pub(crate) fn send_frame(
+    world: &SimpleCommunicator,
+    to: Rank,
+    tag: i32,
+    head: &[u8],
+    data: &[u8],
+) -> Result<()> {
+    let head = head.get(crate::wire::HEADER_LEN..).unwrap_or_default();
+    if data.is_empty() {
+        return send(world, to, tag, head);
+    }
+    let mut bytes = Vec::with_capacity(head.len() + data.len());
+    bytes.extend_from_slice(head);
+    bytes.extend_from_slice(data);
+    send(world, to, tag, &bytes)
 }
 
 /// Sends one frame to `to`. Refuses (before sending anything) a frame over [`limit`].

@@ -12,22 +12,25 @@
 //! Rank 0 runs `main`. Every other rank becomes a worker in [`crate::init`] (it
 //! initializes MPI, serves tasks from rank 0, finalizes MPI and exits without
 //! returning), so call `init()` first in `main`. On rank 0, [`Pool::new`] starts one
-//! manager thread that makes every MPI call of the process (MPI is initialized with
-//! `Threading::Funneled` on it), greets the workers and hands them chunks.
+//! thread that makes every MPI call of the process (MPI is initialized with
+//! `Threading::Funneled` on it), greets the workers and hands them chunks. It drives
+//! the same pool core as the process pool (job table, chunking, pipelining, answers
+//! of a long chunk in pieces), and the ranks run the same worker loop.
 //!
 //! ## What travels
 //!
-//! Exactly what travels to a worker process: the `Run`/`Done` messages of the process
-//! pool, encoded by the same codec, one MPI message each, under the same limit
-//! ([`max_frame_size`](crate::max_frame_size), and never over 2 GiB − 1, MPI's count
-//! limit): an argument over it is refused at submission with
-//! [`Error::FrameTooLarge`](crate::Error::FrameTooLarge), a result over it comes back as
-//! that call's error. Tasks are found by their offset in the executable, so every rank
+//! Exactly what travels to a worker process: the `Run`/`Done` frames of the process
+//! pool, encoded by the same codec, one MPI message each, under the same limit per
+//! value ([`max_frame_size`](crate::max_frame_size), and never over 2 GiB − 1 − 1 MiB,
+//! MPI's count limit less room for the envelope): an argument over it is that call's
+//! [`Error::FrameTooLarge`](crate::Error::FrameTooLarge) at once (no rank sees it), a
+//! result over it comes back as that call's error. Tasks are found by their offset in the executable, so every rank
 //! must run the same build: rank 0's hello carries its build id, and a rank that runs
 //! another build refuses; [`Pool::new`] then fails with an [`Error::Mpi`](crate::Error::Mpi) that names the
 //! rank and both build ids. Descriptors (pipes, queues, shared memory) cannot cross
-//! ranks: such an argument is refused at submission (an `Error::Encode` that says so),
-//! such a result is that call's error.
+//! ranks: such an argument is that call's `Error::Encode` at once (the message says
+//! so), such a result is that call's error. Big values travel inline (no shared memory
+//! across machines).
 //!
 //! ## Without a launcher
 //!
@@ -67,10 +70,9 @@
 //! Leaking the pool (or `std::process::exit` while it lives) skips `MPI_Finalize`, which
 //! `mpirun` reports as an error.
 
+mod driver;
 mod launch;
 mod link;
-mod manager;
-mod message;
 mod pool;
 mod worker;
 

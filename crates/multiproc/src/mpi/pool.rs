@@ -1,17 +1,17 @@
 //! [`Pool`]: the [`TaskPool`] interface on MPI worker ranks.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, mpsc};
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
-use std::time::Duration;
-
-use serde::de::DeserializeOwned;
+use std::time::{Duration, Instant};
 
 use super::RankInfo;
-use super::manager::{self, Answers, Call, Command, Config, JobSpec};
-use super::message::{Batch, Failure};
+use super::driver::{self, Config, Shared};
 use crate::error::{Error, Result};
-use crate::pool::api::sealed::{Backend, Results};
+use crate::pool::api::sealed::{Backend, ResultSource, Results, Step};
+use crate::pool::core::jobs::Items;
+use crate::pool::core::{Config as CoreConfig, Core, decode_answers};
 use crate::pool::{Arg, ChunkSize, Progress, Ret, TaskPool};
 use crate::task;
 
@@ -38,9 +38,8 @@ use crate::task;
 /// dropped (after telling every worker rank to exit). See the [module
 /// docs](crate::mpi) for failures.
 pub struct Pool {
-    tx: mpsc::Sender<Command>,
+    shared: Arc<Shared>,
     manager: Mutex<Option<JoinHandle<()>>>,
-    next_job: AtomicU64,
     closed: AtomicBool,
     ranks: Vec<RankInfo>,
     chunk: ChunkSize,
@@ -84,8 +83,8 @@ impl PoolBuilder {
         self
     }
 
-    /// Chunk size policy; default [`ChunkSize::Auto`] (the process pool's rule, aiming
-    /// at 10 ms of work per chunk).
+    /// Chunk size policy; default [`ChunkSize::Auto`] (the process pool's rule; see
+    /// [`crate::pool`]).
     pub fn chunk_size(mut self, chunk: ChunkSize) -> Self {
         self.chunk = chunk;
         self
@@ -120,11 +119,20 @@ impl PoolBuilder {
             task_timeout: self.task_timeout,
             hello_timeout: self.hello_timeout,
         };
-        let (tx, rx) = mpsc::channel();
+        // The worker count is known once the ranks answered; the core learns it below.
+        let core = Core::new(CoreConfig {
+            workers: 1,
+            retries: 0,
+            task_timeout: self.task_timeout,
+            max_tasks_per_child: None,
+            pipeline: false,
+        });
+        let shared = Arc::new(Shared::new(core));
         let (ready_tx, ready_rx) = mpsc::channel();
+        let mpi_shared = shared.clone();
         let handle = std::thread::Builder::new()
             .name("multiproc-mpi".into())
-            .spawn(move || manager::run(cfg, rx, ready_tx))
+            .spawn(move || driver::run(cfg, mpi_shared, ready_tx))
             .map_err(|e| Error::io("starting the MPI pool's manager thread", e))?;
         let ranks = match ready_rx.recv() {
             Ok(Ok(ranks)) => ranks,
@@ -139,10 +147,10 @@ impl PoolBuilder {
                 });
             }
         };
+        shared.lock().core.set_workers(ranks.len());
         Ok(Pool {
-            tx,
+            shared,
             manager: Mutex::new(Some(handle)),
-            next_job: AtomicU64::new(0),
             closed: AtomicBool::new(false),
             ranks,
             chunk: self.chunk,
@@ -172,10 +180,6 @@ impl Pool {
         self.ranks.len()
     }
 
-    fn command(&self, cmd: Command) -> Result<()> {
-        self.tx.send(cmd).map_err(|_| Error::PoolClosed)
-    }
-
     fn wait_manager(&self) {
         let handle = self
             .manager
@@ -188,22 +192,42 @@ impl Pool {
     }
 }
 
-/// Decodes a job's answers into typed results on the manager thread.
-fn sink<R: DeserializeOwned + Send + 'static>(
-    tx: mpsc::Sender<Vec<(usize, Result<R>)>>,
-) -> manager::Sink {
-    Box::new(move |answers: Answers| {
-        let typed = match answers {
-            Answers::Failed(errors) => errors.into_iter().map(|(i, e)| (i, Err(e))).collect(),
-            Answers::Chunk {
-                pid,
-                indices,
-                values,
-                failures,
-            } => decode_chunk(pid, indices, &values, failures),
-        };
-        let _ = tx.send(typed);
-    })
+/// A job's results: filed in the core by the MPI thread, taken here.
+struct MpiResults<R> {
+    shared: Arc<Shared>,
+    job: u64,
+    _r: PhantomData<fn() -> R>,
+}
+
+impl<R: Ret> ResultSource<R> for MpiResults<R> {
+    fn recv(&mut self, deadline: Option<Instant>) -> Step<R> {
+        let mut st = self.shared.lock();
+        loop {
+            if let Some(a) = st.core.take_answers(self.job) {
+                drop(st);
+                return Step::Got(decode_answers::<R>(a));
+            }
+            if st.core.job_over(self.job) || st.stopped {
+                return Step::Ended;
+            }
+            let now = Instant::now();
+            st = match deadline {
+                None => self
+                    .shared
+                    .changed
+                    .wait(st)
+                    .unwrap_or_else(|p| p.into_inner()),
+                Some(d) if d <= now => return Step::Empty,
+                Some(d) => {
+                    self.shared
+                        .changed
+                        .wait_timeout(st, d - now)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
+                }
+            };
+        }
+    }
 }
 
 impl Backend for Pool {
@@ -211,20 +235,20 @@ impl Backend for Pool {
         &self,
         f: fn(A) -> R,
         chunk: ChunkSize,
-        _caller_driven: bool,
+        caller_driven: bool,
     ) -> Result<(u64, Results<R>)> {
-        if self.closed.load(Ordering::Acquire) {
+        let mut st = self.shared.lock();
+        if self.closed.load(Ordering::Acquire) || st.closed {
             return Err(Error::PoolClosed);
         }
-        let id = self.next_job.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::channel();
-        self.command(Command::Open(JobSpec {
-            id,
-            entry: task::task_ref(f),
-            sink: sink(tx),
-            chunk,
-        }))?;
-        Ok((id, Results::channel(rx)))
+        let job = st.core.open(task::task_ref(f), chunk, caller_driven);
+        drop(st);
+        let results = MpiResults {
+            shared: self.shared.clone(),
+            job,
+            _r: PhantomData,
+        };
+        Ok((job, Results(Box::new(results))))
     }
 
     fn submit<A: Arg, R: Ret>(
@@ -234,48 +258,20 @@ impl Backend for Pool {
         first: usize,
         items: Vec<A>,
     ) -> Result<()> {
-        let max = super::link::limit();
-        let mut calls = Vec::with_capacity(items.len());
-        for (k, item) in items.iter().enumerate() {
-            let (bytes, fds) = crate::wire::fds::capture(|| crate::wire::encode(item));
-            let refused = match bytes {
-                Err(e) => Err(e),
-                Ok(_) if !fds.is_empty() => Err(Error::Encode {
-                    type_name: std::any::type_name::<A>().to_owned(),
-                    reason: format!(
-                        "it holds {} descriptor(s) (a pipe, queue or shared-memory handle), \
-                         which cannot cross MPI ranks; send the data itself",
-                        fds.len()
-                    ),
-                }),
-                Ok(b) if b.len() > max => Err(Error::FrameTooLarge {
-                    what: "a frame".into(),
-                    len: b.len() as u64,
-                    max: max as u64,
-                }),
-                Ok(b) => Ok(b),
-            };
-            match refused {
-                Ok(bytes) => calls.push(Call {
-                    job,
-                    index: first + k,
-                    bytes,
-                }),
-                Err(e) => {
-                    self.cancel(job);
-                    return Err(e);
-                }
-            }
-        }
-        self.command(Command::Calls(calls))
+        self.shared
+            .lock()
+            .core
+            .submit(job, first, Box::new(Items::new(items)));
+        self.shared.notify();
+        Ok(())
     }
 
     fn seal(&self, job: u64) {
-        let _ = self.command(Command::Seal(job));
+        self.shared.lock().core.seal(job);
     }
 
     fn cancel(&self, job: u64) {
-        let _ = self.command(Command::Cancel(job));
+        self.shared.lock().core.cancel(job);
     }
 
     fn parallelism(&self) -> usize {
@@ -294,15 +290,19 @@ impl Backend for Pool {
 impl TaskPool for Pool {
     fn close(&self) {
         if !self.closed.swap(true, Ordering::AcqRel) {
-            let _ = self.command(Command::Close);
+            self.shared.lock().closed = true;
+            self.shared.notify();
         }
     }
 
-    /// Drops the work not yet sent (it answers [`Error::PoolTerminated`]). Chunks already
-    /// running on a rank finish first: MPI cannot stop one rank.
     fn terminate(&self) {
         self.closed.store(true, Ordering::Release);
-        let _ = self.command(Command::Terminate);
+        {
+            let mut st = self.shared.lock();
+            st.closed = true;
+            st.terminate = true;
+        }
+        self.shared.notify();
         self.wait_manager();
     }
 
@@ -315,9 +315,9 @@ impl TaskPool for Pool {
     }
 }
 
+crate::pool::api::inherent_task_pool_methods!(Pool);
+
 impl Drop for Pool {
-    /// Closes the pool, waits for the work submitted, tells the worker ranks to exit and
-    /// finalizes MPI.
     fn drop(&mut self) {
         self.close();
         self.wait_manager();
@@ -327,37 +327,9 @@ impl Drop for Pool {
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("mpi::Pool")
-            .field("workers", &self.ranks.len())
+            .field("ranks", &self.ranks)
             .field("chunk", &self.chunk)
             .field("closed", &self.closed.load(Ordering::Relaxed))
             .finish()
     }
-}
-
-/// Typed results of a chunk a rank answered: call `k` of the chunk is input
-/// `indices[k]`; its value is `values[k]` unless `failures` lists `k`. The batch came
-/// from another process: a malformed one gives errors, never a panic.
-fn decode_chunk<R: DeserializeOwned>(
-    pid: u32,
-    indices: Vec<usize>,
-    values: &Batch,
-    failures: Vec<(u32, Failure)>,
-) -> Vec<(usize, Result<R>)> {
-    let mut failures = failures.into_iter().peekable();
-    indices
-        .into_iter()
-        .enumerate()
-        .map(|(k, index)| {
-            let failed = failures.next_if(|(at, _)| *at as usize == k);
-            let r = match (failed, values.get(k)) {
-                (Some((_, f)), _) => Err(task::failure_error(f, pid, index)),
-                (None, Some((bytes, _))) => crate::wire::decode(bytes),
-                (None, None) => Err(Error::Protocol {
-                    pid,
-                    detail: "a malformed result batch".into(),
-                }),
-            };
-            (index, r)
-        })
-        .collect()
 }

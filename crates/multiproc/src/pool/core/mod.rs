@@ -172,6 +172,10 @@ pub(crate) struct Config {
     pub(crate) retries: u32,
     pub(crate) task_timeout: Option<Duration>,
     pub(crate) max_tasks_per_child: Option<usize>,
+    /// A worker may hold more than one chunk. Off for a transport whose sends block
+    /// until received (MPI): rank 0 sending the next chunk while the rank sends its
+    /// answer would deadlock both.
+    pub(crate) pipeline: bool,
 }
 
 /// A worker's identity in the core (the event loop maps it to a process, a rank...).
@@ -237,6 +241,13 @@ impl Core {
             slots: HashMap::new(),
             broken: None,
         }
+    }
+
+    /// The number of workers the fair share divides by (an MPI pool learns it once
+    /// its ranks have answered).
+    #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
+    pub(crate) fn set_workers(&mut self, workers: usize) {
+        self.cfg.workers = workers.max(1);
     }
 
     // ---- jobs ----
@@ -394,7 +405,10 @@ impl Core {
         let (job_id, job) = self.jobs.iter_mut().find(|(_, j)| j.pending() > 0)?;
         let job_id = *job_id;
         let plenty = job.pending() > chunking::PLENTY_PER_WORKER * workers.max(1);
-        if !chunking::wants_more(slot.held.len(), held_nanos, timeout.is_some(), plenty) {
+        let pipelined = self.cfg.pipeline || slot.held.is_empty();
+        if !pipelined
+            || !chunking::wants_more(slot.held.len(), held_nanos, timeout.is_some(), plenty)
+        {
             return None;
         }
         let idle = slot.held.is_empty();
@@ -567,7 +581,7 @@ impl Core {
                 lost += 1;
                 let error = if slot.timed_out {
                     Error::Timeout {
-                        what: format!("call {index} of a pool job (worker {pid} was killed)"),
+                        what: format!("call {index} of a pool job on worker {pid}"),
                         timeout: self.cfg.task_timeout.unwrap_or_default(),
                     }
                 } else if let Some((_, _, message, location)) = slot

@@ -29,6 +29,7 @@ fn core(retries: u32) -> Core {
         retries,
         task_timeout: None,
         max_tasks_per_child: None,
+        pipeline: true,
     })
 }
 
@@ -218,6 +219,7 @@ fn a_deadline_marks_the_worker_and_its_death_answers_timeout() {
         retries: 3,
         task_timeout: Some(Duration::from_millis(10)),
         max_tasks_per_child: None,
+        pipeline: true,
     });
     c.add_worker(1, false);
     let job = c.open(ENTRY, ChunkSize::Auto, true);

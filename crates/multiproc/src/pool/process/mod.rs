@@ -157,6 +157,7 @@ impl PoolBuilder {
             retries: self.retries,
             task_timeout: self.task_timeout,
             max_tasks_per_child: self.max_tasks_per_child,
+            pipeline: true,
         });
         let settings = Settings {
             processes,
