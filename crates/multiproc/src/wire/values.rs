@@ -45,7 +45,12 @@ struct Spill {
     map: Mapping,
     /// Bytes in the file; `heap` holds what comes after them.
     written: usize,
+    /// Bytes of the mapping faulted in ahead of writing.
+    populated: usize,
 }
+
+/// The file's pages are faulted in this many bytes at a time, ahead of the encoder.
+const POPULATE_STEP: usize = 8 << 20;
 
 /// Data ready to travel.
 #[derive(Debug)]
@@ -122,18 +127,16 @@ impl ValueBuf {
         }
         match &mut self.spill {
             Some(s) if self.heap.len() + bytes.len() > STAGE => {
-                if !s.map.copy_in(s.written, &self.heap) {
+                if !s.append(&self.heap) {
                     self.overflowed = true;
                     return false;
                 }
-                s.written += self.heap.len();
                 self.heap.clear();
                 if bytes.len() > STAGE {
-                    if !s.map.copy_in(s.written, bytes) {
+                    if !s.append(bytes) {
                         self.overflowed = true;
                         return false;
                     }
-                    s.written += bytes.len();
                     return true;
                 }
                 self.heap.extend_from_slice(bytes);
@@ -151,14 +154,13 @@ impl ValueBuf {
         let Some(mut s) = self.spill.take() else {
             return Ok(Data::Inline(self.heap));
         };
-        if !s.map.copy_in(s.written, &self.heap) {
+        if !s.append(&self.heap) {
             return Err(Error::FrameTooLarge {
                 what: "a frame".into(),
                 len: (s.written + self.heap.len()) as u64,
                 max: self.limit as u64,
             });
         }
-        s.written += self.heap.len();
         let fail = |e| Error::io("sealing a shared-memory message", e);
         drop(s.map); // a writable mapping would make F_SEAL_WRITE fail
         sys_shm::set_len(s.fd.as_fd(), s.written).map_err(fail)?;
@@ -174,6 +176,22 @@ impl ValueBuf {
 }
 
 impl Spill {
+    /// Copies `bytes` to the end of the file's data; `false` past the mapping.
+    fn append(&mut self, bytes: &[u8]) -> bool {
+        let end = self.written + bytes.len();
+        if end > self.populated {
+            let upto = end.max(self.populated + POPULATE_STEP);
+            self.map
+                .populate_write(self.populated, upto - self.populated);
+            self.populated = upto;
+        }
+        if !self.map.copy_in(self.written, bytes) {
+            return false;
+        }
+        self.written = end;
+        true
+    }
+
     fn start(limit: usize) -> std::io::Result<Spill> {
         let fd = sys_shm::memfd_unsealed("multiproc-values")?;
         sys_shm::set_len(fd.as_fd(), limit)?;
@@ -183,6 +201,7 @@ impl Spill {
             fd,
             map,
             written: 0,
+            populated: 0,
         })
     }
 }
