@@ -78,6 +78,25 @@ impl Invoke for Invocation<'_, '_> {
 
 impl Invocation<'_, '_> {
     fn store<R: Serialize>(&mut self, r: &R) -> Result<(), Failure> {
+        // Most results hold no OS handle: encode without setting up a capture, and
+        // take the careful path only if the value turns out to hold one.
+        if self.out_fds.is_empty() {
+            let passed = crate::wire::fds::passed();
+            match crate::wire::encode_captured(r, self.out, &|| "a result".into()) {
+                Ok(()) => return Ok(()),
+                Err(_) if crate::wire::fds::passed() != passed => {}
+                Err(Error::FrameTooLarge { .. }) => {}
+                Err(e) => {
+                    return Err(Failure::BadResult {
+                        type_name: std::any::type_name::<R>().into(),
+                        reason: match e {
+                            Error::Encode { reason, .. } => reason,
+                            other => other.to_string(),
+                        },
+                    });
+                }
+            }
+        }
         let mut flushed = false;
         loop {
             let (mark, fd_mark) = (self.out.len(), self.out_fds.len());

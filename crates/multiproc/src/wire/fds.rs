@@ -18,6 +18,9 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 thread_local! {
     static OUTGOING: RefCell<Option<Vec<OwnedFd>>> = const { RefCell::new(None) };
     static INCOMING: RefCell<Option<Vec<Option<OwnedFd>>>> = const { RefCell::new(None) };
+    /// Handles serialized on this thread so far: a cheap way for a loop that encodes
+    /// many values to see that one of them held a handle.
+    static PASSED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
     /// postcard drops the text of custom serde errors; the codec picks it up here.
     static LAST_ERROR: RefCell<Option<String>> = const { RefCell::new(None) };
 }
@@ -56,6 +59,12 @@ pub(crate) fn capture_into<T>(fds: &mut Vec<OwnedFd>, f: impl FnOnce() -> T) -> 
         .with(|o| std::mem::replace(&mut *o.borrow_mut(), outer))
         .unwrap_or_default();
     value
+}
+
+/// How many handles were serialized on this thread so far (see `PASSED`).
+#[inline]
+pub(crate) fn passed() -> u64 {
+    PASSED.get()
 }
 
 /// Descriptors captured so far by the innermost [`capture_into`] (0 outside one).
@@ -99,6 +108,7 @@ impl AsFd for PassFd {
 
 impl Serialize for PassFd {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        PASSED.set(PASSED.get().wrapping_add(1));
         let index = OUTGOING.with(|o| -> Result<u32, String> {
             let mut o = o.borrow_mut();
             let list = o.as_mut().ok_or_else(|| {

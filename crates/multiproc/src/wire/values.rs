@@ -73,6 +73,7 @@ impl ValueBuf {
     }
 
     /// Bytes written so far.
+    #[inline]
     pub(crate) fn len(&self) -> usize {
         self.spill.as_ref().map_or(0, |s| s.written) + self.heap.len()
     }
@@ -102,7 +103,25 @@ impl ValueBuf {
         self.overflowed
     }
 
+    #[inline]
     fn write(&mut self, bytes: &[u8]) -> bool {
+        // Tiny values (varints, small fields) dominate small calls: no memcpy call, no
+        // spill bookkeeping for them.
+        if bytes.len() <= 16
+            && self.spill.is_none()
+            && self.heap.len() + 16 <= SPILL_AT.min(self.limit)
+        {
+            // A byte loop: a call to memcpy costs more than these few bytes.
+            self.heap.reserve(16);
+            for &b in bytes {
+                self.heap.push(b);
+            }
+            return true;
+        }
+        self.write_slow(bytes)
+    }
+
+    fn write_slow(&mut self, bytes: &[u8]) -> bool {
         // Tiny values (varints, small fields) dominate small calls: no memcpy call, no
         // spill bookkeeping for them.
         if bytes.len() <= 16
@@ -209,10 +228,12 @@ impl Spill {
 impl Flavor for &mut ValueBuf {
     type Output = ();
 
+    #[inline]
     fn try_push(&mut self, data: u8) -> postcard::Result<()> {
         self.try_extend(std::slice::from_ref(&data))
     }
 
+    #[inline]
     fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
         if self.write(data) {
             Ok(())

@@ -31,7 +31,7 @@ pub(crate) const MIN_CHUNK_TIME: Duration = Duration::from_micros(250);
 /// A worker is given more work while what it holds runs shorter than this.
 pub(crate) const PIPELINE_TIME: Duration = Duration::from_millis(2);
 /// Chunks one worker holds at most.
-pub(crate) const MAX_IN_FLIGHT: usize = 32;
+pub(crate) const MAX_IN_FLIGHT: usize = 128;
 /// Pending calls per worker above which a worker busy with a long chunk gets the next
 /// one already.
 pub(crate) const PLENTY_PER_WORKER: usize = 2;

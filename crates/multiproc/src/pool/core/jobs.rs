@@ -28,6 +28,18 @@ pub(crate) trait Source: Send {
     /// the chunk's descriptor capture (see `wire::fds`); `None` when there is none.
     /// The argument stays first until `pop`.
     fn encode_first(&mut self, index: usize, buf: &mut ValueBuf) -> Option<Result<()>>;
+    /// Encodes and drops up to `max` first arguments, as long as each encodes without
+    /// error and holds no OS handle, stopping once `buf` holds `budget` bytes; records
+    /// where each ends in `ends` if given. Returns how many it took. The argument it
+    /// stopped at (if any) is left first, for `encode_first` to deal with: the hot
+    /// path of tiny calls, without a call through the trait per argument.
+    fn encode_run(
+        &mut self,
+        max: usize,
+        buf: &mut ValueBuf,
+        budget: usize,
+        ends: Option<&mut Vec<usize>>,
+    ) -> usize;
     /// Drops the first argument (it was sent, or answered with its encoding error).
     fn pop(&mut self);
     /// Arguments left.
@@ -49,6 +61,39 @@ impl<A: serde::Serialize + Send> Source for Items<A> {
         Some(crate::wire::encode_captured(item, buf, &|| {
             format!("the argument of call {index}")
         }))
+    }
+
+    fn encode_run(
+        &mut self,
+        max: usize,
+        buf: &mut ValueBuf,
+        budget: usize,
+        mut ends: Option<&mut Vec<usize>>,
+    ) -> usize {
+        let passed = crate::wire::fds::passed();
+        let captured = crate::wire::fds::captured_len();
+        let mut n = 0;
+        while n < max {
+            let Some(item) = self.0.front() else {
+                break;
+            };
+            let mark = buf.len();
+            let ok = crate::wire::encode_captured(item, buf, &String::new).is_ok();
+            if !ok || crate::wire::fds::passed() != passed {
+                buf.truncate(mark);
+                crate::wire::fds::truncate_captured(captured);
+                break;
+            }
+            self.0.pop_front();
+            n += 1;
+            if let Some(ends) = ends.as_deref_mut() {
+                ends.push(buf.len());
+            }
+            if buf.len() >= budget {
+                break;
+            }
+        }
+        n
     }
 
     fn pop(&mut self) {

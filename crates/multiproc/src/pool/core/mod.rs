@@ -671,6 +671,24 @@ fn build(job: &mut Job, n: usize, limits: &Limits, keep: bool) -> Built {
             let Some((first, source)) = job.sources.front_mut() else {
                 break;
             };
+            let start = *first;
+            let ends_if_kept = keep.then_some(&mut ends);
+            let took = source.encode_run(
+                n - indices.len(),
+                &mut buf,
+                chunking::CHUNK_BYTES,
+                ends_if_kept,
+            );
+            if took > 0 {
+                indices.extend(start..start + took);
+                *first += took;
+                if buf.len() >= chunking::CHUNK_BYTES {
+                    break;
+                }
+                continue;
+            }
+            // The first argument needs a closer look: it holds handles, fails to
+            // encode, is over a limit, or there is none.
             let index = *first;
             let (mark, fd_mark) = (buf.len(), crate::wire::fds::captured_len());
             let result = match source.encode_first(index, &mut buf) {
@@ -701,7 +719,9 @@ fn build(job: &mut Job, n: usize, limits: &Limits, keep: bool) -> Built {
                     source.pop();
                     *first += 1;
                     indices.push(index);
-                    ends.push(buf.len());
+                    if keep {
+                        ends.push(buf.len());
+                    }
                     if buf.len() >= chunking::CHUNK_BYTES {
                         break;
                     }

@@ -401,19 +401,25 @@ fn limits() -> Limits {
     }
 }
 
-/// Gives each worker the chunks it should hold.
+/// Gives each worker the chunks it should hold, one chunk per worker per round, so
+/// that every worker starts early (one worker's pipeline is not filled while the next
+/// waits), and each chunk is written as soon as it is built.
 fn dispatch(st: &mut State) {
     let limits = limits();
     let now = Instant::now();
-    for i in 0..st.procs.len() {
-        let (id, p) = &mut st.procs[i];
-        if p.retiring || p.sock.is_none() {
-            continue;
-        }
+    for (_, p) in &mut st.procs {
         p.reader
             .set_max(crate::worker::frame_limit(limits.max_value));
-        let mut queued = false;
-        while let Some(chunk) = st.core.next_chunk(*id, &limits, now) {
+    }
+    let mut wanting: Vec<usize> = (0..st.procs.len())
+        .filter(|&i| !st.procs[i].1.retiring && st.procs[i].1.sock.is_some())
+        .collect();
+    while !wanting.is_empty() {
+        wanting.retain(|&i| {
+            let (id, p) = &mut st.procs[i];
+            let Some(chunk) = st.core.next_chunk(*id, &limits, now) else {
+                return false;
+            };
             let (data, fds, shared) = match chunk.data {
                 Data::Inline(v) => (v, chunk.fds, false),
                 Data::Shared(file) => {
@@ -436,13 +442,11 @@ fn dispatch(st: &mut State) {
                 let pid = p.pid;
                 st.core.on_death(*id, pid, e);
                 p.kill();
-                break;
+                return false;
             }
-            queued = true;
-        }
-        if queued {
             write_proc(st, i);
-        }
+            st.procs[i].1.sock.is_some()
+        });
     }
 }
 

@@ -25,12 +25,19 @@ struct Outgoing {
     written: usize,
 }
 
+/// Frames gathered into one buffer before it is written, at most this many bytes.
+const GATHER: usize = 64 << 10;
+/// Data this small is copied into a gathered buffer rather than queued on its own.
+const GATHER_DATA: usize = 4 << 10;
+
 pub(crate) struct Proc {
     pub(crate) pid: u32,
     pub(crate) pidfd: OwnedFd,
     pub(crate) sock: Option<OwnedFd>,
     pub(crate) reader: FrameReader,
     outbox: VecDeque<Outgoing>,
+    /// Reused for the heads of frames that join a queued one.
+    scratch: Vec<u8>,
     /// Told to exit; takes no more work.
     pub(crate) retiring: bool,
     /// Running the pool's initializer (its answer is chunk 0).
@@ -49,6 +56,7 @@ impl Proc {
             sock: Some(launched.sock),
             reader: FrameReader::new(crate::worker::frame_limit(max)),
             outbox: VecDeque::new(),
+            scratch: Vec::new(),
             retiring: false,
             initializing: false,
             reaped: false,
@@ -70,6 +78,23 @@ impl Proc {
         data: Vec<u8>,
         fds: Vec<OwnedFd>,
     ) -> Result<()> {
+        // Small frames without descriptors join the previous one if nothing of it was
+        // written yet: one buffer, no allocation per frame of a chunk-size-1 job.
+        if let Some(last) = self.outbox.back_mut()
+            && fds.is_empty()
+            && data.len() <= GATHER_DATA
+            && last.written == 0
+            && last.fds.is_empty()
+            && last.data.is_empty()
+            && last.head.len() < GATHER
+        {
+            let mut head = std::mem::take(&mut self.scratch);
+            message::frame_head(envelope, data.len(), &mut head)?;
+            last.head.extend_from_slice(&head);
+            last.head.extend_from_slice(&data);
+            self.scratch = head;
+            return Ok(());
+        }
         let mut head = Vec::new();
         message::frame_head(envelope, data.len(), &mut head)?;
         self.outbox.push_back(Outgoing {
