@@ -55,6 +55,7 @@ pub(crate) fn encode_value<T: Serialize + ?Sized>(
 /// [`encode_value`] for a caller that captures descriptors itself (around many values:
 /// see `wire::fds::capture_into`). On error `buf` is as before; the caller undoes the
 /// descriptors.
+#[inline]
 pub(crate) fn encode_captured<T: Serialize + ?Sized>(
     value: &T,
     buf: &mut super::values::ValueBuf,
@@ -63,24 +64,36 @@ pub(crate) fn encode_captured<T: Serialize + ?Sized>(
     // No clearing of a stale handle error first: this is the hot path of small calls,
     // and a handle error is consumed by the failure it causes.
     let mark = buf.len();
-    match postcard::serialize_with_flavor(value, &mut *buf) {
+    let mut ser = postcard::Serializer { output: &mut *buf };
+    match value.serialize(&mut ser) {
         Ok(()) => Ok(()),
-        Err(e) => {
-            let overflowed = buf.overflowed();
-            buf.truncate(mark);
-            if overflowed {
-                return Err(Error::FrameTooLarge {
-                    what: what(),
-                    len: encoded_len(value) as u64,
-                    max: buf.limit() as u64,
-                });
-            }
-            Err(Error::Encode {
-                type_name: std::any::type_name::<T>().to_owned(),
-                reason: super::fds::take_error().unwrap_or_else(|| e.to_string()),
-            })
-        }
+        Err(e) => encode_failed(value, buf, mark, what, e),
     }
+}
+
+/// The error for a value that did not encode, with `buf` as it was before it.
+#[cold]
+#[inline(never)]
+fn encode_failed<T: Serialize + ?Sized>(
+    value: &T,
+    buf: &mut super::values::ValueBuf,
+    mark: usize,
+    what: &dyn Fn() -> String,
+    e: postcard::Error,
+) -> Result<()> {
+    let overflowed = buf.overflowed();
+    buf.truncate(mark);
+    if overflowed {
+        return Err(Error::FrameTooLarge {
+            what: what(),
+            len: encoded_len(value) as u64,
+            max: buf.limit() as u64,
+        });
+    }
+    Err(Error::Encode {
+        type_name: std::any::type_name::<T>().to_owned(),
+        reason: super::fds::take_error().unwrap_or_else(|| e.to_string()),
+    })
 }
 
 /// The encoded length of `value`, without storing it (descriptors count as indices).
@@ -123,6 +136,7 @@ impl<'de> Values<'de> {
 
     /// The next value as `T`. After an error the rest cannot be found (values are
     /// self-delimiting only when each decodes): every later call fails too.
+    #[inline]
     pub(crate) fn next<T: DeserializeOwned>(&mut self) -> Result<T> {
         let fail = |reason: String| Error::Decode {
             type_name: std::any::type_name::<T>().to_owned(),
