@@ -30,7 +30,8 @@
 //!
 //! A worker may hold several chunks at once, so that it never waits a round trip
 //! between small chunks: more are sent while what it holds is estimated to run under
-//! 2 ms (at most 32 chunks; only one while a job's call time is unknown or under a
+//! 2 ms (at most 128 chunks; one more behind a long call while the job has more
+//! pending calls than workers; only one while a job's call time is unknown or under a
 //! task timeout). A worker answers a long chunk in pieces as its calls finish (at
 //! least every 10 ms). So a worker that dies costs exactly the calls it held and had
 //! not answered: answers it already sent are kept; each call it still held is retried

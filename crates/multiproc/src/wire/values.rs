@@ -49,8 +49,11 @@ struct Spill {
     populated: usize,
 }
 
-/// The file's pages are faulted in this many bytes at a time, ahead of the encoder.
-const POPULATE_STEP: usize = 8 << 20;
+/// The file's pages are faulted in ahead of the encoder, as much again as was written
+/// (at least 256 KiB, at most 8 MiB at a time): a value just over the spill threshold
+/// does not pay for 8 MiB of zeroed pages.
+const POPULATE_MIN: usize = 256 << 10;
+const POPULATE_MAX: usize = 8 << 20;
 
 /// Data ready to travel.
 #[derive(Debug)]
@@ -199,7 +202,8 @@ impl Spill {
     fn append(&mut self, bytes: &[u8]) -> bool {
         let end = self.written + bytes.len();
         if end > self.populated {
-            let upto = end.max(self.populated + POPULATE_STEP);
+            let step = self.populated.clamp(POPULATE_MIN, POPULATE_MAX);
+            let upto = end.max(self.populated + step);
             self.map
                 .populate_write(self.populated, upto - self.populated);
             self.populated = upto;

@@ -34,7 +34,7 @@ pub(crate) const PIPELINE_TIME: Duration = Duration::from_millis(2);
 pub(crate) const MAX_IN_FLIGHT: usize = 128;
 /// Pending calls per worker above which a worker busy with a long chunk gets the next
 /// one already.
-pub(crate) const PLENTY_PER_WORKER: usize = 2;
+pub(crate) const PLENTY_PER_WORKER: usize = 1;
 /// Calls in one chunk at most.
 pub(crate) const MAX_CHUNK: usize = 1 << 17;
 /// A chunk stops growing once its arguments pass this many bytes (big arguments
