@@ -83,7 +83,8 @@ impl Workload for ApplyRoundTrip {
         vec![
             "the raw floor is one process writing 8 bytes into a pipe and reading 8 back \
              from a child echoing them (two context switches per trip, nothing encoded). \
-             apply adds encoding, the pool's manager thread and waking the caller."
+             apply adds encoding and the pool's bookkeeping; the caller's own thread does \
+             the I/O, so the wake-ups are those of the raw floor."
                 .into(),
             "the floor's child is forked anew each repetition (outside the timing), and \
              whether the scheduler puts it on this CPU or another changes a pipe round trip \

@@ -123,11 +123,12 @@ impl Workload for TinyTasks {
         vec![
             "rayon calls x -> 2x in place: ~nothing but the loop. A process pool must encode \
              each argument and result (postcard), move them over a socket in chunks, and decode \
-             them: that per-call cost (a few hundred ns), not the task, is what this measures."
+             them: that per-call cost (tens of ns), not the task, is what this measures."
                 .into(),
-            "chunk size 1 pays one round trip per call (wake the manager, a frame each way, \
-             wake the caller); auto chunks pay it once per chunk. Python's rows do the same \
-             with pickle and its own chunking rule (chunksize = len / (4 × workers))."
+            "chunk size 1 sends one frame per call each way (up to 128 in flight per worker, \
+             written and read many at a time); auto chunks pay that once per chunk. Python's \
+             rows do the same with pickle and its own chunking rule (chunksize = len / (4 × \
+             workers))."
                 .into(),
             python::note(),
         ]
