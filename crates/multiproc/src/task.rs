@@ -86,15 +86,7 @@ impl Invocation<'_, '_> {
                 Ok(()) => return Ok(()),
                 Err(_) if crate::wire::fds::passed() != passed => {}
                 Err(Error::FrameTooLarge { .. }) => {}
-                Err(e) => {
-                    return Err(Failure::BadResult {
-                        type_name: std::any::type_name::<R>().into(),
-                        reason: match e {
-                            Error::Encode { reason, .. } => reason,
-                            other => other.to_string(),
-                        },
-                    });
-                }
+                Err(e) => return Err(bad_result::<R>(e)),
             }
         }
         let mut flushed = false;
@@ -121,15 +113,7 @@ impl Invocation<'_, '_> {
                     }
                 }
                 Err(Error::FrameTooLarge { len, max, .. }) => Failure::TooLarge { len, max },
-                Err(e) => {
-                    return Err(Failure::BadResult {
-                        type_name: std::any::type_name::<R>().into(),
-                        reason: match e {
-                            Error::Encode { reason, .. } => reason,
-                            other => other.to_string(),
-                        },
-                    });
-                }
+                Err(e) => return Err(bad_result::<R>(e)),
             };
             // Over a limit beside the answers before it: send those, try alone.
             if alone || flushed || !(self.flush)(self.out, self.out_fds) {
@@ -137,6 +121,17 @@ impl Invocation<'_, '_> {
             }
             flushed = true;
         }
+    }
+}
+
+/// The failure for a result of type `R` that did not encode.
+fn bad_result<R>(e: Error) -> Failure {
+    Failure::BadResult {
+        type_name: std::any::type_name::<R>().into(),
+        reason: match e {
+            Error::Encode { reason, .. } => reason,
+            other => other.to_string(),
+        },
     }
 }
 
