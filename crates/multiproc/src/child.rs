@@ -100,16 +100,6 @@ thread_local! {
     static LAST_PANIC: RefCell<Option<(String, Option<String>)>> = const { RefCell::new(None) };
 }
 
-fn panic_message(payload: &dyn std::any::Any) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "Box<dyn Any> (a panic payload that is not a string)".to_owned()
-    }
-}
-
 /// Records each panic of a running task for the worker loop; under `panic = "abort"`,
 /// where the process dies inside the hook, the hook itself reports to the parent first.
 /// Any other panic goes to the hook that was in place before.
@@ -127,7 +117,7 @@ pub(crate) fn install_panic_hook() {
             if !in_task {
                 return previous(info);
             }
-            let message = panic_message(info.payload());
+            let message = crate::error::panic_message(info.payload());
             let location = info.location().map(|l| l.to_string());
             if cfg!(panic = "abort") {
                 CURRENT.with(|c| {
@@ -155,7 +145,7 @@ pub(crate) fn install_panic_hook() {
 /// hook.
 #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
 pub(crate) fn record_panic(info: &std::panic::PanicHookInfo<'_>) {
-    let message = panic_message(info.payload());
+    let message = crate::error::panic_message(info.payload());
     let location = info.location().map(|l| l.to_string());
     LAST_PANIC.with(|p| *p.borrow_mut() = Some((message, location)));
 }
@@ -189,7 +179,7 @@ pub(crate) fn clear_current() {
 pub(crate) fn take_panic(payload: &(dyn std::any::Any + Send)) -> Failure {
     let (message, location) = LAST_PANIC
         .with(|p| p.borrow_mut().take())
-        .unwrap_or_else(|| (panic_message(payload), None));
+        .unwrap_or_else(|| (crate::error::panic_message(payload), None));
     Failure::Panicked { message, location }
 }
 

@@ -248,6 +248,12 @@ pub enum Error {
     #[error("the pool was terminated before this task finished")]
     PoolTerminated,
 
+    /// The call was cancelled ([`AsyncResult::cancel`](crate::AsyncResult::cancel)) before
+    /// it answered: it did not run, or its worker was stopped, or (where a running call
+    /// cannot be stopped) its answer was thrown away.
+    #[error("the call was cancelled before it answered")]
+    Cancelled,
+
     /// The pool's initializer failed in every worker that tried it, so no worker can
     /// run tasks.
     #[error("the pool's initializer failed: {message}")]
@@ -423,6 +429,7 @@ impl Error {
             PoolClosed => PoolClosed,
             PoolNotClosed => PoolNotClosed,
             PoolTerminated => PoolTerminated,
+            Cancelled => Cancelled,
             Initializer { message } => Initializer {
                 message: message.clone(),
             },
@@ -495,5 +502,16 @@ impl Error {
             Error::Panicked { message, .. } => Some(message),
             _ => None,
         }
+    }
+}
+
+/// The text of a panic's payload (a `&str` or a `String`, as `panic!` makes).
+pub(crate) fn panic_message(payload: &dyn std::any::Any) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "Box<dyn Any> (a panic payload that is not a string)".to_owned()
     }
 }

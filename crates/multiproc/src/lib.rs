@@ -84,7 +84,10 @@ mod worker;
 
 pub use channel::{JoinableQueue, Pipe, PipeEnd, Queue, SimpleQueue};
 pub use error::{Error, ExitStatus, Result, Signal};
-pub use pool::{AsyncResult, ChunkSize, Pool, PoolBuilder, Progress, TaskPool};
+pub use pool::{
+    AsCompleted, AsyncResult, ChunkSize, Pool, PoolBuilder, Progress, TaskPool, Wait, Waitable,
+    as_completed, wait,
+};
 pub use process::{Builder, Process};
 pub use shm::{Array, ArrayGuard, SharedMemory, Value, ValueGuard};
 pub use start::{StartMethod, get_start_method, set_start_method};

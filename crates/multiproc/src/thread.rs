@@ -8,22 +8,34 @@
 use std::any::Any;
 use std::collections::{HashMap, VecDeque};
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, mpsc};
 use std::thread::JoinHandle;
 
 use crate::error::{Error, Result};
-use crate::pool::api::sealed::{Backend, Results};
+use crate::pool::api::sealed::{Backend, Batch, BatchSink, Control, Results};
 use crate::pool::{Arg, ChunkSize, Progress, Ret, TaskPool};
 
 type Work = Box<dyn FnOnce() + Send>;
 
+/// Where a job's answers go: a channel (a caller pulls them) or an `AsyncResult`'s
+/// sink. Every queued chunk holds a clone; when the last is gone (run or dropped) and
+/// the job is sealed, the job is over (the channel disconnects, the sink hears `end`).
+type Deliver<R> = Arc<dyn Fn(Vec<(usize, Result<R>)>) + Send + Sync>;
+
+/// A job's state shared with its chunks and its handle.
+#[derive(Default)]
+struct JobFlags {
+    cancelled: AtomicBool,
+    running: AtomicUsize,
+}
+
 struct State {
     queue: VecDeque<Work>,
     closed: bool,
-    /// Each open job's sender (as `Any`) and cancel flag. Sealing drops the sender, so
-    /// the job's channel ends when its last call has answered.
-    jobs: HashMap<u64, (Box<dyn Any + Send>, Arc<AtomicBool>)>,
+    /// Each open job's `Deliver<R>` (as `Any`) and flags. Sealing drops this copy of
+    /// the `Deliver`.
+    jobs: HashMap<u64, (Box<dyn Any + Send>, Arc<JobFlags>)>,
 }
 
 struct Shared {
@@ -166,17 +178,51 @@ impl ThreadPool {
 }
 
 fn panicked(payload: Box<dyn Any + Send>) -> Error {
-    let message = if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "Box<dyn Any> (a panic payload that is not a string)".to_owned()
-    };
     Error::Panicked {
         pid: std::process::id(),
-        message,
+        message: crate::error::panic_message(payload.as_ref()),
         location: None,
+    }
+}
+
+/// An `AsyncResult`'s view of its job: cancel it, see it run.
+struct ThreadJob {
+    shared: Arc<Shared>,
+    flags: Arc<JobFlags>,
+}
+
+impl Control for ThreadJob {
+    /// A thread cannot be killed: a running call runs to its end, its answer is
+    /// thrown away.
+    fn cancel(&self, job: u64, _stop_running: bool) {
+        self.flags.cancelled.store(true, Ordering::Relaxed);
+        self.shared.lock().jobs.remove(&job);
+    }
+
+    fn running(&self, _job: u64) -> bool {
+        self.flags.running.load(Ordering::Relaxed) > 0
+    }
+}
+
+/// Tells a sink its job is over when the last chunk holding it is gone.
+struct EndOnDrop<R>(Arc<dyn BatchSink<R>>);
+
+impl<R> Drop for EndOnDrop<R> {
+    fn drop(&mut self) {
+        self.0.end();
+    }
+}
+
+impl ThreadPool {
+    fn open_with<R: Ret>(&self, deliver: Deliver<R>) -> Result<(u64, Arc<JobFlags>)> {
+        let mut st = self.shared.lock();
+        if st.closed {
+            return Err(Error::PoolClosed);
+        }
+        let id = self.next_job.fetch_add(1, Ordering::Relaxed);
+        let flags = Arc::new(JobFlags::default());
+        st.jobs.insert(id, (Box::new(deliver), flags.clone()));
+        Ok((id, flags))
     }
 }
 
@@ -187,15 +233,28 @@ impl Backend for ThreadPool {
         _chunk: ChunkSize,
         _caller_driven: bool,
     ) -> Result<(u64, Results<R>)> {
-        let mut st = self.shared.lock();
-        if st.closed {
-            return Err(Error::PoolClosed);
-        }
-        let id = self.next_job.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel::<Vec<(usize, Result<R>)>>();
-        st.jobs
-            .insert(id, (Box::new(tx), Arc::new(AtomicBool::new(false))));
+        let deliver: Deliver<R> = Arc::new(move |answers| {
+            let _ = tx.send(answers);
+        });
+        let (id, _) = self.open_with(deliver)?;
         Ok((id, Results::channel(rx)))
+    }
+
+    fn open_async<A: Arg, R: Ret>(
+        &self,
+        _f: fn(A) -> R,
+        _chunk: ChunkSize,
+        sink: Arc<dyn BatchSink<R>>,
+    ) -> Result<(u64, Arc<dyn Control>)> {
+        let end = EndOnDrop(sink);
+        let deliver: Deliver<R> = Arc::new(move |answers| end.0.add(Batch::from_results(answers)));
+        let (id, flags) = self.open_with(deliver)?;
+        let control = ThreadJob {
+            shared: self.shared.clone(),
+            flags,
+        };
+        Ok((id, Arc::new(control)))
     }
 
     fn submit<A: Arg, R: Ret>(
@@ -209,10 +268,10 @@ impl Backend for ThreadPool {
         if st.closed {
             return Err(Error::PoolClosed);
         }
-        let Some((tx, cancelled)) = st.jobs.get(&job) else {
+        let Some((deliver, flags)) = st.jobs.get(&job) else {
             return Err(Error::PoolClosed);
         };
-        let Some(tx) = tx.downcast_ref::<mpsc::Sender<Vec<(usize, Result<R>)>>>() else {
+        let Some(deliver) = deliver.downcast_ref::<Deliver<R>>() else {
             return Err(Error::PoolClosed);
         };
         let chunk = match self.chunk {
@@ -223,12 +282,13 @@ impl Backend for ThreadPool {
         let mut works: Vec<Work> = Vec::new();
         while items.peek().is_some() {
             let batch: Vec<(usize, A)> = items.by_ref().take(chunk).collect();
-            let tx = tx.clone();
-            let cancelled = cancelled.clone();
+            let deliver = deliver.clone();
+            let flags = flags.clone();
             works.push(Box::new(move || {
-                if cancelled.load(Ordering::Relaxed) {
+                if flags.cancelled.load(Ordering::Relaxed) {
                     return;
                 }
+                flags.running.fetch_add(1, Ordering::Relaxed);
                 let answers = batch
                     .into_iter()
                     .map(|(k, a)| {
@@ -238,7 +298,10 @@ impl Backend for ThreadPool {
                         )
                     })
                     .collect();
-                let _ = tx.send(answers);
+                flags.running.fetch_sub(1, Ordering::Relaxed);
+                if !flags.cancelled.load(Ordering::Relaxed) {
+                    deliver(answers);
+                }
             }));
         }
         st.queue.extend(works);
@@ -253,9 +316,9 @@ impl Backend for ThreadPool {
         }
     }
 
-    fn cancel(&self, job: u64) {
-        if let Some((_, flag)) = self.shared.lock().jobs.remove(&job) {
-            flag.store(true, Ordering::Relaxed);
+    fn cancel(&self, job: u64, _stop_running: bool) {
+        if let Some((_, flags)) = self.shared.lock().jobs.remove(&job) {
+            flags.cancelled.store(true, Ordering::Relaxed);
         }
     }
 

@@ -69,6 +69,15 @@ impl Shared {
     pub(crate) fn notify(&self) {
         self.work.notify_all();
     }
+
+    /// Hands over what is due to async handles' sinks, outside the lock (a sink
+    /// decodes, and runs callbacks).
+    pub(crate) fn settle(&self) {
+        let due = self.lock().core.take_deliveries();
+        for d in due {
+            d.hand_over();
+        }
+    }
 }
 
 pub(crate) struct Config {
@@ -148,6 +157,7 @@ pub(crate) fn run(cfg: Config, shared: Arc<Shared>, ready: mpsc::Sender<Result<V
     st.core.terminate();
     drop(st);
     shared.changed.notify_all();
+    shared.settle();
     drop(world);
     drop(universe); // MPI_Finalize, with every worker on its way there too
 }
@@ -236,6 +246,8 @@ fn serve(world: &SimpleCommunicator, shared: &Shared, cfg: &Config, ranks: &mut 
     let mut backoff = Backoff::default();
     let mut head = Vec::new();
     loop {
+        // Answers filed last round reach their async handles first.
+        shared.settle();
         // What to send, chosen under the lock; sent without it.
         let mut out: Vec<(Rank, Vec<u8>, Vec<u8>)> = Vec::new();
         {
@@ -244,6 +256,7 @@ fn serve(world: &SimpleCommunicator, shared: &Shared, cfg: &Config, ranks: &mut 
                 st.core.terminate();
                 drop(st);
                 shared.changed.notify_all();
+                shared.settle();
                 return;
             }
             let before = st.core.outstanding();

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 use super::RankInfo;
 use super::driver::{self, Config, Shared};
 use crate::error::{Error, Result};
-use crate::pool::api::sealed::{Backend, ResultSource, Results, Step};
+use crate::pool::api::sealed::{Backend, BatchSink, Control, ResultSource, Results, Step};
 use crate::pool::core::jobs::Items;
-use crate::pool::core::{Config as CoreConfig, Core, decode_answers};
+use crate::pool::core::{Config as CoreConfig, Core, decode_answers, decoding};
 use crate::pool::{Arg, ChunkSize, Progress, Ret, TaskPool};
 use crate::task;
 
@@ -251,6 +251,20 @@ impl Backend for Pool {
         Ok((job, Results(Box::new(results))))
     }
 
+    fn open_async<A: Arg, R: Ret>(
+        &self,
+        f: fn(A) -> R,
+        chunk: ChunkSize,
+        sink: Arc<dyn BatchSink<R>>,
+    ) -> Result<(u64, Arc<dyn Control>)> {
+        let mut st = self.shared.lock();
+        if self.closed.load(Ordering::Acquire) || st.closed {
+            return Err(Error::PoolClosed);
+        }
+        let job = st.core.open_sunk(task::task_ref(f), chunk, decoding(sink));
+        Ok((job, self.shared.clone()))
+    }
+
     fn submit<A: Arg, R: Ret>(
         &self,
         job: u64,
@@ -263,15 +277,19 @@ impl Backend for Pool {
             .core
             .submit(job, first, Box::new(Items::new(items)));
         self.shared.notify();
+        // A stopped pool answers at once.
+        self.shared.settle();
         Ok(())
     }
 
     fn seal(&self, job: u64) {
         self.shared.lock().core.seal(job);
+        // An empty job is over at once.
+        self.shared.settle();
     }
 
-    fn cancel(&self, job: u64) {
-        self.shared.lock().core.cancel(job);
+    fn cancel(&self, job: u64, stop_running: bool) {
+        Control::cancel(&*self.shared, job, stop_running);
     }
 
     fn parallelism(&self) -> usize {
@@ -284,6 +302,18 @@ impl Backend for Pool {
 
     fn chunk_size(&self) -> ChunkSize {
         self.chunk
+    }
+}
+
+/// One MPI rank cannot be stopped (MPI is fail-fast: a killed rank aborts the job), so
+/// a cancelled call that runs already runs to its end; its answer is thrown away.
+impl Control for Shared {
+    fn cancel(&self, job: u64, _stop_running: bool) {
+        self.lock().core.cancel(job, false);
+    }
+
+    fn running(&self, job: u64) -> bool {
+        self.lock().core.running(job)
     }
 }
 

@@ -7,8 +7,11 @@ use std::time::Instant;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use std::sync::Arc;
+
 use super::ChunkSize;
-use super::handle::{AsyncResult, Imap};
+use super::future::{self, AsyncResult};
+use super::imap::Imap;
 use super::progress::Progress;
 use crate::error::{Error, Result};
 
@@ -23,7 +26,22 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> Ret for T {}
 pub(crate) mod sealed {
     use super::*;
 
-    pub use crate::pool::core::Batch;
+    pub use crate::pool::core::{Batch, BatchSink};
+
+    /// What an [`AsyncResult`] asks of its pool after submitting.
+    pub trait Control: Send + Sync {
+        /// Nobody wants `job`'s results any more: its queued calls are dropped; with
+        /// `stop_running`, its running calls are stopped where the pool can.
+        fn cancel(&self, job: u64, stop_running: bool);
+        /// Whether a call of `job` runs now.
+        fn running(&self, job: u64) -> bool;
+        /// For a pool whose waiting threads do its I/O: drives it until `done()` or
+        /// `deadline`, and returns `true`. Others return `false` at once (their own
+        /// threads complete the handle; it just waits).
+        fn drive(&self, _done: &dyn Fn() -> bool, _deadline: Option<Instant>) -> bool {
+            false
+        }
+    }
 
     /// What one wait for a job's results gave.
     pub enum Step<R> {
@@ -85,6 +103,14 @@ pub(crate) mod sealed {
             chunk: ChunkSize,
             caller_driven: bool,
         ) -> Result<(u64, Results<R>)>;
+        /// Opens a job running `f` whose results go to `sink` as they arrive (an
+        /// [`AsyncResult`]'s); nobody waits on it right away.
+        fn open_async<A: Arg, R: Ret>(
+            &self,
+            f: fn(A) -> R,
+            chunk: ChunkSize,
+            sink: Arc<dyn BatchSink<R>>,
+        ) -> Result<(u64, Arc<dyn Control>)>;
         /// Adds calls `first, first+1, ...` to a job.
         fn submit<A: Arg, R: Ret>(
             &self,
@@ -95,8 +121,8 @@ pub(crate) mod sealed {
         ) -> Result<()>;
         /// No more calls for `job`.
         fn seal(&self, job: u64);
-        /// Nobody wants `job`'s results any more.
-        fn cancel(&self, job: u64);
+        /// Nobody wants `job`'s results any more (see [`Control::cancel`]).
+        fn cancel(&self, job: u64, stop_running: bool);
         /// Workers, for window sizes.
         fn parallelism(&self) -> usize;
         /// The progress reporting configured for this pool.
@@ -240,27 +266,66 @@ pub trait TaskPool: Backend {
 
     /// Runs one call and waits for it.
     fn apply<A: Arg, R: Ret>(&self, f: fn(A) -> R, arg: A) -> Result<R> {
-        let (_, rx) = run_all(self, f, vec![arg], ChunkSize::Fixed(1), true)?;
-        AsyncResult::single(rx).get()
+        let (job, mut rx) = run_all(self, f, vec![arg], ChunkSize::Fixed(1), true)?;
+        let cancel = CancelOnDrop {
+            pool: self,
+            job,
+            armed: true,
+        };
+        let r = loop {
+            match rx.recv(None) {
+                Step::Got(batch) => {
+                    if let Some((_, r)) = batch.into_iter().next() {
+                        break r;
+                    }
+                }
+                Step::Empty => {}
+                Step::Ended => break Err(Error::PoolTerminated),
+            }
+        };
+        let mut cancel = cancel;
+        cancel.armed = false;
+        r
     }
 
-    /// Starts one call; the handle gives its result later.
+    /// Starts one call; the handle gives its result later (see [`AsyncResult`]:
+    /// dropping it cancels the call).
     fn apply_async<A: Arg, R: Ret>(&self, f: fn(A) -> R, arg: A) -> Result<AsyncResult<R>> {
-        let (_, rx) = run_all(self, f, vec![arg], ChunkSize::Fixed(1), false)?;
-        Ok(AsyncResult::single(rx))
+        let (c, sink) = future::one::<R>();
+        let (job, control) = submit_async(self, f, vec![arg], ChunkSize::Fixed(1), sink)?;
+        Ok(AsyncResult::new(c, control, job))
     }
 
-    /// Starts a map; the handle gives the ordered results later.
+    /// Starts a map; the handle gives the ordered results later, or the first error
+    /// (see [`AsyncResult`]: dropping it cancels the map).
     fn map_async<A: Arg, R: Ret>(
         &self,
         f: fn(A) -> R,
         items: impl IntoIterator<Item = A>,
     ) -> Result<AsyncResult<Vec<R>>> {
         let items: Vec<A> = items.into_iter().collect();
-        let n = items.len();
-        let (_, rx) = run_all(self, f, items, self.chunk_size(), false)?;
-        Ok(AsyncResult::many(rx, n))
+        let (c, sink) = future::many::<R>(items.len());
+        let (job, control) = submit_async(self, f, items, self.chunk_size(), sink)?;
+        Ok(AsyncResult::new(c, control, job))
     }
+}
+
+/// Opens a job for `f` whose results go to `sink`, submits all of `items` and seals
+/// it: what `apply_async` and `map_async` start with.
+fn submit_async<P: Backend + ?Sized, A: Arg, R: Ret>(
+    pool: &P,
+    f: fn(A) -> R,
+    items: Vec<A>,
+    chunk: ChunkSize,
+    sink: Arc<dyn sealed::BatchSink<R>>,
+) -> Result<(u64, Arc<dyn sealed::Control>)> {
+    let (job, control) = pool.open_async(f, chunk, sink)?;
+    if let Err(e) = pool.submit(job, f, 0, items) {
+        pool.cancel(job, false);
+        return Err(e);
+    }
+    pool.seal(job);
+    Ok((job, control))
 }
 
 /// Opens a job for `f`, submits all of `items` and seals it: what every eager method
@@ -274,7 +339,7 @@ fn run_all<P: Backend + ?Sized, A: Arg, R: Ret>(
 ) -> Result<(u64, sealed::Results<R>)> {
     let (job, rx) = pool.open(f, chunk, caller_driven)?;
     if let Err(e) = pool.submit(job, f, 0, items) {
-        pool.cancel(job);
+        pool.cancel(job, false);
         return Err(e);
     }
     pool.seal(job);
@@ -291,7 +356,7 @@ struct CancelOnDrop<'p, P: Backend + ?Sized> {
 impl<P: Backend + ?Sized> Drop for CancelOnDrop<'_, P> {
     fn drop(&mut self) {
         if self.armed {
-            self.pool.cancel(self.job);
+            self.pool.cancel(self.job, false);
         }
     }
 }

@@ -58,14 +58,18 @@
 
 pub(crate) mod api;
 pub(crate) mod core;
-mod handle;
+pub(crate) mod future;
+mod imap;
 mod process;
 mod progress;
+mod wait;
 
 pub use api::{Arg, Ret, TaskPool};
-pub use handle::{AsyncResult, Imap, Indexed};
+pub use future::AsyncResult;
+pub use imap::{Imap, Indexed};
 pub use process::{Pool, PoolBuilder};
 pub use progress::{Progress, ProgressFn};
+pub use wait::{AsCompleted, Wait, Waitable, as_completed, wait};
 
 /// How calls are grouped into chunks sent to one worker at a time.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

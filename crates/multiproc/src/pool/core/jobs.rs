@@ -16,7 +16,9 @@
 use std::collections::VecDeque;
 use std::os::fd::OwnedFd;
 
-use super::Answers;
+use std::sync::Arc;
+
+use super::{Answers, Sink};
 use crate::error::Result;
 use crate::pool::ChunkSize;
 use crate::wire::message::TaskRef;
@@ -130,6 +132,11 @@ pub(crate) struct Job {
     pub(crate) nanos_per_call: Option<f64>,
     /// Answers not yet taken by the job's handle.
     pub(crate) inbox: VecDeque<Answers>,
+    /// Where answers go as they arrive, for a handle that does not pull them (see
+    /// [`Sink`](super::Sink)); the event loop hands them over outside its lock.
+    pub(crate) sink: Option<Arc<dyn Sink>>,
+    /// Listed in the core's deliveries due (answers in `inbox`, or the job is over).
+    pub(crate) due: bool,
 }
 
 impl Job {
@@ -144,6 +151,8 @@ impl Job {
             sealed: false,
             nanos_per_call: None,
             inbox: VecDeque::new(),
+            sink: None,
+            due: false,
         }
     }
 

@@ -19,6 +19,7 @@ pub(crate) mod jobs;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::os::fd::OwnedFd;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
@@ -53,6 +54,58 @@ impl Answers {
             Answers::Failed(v) => v.len(),
         }
     }
+}
+
+/// Where a job's answers go as they arrive, when its handle does not pull them (an
+/// `AsyncResult`: it may be awaited, watched with others, or have callbacks, so
+/// answers must reach it without anyone waiting on the pool).
+///
+/// The core only lists deliveries due ([`Core::take_deliveries`]); the event loop
+/// hands them over after releasing its lock, since a sink decodes and may run user
+/// callbacks that call into the pool again.
+pub(crate) trait Sink: Send + Sync {
+    /// Answers for some of the job's calls. Every call is answered (a worker's death,
+    /// a broken or terminated pool answer with errors), so a sink needs no end: two
+    /// threads may hand over a job's answers at once, and an "end" could overtake them.
+    fn answers(&self, answers: Answers);
+}
+
+/// Answers due to one job's [`Sink`].
+pub(crate) struct Delivery {
+    sink: Arc<dyn Sink>,
+    answers: Vec<Answers>,
+}
+
+impl Delivery {
+    /// Hands the answers over: call without holding the pool's lock.
+    pub(crate) fn hand_over(self) {
+        for a in self.answers {
+            self.sink.answers(a);
+        }
+    }
+}
+
+/// Where a handle gathers a job's typed results (see [`Sink`]; a thread pool feeds
+/// one directly, a pool over a wire through [`decoding`]).
+pub trait BatchSink<R>: Send + Sync {
+    /// Some results, in completion order.
+    fn add(&self, batch: Batch<R>);
+    /// The job is over without answering every call (a thread pool terminated with
+    /// calls queued).
+    fn end(&self);
+}
+
+/// A [`Sink`] that decodes answers as `R` for a [`BatchSink`].
+pub(crate) fn decoding<R: DeserializeOwned + 'static>(
+    sink: Arc<dyn BatchSink<R>>,
+) -> Arc<dyn Sink> {
+    struct Decoding<R>(Arc<dyn BatchSink<R>>);
+    impl<R: DeserializeOwned> Sink for Decoding<R> {
+        fn answers(&self, answers: Answers) {
+            self.0.add(decode_answers::<R>(answers));
+        }
+    }
+    Arc::new(Decoding(sink))
 }
 
 /// Some results of a job: values and failures apart, so that a batch of many
@@ -230,6 +283,8 @@ pub(crate) struct Core {
     slots: HashMap<WorkerId, Slot>,
     /// Why the pool cannot run work (an initializer that keeps failing...).
     broken: Option<Error>,
+    /// Jobs with a sink that have answers (or their end) to hand over.
+    due: Vec<u64>,
 }
 
 impl Core {
@@ -240,6 +295,7 @@ impl Core {
             next_job: 0,
             slots: HashMap::new(),
             broken: None,
+            due: Vec::new(),
         }
     }
 
@@ -259,6 +315,61 @@ impl Core {
         id
     }
 
+    /// Opens a job whose answers go to `sink` as they arrive (see [`Sink`]), handed
+    /// over by [`Core::take_deliveries`]. Nobody waits on it right away.
+    pub(crate) fn open_sunk(
+        &mut self,
+        entry: TaskRef,
+        chunk: ChunkSize,
+        sink: Arc<dyn Sink>,
+    ) -> u64 {
+        let id = self.open(entry, chunk, false);
+        if let Some(j) = self.jobs.get_mut(&id) {
+            j.sink = Some(sink);
+        }
+        id
+    }
+
+    /// Files answers for `job` (gone: thrown away), listing a delivery due if it has a
+    /// sink.
+    fn deliver(&mut self, job: u64, answers: Answers) {
+        if let Some(j) = self.jobs.get_mut(&job) {
+            j.deliver(answers);
+            note_due(&mut self.due, job, j);
+        }
+    }
+
+    /// What is due to the jobs' sinks: answers filed since the last call. A job that
+    /// is over leaves the table.
+    pub(crate) fn take_deliveries(&mut self) -> Vec<Delivery> {
+        let mut out = Vec::new();
+        for id in std::mem::take(&mut self.due) {
+            let Some(j) = self.jobs.get_mut(&id) else {
+                continue;
+            };
+            j.due = false;
+            let Some(sink) = j.sink.clone() else {
+                continue;
+            };
+            let answers: Vec<Answers> = j.inbox.drain(..).collect();
+            if j.finished() {
+                self.jobs.remove(&id);
+            }
+            if !answers.is_empty() {
+                out.push(Delivery { sink, answers });
+            }
+        }
+        out
+    }
+
+    /// Whether a call of `job` is running: the chunk a worker works on (the first it
+    /// holds) is the job's.
+    pub(crate) fn running(&self, job: u64) -> bool {
+        self.slots
+            .values()
+            .any(|s| s.held.front().is_some_and(|h| h.job == job))
+    }
+
     /// Whether a caller waits on `job` right away (see [`Core::open`]).
     pub(crate) fn caller_driven(&self, job: u64) -> bool {
         self.jobs.get(&job).is_some_and(|j| j.caller_driven)
@@ -275,7 +386,7 @@ impl Core {
         match broken {
             Some(e) => {
                 let answers = (first..first + n).map(|i| (i, clone_error(&e))).collect();
-                j.deliver(Answers::Failed(answers));
+                self.deliver(job, Answers::Failed(answers));
             }
             None => j.sources.push_back((first, source)),
         }
@@ -289,9 +400,23 @@ impl Core {
     }
 
     /// Nobody wants `job`'s answers: its pending calls are dropped, answers still to
-    /// come are thrown away.
-    pub(crate) fn cancel(&mut self, job: u64) {
-        self.jobs.remove(&job);
+    /// come are thrown away. With `stop_running`, returns the workers to kill to stop
+    /// the job's running calls: those whose every chunk is the job's. A worker that
+    /// also holds another job's chunk is left to run (its answers to this job are
+    /// thrown away): killing it would cost calls nobody cancelled.
+    pub(crate) fn cancel(&mut self, job: u64, stop_running: bool) -> Vec<WorkerId> {
+        if self.jobs.remove(&job).is_none() || !stop_running {
+            return Vec::new();
+        }
+        self.slots
+            .iter_mut()
+            .filter(|(_, s)| !s.held.is_empty() && s.held.iter().all(|h| h.job == job))
+            .map(|(id, s)| {
+                // Its death is the cancel's doing, not a timeout or a panic.
+                s.paused = true;
+                *id
+            })
+            .collect()
     }
 
     /// The next answers for `job`'s handle.
@@ -307,7 +432,15 @@ impl Core {
     }
 
     fn remove_if_finished(&mut self, job: u64) {
-        if self.jobs.get(&job).is_some_and(Job::finished) {
+        let Some(j) = self.jobs.get_mut(&job) else {
+            return;
+        };
+        if j.sink.is_some() {
+            // Its answers go to its sink first: the job leaves in `take_deliveries`.
+            if j.finished() || !j.inbox.is_empty() {
+                note_due(&mut self.due, job, j);
+            }
+        } else if j.finished() {
             self.jobs.remove(&job);
         }
     }
@@ -336,6 +469,10 @@ impl Core {
                 failed.extend((first..first + s.len()).map(|i| (i, clone_error(&error))));
             }
             j.deliver(Answers::Failed(failed));
+        }
+        let ids: Vec<u64> = self.jobs.keys().copied().collect();
+        for id in ids {
+            self.remove_if_finished(id);
         }
         self.broken = Some(error);
     }
@@ -430,6 +567,7 @@ impl Core {
         };
         if !built.failed.is_empty() {
             job.deliver(Answers::Failed(built.failed));
+            note_due(&mut self.due, job_id, job);
         }
         let entry = job.entry;
         let nanos = job.nanos_per_call.map(|ns| ns * built.indices.len() as f64);
@@ -509,13 +647,16 @@ impl Core {
         slot.done += answered;
         if let Some(job) = self.jobs.get_mut(&job_id) {
             job.nanos_per_call = chunking::update_call_time(job.nanos_per_call, nanos, answered);
-            job.deliver(Answers::Values {
-                pid,
-                indices,
-                failures: shifted,
-                data,
-                fds,
-            });
+            self.deliver(
+                job_id,
+                Answers::Values {
+                    pid,
+                    indices,
+                    failures: shifted,
+                    data,
+                    fds,
+                },
+            );
             self.remove_if_finished(job_id);
         }
         Ok(())
@@ -609,8 +750,8 @@ impl Core {
                 };
                 failed.push((index, error));
             }
-            job.deliver(Answers::Failed(failed));
             let job_id = held.job;
+            self.deliver(job_id, Answers::Failed(failed));
             self.remove_if_finished(job_id);
         }
         lost
@@ -630,6 +771,14 @@ impl Core {
         }
         self.cfg.retries = retries;
         self.break_pool(Error::PoolTerminated);
+    }
+}
+
+/// Lists `job` (with a sink) among the deliveries due, once.
+fn note_due(due: &mut Vec<u64>, id: u64, job: &mut Job) {
+    if job.sink.is_some() && !job.due {
+        job.due = true;
+        due.push(id);
     }
 }
 

@@ -112,7 +112,7 @@ fn cancel_while_chunks_run_drops_what_comes_back() {
     let job = c.open(ENTRY, ChunkSize::Fixed(3), false);
     c.submit(job, 0, nums(9));
     let chunk = c.next_chunk(1, &limits(), Instant::now()).unwrap();
-    c.cancel(job);
+    assert!(c.cancel(job, false).is_empty());
     assert!(c.job_over(job));
     answer(&mut c, 1, chunk.seq, 0, &[0, 1, 2]);
     assert!(c.take_answers(job).is_none());
@@ -297,4 +297,116 @@ fn answers_that_do_not_fit_are_refused() {
     .unwrap();
     let got = drain(&mut c, job);
     assert!(got.iter().all(|(_, r)| r.is_err()));
+}
+
+#[test]
+fn cancel_stops_only_workers_that_hold_nothing_else() {
+    let mut c = core(0);
+    c.add_worker(1, false);
+    c.add_worker(2, false);
+    let a = c.open(ENTRY, ChunkSize::Fixed(1), false);
+    let b = c.open(ENTRY, ChunkSize::Fixed(1), false);
+    c.submit(a, 0, nums(1));
+    c.submit(b, 0, nums(1));
+    // Worker 1 runs a's call; worker 2 runs b's.
+    c.next_chunk(1, &limits(), Instant::now()).unwrap();
+    c.next_chunk(2, &limits(), Instant::now()).unwrap();
+    assert!(c.running(a) && c.running(b));
+    assert_eq!(c.cancel(a, true), vec![1]);
+    assert!(c.job_over(a));
+    // The doomed worker gets no more work, and its death costs b nothing.
+    c.submit(b, 1, nums(1));
+    assert!(c.next_chunk(1, &limits(), Instant::now()).is_none());
+    assert_eq!(c.on_death(1, 7, Error::PoolTerminated), 0);
+    assert!(c.running(b));
+    // Cancelling what is already gone asks nothing of the workers.
+    assert!(c.cancel(a, true).is_empty());
+}
+
+#[test]
+fn a_worker_holding_another_jobs_chunk_is_not_killed_by_a_cancel() {
+    let mut c = Core::new(Config {
+        workers: 1,
+        retries: 0,
+        task_timeout: None,
+        max_tasks_per_child: None,
+        pipeline: true,
+    });
+    c.add_worker(1, false);
+    let a = c.open(ENTRY, ChunkSize::Fixed(1), false);
+    c.submit(a, 0, nums(1));
+    let probe = c.next_chunk(1, &limits(), Instant::now()).unwrap();
+    answer(&mut c, 1, probe.seq, 0, &[0]);
+    // A call time is known now: the worker may hold a chunk of a and one of b.
+    let b = c.open(ENTRY, ChunkSize::Fixed(1), false);
+    c.submit(a, 1, nums(1));
+    c.submit(b, 0, nums(1));
+    let of_a = c.next_chunk(1, &limits(), Instant::now()).unwrap();
+    let of_b = c.next_chunk(1, &limits(), Instant::now()).unwrap();
+    assert!(c.cancel(a, true).is_empty());
+    // a's answer is thrown away; b's, queued behind it, still counts.
+    answer(&mut c, 1, of_a.seq, 0, &[1]);
+    assert!(c.running(b));
+    answer(&mut c, 1, of_b.seq, 0, &[0]);
+    assert_eq!(drain(&mut c, b).len(), 1);
+    assert_eq!(c.outstanding(), 0);
+}
+
+/// Collects what a sunk job's sink receives.
+#[derive(Default)]
+struct Collected(std::sync::Mutex<Vec<(usize, Result<u64>)>>);
+
+impl Sink for Collected {
+    fn answers(&self, answers: Answers) {
+        self.0
+            .lock()
+            .unwrap()
+            .extend(decode_answers::<u64>(answers));
+    }
+}
+
+#[test]
+fn a_sunk_job_hands_its_answers_over_and_leaves_when_over() {
+    let mut c = core(0);
+    c.add_worker(1, false);
+    let sink = Arc::new(Collected::default());
+    let job = c.open_sunk(ENTRY, ChunkSize::Fixed(2), sink.clone());
+    assert!(!c.caller_driven(job));
+    c.submit(job, 0, nums(2));
+    c.seal(job);
+    assert!(c.take_deliveries().is_empty());
+    let chunk = c.next_chunk(1, &limits(), Instant::now()).unwrap();
+    answer(&mut c, 1, chunk.seq, 0, &[0]);
+    let due = c.take_deliveries();
+    assert_eq!(due.len(), 1);
+    due.into_iter().for_each(Delivery::hand_over);
+    assert!(!c.job_over(job));
+    answer(&mut c, 1, chunk.seq, 1, &[1]);
+    c.take_deliveries()
+        .into_iter()
+        .for_each(Delivery::hand_over);
+    assert!(c.job_over(job), "the last answer handed over ends the job");
+    let got = std::mem::take(&mut *sink.0.lock().unwrap());
+    let values: Vec<(usize, u64)> = got.into_iter().map(|(i, r)| (i, r.unwrap())).collect();
+    assert_eq!(values, vec![(0, 0), (1, 10)]);
+}
+
+#[test]
+fn a_sunk_job_of_a_broken_pool_is_answered_at_submit() {
+    let mut c = core(0);
+    c.break_pool(Error::PoolTerminated);
+    let sink = Arc::new(Collected::default());
+    let job = c.open_sunk(ENTRY, ChunkSize::Auto, sink.clone());
+    c.submit(job, 0, nums(3));
+    c.seal(job);
+    c.take_deliveries()
+        .into_iter()
+        .for_each(Delivery::hand_over);
+    assert!(c.job_over(job));
+    let got = sink.0.lock().unwrap();
+    assert_eq!(got.len(), 3);
+    assert!(
+        got.iter()
+            .all(|(_, r)| matches!(r, Err(Error::PoolTerminated)))
+    );
 }

@@ -59,6 +59,16 @@ pub(crate) struct State {
     pub(crate) stop_background: bool,
     init_failures: u32,
     init_ok: bool,
+    /// Workers killed to stop a cancelled call, not yet reaped: someone must lead
+    /// until they are (and replaced).
+    cancel_killed: Vec<WorkerId>,
+}
+
+thread_local! {
+    /// The pools this thread leads now (by address). A callback run while handing
+    /// answers over may call into the same pool (`map`, `get`): it must go on leading,
+    /// not wait for a leader that is itself.
+    static LEADING: std::cell::RefCell<Vec<usize>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 pub(crate) struct Shared {
@@ -92,6 +102,7 @@ impl Shared {
                 stop_background: false,
                 init_failures: 0,
                 init_ok: false,
+                cancel_killed: Vec::new(),
             }),
             follow: Condvar::new(),
             background: Condvar::new(),
@@ -127,6 +138,74 @@ impl Shared {
         self.background.notify_all();
     }
 
+    fn key(&self) -> usize {
+        self as *const Shared as usize
+    }
+
+    /// Whether this thread leads the pool now (further up its stack).
+    fn led_here(&self) -> bool {
+        let key = self.key();
+        LEADING.with(|l| l.borrow().contains(&key))
+    }
+
+    /// Takes the lead (the caller set `st.leader`).
+    fn lead(&self) {
+        let key = self.key();
+        LEADING.with(|l| l.borrow_mut().push(key));
+    }
+
+    /// Gives up the lead taken by [`Shared::lead`].
+    fn unlead(&self) {
+        let key = self.key();
+        LEADING.with(|l| {
+            let mut l = l.borrow_mut();
+            if let Some(at) = l.iter().rposition(|&k| k == key) {
+                l.remove(at);
+            }
+        });
+    }
+
+    /// Hands over what is due to the jobs' sinks (async handles), outside the lock:
+    /// a sink decodes, and may run callbacks that call into the pool.
+    pub(crate) fn settle<'a>(&'a self, st: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+        let due = {
+            let mut st = st;
+            let due = st.core.take_deliveries();
+            if due.is_empty() {
+                return st;
+            }
+            due
+        };
+        for d in due {
+            d.hand_over();
+        }
+        let st = self.lock();
+        if st.waiting > 0 {
+            // A follower may wait on a handle just completed.
+            self.follow.notify_all();
+        }
+        st
+    }
+
+    /// Stops the running calls of a cancelled job: kills the workers that hold only
+    /// its chunks (the leader reaps and replaces them).
+    pub(crate) fn kill_for_cancel(&self, st: &mut State, workers: Vec<WorkerId>) {
+        if workers.is_empty() {
+            return;
+        }
+        for id in workers {
+            if let Some((_, p)) = st.procs.iter().find(|(w, _)| *w == id) {
+                tracing::debug!(
+                    pid = p.pid,
+                    "killing a pool worker to stop a cancelled call"
+                );
+                p.kill();
+                st.cancel_killed.push(id);
+            }
+        }
+        self.notify(st, false);
+    }
+
     /// Drives the pool (as leader, or as follower of another thread) until `check`
     /// returns something, or `deadline` passes (`None` then).
     pub(crate) fn drive<T>(
@@ -143,6 +222,18 @@ impl Shared {
             if deadline.is_some_and(|d| now >= d) {
                 return None;
             }
+            if st.leader && self.led_here() {
+                // Called back from this thread's own hand-over: lead on, nested.
+                loop {
+                    st = self.turn(st, deadline);
+                    if let Some(t) = check(&mut st) {
+                        return Some(t);
+                    }
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        return None;
+                    }
+                }
+            }
             if st.leader {
                 st.waiting += 1;
                 st = match deadline {
@@ -158,6 +249,7 @@ impl Shared {
                 continue;
             }
             st.leader = true;
+            self.lead();
             let found = loop {
                 st = self.turn(st, deadline);
                 if let Some(t) = check(&mut st) {
@@ -167,6 +259,7 @@ impl Shared {
                     break None;
                 }
             };
+            self.unlead();
             st.leader = false;
             self.hand_off(&st);
             if found.is_some() {
@@ -179,7 +272,7 @@ impl Shared {
     fn hand_off(&self, st: &State) {
         if st.waiting > 0 {
             self.follow.notify_all();
-        } else if st.core.needs_background() || st.terminate {
+        } else if st.core.needs_background() || st.terminate || !st.cancel_killed.is_empty() {
             self.background.notify_one();
         }
     }
@@ -191,18 +284,23 @@ impl Shared {
             if st.stop_background {
                 return;
             }
-            let wanted = !st.leader && (st.core.needs_background() || st.terminate);
+            let wanted = !st.leader
+                && (st.core.needs_background() || st.terminate || !st.cancel_killed.is_empty());
             if !wanted {
                 st = self.background.wait(st).unwrap_or_else(|p| p.into_inner());
                 continue;
             }
             st.leader = true;
-            while !st.stop_background && (st.core.outstanding() > 0 || st.terminate) {
+            self.lead();
+            while !st.stop_background
+                && (st.core.outstanding() > 0 || st.terminate || !st.cancel_killed.is_empty())
+            {
                 st = self.turn(st, None);
                 if st.stopped {
                     break;
                 }
             }
+            self.unlead();
             st.leader = false;
             if st.waiting > 0 {
                 self.follow.notify_all();
@@ -244,7 +342,7 @@ impl Shared {
         if st.terminate {
             terminate_now(&mut st);
             self.follow.notify_all();
-            return st;
+            return self.settle(st);
         }
         if st.stopped {
             return st;
@@ -317,7 +415,7 @@ impl Shared {
         if st.waiting > 0 && st.core.outstanding() != before {
             self.follow.notify_all();
         }
-        st
+        self.settle(st)
     }
 
     /// Starts workers until the pool has its number (unless it is closing or broken).
@@ -366,6 +464,7 @@ impl Shared {
     /// retried or answered with how it died.
     fn reap(&self, st: &mut State, i: usize) {
         let (id, mut p) = st.procs.swap_remove(i);
+        st.cancel_killed.retain(|&w| w != id);
         let death = p.death();
         if p.initializing {
             init_failed(st, death.to_string());
@@ -594,6 +693,7 @@ fn shut_down(st: &mut State) {
         }
         p.reap();
     }
+    st.cancel_killed.clear();
     st.stopped = true;
 }
 
@@ -605,6 +705,7 @@ fn terminate_now(st: &mut State) {
         p.reap();
     }
     st.core.terminate();
+    st.cancel_killed.clear();
     st.stopped = true;
     st.terminate = false;
 }

@@ -14,10 +14,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::ChunkSize;
-use super::api::sealed::{Backend, ResultSource, Results, Step};
+use super::api::sealed::{Backend, BatchSink, Control, ResultSource, Results, Step};
 use super::api::{self, Arg, Ret, TaskPool};
 use super::core::jobs::Items;
-use super::core::{Config as CoreConfig, Core, decode_answers};
+use super::core::{Config as CoreConfig, Core, decode_answers, decoding};
 use super::progress::Progress;
 use crate::error::{Error, Result};
 use crate::start::StartMethod;
@@ -260,6 +260,20 @@ impl Backend for Pool {
         Ok((job, Results(Box::new(results))))
     }
 
+    fn open_async<A: Arg, R: Ret>(
+        &self,
+        f: fn(A) -> R,
+        chunk: ChunkSize,
+        sink: Arc<dyn BatchSink<R>>,
+    ) -> Result<(u64, Arc<dyn Control>)> {
+        let mut st = self.shared.lock();
+        if self.closed.load(Ordering::Acquire) || st.closed {
+            return Err(Error::PoolClosed);
+        }
+        let job = st.core.open_sunk(task::task_ref(f), chunk, decoding(sink));
+        Ok((job, self.shared.clone()))
+    }
+
     fn submit<A: Arg, R: Ret>(
         &self,
         job: u64,
@@ -271,15 +285,20 @@ impl Backend for Pool {
         let caller_driven = st.core.caller_driven(job);
         st.core.submit(job, first, Box::new(Items::new(items)));
         self.shared.notify(&st, caller_driven);
+        // A broken pool answers at once.
+        drop(self.shared.settle(st));
         Ok(())
     }
 
     fn seal(&self, job: u64) {
-        self.shared.lock().core.seal(job);
+        let mut st = self.shared.lock();
+        st.core.seal(job);
+        // An empty job is over at once.
+        drop(self.shared.settle(st));
     }
 
-    fn cancel(&self, job: u64) {
-        self.shared.lock().core.cancel(job);
+    fn cancel(&self, job: u64, stop_running: bool) {
+        Control::cancel(&*self.shared, job, stop_running);
     }
 
     fn parallelism(&self) -> usize {
@@ -292,6 +311,23 @@ impl Backend for Pool {
 
     fn chunk_size(&self) -> ChunkSize {
         self.chunk
+    }
+}
+
+impl Control for Shared {
+    fn cancel(&self, job: u64, stop_running: bool) {
+        let mut st = self.lock();
+        let workers = st.core.cancel(job, stop_running);
+        self.kill_for_cancel(&mut st, workers);
+    }
+
+    fn running(&self, job: u64) -> bool {
+        self.lock().core.running(job)
+    }
+
+    fn drive(&self, done: &dyn Fn() -> bool, deadline: Option<Instant>) -> bool {
+        Shared::drive(self, deadline, |_| done().then_some(()));
+        true
     }
 }
 
