@@ -133,6 +133,37 @@ fn checks(pool: &multiproc::mpi::Pool) -> multiproc::Result<()> {
     assert_eq!(many.get()?, (1..=10).collect::<Vec<_>>());
     println!("mpi_check: imap, imap_unordered, apply, apply_async, map_async ok");
 
+    // Cancel: a finished call says no; a queued call is removed; a running call (MPI
+    // cannot stop one rank) is abandoned, its rank free again once it ends.
+    let done = pool.apply_async(tiny, 1)?;
+    done.wait();
+    assert!(!done.cancel(), "cancel of a finished call");
+    assert_eq!(done.get()?, 2);
+    let busy: Vec<_> = (0..pool.workers())
+        .map(|_| pool.apply_async(sleepy, 300))
+        .collect::<Result<_>>()?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !busy.iter().all(|h| h.running()) {
+        assert!(
+            Instant::now() < deadline,
+            "the ranks never started the calls"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let queued = pool.apply_async(tiny, 7)?;
+    assert!(!queued.running());
+    assert!(queued.cancel(), "cancel of a queued call");
+    assert!(matches!(queued.get(), Err(Error::Cancelled)));
+    let mut busy = busy.into_iter();
+    let abandoned = busy.next().expect("one rank at least");
+    assert!(abandoned.cancel(), "cancel of a running call");
+    assert!(matches!(abandoned.get(), Err(Error::Cancelled)));
+    for h in busy {
+        assert_eq!(h.get()?, 300);
+    }
+    assert_eq!(pool.map(tiny, 0..100u32)?.len(), 100);
+    println!("mpi_check: cancel ok");
+
     // Same size limits as the process pool.
     multiproc::set_max_frame_size(1 << 16);
     let big = serde_bytes::ByteBuf::from(vec![7u8; 1 << 17]);
