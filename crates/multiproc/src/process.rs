@@ -50,6 +50,8 @@ pub struct Process<R> {
     /// The reply, the frame it came in (its data starts at the offset), its descriptors.
     reply: Option<(Reply, Vec<u8>, usize, Vec<OwnedFd>)>,
     status: Option<ExitStatus>,
+    /// Reaped (by us, or by the kernel when SIGCHLD is ignored): its pid is free.
+    reaped: bool,
     taken: bool,
     _result: PhantomData<fn() -> R>,
 }
@@ -127,6 +129,7 @@ impl Builder {
             decoder: FrameDecoder::new(crate::worker::frame_limit(wire::max_frame_size())),
             reply: None,
             status: None,
+            reaped: false,
             taken: false,
             _result: PhantomData,
         };
@@ -228,13 +231,25 @@ impl<R: DeserializeOwned> Process<R> {
 
     /// Whether the child is still running. Reaps it if it has exited.
     pub fn is_alive(&mut self) -> bool {
-        self.exitcode().is_none()
+        self.exitcode().is_none() && !self.reaped
     }
 
     /// How the child ended, or `None` while it runs. Never blocks.
+    ///
+    /// Also `None` for a child that ended in the one case where the kernel keeps no
+    /// status: a [`StartMethod::Fork`] child of a program that ignores SIGCHLD, on Linux
+    /// before 6.15 ([`is_alive`](Self::is_alive) is then `false`).
     pub fn exitcode(&mut self) -> Option<ExitStatus> {
-        if self.status.is_none() {
-            self.status = sys::proc::wait_pidfd(&self.pidfd, false).ok().flatten();
+        if self.status.is_none() && !self.reaped {
+            match sys::proc::wait_pidfd(&self.pidfd, false) {
+                Ok(Some(status)) => {
+                    self.status = Some(status);
+                    self.reaped = true;
+                }
+                Ok(None) => {}
+                // Reaped elsewhere, its status lost.
+                Err(_) => self.reaped = true,
+            }
         }
         self.status
     }
@@ -251,7 +266,7 @@ impl<R: DeserializeOwned> Process<R> {
     }
 
     fn signal(&self, signal: crate::Signal) -> Result<()> {
-        if self.status.is_some() {
+        if self.reaped {
             return Ok(());
         }
         sys::proc::pidfd_signal(self.pidfd.as_fd(), signal)
@@ -305,7 +320,7 @@ impl<R: DeserializeOwned> Process<R> {
             // socket can outlive the child (a Fork child started by another thread while
             // this one was being launched inherits it, as does a process the task forks)
             // and then holds the stream open after the child died.
-            let exited = self.status.is_some();
+            let exited = self.reaped;
             let Some(exited) =
                 wait_socket_or_exit(sock.as_fd(), self.pidfd.as_fd(), exited, deadline)
                     .map_err(|e| Error::io("waiting for a child process", e))?
@@ -331,16 +346,17 @@ impl<R: DeserializeOwned> Process<R> {
             }
         }
         self.sock = None;
-        if self.status.is_none() {
+        if !self.reaped {
             if deadline.is_some()
                 && !wire::wait_readable(self.pidfd.as_fd(), deadline)
                     .map_err(|e| Error::io("waiting for a child process", e))?
             {
                 return Err(timed_out());
             }
-            let status = sys::proc::wait_pidfd(&self.pidfd, true)
-                .map_err(|e| Error::io("reaping a child process", e))?;
-            self.status = status;
+            // An error here means the status is lost (SIGCHLD ignored on an old kernel,
+            // see `sys::proc::wait_pidfd`): the reply, if one came, is still the answer.
+            self.status = sys::proc::wait_pidfd(&self.pidfd, true).ok().flatten();
+            self.reaped = true;
         }
         self.taken = true;
         let pid = self.pid;
@@ -419,7 +435,7 @@ fn wait_socket_or_exit(
 
 impl<R> Drop for Process<R> {
     fn drop(&mut self) {
-        if self.status.is_none() {
+        if !self.reaped {
             let _ = sys::proc::pidfd_signal(self.pidfd.as_fd(), crate::Signal::KILL);
             let _ = sys::proc::wait_pidfd(&self.pidfd, true);
         }

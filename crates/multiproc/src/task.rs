@@ -175,10 +175,15 @@ pub(crate) fn death_error(status: Option<ExitStatus>, pid: u32) -> Error {
             core_dumped,
         },
         Some(ExitStatus::Code(code)) => Error::Exited { pid, code },
-        None => Error::Protocol {
-            pid,
-            detail: "the child closed its socket but its exit status is unavailable".into(),
-        },
+        // Never a guess: the child is gone and nobody can know how it ended.
+        None => Error::io(
+            "learning how a child process ended",
+            std::io::Error::other(format!(
+                "process {pid} ended before returning a result, and its exit status is \
+                     lost: it was reaped outside multiproc (this program ignores SIGCHLD on \
+                     a kernel older than Linux 6.15, or waited for it itself)"
+            )),
+        ),
     }
 }
 

@@ -191,13 +191,23 @@ pub(crate) fn pidfd_signal(pidfd: BorrowedFd<'_>, signal: Signal) -> io::Result<
 
 /// Reaps the child named by `pidfd`: `Ok(None)` if it is still running and `block` is
 /// false.
+///
+/// `__WALL`: children started by spawn and the fork server report their exit with no
+/// signal (see `sys::spawn`), which makes them "clone children" that a plain wait skips.
+///
+/// A child whose exit signal is SIGCHLD is reaped by the kernel itself, at its exit, when
+/// this process ignores SIGCHLD (or another wait of this program reaped it first): the
+/// wait then fails with `ECHILD`. Linux 6.15 and later still know how such a child
+/// ended, through its pidfd ([`exit_info`]); on older kernels the status is lost and the
+/// `ECHILD` is returned.
 pub(crate) fn wait_pidfd(pidfd: impl AsFd, block: bool) -> io::Result<Option<ExitStatus>> {
-    let mut flags = WaitPidFlag::WEXITED;
+    let pidfd = pidfd.as_fd();
+    let mut flags = WaitPidFlag::WEXITED | WaitPidFlag::__WALL;
     if !block {
         flags |= WaitPidFlag::WNOHANG;
     }
     loop {
-        return match waitid(Id::PIDFd(pidfd.as_fd()), flags) {
+        return match waitid(Id::PIDFd(pidfd), flags) {
             Ok(WaitStatus::Exited(_, code)) => Ok(Some(ExitStatus::Code(code))),
             Ok(WaitStatus::Signaled(_, sig, core)) => Ok(Some(ExitStatus::Signaled {
                 signal: Signal::from_raw(sig as i32),
@@ -206,9 +216,69 @@ pub(crate) fn wait_pidfd(pidfd: impl AsFd, block: bool) -> io::Result<Option<Exi
             Ok(WaitStatus::StillAlive) => Ok(None),
             Ok(_) => continue,
             Err(Errno::EINTR) => continue,
+            Err(Errno::ECHILD) => match exit_info(pidfd) {
+                Some(status) => Ok(Some(status)),
+                None => Err(Errno::ECHILD.into()),
+            },
             Err(e) => Err(e.into()),
         };
     }
+}
+
+/// Linux's `struct pidfd_info` as first published (`PIDFD_INFO_SIZE_VER0`, Linux 6.15).
+#[repr(C)]
+#[derive(Default)]
+struct PidfdInfo {
+    mask: u64,
+    cgroupid: u64,
+    ids: [u32; 11],
+    exit_code: i32,
+}
+
+/// `_IOWR(0xFF, 11, struct pidfd_info)`.
+const PIDFD_GET_INFO: libc::c_ulong = 0xC040_FF0B;
+/// The `mask` bit that asks for, and reports, the exit status.
+const PIDFD_INFO_EXIT: u64 = 1 << 3;
+
+/// How the process named by `pidfd` ended, after someone else reaped it (the kernel,
+/// when SIGCHLD is ignored). `None` if it is unknown: a kernel older than 6.15, or a
+/// process that has not ended.
+fn exit_info(pidfd: BorrowedFd<'_>) -> Option<ExitStatus> {
+    // The kernel records the status when it releases the process, a moment after a
+    // waiter may already have been told there is no child to wait for: retry briefly.
+    for _ in 0..200 {
+        let mut info = PidfdInfo {
+            mask: PIDFD_INFO_EXIT,
+            ..PidfdInfo::default()
+        };
+        // SAFETY: PIDFD_GET_INFO reads `mask` from and writes at most
+        // `size_of::<PidfdInfo>()` bytes (the size encoded in the request number) into
+        // the struct passed by address, which lives across the call.
+        let r = unsafe {
+            libc::ioctl(
+                pidfd.as_raw_fd(),
+                PIDFD_GET_INFO as _,
+                &mut info as *mut PidfdInfo,
+            )
+        };
+        if r != 0 {
+            // ENOTTY/EINVAL: no such request (before 6.15); ESRCH: gone, status unknown.
+            return None;
+        }
+        if info.mask & PIDFD_INFO_EXIT != 0 {
+            let s = info.exit_code;
+            return Some(if libc::WIFSIGNALED(s) {
+                ExitStatus::Signaled {
+                    signal: Signal::from_raw(libc::WTERMSIG(s)),
+                    core_dumped: libc::WCOREDUMP(s),
+                }
+            } else {
+                ExitStatus::Code(libc::WEXITSTATUS(s))
+            });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    None
 }
 
 /// `true` when the kernel marks this process as privileged (setuid, setgid, file
