@@ -317,9 +317,9 @@ impl<R: DeserializeOwned> Process<R> {
                 break;
             };
             // Wait for the socket *or the child's exit*: a copy of the child's end of the
-            // socket can outlive the child (a Fork child started by another thread while
-            // this one was being launched inherits it, as does a process the task forks)
-            // and then holds the stream open after the child died.
+            // socket can outlive the child (a process the task forks inherits it, as does
+            // one forked meanwhile by code other than multiproc's) and then holds the
+            // stream open after the child died.
             let exited = self.reaped;
             let Some(exited) =
                 wait_socket_or_exit(sock.as_fd(), self.pidfd.as_fd(), exited, deadline)

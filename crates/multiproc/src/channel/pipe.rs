@@ -62,10 +62,10 @@ impl<T: Serialize + DeserializeOwned> Pipe<T> {
 /// An end is a value: pass it to a child as (part of) a task argument, and drop your
 /// copy of it so that the child's exit is seen as a close.
 ///
-/// Under [`StartMethod::Fork`](crate::StartMethod::Fork) a child inherits copies of
-/// *all* the parent's descriptors, the parent's own end included, so a forked child
-/// waiting for its pipe to close waits for itself: end such loops with a sentinel
-/// message, or use the fork server or spawn (as Python's docs warn for `fork`).
+/// A child holds only the ends its task was given, under every start method: an end
+/// left open in the parent does not leak into a child started meanwhile (not even
+/// under [`StartMethod::Fork`](crate::StartMethod::Fork), unlike Python's `fork`), so
+/// dropping the last real copy is always seen as a close.
 pub struct PipeEnd<T> {
     sock: OwnedFd,
     decoder: FrameDecoder,

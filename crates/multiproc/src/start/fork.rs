@@ -7,8 +7,7 @@ use super::{forget_runtime_after_fork, runtime, runtime_slot};
 use crate::sys;
 use crate::sys::proc::{Forked, die_with_parent, exit_now, fork};
 
-pub(super) fn start(ours: &OwnedFd, theirs: OwnedFd) -> io::Result<u32> {
-    let ours = ours.as_raw_fd();
+pub(super) fn start(theirs: OwnedFd) -> io::Result<u32> {
     let parent = std::process::id();
     runtime().on_launcher(move || {
         // Before the fork, so that the child need not (see the function's notes).
@@ -29,9 +28,12 @@ pub(super) fn start(ours: &OwnedFd, theirs: OwnedFd) -> io::Result<u32> {
                 sys::proc::restore_sigmask(mask);
                 forget_runtime_after_fork(&mut slot);
                 drop(slot);
-                // The parent's end of our own socket: keeping it would hide the parent's
-                // death from us as an end of stream.
-                let _ = nix::unistd::close(ours);
+                // Only what an exec'd child would hold, and our own socket: the parent's
+                // pipe ends, queues and other children's sockets must not stay open here
+                // (their readers would wait for this child to exit), nor the parent's end
+                // of our socket (it would hide the parent's death from us). The task's
+                // own descriptors arrive with the task.
+                sys::fd::disown_inherited(theirs.as_raw_fd());
                 if !die_with_parent(parent) {
                     exit_now(crate::child::EXIT_ORPHANED);
                 }

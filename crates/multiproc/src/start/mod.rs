@@ -34,6 +34,21 @@ use crate::sys;
 /// `Fork` copies only the forking thread: a lock held at that instant by any other
 /// thread (an allocator's, stdout's, a library's) stays locked forever in the child,
 /// which can then hang. Python 3.14 moved its default away from `fork` for this reason.
+///
+/// # Descriptors
+///
+/// Under every method a child holds the same descriptors: stdin, stdout and stderr,
+/// the ones without close-on-exec (which survive an exec), its own connection to the
+/// parent, and what its task was sent (pipe ends, queues, shared memory in its
+/// argument). A `Fork` child does not keep the parent's other descriptors, unlike
+/// Python's `fork`: the parent's pipe ends, queues and other children's sockets would
+/// otherwise stay open in every child started meanwhile, and their readers would not
+/// see `Closed` until that unrelated child exited. Rust's `std` opens every file with
+/// close-on-exec, so a `File` of the parent is not open in a `Fork` child either (as
+/// under the other methods): open files in the task, and pass multiproc's handles in
+/// its argument. (In a `Fork` child such a descriptor's number is
+/// taken by a closed socket: an object of the parent still holding it gets an end of
+/// stream or an error, never some other file.)
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub enum StartMethod {
     /// `fork()` the calling process. Fastest; unsafe to rely on once other threads exist.
@@ -124,7 +139,7 @@ pub(crate) fn launch(method: StartMethod, executable: Option<&Path>) -> Result<L
     let fail = |e: std::io::Error| Error::Start { method, source: e };
     let (ours, theirs) = sys::fd::pair(SockType::Stream).map_err(fail)?;
     let pid = match method {
-        StartMethod::Fork => fork::start(&ours, theirs).map_err(fail)?,
+        StartMethod::Fork => fork::start(theirs).map_err(fail)?,
         StartMethod::Spawn => spawn::start(theirs, executable).map_err(fail)?,
         StartMethod::ForkServer => forkserver::start(theirs).map_err(fail)?,
     };

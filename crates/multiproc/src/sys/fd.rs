@@ -152,3 +152,139 @@ pub(crate) fn poll_raw(fds: &mut [libc::pollfd], timeout_ms: i32) -> io::Result<
     }
     Ok(r as usize)
 }
+
+/// In a child just forked from this program, before it runs anything else: replaces
+/// every close-on-exec descriptor but stdin, stdout, stderr and `keep` with a socket
+/// whose peer is closed, so the child holds exactly what an exec'd child would (the
+/// descriptors without close-on-exec) plus `keep`.
+///
+/// Every descriptor multiproc makes is close-on-exec, so none of the parent's pipe ends,
+/// queues, worker sockets or pidfds stays open in the child: a reader elsewhere sees its
+/// channel close when its real holders drop it, not when some unrelated child exits.
+///
+/// The numbers stay taken instead of being closed: the child's memory still holds the
+/// parent's objects (a `File` in a static, a library's cached descriptor), and a closed
+/// number would be reused by the next descriptor the child opens, so that such an
+/// object would read or write the wrong file. This way it gets an end of stream or
+/// `EPIPE` instead.
+pub(crate) fn disown_inherited(keep: RawFd) {
+    let mut pair = [-1 as RawFd; 2];
+    // SAFETY: socketpair writes two descriptor numbers into the two-element array.
+    let made = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            0,
+            pair.as_mut_ptr(),
+        )
+    } == 0;
+    let dead = made.then(|| {
+        // SAFETY: pair[1] was just created here and is owned by nothing else.
+        unsafe { libc::close(pair[1]) };
+        pair[0]
+    });
+    let retire = |fd: RawFd, dir: RawFd| {
+        if fd <= 2 || fd == keep || fd == dir || Some(fd) == dead {
+            return;
+        }
+        // SAFETY: F_GETFD only reads the descriptor table (-1/EBADF if not open).
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+        if flags < 0 || flags & libc::FD_CLOEXEC == 0 {
+            return;
+        }
+        match dead {
+            // SAFETY: dup3 atomically closes `fd` and makes it a copy of the dead
+            // socket. `fd` is the parent's, copied by fork, and nothing in this child
+            // may use it (see above); objects that still name it get the dead socket.
+            Some(d) => unsafe {
+                libc::dup3(d, fd, libc::O_CLOEXEC);
+            },
+            // SAFETY: as above; without a spare descriptor, closing is the next best.
+            None => unsafe {
+                libc::close(fd);
+            },
+        }
+    };
+    // SAFETY: open reads a NUL-terminated path that is a static string.
+    let dir = unsafe {
+        libc::open(
+            c"/proc/self/fd".as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if dir >= 0 {
+        // The directory lists descriptors by number; replacing one changes no number,
+        // so reading on while replacing is sound.
+        let mut buf = [0u64; 512];
+        loop {
+            // SAFETY: getdents64 writes at most the buffer's length of bytes into the
+            // buffer, which is exclusively borrowed and 8-byte aligned.
+            let n = unsafe {
+                libc::syscall(
+                    libc::SYS_getdents64,
+                    dir,
+                    buf.as_mut_ptr(),
+                    std::mem::size_of_val(&buf),
+                )
+            };
+            if n <= 0 {
+                break;
+            }
+            // SAFETY: the kernel initialized the first `n` bytes of the buffer, and `n`
+            // is at most its length; u8 has no alignment requirement.
+            let bytes =
+                unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), n as usize) };
+            for fd in dirents(bytes) {
+                retire(fd, dir);
+            }
+        }
+        // SAFETY: `dir` was opened above and is not used after this.
+        unsafe { libc::close(dir) };
+    } else {
+        // No /proc: try every number below the descriptor limit (capped, for the
+        // limits of a million that containers often set).
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes one rlimit struct into the local passed by address.
+        let max = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+            lim.rlim_cur.min(1 << 16) as RawFd
+        } else {
+            1024
+        };
+        for fd in 3..max {
+            retire(fd, -1);
+        }
+    }
+    if let Some(d) = dead {
+        // SAFETY: the dead socket made above; its copies stand on their own.
+        unsafe { libc::close(d) };
+    }
+}
+
+/// The descriptor numbers named in a buffer of `linux_dirent64` records (`.` and `..`,
+/// and anything not a number, skipped). Stops at a malformed record.
+fn dirents(bytes: &[u8]) -> impl Iterator<Item = RawFd> + '_ {
+    // struct linux_dirent64 { u64 d_ino; i64 d_off; u16 d_reclen; u8 d_type; char d_name[]; }
+    const NAME: usize = 19;
+    let mut at = 0usize;
+    std::iter::from_fn(move || {
+        loop {
+            let rec = bytes.get(at..)?;
+            let reclen = u16::from_ne_bytes([*rec.get(16)?, *rec.get(17)?]) as usize;
+            if reclen <= NAME || reclen > rec.len() {
+                return None;
+            }
+            at += reclen;
+            let name = &rec[NAME..reclen];
+            let name = &name[..name.iter().position(|b| *b == 0).unwrap_or(name.len())];
+            if let Some(fd) = std::str::from_utf8(name)
+                .ok()
+                .and_then(|s| s.parse::<RawFd>().ok())
+            {
+                return Some(fd);
+            }
+        }
+    })
+}
