@@ -52,6 +52,13 @@
 //! the fork server early and is the documented place where a child stops; calling it is
 //! cheap and idempotent.
 //!
+//! ## Waiting on many
+//!
+//! [`Process`], [`PipeEnd`] and [`Queue`] implement [`AsFd`](std::os::fd::AsFd) (a
+//! process by its pidfd, readable once it ended); [`wait_ready`] waits until any of
+//! several are ready, as Python's `multiprocessing.connection.wait`, and
+//! [`active_children`] lists the children still running.
+//!
 //! ## Failures
 //!
 //! - A panicking task: [`Error::Panicked`] with its message and location, also under
@@ -72,6 +79,7 @@ mod error;
 pub mod mpi;
 pub mod pool;
 mod process;
+mod sentinel;
 mod shm;
 mod start;
 mod sync;
@@ -88,7 +96,8 @@ pub use pool::{
     AsCompleted, AsyncResult, ChunkSize, Pool, PoolBuilder, Progress, TaskPool, Wait, Waitable,
     as_completed, wait,
 };
-pub use process::{Builder, Process};
+pub use process::{Builder, Process, active_children};
+pub use sentinel::wait_ready;
 pub use shm::{Array, ArrayGuard, SharedMemory, Value, ValueGuard};
 pub use start::{StartMethod, get_start_method, set_start_method};
 pub use sync::{Barrier, BoundedSemaphore, Condition, Event, Lock, LockGuard, RLock, Semaphore};

@@ -133,6 +133,7 @@ impl Builder {
             taken: false,
             _result: PhantomData,
         };
+        start::children::add(process.pid, &process.name, process.pidfd.as_fd());
         process.send_task(task::task_ref(f), args, fds)?;
         Ok(process)
     }
@@ -435,11 +436,55 @@ fn wait_socket_or_exit(
 
 impl<R> Drop for Process<R> {
     fn drop(&mut self) {
+        // Before the pidfd closes (after this body): the list polls it.
+        start::children::remove(self.pidfd.as_fd());
         if !self.reaped {
             let _ = sys::proc::pidfd_signal(self.pidfd.as_fd(), crate::Signal::KILL);
             let _ = sys::proc::wait_pidfd(&self.pidfd, true);
         }
     }
+}
+
+/// The child's pidfd: it becomes readable when the child ends, which is how
+/// [`crate::wait_ready`] waits for a process (Python's `Process.sentinel`).
+///
+/// Wait on it (`poll`, `epoll`, an async reactor), but do not reap the child through it
+/// (`waitid`): its [`join`](Process::join) needs the exit status.
+impl<R> AsFd for Process<R> {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.pidfd.as_fd()
+    }
+}
+
+/// The children this process started with [`Process::start`] (or a [`Builder`]) that
+/// are still running, in the order they were started: each one's pid and name (Python's
+/// `multiprocessing.active_children()`).
+///
+/// A child counts from its start until it ends, as long as its [`Process`] handle
+/// exists; workers of a [`Pool`](crate::Pool) belong to their pool and are not listed.
+/// Unlike Python's, this reaps nothing: a child that ended stays a zombie until its
+/// handle is joined or dropped, because the handle owns its exit status. (Python reaps
+/// here because its handles may be forgotten; a `Process` cannot be: dropping it kills
+/// and reaps its child.)
+///
+/// ```
+/// use std::time::Duration;
+/// fn nap(ms: u64) { std::thread::sleep(Duration::from_millis(ms)) }
+///
+/// # fn main() -> multiproc::Result<()> {
+/// let p = multiproc::Process::builder().name("napper").start(nap, 10_000)?;
+/// let running = multiproc::active_children();
+/// assert!(running.iter().any(|c| c.pid == p.pid() && c.name == "napper"));
+/// p.kill()?;
+/// let _ = p.join();
+/// assert!(multiproc::active_children().iter().all(|c| c.name != "napper"));
+/// # Ok(()) }
+/// ```
+pub fn active_children() -> Vec<crate::ProcessInfo> {
+    start::children::running()
+        .into_iter()
+        .map(|(pid, name)| crate::ProcessInfo { pid, name })
+        .collect()
 }
 
 impl<R> std::fmt::Debug for Process<R> {

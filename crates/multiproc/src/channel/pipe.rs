@@ -156,6 +156,18 @@ impl<T: Serialize + DeserializeOwned> PipeEnd<T> {
     }
 }
 
+/// The end's socket: readable when a message is arriving or the other end closed
+/// (then [`recv`](PipeEnd::recv) does not wait for one to start), which is how
+/// [`crate::wait_ready`] waits for a pipe. An end never holds a whole message that it
+/// read ahead, so the socket tells the whole truth.
+///
+/// Read only through the `PipeEnd`; bytes taken from the socket directly are lost.
+impl<T> AsFd for PipeEnd<T> {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.sock.as_fd()
+    }
+}
+
 impl<T> Serialize for PipeEnd<T> {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         use serde::ser::Error as _;

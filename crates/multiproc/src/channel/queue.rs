@@ -396,6 +396,33 @@ fn wait_writable(fd: std::os::fd::BorrowedFd<'_>, deadline: Option<Instant>) -> 
     }
 }
 
+/// The consumers' socket: readable when an item is in the queue or every producer has
+/// closed (then [`get`](Queue::get) does not wait), which is how [`crate::wait_ready`]
+/// waits for a queue. A handle never buffers items in this process, so the socket tells
+/// the whole truth, but other consumers may take the item first: after a wait, use
+/// [`try_get`](Queue::try_get) or a timeout.
+///
+/// Read only through the `Queue`; a datagram taken from the socket directly is lost.
+impl<T> AsFd for Queue<T> {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.ends.rx.as_fd()
+    }
+}
+
+/// The socket of the underlying [`Queue`]; see its `AsFd`.
+impl<T> AsFd for JoinableQueue<T> {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.queue.as_fd()
+    }
+}
+
+/// The socket of the underlying [`Queue`]; see its `AsFd`.
+impl<T> AsFd for SimpleQueue<T> {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.queue.as_fd()
+    }
+}
+
 /// What a queue handle looks like on the wire: the two sockets (the put side absent
 /// once closed).
 #[derive(Serialize, Deserialize)]

@@ -15,6 +15,7 @@ pub(super) fn start(theirs: OwnedFd) -> io::Result<u32> {
         // Held across fork so that the child finds this lock in a known state (held by
         // the one thread it has) rather than perhaps held by a thread it lacks.
         let mut slot = runtime_slot();
+        let mut children = super::children::lock();
         // A Ctrl-C must not kill the child before it ignores SIGINT as a worker does:
         // blocked across the fork, it stays pending until the child ignores it.
         let mask = sys::proc::block_sigint();
@@ -28,6 +29,8 @@ pub(super) fn start(theirs: OwnedFd) -> io::Result<u32> {
                 sys::proc::restore_sigmask(mask);
                 forget_runtime_after_fork(&mut slot);
                 drop(slot);
+                children.clear();
+                drop(children);
                 // Only what an exec'd child would hold, and our own socket: the parent's
                 // pipe ends, queues and other children's sockets must not stay open here
                 // (their readers would wait for this child to exit), nor the parent's end
@@ -40,6 +43,7 @@ pub(super) fn start(theirs: OwnedFd) -> io::Result<u32> {
                 crate::child::serve(theirs, crate::child::Origin::Forked)
             }
             Forked::Parent(pid) => {
+                drop(children);
                 drop(slot);
                 drop(theirs);
                 Ok(pid)

@@ -7,6 +7,7 @@
 //! killed when that thread ends. The launcher lives as long as the process, so a child
 //! dies exactly when its parent process does — even by SIGKILL — and at no other time.
 
+pub(crate) mod children;
 mod fork;
 pub(crate) mod forkserver;
 mod spawn;
