@@ -68,6 +68,14 @@
 //! - A deadline: [`Error::Timeout`].
 //! - When the parent dies, even by SIGKILL, its children die with it (parent-death
 //!   signal, set from a thread that lives as long as the process).
+//!
+//! A program that ignores SIGCHLD (`signal(SIGCHLD, SIG_IGN)`, as many servers do) gets
+//! the same results: a value that arrived is returned. The kernel then reaps each child
+//! itself when it exits; multiproc still learns how it ended from the child's pidfd on
+//! Linux 6.15 and later. On older kernels that status is gone, and a child that died
+//! without answering is reported as exactly that: an [`Error::Io`] saying its exit
+//! status is lost, never a guessed signal or code; [`Process::exitcode`] stays `None`
+//! while [`Process::is_alive`] turns `false`.
 #![deny(missing_docs)]
 // Every unsafe block lives in `sys`, each with a SAFETY comment (see its docs).
 #![deny(unsafe_code)]

@@ -281,6 +281,10 @@ impl<R: DeserializeOwned> Process<R> {
     /// [`Error::Exited`] with the code if the task called `exit`;
     /// [`Error::Decode`]/[`Error::Encode`] if a value could not cross;
     /// [`Error::BuildMismatch`] if the child runs another build.
+    ///
+    /// The result does not depend on this program's SIGCHLD disposition; with SIGCHLD
+    /// ignored, on Linux before 6.15, a death's signal or code is lost (see the crate's
+    /// notes on failures).
     pub fn join(mut self) -> Result<R> {
         self.finish(None, Duration::ZERO)
     }
