@@ -238,8 +238,8 @@ impl<R: DeserializeOwned> Process<R> {
     /// How the child ended, or `None` while it runs. Never blocks.
     ///
     /// Also `None` for a child that ended in the one case where the kernel keeps no
-    /// status: a [`StartMethod::Fork`] child of a program that ignores SIGCHLD, on Linux
-    /// before 6.15 ([`is_alive`](Self::is_alive) is then `false`).
+    /// status: in a program that ignores SIGCHLD, on Linux before 6.15
+    /// ([`is_alive`](Self::is_alive) is then `false`).
     pub fn exitcode(&mut self) -> Option<ExitStatus> {
         if self.status.is_none() && !self.reaped {
             match sys::proc::wait_pidfd(&self.pidfd, false) {

@@ -192,17 +192,16 @@ pub(crate) fn pidfd_signal(pidfd: BorrowedFd<'_>, signal: Signal) -> io::Result<
 /// Reaps the child named by `pidfd`: `Ok(None)` if it is still running and `block` is
 /// false.
 ///
-/// `__WALL`: children started by spawn and the fork server report their exit with no
-/// signal (see `sys::spawn`), which makes them "clone children" that a plain wait skips.
-///
-/// A child whose exit signal is SIGCHLD is reaped by the kernel itself, at its exit, when
-/// this process ignores SIGCHLD (or another wait of this program reaped it first): the
-/// wait then fails with `ECHILD`. Linux 6.15 and later still know how such a child
-/// ended, through its pidfd ([`exit_info`]); on older kernels the status is lost and the
-/// `ECHILD` is returned.
+/// When this process ignores SIGCHLD the kernel reaps each child itself at its exit (or
+/// another wait of this program may have reaped it first): the wait then fails with
+/// `ECHILD`. Linux 6.15 and later still know how such a child ended, through its pidfd
+/// ([`exit_info`]); on older kernels the status is lost and the `ECHILD` is returned.
+/// (Another exit signal than SIGCHLD, which the kernel never reaps by itself, is out of
+/// reach: glibc's fork always sets SIGCHLD, exec resets it to SIGCHLD, and the fork
+/// server's children inherit the server's.)
 pub(crate) fn wait_pidfd(pidfd: impl AsFd, block: bool) -> io::Result<Option<ExitStatus>> {
     let pidfd = pidfd.as_fd();
-    let mut flags = WaitPidFlag::WEXITED | WaitPidFlag::__WALL;
+    let mut flags = WaitPidFlag::WEXITED;
     if !block {
         flags |= WaitPidFlag::WNOHANG;
     }
