@@ -136,6 +136,8 @@ fn files_with_pipe(end: PipeEnd<u32>) -> BTreeSet<String> {
 #[test]
 fn a_child_holds_only_what_its_task_was_given() {
     let _one = serial();
+    // The fork server, started on first use, keeps its descriptors: start it first.
+    multiproc::init();
     let before = open_files();
     let (_a, _b) = Pipe::<u32>::new().unwrap();
     let _q = Queue::<u32>::new().unwrap();
@@ -164,8 +166,9 @@ fn a_child_holds_only_what_its_task_was_given() {
         let leaked: Vec<&String> = child_files.intersection(&ours).collect();
         assert!(leaked.is_empty(), "{m}: the child holds {leaked:?}");
     }
-    drop(file);
+    drop((_a, _b, _q, file));
     let _ = std::fs::remove_file(&file_path);
+    assert_eq!(open_files(), before, "descriptors left open");
 }
 
 /// A descriptor the program made inheritable (no close-on-exec) reaches a Fork child as
