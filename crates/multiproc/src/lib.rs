@@ -52,12 +52,13 @@
 //! the fork server early and is the documented place where a child stops; calling it is
 //! cheap and idempotent.
 //!
-//! ## Waiting on many
+//! ## Sentinels: waiting on processes and channels
 //!
 //! [`Process`], [`PipeEnd`] and [`Queue`] implement [`AsFd`](std::os::fd::AsFd) (a
 //! process by its pidfd, readable once it ended); [`wait_ready`] waits until any of
 //! several are ready, as Python's `multiprocessing.connection.wait`, and
-//! [`active_children`] lists the children still running.
+//! [`active_children`] lists the children still running. (For pool results, see
+//! [`wait`] and [`as_completed`].)
 //!
 //! ## Failures
 //!
