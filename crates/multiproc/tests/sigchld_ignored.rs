@@ -191,3 +191,119 @@ fn a_pool_maps_and_reports_a_dead_worker() {
         }
     }
 }
+
+/// Makes this process (all its threads, and every process it starts) see a kernel older
+/// than 6.15: `ioctl(PIDFD_GET_INFO)` fails with `ENOTTY`, as it does there. `false` if
+/// this system refuses seccomp filters.
+fn hide_exit_info() -> bool {
+    const PIDFD_GET_INFO: u32 = 0xC040_FF0B;
+    let code = |code: u16, jt: u8, jf: u8, k: u32| libc::sock_filter { code, jt, jf, k };
+    let filter = [
+        // The syscall number...
+        code(0x20, 0, 0, 0),
+        code(0x15, 0, 3, libc::SYS_ioctl as u32),
+        // ... and the request (the low half of the second argument, little-endian).
+        code(0x20, 0, 0, 24),
+        code(0x15, 0, 1, PIDFD_GET_INFO),
+        code(0x06, 0, 0, 0x0005_0000 | libc::ENOTTY as u32),
+        code(0x06, 0, 0, 0x7fff_0000),
+    ];
+    let prog = libc::sock_fprog {
+        len: filter.len() as u16,
+        filter: filter.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: prctl takes integers; seccomp reads the filter program, which lives across
+    // the call (the kernel copies it). The filter only changes one ioctl's answer.
+    unsafe {
+        libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0
+            && libc::syscall(
+                libc::SYS_seccomp,
+                1, // SECCOMP_SET_MODE_FILTER
+                1, // SECCOMP_FILTER_FLAG_TSYNC
+                &prog as *const libc::sock_fprog,
+            ) == 0
+    }
+}
+
+/// One start method's outcomes where the kernel keeps no status, as text.
+#[derive(serde::Serialize, serde::Deserialize, Debug)]
+struct Outcomes {
+    method: String,
+    value: Option<u64>,
+    killed: String,
+    ended_unknown: bool,
+    pool_map: bool,
+    pool_death: String,
+}
+
+fn on_an_old_kernel(_: ()) -> Option<Vec<Outcomes>> {
+    ignore_sigchld();
+    if !hide_exit_info() {
+        return None;
+    }
+    let mut out = Vec::new();
+    for m in StartMethod::ALL {
+        let value = start(m, square, 3).join().ok();
+        let p = start(m, sleep_ms, 60_000);
+        p.kill().unwrap();
+        let killed = p.join().unwrap_err().to_string();
+        let mut p = start(m, sleep_ms, 0);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while p.is_alive() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let ended_unknown = !p.is_alive() && p.exitcode().is_none();
+        drop(p);
+        let pool = Pool::builder()
+            .processes(2)
+            .start_method(m)
+            .chunk_size(ChunkSize::Fixed(1))
+            .retries(1)
+            .build()
+            .unwrap();
+        let pool_map = pool.map(square, 0..20u64).ok() == Some((0..20u64).map(|x| x * x).collect());
+        let results = pool.map_results(crash_on, 0..10).unwrap();
+        let pool_death = match &results[5] {
+            Err(e) => e.to_string(),
+            Ok(v) => format!("answered {v}"),
+        };
+        let others_ok = results
+            .iter()
+            .enumerate()
+            .all(|(i, r)| i == 5 || r.as_ref().ok() == Some(&(2 * i as u32)));
+        out.push(Outcomes {
+            method: m.name().into(),
+            value,
+            killed,
+            ended_unknown,
+            pool_map: pool_map && others_ok,
+            pool_death,
+        });
+    }
+    Some(out)
+}
+
+/// Before Linux 6.15 the kernel discards the status of a child it reaped because SIGCHLD
+/// is ignored. Simulated in a helper process, whatever the kernel: results still arrive,
+/// and a death is reported as a death whose status is lost, never with a made-up signal.
+#[test]
+fn where_the_kernel_keeps_no_status_results_still_arrive() {
+    ignore_sigchld();
+    let report = start(StartMethod::Spawn, on_an_old_kernel, ())
+        .join()
+        .unwrap_or_else(|e| panic!("helper: {e}"));
+    let Some(report) = report else {
+        eprintln!("skipped: this system refuses seccomp filters, needed to simulate the kernel");
+        return;
+    };
+    assert_eq!(report.len(), 3, "{report:?}");
+    for o in &report {
+        let m = &o.method;
+        assert_eq!(o.value, Some(9), "{m}: {o:?}");
+        assert!(o.killed.contains("exit status is lost"), "{m}: {o:?}");
+        assert!(!o.killed.contains("SIGKILL"), "{m}: {o:?}");
+        assert!(o.ended_unknown, "{m}: {o:?}");
+        assert!(o.pool_map, "{m}: {o:?}");
+        assert!(o.pool_death.contains("exit status is lost"), "{m}: {o:?}");
+    }
+}
