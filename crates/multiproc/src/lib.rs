@@ -147,7 +147,8 @@ pub fn cpu_count() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-/// Who a process is, as [`current_process`] and [`parent_process`] report.
+/// Who a process is, as [`current_process`], [`parent_process`] and [`active_children`]
+/// report.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProcessInfo {
     /// Process id.
