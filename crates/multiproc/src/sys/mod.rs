@@ -1,10 +1,11 @@
 //! Every `unsafe` block of the crate lives under this module, each with a `// SAFETY:`
 //! comment that states the invariant it relies on. The rest of the crate is safe Rust.
 //!
-//! - [`proc`]: fork, clone, pidfd, wait, signals, `_exit`, the parent-death signal.
+//! - [`proc`]: fork, clone, pidfd (and the exit status it keeps), wait, signals, `_exit`,
+//!   the parent-death signal.
 //! - [`image`]: this executable's code range, and calling a task by its offset.
 //! - [`spawn`]: fork + exec of this executable with an inherited socket.
-//! - [`fd`]: passing descriptors over Unix sockets.
+//! - [`fd`]: passing descriptors over Unix sockets; what a forked child keeps.
 //! - [`shm`]: memfd and named segments, mappings, bounds-checked access.
 //! - [`futex`]: futex wait/wake on shared words.
 //! - [`pmutex`]: robust process-shared pthread mutexes.
