@@ -140,6 +140,17 @@ pub enum Error {
         core_dumped: bool,
     },
 
+    /// The child ended before returning a result, and how it ended is unknown: the
+    /// kernel reaped it and kept no status (this program ignores SIGCHLD, on Linux
+    /// before 6.15), or another wait of this program took it.
+    #[error(
+        "process {pid} ended before returning a result, and its exit status is lost (SIGCHLD is ignored on a kernel older than Linux 6.15, or the program waited for it itself)"
+    )]
+    StatusLost {
+        /// The child's pid.
+        pid: u32,
+    },
+
     /// The child exited (for example with `std::process::exit(3)`) before it returned a
     /// result.
     #[error(
@@ -271,6 +282,28 @@ pub enum Error {
         detail: String,
     },
 
+    /// The cluster pool (feature `cluster`) cannot reach or use its Redis server, no
+    /// node accepts its work, or a call was lost with the nodes that held it. The text
+    /// says which, and what to do.
+    #[error("cluster ({address}): {detail}")]
+    Cluster {
+        /// The Redis server (its URL without the password).
+        address: String,
+        /// What went wrong.
+        detail: String,
+    },
+
+    /// A call failed on a cluster node: `error` says how (a panic, a killed or exited
+    /// worker process of the node, a timeout); `host` names the node's machine. The
+    /// helpers ([`Error::is_panic`], [`Error::signal`], ...) look through it.
+    #[error("{error} (on cluster node {host})")]
+    OnNode {
+        /// The node's host name (and pid).
+        host: String,
+        /// How the call failed there.
+        error: Box<Error>,
+    },
+
     /// The other end of a channel is gone: its process exited (or was killed), or it
     /// closed or dropped its handle. Nothing more will arrive, or nothing sent can be
     /// read.
@@ -391,6 +424,7 @@ impl Error {
                 signal: *signal,
                 core_dumped: *core_dumped,
             },
+            StatusLost { pid } => StatusLost { pid: *pid },
             Exited { pid, code } => Exited {
                 pid: *pid,
                 code: *code,
@@ -437,6 +471,14 @@ impl Error {
                 detail: detail.clone(),
             },
             Closed { what } => Closed { what },
+            Cluster { address, detail } => Cluster {
+                address: address.clone(),
+                detail: detail.clone(),
+            },
+            OnNode { host, error } => OnNode {
+                host: host.clone(),
+                error: Box::new(error.clone_shallow()),
+            },
             Empty { what } => Empty { what },
             Full { what } => Full { what },
             Deadlock { what } => Deadlock { what },
@@ -460,9 +502,17 @@ impl Error {
         }
     }
 
+    /// The error itself, or for [`Error::OnNode`] how the call failed on the node.
+    pub(crate) fn inner(&self) -> &Error {
+        match self {
+            Error::OnNode { error, .. } => error.inner(),
+            e => e,
+        }
+    }
+
     /// `true` if the task panicked.
     pub fn is_panic(&self) -> bool {
-        matches!(self, Error::Panicked { .. })
+        matches!(self.inner(), Error::Panicked { .. })
     }
 
     /// `true` if a channel's other side is gone ([`Error::Closed`]).
@@ -472,17 +522,20 @@ impl Error {
 
     /// `true` if a deadline passed.
     pub fn is_timeout(&self) -> bool {
-        matches!(self, Error::Timeout { .. })
+        matches!(self.inner(), Error::Timeout { .. })
     }
 
     /// `true` if the child died without answering (a signal or an early exit).
     pub fn is_process_death(&self) -> bool {
-        matches!(self, Error::Killed { .. } | Error::Exited { .. })
+        matches!(
+            self.inner(),
+            Error::Killed { .. } | Error::Exited { .. } | Error::StatusLost { .. }
+        )
     }
 
     /// The signal that killed the child, if that is what happened.
     pub fn signal(&self) -> Option<Signal> {
-        match self {
+        match self.inner() {
             Error::Killed { signal, .. } => Some(*signal),
             _ => None,
         }
@@ -490,7 +543,7 @@ impl Error {
 
     /// The child's exit code, if it exited before answering.
     pub fn exit_code(&self) -> Option<i32> {
-        match self {
+        match self.inner() {
             Error::Exited { code, .. } => Some(*code),
             _ => None,
         }
@@ -498,7 +551,7 @@ impl Error {
 
     /// The panic message, if the task panicked.
     pub fn panic_message(&self) -> Option<&str> {
-        match self {
+        match self.inner() {
             Error::Panicked { message, .. } => Some(message),
             _ => None,
         }

@@ -83,6 +83,8 @@
 
 mod channel;
 mod child;
+#[cfg(feature = "cluster")]
+pub mod cluster;
 mod error;
 #[cfg(feature = "mpi")]
 pub mod mpi;
@@ -136,6 +138,8 @@ pub fn init() {
     child::enter_if_child();
     #[cfg(feature = "mpi")]
     mpi::enter_if_worker();
+    #[cfg(feature = "cluster")]
+    cluster::enter_if_node();
     if get_start_method() == StartMethod::ForkServer {
         // Failure is not fatal here: the first Process::start retries and reports it.
         let _ = start::forkserver::ensure_started();

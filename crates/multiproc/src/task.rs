@@ -176,14 +176,7 @@ pub(crate) fn death_error(status: Option<ExitStatus>, pid: u32) -> Error {
         },
         Some(ExitStatus::Code(code)) => Error::Exited { pid, code },
         // Never a guess: the child is gone and nobody can know how it ended.
-        None => Error::io(
-            "learning how a child process ended",
-            std::io::Error::other(format!(
-                "process {pid} ended before returning a result, and its exit status is \
-                     lost: it was reaped outside multiproc (this program ignores SIGCHLD on \
-                     a kernel older than Linux 6.15, or waited for it itself)"
-            )),
-        ),
+        None => Error::StatusLost { pid },
     }
 }
 

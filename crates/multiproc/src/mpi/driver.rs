@@ -14,7 +14,7 @@
 //! it held, and if it has not after as long again the job is aborted.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, mpsc};
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use mpi::Threading;
@@ -26,59 +26,10 @@ use super::link::{self, Greeting, TAG_GREETING, TAG_REPLY, TAG_REQUEST};
 use super::{EXIT_PROTOCOL, EXIT_TIMEOUT, RankInfo};
 use crate::error::{Error, Result};
 use crate::pool::core::{Core, Limits, WorkerId};
+pub(crate) use crate::pool::remote::Shared;
 use crate::task;
 use crate::wire::message::{self, PROTOCOL_VERSION, Reply, Request};
 use crate::wire::values::{Data, Received};
-
-/// What the pool's threads share with the MPI thread.
-pub(crate) struct Shared {
-    st: Mutex<State>,
-    /// Answers arrived, or the pool stopped: for threads waiting on results.
-    pub(crate) changed: Condvar,
-    /// Work arrived, or the pool is closing: for the MPI thread when idle.
-    work: Condvar,
-}
-
-pub(crate) struct State {
-    pub(crate) core: Core,
-    pub(crate) closed: bool,
-    pub(crate) terminate: bool,
-    /// The MPI thread has ended: no answer will come any more.
-    pub(crate) stopped: bool,
-}
-
-impl Shared {
-    pub(crate) fn new(core: Core) -> Self {
-        Shared {
-            st: Mutex::new(State {
-                core,
-                closed: false,
-                terminate: false,
-                stopped: false,
-            }),
-            changed: Condvar::new(),
-            work: Condvar::new(),
-        }
-    }
-
-    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
-        self.st.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Tells the MPI thread that there is work or a request.
-    pub(crate) fn notify(&self) {
-        self.work.notify_all();
-    }
-
-    /// Hands over what is due to async handles' sinks, outside the lock (a sink
-    /// decodes, and runs callbacks).
-    pub(crate) fn settle(&self) {
-        let due = self.lock().core.take_deliveries();
-        for d in due {
-            d.hand_over();
-        }
-    }
-}
 
 pub(crate) struct Config {
     pub(crate) task_timeout: Option<Duration>,
@@ -239,6 +190,7 @@ fn limits() -> Limits {
         max_value: link::max_value(),
         max_fds: 0,
         may_spill: false,
+        ends: false,
     }
 }
 

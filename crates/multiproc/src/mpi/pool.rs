@@ -1,19 +1,16 @@
 //! [`Pool`]: the [`TaskPool`] interface on MPI worker ranks.
 
-use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::RankInfo;
 use super::driver::{self, Config, Shared};
 use crate::error::{Error, Result};
-use crate::pool::api::sealed::{Backend, BatchSink, Control, ResultSource, Results, Step};
-use crate::pool::core::jobs::Items;
-use crate::pool::core::{Config as CoreConfig, Core, decode_answers, decoding};
+use crate::pool::api::sealed::{Backend, BatchSink, Control, Results};
+use crate::pool::core::{Config as CoreConfig, Core};
 use crate::pool::{Arg, ChunkSize, Progress, Ret, TaskPool};
-use crate::task;
 
 /// A pool whose workers are the other ranks of an MPI job (feature `mpi`).
 ///
@@ -126,6 +123,7 @@ impl PoolBuilder {
             task_timeout: self.task_timeout,
             max_tasks_per_child: None,
             pipeline: false,
+            chunk_time: crate::pool::core::chunking::LOCAL,
         });
         let shared = Arc::new(Shared::new(core));
         let (ready_tx, ready_rx) = mpsc::channel();
@@ -192,44 +190,6 @@ impl Pool {
     }
 }
 
-/// A job's results: filed in the core by the MPI thread, taken here.
-struct MpiResults<R> {
-    shared: Arc<Shared>,
-    job: u64,
-    _r: PhantomData<fn() -> R>,
-}
-
-impl<R: Ret> ResultSource<R> for MpiResults<R> {
-    fn recv(&mut self, deadline: Option<Instant>) -> Step<R> {
-        let mut st = self.shared.lock();
-        loop {
-            if let Some(a) = st.core.take_answers(self.job) {
-                drop(st);
-                return Step::Got(decode_answers::<R>(a));
-            }
-            if st.core.job_over(self.job) || st.stopped {
-                return Step::Ended;
-            }
-            let now = Instant::now();
-            st = match deadline {
-                None => self
-                    .shared
-                    .changed
-                    .wait(st)
-                    .unwrap_or_else(|p| p.into_inner()),
-                Some(d) if d <= now => return Step::Empty,
-                Some(d) => {
-                    self.shared
-                        .changed
-                        .wait_timeout(st, d - now)
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0
-                }
-            };
-        }
-    }
-}
-
 impl Backend for Pool {
     fn open<A: Arg, R: Ret>(
         &self,
@@ -237,18 +197,8 @@ impl Backend for Pool {
         chunk: ChunkSize,
         caller_driven: bool,
     ) -> Result<(u64, Results<R>)> {
-        let mut st = self.shared.lock();
-        if self.closed.load(Ordering::Acquire) || st.closed {
-            return Err(Error::PoolClosed);
-        }
-        let job = st.core.open(task::task_ref(f), chunk, caller_driven);
-        drop(st);
-        let results = MpiResults {
-            shared: self.shared.clone(),
-            job,
-            _r: PhantomData,
-        };
-        Ok((job, Results(Box::new(results))))
+        let closed = self.closed.load(Ordering::Acquire);
+        self.shared.open(closed, f, chunk, caller_driven)
     }
 
     fn open_async<A: Arg, R: Ret>(
@@ -257,12 +207,8 @@ impl Backend for Pool {
         chunk: ChunkSize,
         sink: Arc<dyn BatchSink<R>>,
     ) -> Result<(u64, Arc<dyn Control>)> {
-        let mut st = self.shared.lock();
-        if self.closed.load(Ordering::Acquire) || st.closed {
-            return Err(Error::PoolClosed);
-        }
-        let job = st.core.open_sunk(task::task_ref(f), chunk, decoding(sink));
-        Ok((job, self.shared.clone()))
+        let closed = self.closed.load(Ordering::Acquire);
+        self.shared.open_async(closed, f, chunk, sink)
     }
 
     fn submit<A: Arg, R: Ret>(
@@ -272,20 +218,12 @@ impl Backend for Pool {
         first: usize,
         items: Vec<A>,
     ) -> Result<()> {
-        self.shared
-            .lock()
-            .core
-            .submit(job, first, Box::new(Items::new(items)));
-        self.shared.notify();
-        // A stopped pool answers at once.
-        self.shared.settle();
+        self.shared.submit(job, first, items);
         Ok(())
     }
 
     fn seal(&self, job: u64) {
-        self.shared.lock().core.seal(job);
-        // An empty job is over at once.
-        self.shared.settle();
+        self.shared.seal(job);
     }
 
     fn cancel(&self, job: u64, stop_running: bool) {
@@ -302,18 +240,6 @@ impl Backend for Pool {
 
     fn chunk_size(&self) -> ChunkSize {
         self.chunk
-    }
-}
-
-/// One MPI rank cannot be stopped (MPI is fail-fast: a killed rank aborts the job), so
-/// a cancelled call that runs already runs to its end; its answer is thrown away.
-impl Control for Shared {
-    fn cancel(&self, job: u64, _stop_running: bool) {
-        self.lock().core.cancel(job, false);
-    }
-
-    fn running(&self, job: u64) -> bool {
-        self.lock().core.running(job)
     }
 }
 

@@ -62,6 +62,8 @@ pub(crate) mod future;
 mod imap;
 mod process;
 mod progress;
+#[cfg(any(feature = "mpi", feature = "cluster"))]
+pub(crate) mod remote;
 mod wait;
 
 pub use api::{Arg, Ret, TaskPool};

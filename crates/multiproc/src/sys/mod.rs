@@ -9,6 +9,7 @@
 //! - [`shm`]: memfd and named segments, mappings, bounds-checked access.
 //! - [`futex`]: futex wait/wake on shared words.
 //! - [`pmutex`]: robust process-shared pthread mutexes.
+//! - `term`: SIGTERM as a request to stop (cluster nodes).
 //! - `bootstrap`: the load-time constructor that turns a re-executed child into a worker.
 
 mod bootstrap;
@@ -19,3 +20,5 @@ pub(crate) mod pmutex;
 pub(crate) mod proc;
 pub(crate) mod shm;
 pub(crate) mod spawn;
+#[cfg(feature = "cluster")]
+pub(crate) mod term;

@@ -106,6 +106,13 @@ impl ValueBuf {
         self.overflowed
     }
 
+    /// Appends bytes encoded elsewhere (a value relayed as it came); `false` if that
+    /// goes past the limit (the buffer then holds a partial value: truncate it).
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    pub(crate) fn append(&mut self, bytes: &[u8]) -> bool {
+        self.write(bytes)
+    }
+
     #[inline]
     fn write(&mut self, bytes: &[u8]) -> bool {
         // Tiny values (varints, small fields) dominate small calls: no memcpy call, no

@@ -8,9 +8,9 @@
 //!   while the others idle.
 //! - Automatic, call time known: the job's fair share, `pending / (4 × workers)`
 //!   rounded up (Python's rule, recomputed as the job drains, so the tail still spreads
-//!   over every worker), but no less than what runs in [`MIN_CHUNK_TIME`] (so a tail of
-//!   tiny calls does not dissolve into many tiny messages) and no more than what runs
-//!   in [`TARGET_CHUNK_TIME`].
+//!   over every worker), but no less than what runs in the pool's [`ChunkTime`] `min`
+//!   (so a tail of tiny calls does not dissolve into many tiny messages) and no more
+//!   than what runs in its `max` ([`LOCAL`]: 250 µs to 5 ms; [`BROKER`]: 100 ms to 1 s).
 //!
 //! Pipelining: a worker holds more than one chunk while what it holds is estimated to
 //! run for less than [`PIPELINE_TIME`], at most [`MAX_IN_FLIGHT`] chunks, so that it
@@ -24,10 +24,28 @@ use std::time::Duration;
 
 use crate::pool::ChunkSize;
 
-/// What a chunk of an automatically sized job should take in a worker at most.
-pub(crate) const TARGET_CHUNK_TIME: Duration = Duration::from_millis(5);
-/// What a chunk of tiny calls should take at least.
-pub(crate) const MIN_CHUNK_TIME: Duration = Duration::from_micros(250);
+/// How long an automatically sized chunk should run in a worker: at least `min` (a
+/// tail of tiny calls does not dissolve into many tiny messages), at most `max`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ChunkTime {
+    pub(crate) min: Duration,
+    pub(crate) max: Duration,
+}
+
+/// For workers a socket away: a message costs microseconds.
+pub(crate) const LOCAL: ChunkTime = ChunkTime {
+    min: Duration::from_micros(250),
+    max: Duration::from_millis(5),
+};
+
+/// For workers behind a broker: every chunk costs several broker operations (add,
+/// read, answer, acknowledge, lease renewals), and one Redis serves on the order of
+/// 10^5 operations a second, so chunks must run far longer than locally.
+#[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+pub(crate) const BROKER: ChunkTime = ChunkTime {
+    min: Duration::from_millis(100),
+    max: Duration::from_secs(1),
+};
 /// A worker is given more work while what it holds runs shorter than this.
 pub(crate) const PIPELINE_TIME: Duration = Duration::from_millis(2);
 /// Chunks one worker holds at most.
@@ -54,6 +72,7 @@ pub(crate) fn chunk_len(
     pending: usize,
     workers: usize,
     nanos_per_call: Option<f64>,
+    window: ChunkTime,
 ) -> usize {
     match chunk {
         ChunkSize::Fixed(n) => n.max(1),
@@ -63,8 +82,8 @@ pub(crate) fn chunk_len(
             Some(ns) => {
                 let ns = ns.max(1.0);
                 let fair = pending.div_ceil(4 * workers.max(1));
-                let lo = (MIN_CHUNK_TIME.as_nanos() as f64 / ns) as usize;
-                let hi = (TARGET_CHUNK_TIME.as_nanos() as f64 / ns) as usize;
+                let lo = (window.min.as_nanos() as f64 / ns) as usize;
+                let hi = (window.max.as_nanos() as f64 / ns) as usize;
                 fair.max(lo).min(hi).clamp(1, MAX_CHUNK)
             }
         },
@@ -108,30 +127,48 @@ mod tests {
 
     #[test]
     fn coarse_jobs_never_start_with_a_big_chunk() {
-        assert_eq!(chunk_len(ChunkSize::Auto, false, 64, 2, None), 1);
+        assert_eq!(chunk_len(ChunkSize::Auto, false, 64, 2, None, LOCAL), 1);
         // 40 ms calls: one at a time.
-        assert_eq!(chunk_len(ChunkSize::Auto, false, 60, 2, Some(40e6)), 1);
+        assert_eq!(
+            chunk_len(ChunkSize::Auto, false, 60, 2, Some(40e6), LOCAL),
+            1
+        );
     }
 
     #[test]
     fn tiny_calls_get_a_fair_share_bounded_by_time() {
         // 20 ns calls, 200,000 pending over 2 workers: the fair share 25,000.
         assert_eq!(
-            chunk_len(ChunkSize::Auto, false, 200_000, 2, Some(20.0)),
+            chunk_len(ChunkSize::Auto, false, 200_000, 2, Some(20.0), LOCAL),
             25_000
         );
         // The tail keeps at least 250 µs worth of calls.
         assert_eq!(
-            chunk_len(ChunkSize::Auto, false, 100, 2, Some(20.0)),
+            chunk_len(ChunkSize::Auto, false, 100, 2, Some(20.0), LOCAL),
             12_500
         );
         // 1 µs calls: at most 5 ms worth.
         assert_eq!(
-            chunk_len(ChunkSize::Auto, false, 10_000_000, 2, Some(1000.0)),
+            chunk_len(ChunkSize::Auto, false, 10_000_000, 2, Some(1000.0), LOCAL),
             5_000
         );
-        assert_eq!(chunk_len(ChunkSize::Auto, true, 1000, 2, Some(20.0)), 1);
-        assert_eq!(chunk_len(ChunkSize::Fixed(0), false, 1000, 2, None), 1);
+        assert_eq!(
+            chunk_len(ChunkSize::Auto, true, 1000, 2, Some(20.0), LOCAL),
+            1
+        );
+        // Behind a broker, 1 ms calls go at least 100 at a time, at most 1,000.
+        assert_eq!(
+            chunk_len(ChunkSize::Auto, false, 150, 2, Some(1e6), BROKER),
+            100
+        );
+        assert_eq!(
+            chunk_len(ChunkSize::Auto, false, 1 << 20, 2, Some(1e6), BROKER),
+            1000
+        );
+        assert_eq!(
+            chunk_len(ChunkSize::Fixed(0), false, 1000, 2, None, LOCAL),
+            1
+        );
     }
 
     #[test]

@@ -107,6 +107,64 @@ impl<A: serde::Serialize + Send> Source for Items<A> {
     }
 }
 
+/// Arguments encoded elsewhere, relayed as they came (a cluster node runs the calls of
+/// a chunk it took in its local pool without knowing their types).
+#[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+pub(crate) struct Encoded(pub(crate) VecDeque<Vec<u8>>);
+
+impl Source for Encoded {
+    fn encode_first(&mut self, index: usize, buf: &mut ValueBuf) -> Option<Result<()>> {
+        let bytes = self.0.front()?;
+        let mark = buf.len();
+        if buf.append(bytes) {
+            return Some(Ok(()));
+        }
+        buf.truncate(mark);
+        Some(Err(crate::error::Error::FrameTooLarge {
+            what: format!("the argument of call {index}"),
+            len: bytes.len() as u64,
+            max: buf.limit() as u64,
+        }))
+    }
+
+    fn encode_run(
+        &mut self,
+        max: usize,
+        buf: &mut ValueBuf,
+        budget: usize,
+        mut ends: Option<&mut Vec<usize>>,
+    ) -> usize {
+        let mut n = 0;
+        while n < max {
+            let Some(bytes) = self.0.front() else {
+                break;
+            };
+            let mark = buf.len();
+            if !buf.append(bytes) {
+                buf.truncate(mark);
+                break;
+            }
+            self.0.pop_front();
+            n += 1;
+            if let Some(ends) = ends.as_deref_mut() {
+                ends.push(buf.len());
+            }
+            if buf.len() >= budget {
+                break;
+            }
+        }
+        n
+    }
+
+    fn pop(&mut self) {
+        self.0.pop_front();
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
 /// A call to run again, alone, after its worker died: its encoded argument, and every
 /// descriptor of the chunk it first travelled in (its encoding numbers them so).
 pub(crate) struct Retry {

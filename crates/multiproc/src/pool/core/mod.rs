@@ -42,6 +42,8 @@ pub(crate) enum Answers {
         failures: Vec<(u32, Failure)>,
         data: Received,
         fds: Vec<OwnedFd>,
+        /// The machine that ran them, when not this one (failures name it).
+        host: Option<Arc<str>>,
     },
     /// Calls that ended without a value from a worker.
     Failed(Vec<(usize, Error)>),
@@ -176,6 +178,7 @@ pub(crate) fn decode_answers<R: DeserializeOwned>(answers: Answers) -> Batch<R> 
             failures,
             data,
             fds,
+            host,
         } => crate::wire::fds::provide(fds, || {
             let mut out = Batch {
                 values: Vec::with_capacity(indices.len() - failures.len().min(indices.len())),
@@ -186,7 +189,15 @@ pub(crate) fn decode_answers<R: DeserializeOwned>(answers: Answers) -> Batch<R> 
             let mut broken: Option<String> = None;
             for (k, index) in indices.into_iter().enumerate() {
                 if let Some((_, f)) = failures.next_if(|(at, _)| *at as usize == k) {
-                    out.errors.push((index, task::failure_error(f, pid, index)));
+                    let e = task::failure_error(f, pid, index);
+                    let e = match &host {
+                        Some(h) => Error::OnNode {
+                            host: h.to_string(),
+                            error: Box::new(e),
+                        },
+                        None => e,
+                    };
+                    out.errors.push((index, e));
                 } else if let Some(why) = &broken {
                     let detail = why.clone();
                     out.errors.push((index, Error::Protocol { pid, detail }));
@@ -216,6 +227,9 @@ pub(crate) struct Limits {
     pub(crate) max_fds: usize,
     /// Big data may travel in a sealed memory file.
     pub(crate) may_spill: bool,
+    /// Chunks record where each argument ends ([`Chunk::ends`]): a relay that splits
+    /// them without knowing their type needs it.
+    pub(crate) ends: bool,
 }
 
 /// Pool-wide settings the core applies.
@@ -229,6 +243,8 @@ pub(crate) struct Config {
     /// until received (MPI): rank 0 sending the next chunk while the rank sends its
     /// answer would deadlock both.
     pub(crate) pipeline: bool,
+    /// How long automatically sized chunks run.
+    pub(crate) chunk_time: chunking::ChunkTime,
 }
 
 /// A worker's identity in the core (the event loop maps it to a process, a rank...).
@@ -273,9 +289,26 @@ pub(crate) struct Chunk {
     pub(crate) calls: u32,
     pub(crate) data: Data,
     pub(crate) fds: Vec<OwnedFd>,
+    /// Where each call's argument ends in `data`, if [`Limits::ends`] asked.
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    pub(crate) ends: Vec<usize>,
 }
 
-/// The bookkeeping of one pool.
+/// Some answers of a chunk, for [`Core::on_chunk`]: calls named by their position in
+/// the chunk.
+#[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+pub(crate) enum Part {
+    /// Calls at `positions`, in order; those listed in `failures` (by place in
+    /// `positions`) failed, the others' values lie end to end in `data`.
+    Values {
+        pid: u32,
+        positions: Vec<u32>,
+        failures: Vec<(u32, Failure)>,
+        data: Received,
+    },
+    /// Calls that ended without a value.
+    Failed(Vec<(u32, Error)>),
+}
 pub(crate) struct Core {
     cfg: Config,
     jobs: BTreeMap<u64, Job>,
@@ -561,6 +594,7 @@ impl Core {
                 job.pending(),
                 workers,
                 job.nanos_per_call,
+                self.cfg.chunk_time,
             );
             let n = quota.map_or(n, |q| n.min(q));
             build(job, n, limits, keep)
@@ -597,6 +631,7 @@ impl Core {
             calls,
             data,
             fds: built.fds,
+            ends: built.ends,
         })
     }
 
@@ -655,10 +690,92 @@ impl Core {
                     failures: shifted,
                     data,
                     fds,
+                    host: None,
                 },
             );
             self.remove_if_finished(job_id);
         }
+        Ok(())
+    }
+
+    /// Worker `id` answered every call of its chunk `seq` at once, in parts that name
+    /// the calls by position (in any order: a relay may run them on several workers).
+    /// `host` names the machine that ran them. Answers that do not cover the chunk
+    /// exactly once are refused (`Err`), and nothing of them is filed.
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    pub(crate) fn on_chunk(
+        &mut self,
+        id: WorkerId,
+        seq: u64,
+        parts: Vec<Part>,
+        nanos: u64,
+        host: Option<Arc<str>>,
+    ) -> std::result::Result<(), String> {
+        let slot = self.slots.get_mut(&id).ok_or("an unknown worker")?;
+        let at = slot
+            .held
+            .iter()
+            .position(|h| h.seq == seq)
+            .ok_or("an answer to no chunk")?;
+        let held = &slot.held[at];
+        let len = held.indices.len();
+        let mut seen = vec![false; len];
+        let mut mark = |p: u32| -> std::result::Result<usize, String> {
+            let p = p as usize;
+            match seen.get_mut(p) {
+                Some(s) if !*s => {
+                    *s = true;
+                    Ok(held.indices[p])
+                }
+                Some(_) => Err(format!("call {p} of chunk {seq} answered twice")),
+                None => Err(format!("an answer to call {p} of a chunk of {len}")),
+            }
+        };
+        let mut answers = Vec::with_capacity(parts.len());
+        for part in parts {
+            answers.push(match part {
+                Part::Values {
+                    pid,
+                    positions,
+                    failures,
+                    data,
+                } => {
+                    if failures.iter().any(|(k, _)| *k as usize >= positions.len()) {
+                        return Err("a failure outside its part".into());
+                    }
+                    let indices = positions
+                        .into_iter()
+                        .map(&mut mark)
+                        .collect::<std::result::Result<Vec<_>, _>>()?;
+                    Answers::Values {
+                        pid,
+                        indices,
+                        failures,
+                        data,
+                        fds: Vec::new(),
+                        host: host.clone(),
+                    }
+                }
+                Part::Failed(failed) => Answers::Failed(
+                    failed
+                        .into_iter()
+                        .map(|(p, e)| mark(p).map(|i| (i, e)))
+                        .collect::<std::result::Result<Vec<_>, _>>()?,
+                ),
+            });
+        }
+        if seen.iter().any(|s| !s) {
+            return Err(format!("chunk {seq} answered only in part"));
+        }
+        let held = slot.held.remove(at).ok_or("an answer to no chunk")?;
+        slot.done += len;
+        if let Some(job) = self.jobs.get_mut(&held.job) {
+            job.nanos_per_call = chunking::update_call_time(job.nanos_per_call, nanos, len);
+        }
+        for a in answers {
+            self.deliver(held.job, a);
+        }
+        self.remove_if_finished(held.job);
         Ok(())
     }
 
@@ -790,12 +907,14 @@ struct Built {
     failed: Vec<(usize, Error)>,
     kept: Option<(Vec<Vec<u8>>, Vec<OwnedFd>)>,
     attempts: u32,
+    ends: Vec<usize>,
 }
 
 impl Built {
     fn retry(r: Retry) -> Built {
         let fds: Vec<OwnedFd> = r.fds.iter().filter_map(|f| f.try_clone().ok()).collect();
         Built {
+            ends: vec![r.bytes.len()],
             indices: vec![r.index],
             data: Data::Inline(r.bytes.clone()),
             fds,
@@ -821,7 +940,7 @@ fn build(job: &mut Job, n: usize, limits: &Limits, keep: bool) -> Built {
                 break;
             };
             let start = *first;
-            let ends_if_kept = keep.then_some(&mut ends);
+            let ends_if_kept = (keep || limits.ends).then_some(&mut ends);
             let took = source.encode_run(
                 n - indices.len(),
                 &mut buf,
@@ -868,7 +987,7 @@ fn build(job: &mut Job, n: usize, limits: &Limits, keep: bool) -> Built {
                     source.pop();
                     *first += 1;
                     indices.push(index);
-                    if keep {
+                    if keep || limits.ends {
                         ends.push(buf.len());
                     }
                     if buf.len() >= chunking::CHUNK_BYTES {
@@ -917,6 +1036,9 @@ fn build(job: &mut Job, n: usize, limits: &Limits, keep: bool) -> Built {
         // Spilled data is not kept per call: such calls are answered, not retried.
         _ => None,
     };
+    if !limits.ends {
+        ends.clear();
+    }
     Built {
         indices,
         data,
@@ -924,6 +1046,7 @@ fn build(job: &mut Job, n: usize, limits: &Limits, keep: bool) -> Built {
         failed,
         kept,
         attempts: 0,
+        ends,
     }
 }
 

@@ -20,6 +20,7 @@ fn limits() -> Limits {
         max_value: 1 << 20,
         max_fds: 253,
         may_spill: false,
+        ends: false,
     }
 }
 
@@ -30,6 +31,7 @@ fn core(retries: u32) -> Core {
         task_timeout: None,
         max_tasks_per_child: None,
         pipeline: true,
+        chunk_time: chunking::LOCAL,
     })
 }
 
@@ -220,6 +222,7 @@ fn a_deadline_marks_the_worker_and_its_death_answers_timeout() {
         task_timeout: Some(Duration::from_millis(10)),
         max_tasks_per_child: None,
         pipeline: true,
+        chunk_time: chunking::LOCAL,
     });
     c.add_worker(1, false);
     let job = c.open(ENTRY, ChunkSize::Auto, true);
@@ -331,6 +334,7 @@ fn a_worker_holding_another_jobs_chunk_is_not_killed_by_a_cancel() {
         task_timeout: None,
         max_tasks_per_child: None,
         pipeline: true,
+        chunk_time: chunking::LOCAL,
     });
     c.add_worker(1, false);
     let a = c.open(ENTRY, ChunkSize::Fixed(1), false);

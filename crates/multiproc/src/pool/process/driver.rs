@@ -497,6 +497,7 @@ fn limits() -> Limits {
         max_value: wire::max_frame_size(),
         max_fds: wire::fds::MAX_FDS_PER_FRAME,
         may_spill: true,
+        ends: false,
     }
 }
 

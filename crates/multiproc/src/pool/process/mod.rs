@@ -158,6 +158,7 @@ impl PoolBuilder {
             task_timeout: self.task_timeout,
             max_tasks_per_child: self.max_tasks_per_child,
             pipeline: true,
+            chunk_time: crate::pool::core::chunking::LOCAL,
         });
         let settings = Settings {
             processes,
@@ -195,6 +196,29 @@ impl Pool {
     /// Number of worker processes.
     pub fn processes(&self) -> usize {
         self.processes
+    }
+
+    /// Runs calls of `entry` on arguments encoded elsewhere (each as it came), their
+    /// answers going to `sink` undecoded: how a cluster node relays a chunk it took
+    /// to its local workers without knowing the task's types.
+    #[cfg(feature = "cluster")]
+    pub(crate) fn run_encoded(
+        &self,
+        entry: TaskRef,
+        args: Vec<Vec<u8>>,
+        sink: Arc<dyn super::core::Sink>,
+    ) -> Result<(u64, Arc<dyn Control>)> {
+        let mut st = self.shared.lock();
+        if self.closed.load(Ordering::Acquire) || st.closed {
+            return Err(Error::PoolClosed);
+        }
+        let job = st.core.open_sunk(entry, self.chunk, sink);
+        let args = super::core::jobs::Encoded(args.into());
+        st.core.submit(job, 0, Box::new(args));
+        st.core.seal(job);
+        self.shared.notify(&st, false);
+        drop(self.shared.settle(st));
+        Ok((job, self.shared.clone()))
     }
 
     fn stop_background(&self) {

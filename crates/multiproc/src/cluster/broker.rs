@@ -1,0 +1,265 @@
+//! The Redis side: where each thing lives (key names), and the few stream commands the
+//! caller and the nodes use, each bounded in time and mapped to [`Error::Cluster`].
+//!
+//! Keys, all under `multiproc:<build id>:` so that a node sees only work of its own
+//! build:
+//! - `callers`: sorted set of live callers, scored by their last heartbeat (ms);
+//! - `<caller>:calls`: the caller's stream of chunks, read by the consumer group
+//!   `nodes` (its pending-entries list is the lease table);
+//! - `<caller>:answers`: the stream of answers for the caller;
+//! - `<caller>:alive`: present while the caller lives (expires otherwise);
+//! - `nodes`: sorted set of nodes by last heartbeat; `node:<name>`: a node's signed
+//!   [`NodeInfo`](super::NodeInfo), expiring.
+//!
+//! A caller's keys expire [`EXPIRY_LEASES`] leases after its last heartbeat, so
+//! nothing of a caller that died stays in Redis.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use redis::streams::{StreamId, StreamPendingCountReply, StreamReadReply};
+use redis::{Connection, FromRedisValue, Value};
+
+use crate::error::{Error, Result};
+
+/// The consumer group of every calls stream.
+pub(crate) const GROUP: &str = "nodes";
+/// A caller's keys live this many leases past its last heartbeat.
+pub(crate) const EXPIRY_LEASES: u32 = 4;
+
+/// Key names of one build.
+#[derive(Clone, Debug)]
+pub(crate) struct Keys {
+    ns: String,
+}
+
+impl Keys {
+    pub(crate) fn new(build: &str) -> Keys {
+        Keys {
+            ns: format!("multiproc:{build}:"),
+        }
+    }
+
+    pub(crate) fn callers(&self) -> String {
+        format!("{}callers", self.ns)
+    }
+    pub(crate) fn calls(&self, caller: &str) -> String {
+        format!("{}{caller}:calls", self.ns)
+    }
+    pub(crate) fn answers(&self, caller: &str) -> String {
+        format!("{}{caller}:answers", self.ns)
+    }
+    pub(crate) fn alive(&self, caller: &str) -> String {
+        format!("{}{caller}:alive", self.ns)
+    }
+    pub(crate) fn nodes(&self) -> String {
+        format!("{}nodes", self.ns)
+    }
+    pub(crate) fn node(&self, name: &str) -> String {
+        format!("{}node:{name}", self.ns)
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// One connection to the Redis server, with the address errors name (the URL without
+/// its password).
+pub(crate) struct Broker {
+    con: Connection,
+    pub(crate) address: String,
+}
+
+/// The address in errors: host and port (and database), never the password.
+pub(crate) fn address_of(url: &str) -> String {
+    match redis::parse_redis_url(url) {
+        Some(u) => {
+            let host = u.host_str().unwrap_or("?");
+            let port = u.port().unwrap_or(6379);
+            format!("{}://{host}:{port}{}", u.scheme(), u.path())
+        }
+        None => "an unparsable Redis URL".to_owned(),
+    }
+}
+
+impl Broker {
+    /// Connects within `timeout`; every command then fails after `timeout` rather than
+    /// hang (blocking reads pass their own, shorter, block time).
+    pub(crate) fn connect(url: &str, timeout: Duration) -> Result<Broker> {
+        let address = address_of(url);
+        let fail = |what: &str, e: redis::RedisError| Error::Cluster {
+            address: address.clone(),
+            detail: format!("{what}: {e}"),
+        };
+        let client = redis::Client::open(url).map_err(|e| fail("bad Redis URL", e))?;
+        let con = client
+            .get_connection_with_timeout(timeout)
+            .map_err(|e| fail("cannot connect to Redis", e))?;
+        con.set_read_timeout(Some(timeout))
+            .map_err(|e| fail("cannot set a read timeout", e))?;
+        con.set_write_timeout(Some(timeout))
+            .map_err(|e| fail("cannot set a write timeout", e))?;
+        Ok(Broker { con, address })
+    }
+
+    fn fail(&self, what: &str, e: redis::RedisError) -> Error {
+        Error::Cluster {
+            address: self.address.clone(),
+            detail: format!("{what}: {e}"),
+        }
+    }
+
+    /// Runs one command.
+    pub(crate) fn run<T: FromRedisValue>(&mut self, what: &str, cmd: &redis::Cmd) -> Result<T> {
+        cmd.query(&mut self.con).map_err(|e| self.fail(what, e))
+    }
+
+    /// Runs commands in one round trip (not atomically).
+    pub(crate) fn pipe<T: FromRedisValue>(
+        &mut self,
+        what: &str,
+        pipe: &redis::Pipeline,
+    ) -> Result<T> {
+        pipe.query(&mut self.con).map_err(|e| self.fail(what, e))
+    }
+
+    /// Creates `stream` and its consumer group if they are not there.
+    pub(crate) fn ensure_group(&mut self, stream: &str) -> Result<()> {
+        let r: redis::RedisResult<Value> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(stream)
+            .arg(GROUP)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query(&mut self.con);
+        match r {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+            Err(e) => Err(self.fail("cannot create a consumer group", e)),
+        }
+    }
+
+    /// Reads new entries of `streams` for `consumer` of the group, waiting at most
+    /// `block` for some.
+    pub(crate) fn read_group(
+        &mut self,
+        consumer: &str,
+        streams: &[String],
+        count: usize,
+        block: Duration,
+    ) -> Result<Vec<(String, StreamId)>> {
+        if streams.is_empty() || count == 0 {
+            return Ok(Vec::new());
+        }
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
+            .arg(GROUP)
+            .arg(consumer)
+            .arg("COUNT")
+            .arg(count)
+            .arg("BLOCK")
+            .arg(block.as_millis() as u64)
+            .arg("STREAMS");
+        for s in streams {
+            cmd.arg(s);
+        }
+        for _ in streams {
+            cmd.arg(">");
+        }
+        let reply: redis::RedisResult<Option<StreamReadReply>> = cmd.query(&mut self.con);
+        match reply {
+            Ok(r) => Ok(flatten(r)),
+            // A stream (or its group) that expired since the list was made: skip it.
+            Err(e) if e.code() == Some("NOGROUP") => Ok(Vec::new()),
+            Err(e) => Err(self.fail("cannot read calls", e)),
+        }
+    }
+
+    /// Reads entries of `stream` after `last`, waiting at most `block`.
+    pub(crate) fn read(
+        &mut self,
+        stream: &str,
+        last: &str,
+        count: usize,
+        block: Duration,
+    ) -> Result<Vec<StreamId>> {
+        let reply: Option<StreamReadReply> = self.run(
+            "cannot read answers",
+            redis::cmd("XREAD")
+                .arg("COUNT")
+                .arg(count)
+                .arg("BLOCK")
+                .arg(block.as_millis() as u64)
+                .arg("STREAMS")
+                .arg(stream)
+                .arg(last),
+        )?;
+        Ok(flatten(reply).into_iter().map(|(_, id)| id).collect())
+    }
+
+    /// Entries of `stream` whose lease is older than `idle` (their node stopped
+    /// renewing), with their consumers and delivery counts.
+    pub(crate) fn expired(
+        &mut self,
+        stream: &str,
+        idle: Duration,
+        count: usize,
+    ) -> Result<StreamPendingCountReply> {
+        let r: redis::RedisResult<StreamPendingCountReply> = redis::cmd("XPENDING")
+            .arg(stream)
+            .arg(GROUP)
+            .arg("IDLE")
+            .arg(idle.as_millis() as u64)
+            .arg("-")
+            .arg("+")
+            .arg(count)
+            .query(&mut self.con);
+        match r {
+            Ok(r) => Ok(r),
+            Err(e) if e.code() == Some("NOGROUP") => Ok(StreamPendingCountReply::default()),
+            Err(e) => Err(self.fail("cannot list expired leases", e)),
+        }
+    }
+
+    /// Takes over the entry `id` of `stream` for `consumer` if its lease is still
+    /// older than `idle` (another node may have been quicker): the entry, or `None`.
+    pub(crate) fn claim(
+        &mut self,
+        stream: &str,
+        consumer: &str,
+        idle: Duration,
+        id: &str,
+    ) -> Result<Option<StreamId>> {
+        let r: redis::streams::StreamClaimReply = self.run(
+            "cannot claim an expired lease",
+            redis::cmd("XCLAIM")
+                .arg(stream)
+                .arg(GROUP)
+                .arg(consumer)
+                .arg(idle.as_millis() as u64)
+                .arg(id),
+        )?;
+        Ok(r.ids.into_iter().next())
+    }
+}
+
+fn flatten(reply: Option<StreamReadReply>) -> Vec<(String, StreamId)> {
+    let mut out = Vec::new();
+    for k in reply.map(|r| r.keys).unwrap_or_default() {
+        for id in k.ids {
+            out.push((k.key.clone(), id));
+        }
+    }
+    out
+}
+
+/// The bytes of field `m` of an entry (every message is one field).
+pub(crate) fn message(entry: &StreamId) -> Option<&[u8]> {
+    match entry.map.get("m")? {
+        Value::BulkString(b) => Some(b),
+        _ => None,
+    }
+}

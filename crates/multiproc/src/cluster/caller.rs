@@ -1,0 +1,712 @@
+//! [`Pool`]: the pool interface over Redis, on the caller's side. A thread of the pool
+//! drives the pool core: it adds chunks to the caller's calls stream, reads answers
+//! from its answers stream, and keeps the caller's keys alive.
+//!
+//! The core sees *lanes*, not nodes: a lane is a place for one chunk in the stream (the
+//! pool keeps about two per node slot, so that every free slot finds a chunk waiting).
+//! Which node runs a chunk, and which runs it again when a node is lost, is the
+//! leases' business (see [`node`](super::node)).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde_bytes::ByteBuf;
+
+use super::auth::Key;
+use super::broker::{self, Broker, EXPIRY_LEASES, Keys};
+use super::message::{AnswerMsg, ChunkMsg, NodeInfo, WirePart};
+use crate::error::{Error, Result};
+use crate::pool::api::sealed::{Backend, BatchSink, Control, Results};
+use crate::pool::core::chunking::BROKER;
+use crate::pool::core::{Config as CoreConfig, Core, Limits, Part};
+use crate::pool::remote::Shared;
+use crate::pool::{Arg, ChunkSize, Progress, Ret, TaskPool};
+use crate::wire::values::{Data, Received};
+
+/// Lanes (chunks in the stream at once) at least, before any node is seen.
+const MIN_LANES: usize = 4;
+/// How long the caller blocks on its answers stream at a time: new work waits at most
+/// this long to be sent.
+const READ_BLOCK: Duration = Duration::from_millis(20);
+
+/// A pool whose workers are the nodes of a cluster, reached through Redis (feature
+/// `cluster`, on by default).
+///
+/// ```no_run
+/// use multiproc::prelude::*;
+///
+/// fn square(x: u64) -> u64 { x * x }
+///
+/// fn main() -> multiproc::Result<()> {
+///     multiproc::init(); // with MULTIPROC_CLUSTER set, this process is a node instead
+///     let pool = multiproc::cluster::Pool::connect("redis://127.0.0.1:6379/0")?;
+///     assert_eq!(pool.map(square, 1..=4)?, vec![1, 4, 9, 16]);
+///     Ok(())
+/// }
+/// ```
+///
+/// Needs the cluster key (`MULTIPROC_CLUSTER_KEY`, or [`PoolBuilder::key`]). See the
+/// [module docs](super) for what each failure costs.
+pub struct Pool {
+    shared: Arc<Shared>,
+    status: Arc<Mutex<Status>>,
+    driver: Mutex<Option<JoinHandle<()>>>,
+    closed: AtomicBool,
+    chunk: ChunkSize,
+    progress: Progress,
+    address: String,
+}
+
+/// What the driver learns of the cluster.
+#[derive(Default)]
+struct Status {
+    nodes: Vec<NodeInfo>,
+}
+
+/// Options for a cluster [`Pool`].
+#[derive(Debug)]
+pub struct PoolBuilder {
+    url: String,
+    key: Option<Key>,
+    lease: Duration,
+    retries: u32,
+    task_timeout: Option<Duration>,
+    chunk: ChunkSize,
+    progress: Progress,
+    unreachable: Duration,
+}
+
+impl PoolBuilder {
+    /// The key shared with the nodes (default: [`Key::from_env`]).
+    pub fn key(mut self, key: Key) -> Self {
+        self.key = Some(key);
+        self
+    }
+
+    /// The lease time (default 5 s): a node that stops renewing a chunk's lease (it was
+    /// killed, cut off, frozen) loses the chunk after this long, and another node runs
+    /// it. Nodes must be started with the same lease.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease.max(Duration::from_millis(100));
+        self
+    }
+
+    /// How many times a chunk whose node was lost runs again (default 2) before its
+    /// calls answer an [`Error::Cluster`] naming the node. A panic is answered, never
+    /// retried.
+    pub fn retries(mut self, n: u32) -> Self {
+        self.retries = n;
+        self
+    }
+
+    /// A call running longer than this on a node has its worker killed there and
+    /// answers [`Error::Timeout`]; with it, [`ChunkSize::Auto`] sends one call at a
+    /// time.
+    pub fn task_timeout(mut self, timeout: Duration) -> Self {
+        self.task_timeout = Some(timeout);
+        self
+    }
+
+    /// Chunk size policy; default [`ChunkSize::Auto`], sized for a broker: chunks of
+    /// 100 ms to 1 s of calls (see the [module docs](super)).
+    pub fn chunk_size(mut self, chunk: ChunkSize) -> Self {
+        self.chunk = chunk;
+        self
+    }
+
+    /// Progress reporting for `map`, `map_results` and `imap`.
+    pub fn progress(mut self, progress: Progress) -> Self {
+        self.progress = progress;
+        self
+    }
+
+    /// How long Redis may be unreachable before the pool gives up and its calls answer
+    /// [`Error::Cluster`] (default 5 s).
+    pub fn unreachable_after(mut self, d: Duration) -> Self {
+        self.unreachable = d;
+        self
+    }
+
+    /// Connects to Redis and starts the pool's thread.
+    pub fn build(self) -> Result<Pool> {
+        let key = match self.key {
+            Some(k) => k,
+            None => Key::from_env()?,
+        };
+        let mut redis = Broker::connect(&self.url, Duration::from_secs(5))?;
+        let address = redis.address.clone();
+        let host = super::hostname();
+        let caller = format!(
+            "{host}-{}-{:x}",
+            std::process::id(),
+            broker::now_ms() ^ (Instant::now().elapsed().as_nanos() as u64)
+        );
+        let keys = Keys::new(&crate::task::hex(crate::task::build_id()));
+        redis.ensure_group(&keys.calls(&caller))?;
+        let settings = Settings {
+            url: self.url,
+            key,
+            lease: self.lease,
+            retries: self.retries,
+            task_timeout: self.task_timeout,
+            unreachable: self.unreachable,
+            keys,
+            caller,
+            address: address.clone(),
+        };
+        let core = Core::new(CoreConfig {
+            workers: MIN_LANES,
+            retries: 0,
+            task_timeout: self.task_timeout,
+            max_tasks_per_child: None,
+            pipeline: false,
+            chunk_time: BROKER,
+        });
+        let shared = Arc::new(Shared::new(core));
+        let status = Arc::new(Mutex::new(Status::default()));
+        heartbeat(&mut redis, &settings)?;
+        let driver = {
+            let shared = shared.clone();
+            let status = status.clone();
+            std::thread::Builder::new()
+                .name("multiproc-cluster".into())
+                .spawn(move || drive(settings, redis, &shared, &status))
+                .map_err(|e| Error::io("starting the cluster pool's thread", e))?
+        };
+        Ok(Pool {
+            shared,
+            status,
+            driver: Mutex::new(Some(driver)),
+            closed: AtomicBool::new(false),
+            chunk: self.chunk,
+            progress: self.progress,
+            address,
+        })
+    }
+}
+
+impl Pool {
+    /// A pool on the cluster whose Redis is at `url` (`redis://[user:password@]host:port/db`;
+    /// `rediss://` with feature `cluster-tls`), with default options.
+    pub fn connect(url: &str) -> Result<Pool> {
+        Pool::builder(url).build()
+    }
+
+    /// A [`PoolBuilder`] for the cluster at `url`.
+    pub fn builder(url: &str) -> PoolBuilder {
+        PoolBuilder {
+            url: url.to_owned(),
+            key: None,
+            lease: Duration::from_secs(5),
+            retries: 2,
+            task_timeout: None,
+            chunk: ChunkSize::Auto,
+            progress: Progress::default(),
+            unreachable: Duration::from_secs(5),
+        }
+    }
+
+    /// The live worker nodes (those with a heartbeat within three leases), as last
+    /// read (about every second).
+    pub fn workers(&self) -> Vec<NodeInfo> {
+        self.status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .nodes
+            .clone()
+    }
+
+    /// The Redis server, as errors name it.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    fn wait_driver(&self) {
+        let handle = self.driver.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+    }
+}
+
+struct Settings {
+    url: String,
+    key: Key,
+    lease: Duration,
+    retries: u32,
+    task_timeout: Option<Duration>,
+    unreachable: Duration,
+    keys: Keys,
+    caller: String,
+    address: String,
+}
+
+impl Settings {
+    fn ttl_ms(&self) -> u64 {
+        (self.lease * EXPIRY_LEASES).as_millis() as u64
+    }
+}
+
+/// Keeps the caller's keys alive and listed.
+fn heartbeat(b: &mut Broker, s: &Settings) -> Result<()> {
+    let ttl = s.ttl_ms();
+    let now = broker::now_ms();
+    let mut p = redis::pipe();
+    p.cmd("SET")
+        .arg(s.keys.alive(&s.caller))
+        .arg(1)
+        .arg("PX")
+        .arg(ttl)
+        .ignore();
+    p.cmd("PEXPIRE")
+        .arg(s.keys.calls(&s.caller))
+        .arg(ttl)
+        .ignore();
+    p.cmd("PEXPIRE")
+        .arg(s.keys.answers(&s.caller))
+        .arg(ttl)
+        .ignore();
+    p.cmd("ZADD")
+        .arg(s.keys.callers())
+        .arg(now)
+        .arg(&s.caller)
+        .ignore();
+    p.cmd("ZREMRANGEBYSCORE")
+        .arg(s.keys.callers())
+        .arg("-inf")
+        .arg(now.saturating_sub(ttl))
+        .ignore();
+    p.cmd("PEXPIRE").arg(s.keys.callers()).arg(ttl).ignore();
+    b.pipe("cannot renew the caller's keys", &p)
+}
+
+/// The live nodes' signed info.
+fn read_nodes(b: &mut Broker, s: &Settings) -> Result<Vec<NodeInfo>> {
+    let since = broker::now_ms().saturating_sub((s.lease * 3).as_millis() as u64);
+    let names: Vec<String> = b.run(
+        "cannot list nodes",
+        redis::cmd("ZRANGEBYSCORE")
+            .arg(s.keys.nodes())
+            .arg(since)
+            .arg("+inf"),
+    )?;
+    if names.is_empty() {
+        return Ok(Vec::new());
+    }
+    let keys: Vec<String> = names.iter().map(|n| s.keys.node(n)).collect();
+    let raw: Vec<Option<Vec<u8>>> = b.run("cannot read nodes", redis::cmd("MGET").arg(&keys))?;
+    Ok(keys
+        .iter()
+        .zip(raw)
+        .filter_map(|(k, v)| {
+            let body = s.key.open(k.as_bytes(), v.as_deref()?)?;
+            postcard::from_bytes::<NodeInfo>(body).ok()
+        })
+        .collect())
+}
+
+/// The driver's view of whether nodes accept its work.
+struct Acceptance {
+    /// When the caller last heard an answer, or started waiting for one.
+    heard: Instant,
+    /// Each node's refusal count when first seen.
+    baseline: std::collections::HashMap<String, u64>,
+}
+
+fn drive(s: Settings, redis: Broker, shared: &Shared, status: &Mutex<Status>) {
+    let mut redis = Some(redis);
+    let mut down_since: Option<(Instant, String)> = None;
+    let mut lanes = 0usize;
+    let mut last_id = "0-0".to_owned();
+    let mut beat_at = Instant::now();
+    let mut nodes_at = Instant::now() - Duration::from_secs(60);
+    let mut acceptance = Acceptance {
+        heard: Instant::now(),
+        baseline: Default::default(),
+    };
+    let calls = s.keys.calls(&s.caller);
+    let answers = s.keys.answers(&s.caller);
+    {
+        let mut st = shared.lock();
+        while lanes < MIN_LANES {
+            st.core.add_worker(lanes as u64, false);
+            lanes += 1;
+        }
+    }
+    loop {
+        shared.settle();
+        let Some(b) = redis.as_mut() else {
+            match Broker::connect(&s.url, Duration::from_secs(1)) {
+                Ok(b) => {
+                    tracing::info!(address = %s.address, "reconnected to Redis");
+                    redis = Some(b);
+                    down_since = None;
+                }
+                Err(e) => {
+                    if give_up(shared, &s, &mut down_since, &e) {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+            continue;
+        };
+        match turn(
+            &s,
+            b,
+            shared,
+            status,
+            &mut lanes,
+            &mut last_id,
+            &calls,
+            &answers,
+            &mut beat_at,
+            &mut nodes_at,
+            &mut acceptance,
+        ) {
+            Ok(true) => break,
+            Ok(false) => down_since = None,
+            Err(e) => {
+                tracing::warn!(address = %s.address, "{e}");
+                redis = None;
+                if give_up(shared, &s, &mut down_since, &e) {
+                    break;
+                }
+            }
+        }
+    }
+    if let Some(b) = redis.as_mut() {
+        let mut p = redis::pipe();
+        for k in [s.keys.alive(&s.caller), calls.clone(), answers.clone()] {
+            p.cmd("DEL").arg(k).ignore();
+        }
+        p.cmd("ZREM").arg(s.keys.callers()).arg(&s.caller).ignore();
+        let _ = b.pipe::<()>("cannot remove the caller's keys", &p);
+    }
+    let mut st = shared.lock();
+    st.stopped = true;
+    st.core.terminate();
+    drop(st);
+    shared.changed.notify_all();
+    shared.settle();
+}
+
+/// Redis failed: `true` once it has been failing for longer than allowed (the pool is
+/// then broken with an error that says so).
+fn give_up(
+    shared: &Shared,
+    s: &Settings,
+    down_since: &mut Option<(Instant, String)>,
+    e: &Error,
+) -> bool {
+    let cause = match e {
+        Error::Cluster { detail, .. } => detail.clone(),
+        other => other.to_string(),
+    };
+    let (since, _) = down_since.get_or_insert_with(|| (Instant::now(), cause.clone()));
+    if since.elapsed() < s.unreachable {
+        return false;
+    }
+    let error = Error::Cluster {
+        address: s.address.clone(),
+        detail: format!(
+            "Redis unreachable for {:?}, the pool stopped: {cause}",
+            s.unreachable
+        ),
+    };
+    tracing::error!("{error}");
+    let mut st = shared.lock();
+    st.core.break_pool(error);
+    drop(st);
+    shared.changed.notify_all();
+    true
+}
+
+/// One round: heartbeat, chunks out, answers in. `Ok(true)`: the pool is done.
+#[allow(clippy::too_many_arguments)]
+fn turn(
+    s: &Settings,
+    b: &mut Broker,
+    shared: &Shared,
+    status: &Mutex<Status>,
+    lanes: &mut usize,
+    last_id: &mut String,
+    calls: &str,
+    answers: &str,
+    beat_at: &mut Instant,
+    nodes_at: &mut Instant,
+    acceptance: &mut Acceptance,
+) -> Result<bool> {
+    if beat_at.elapsed() >= s.lease / 3 {
+        heartbeat(b, s)?;
+        *beat_at = Instant::now();
+    }
+    if nodes_at.elapsed() >= Duration::from_secs(1) {
+        let nodes = read_nodes(b, s)?;
+        let slots: usize = nodes.iter().map(|n| n.slots as usize).sum();
+        {
+            let mut st = shared.lock();
+            while *lanes < (2 * slots).max(MIN_LANES) {
+                st.core.add_worker(*lanes as u64, false);
+                *lanes += 1;
+            }
+            st.core.set_workers(slots.max(1));
+            check_acceptance(s, &mut st.core, &nodes, acceptance);
+        }
+        status.lock().unwrap_or_else(|p| p.into_inner()).nodes = nodes;
+        *nodes_at = Instant::now();
+    }
+    // Chunks out.
+    let mut out = Vec::new();
+    {
+        let mut st = shared.lock();
+        if st.terminate {
+            st.core.terminate();
+            return Ok(true);
+        }
+        let limits = Limits {
+            max_value: crate::wire::max_frame_size(),
+            max_fds: 0,
+            may_spill: false,
+            ends: true,
+        };
+        let now = Instant::now();
+        let before = st.core.outstanding();
+        for lane in 0..*lanes as u64 {
+            while let Some(chunk) = st.core.next_chunk(lane, &limits, now) {
+                let Data::Inline(data) = chunk.data else {
+                    continue; // no spilling was allowed: cannot happen
+                };
+                out.push(ChunkMsg {
+                    lane,
+                    seq: chunk.seq,
+                    entry: chunk.entry,
+                    data: ByteBuf::from(data),
+                    ends: chunk.ends.iter().map(|&e| e as u64).collect(),
+                    retries: s.retries,
+                    timeout_ms: s.task_timeout.map(|t| t.as_millis() as u64),
+                });
+            }
+        }
+        if st.core.outstanding() != before {
+            shared.changed.notify_all();
+        }
+        if st.closed && st.core.outstanding() == 0 {
+            return Ok(true);
+        }
+        if st.core.outstanding() == 0 {
+            acceptance.heard = Instant::now();
+        }
+    }
+    if !out.is_empty() {
+        let mut p = redis::pipe();
+        for msg in &out {
+            let body = postcard::to_stdvec(msg).map_err(|e| Error::Cluster {
+                address: s.address.clone(),
+                detail: format!("a chunk did not encode: {e}"),
+            })?;
+            p.cmd("XADD")
+                .arg(calls)
+                .arg("*")
+                .arg("m")
+                .arg(s.key.sign(calls.as_bytes(), &body))
+                .ignore();
+        }
+        b.pipe::<()>("cannot add chunks", &p)?;
+    }
+    // Answers in.
+    let block = if out.is_empty() {
+        READ_BLOCK
+    } else {
+        Duration::from_millis(1)
+    };
+    let entries = b.read(answers, last_id, 256, block)?;
+    if entries.is_empty() {
+        return Ok(false);
+    }
+    let mut filed = Vec::with_capacity(entries.len());
+    for entry in &entries {
+        last_id.clone_from(&entry.id);
+        let Some(body) = broker::message(entry).and_then(|m| s.key.open(answers.as_bytes(), m))
+        else {
+            tracing::warn!(address = %s.address, "dropped an answer whose signature is wrong");
+            continue;
+        };
+        match postcard::from_bytes::<AnswerMsg>(body) {
+            Ok(a) => filed.push(a),
+            Err(e) => {
+                tracing::warn!(address = %s.address, "dropped an answer that does not decode: {e}")
+            }
+        }
+    }
+    let ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
+    b.run::<redis::Value>(
+        "cannot trim answers",
+        redis::cmd("XDEL").arg(answers).arg(&ids),
+    )?;
+    let mut st = shared.lock();
+    for a in filed {
+        acceptance.heard = Instant::now();
+        let host: Arc<str> = Arc::from(a.node.as_str());
+        let parts = a
+            .parts
+            .into_iter()
+            .map(|p| match p {
+                WirePart::Values {
+                    pid,
+                    positions,
+                    failures,
+                    data,
+                } => Part::Values {
+                    pid,
+                    positions,
+                    failures,
+                    data: Received::Inline(data.into_vec(), 0),
+                },
+                WirePart::Failed(failed) => Part::Failed(
+                    failed
+                        .into_iter()
+                        .map(|(pos, f)| (pos, f.into_error(&a.node, pos as usize, &s.address)))
+                        .collect(),
+                ),
+            })
+            .collect();
+        if let Err(why) = st.core.on_chunk(a.lane, a.seq, parts, a.nanos, Some(host)) {
+            // A second run's answer (a node was thought lost but was not), or a
+            // chunk cancelled meanwhile: the first answer counts.
+            tracing::debug!(node = %a.node, "ignored an answer: {why}");
+        }
+    }
+    drop(st);
+    shared.changed.notify_all();
+    Ok(false)
+}
+
+/// No answer for a while, no node busy, and nodes refusing messages: the nodes do not
+/// share this caller's key. The pool's calls then answer an error that says so.
+fn check_acceptance(s: &Settings, core: &mut Core, nodes: &[NodeInfo], a: &mut Acceptance) {
+    for n in nodes {
+        a.baseline.entry(n.name()).or_insert(n.refused);
+    }
+    let refusing = nodes
+        .iter()
+        .filter(|n| n.refused > a.baseline.get(&n.name()).copied().unwrap_or(0))
+        .count();
+    let busy = nodes.iter().any(|n| n.busy > 0);
+    let grace = (s.lease * 2).max(Duration::from_secs(2));
+    if core.outstanding() > 0 && refusing > 0 && !busy && a.heard.elapsed() > grace {
+        core.break_pool(Error::Cluster {
+            address: s.address.clone(),
+            detail: format!(
+                "no node accepts this pool's work: {refusing} of {} nodes refused its messages: \
+                 wrong key? (every node must have the caller's MULTIPROC_CLUSTER_KEY)",
+                nodes.len()
+            ),
+        });
+    }
+}
+
+impl Backend for Pool {
+    fn open<A: Arg, R: Ret>(
+        &self,
+        f: fn(A) -> R,
+        chunk: ChunkSize,
+        caller_driven: bool,
+    ) -> Result<(u64, Results<R>)> {
+        let closed = self.closed.load(Ordering::Acquire);
+        self.shared.open(closed, f, chunk, caller_driven)
+    }
+
+    fn open_async<A: Arg, R: Ret>(
+        &self,
+        f: fn(A) -> R,
+        chunk: ChunkSize,
+        sink: Arc<dyn BatchSink<R>>,
+    ) -> Result<(u64, Arc<dyn Control>)> {
+        let closed = self.closed.load(Ordering::Acquire);
+        self.shared.open_async(closed, f, chunk, sink)
+    }
+
+    fn submit<A: Arg, R: Ret>(
+        &self,
+        job: u64,
+        _f: fn(A) -> R,
+        first: usize,
+        items: Vec<A>,
+    ) -> Result<()> {
+        self.shared.submit(job, first, items);
+        Ok(())
+    }
+
+    fn seal(&self, job: u64) {
+        self.shared.seal(job);
+    }
+
+    fn cancel(&self, job: u64, stop_running: bool) {
+        Control::cancel(&*self.shared, job, stop_running);
+    }
+
+    fn parallelism(&self) -> usize {
+        let slots: usize = self.workers().iter().map(|n| n.slots as usize).sum();
+        slots.max(1)
+    }
+
+    fn progress(&self) -> &Progress {
+        &self.progress
+    }
+
+    fn chunk_size(&self) -> ChunkSize {
+        self.chunk
+    }
+}
+
+impl TaskPool for Pool {
+    fn close(&self) {
+        if !self.closed.swap(true, Ordering::AcqRel) {
+            self.shared.lock().closed = true;
+            self.shared.notify();
+        }
+    }
+
+    /// Stops at once: calls not answered answer [`Error::PoolTerminated`]; chunks
+    /// already on nodes run to their end there (their answers are thrown away).
+    fn terminate(&self) {
+        self.closed.store(true, Ordering::Release);
+        {
+            let mut st = self.shared.lock();
+            st.closed = true;
+            st.terminate = true;
+        }
+        self.shared.notify();
+        self.wait_driver();
+    }
+
+    fn join(&self) -> Result<()> {
+        if !self.closed.load(Ordering::Acquire) {
+            return Err(Error::PoolNotClosed);
+        }
+        self.wait_driver();
+        Ok(())
+    }
+}
+
+crate::pool::api::inherent_task_pool_methods!(Pool);
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.close();
+        self.wait_driver();
+    }
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("cluster::Pool")
+            .field("address", &self.address)
+            .field("chunk", &self.chunk)
+            .field("closed", &self.closed.load(Ordering::Relaxed))
+            .finish()
+    }
+}

@@ -1,0 +1,80 @@
+//! The same pool on many machines that come and go, through Redis (feature `cluster`,
+//! on by default).
+//!
+//! A caller's [`Pool`] puts chunks of calls in a Redis stream; worker nodes — the same
+//! executable, started anywhere with `MULTIPROC_CLUSTER=redis://host:6379/0` (or
+//! calling [`serve`]) — take them through a consumer group, run them in their own local
+//! process pool, and answer on the caller's answers stream. Redis streams give the
+//! leases: a chunk taken by a node is in the group's pending-entries list until its
+//! answer is stored (`XACK`); the node renews the lease every third of the lease time
+//! while the chunk runs (a call may run for an hour); a node that stops renewing
+//! (killed, cut off, frozen) loses the chunk after the lease time and another node takes
+//! it over (`XPENDING` … `IDLE`, `XCLAIM`).
+//!
+//! What each failure costs:
+//! - **A call panics** on a node: that call answers [`Error::Panicked`](crate::Error::Panicked) (inside
+//!   [`Error::OnNode`](crate::Error::OnNode), which names the node); it is not run again.
+//! - **A worker process of a node dies** (a segfault, the OOM killer): that call
+//!   answers [`Error::Killed`](crate::Error::Killed) (inside [`Error::OnNode`](crate::Error::OnNode)); the node replaces the worker.
+//! - **A node is lost** (SIGKILL, a machine that fails, a network cut): the chunks it
+//!   held run again elsewhere after the lease time, at most [`PoolBuilder::retries`]
+//!   more times (default 2); then their calls answer [`Error::Cluster`](crate::Error::Cluster) naming the
+//!   node. A call may therefore **run twice**: if its node was lost after running it
+//!   but before its answer was stored. The caller keeps exactly one answer per call
+//!   (the first).
+//! - **A node is stopped with SIGTERM** (preemption, a batch system's time limit): it
+//!   takes no new chunk, lets running ones finish for a while
+//!   ([`ServeOptions::drain`]), hands the rest back at once (no lease wait), and
+//!   exits 0.
+//! - **The caller dies**: its keys expire 4 leases after its last heartbeat; nodes
+//!   check that the caller lives before running a chunk of it and drop the chunks of
+//!   a caller that is gone. Nothing of it stays in Redis.
+//! - **Redis goes away**: the caller's calls answer [`Error::Cluster`](crate::Error::Cluster) with the address
+//!   and the cause after [`PoolBuilder::unreachable_after`] (default 5 s), never a hang;
+//!   nodes retry the connection with backoff and log it.
+//!
+//! **Only the same build.** Calls name their task by code offsets, so every key lives
+//! under the build id: a node sees only work of its own build, and says so when it
+//! sees none.
+//!
+//! **Security.** Anyone who can write to the Redis database could make a node jump to
+//! an offset in its code, so every message (chunk, answer, heartbeat) is signed with
+//! HMAC-SHA256 under a key shared by the caller and its nodes ([`Key`]:
+//! `MULTIPROC_CLUSTER_KEY`, or a file named by `MULTIPROC_CLUSTER_KEY_FILE`), and
+//! checked in constant time before anything is decoded. A node without a key refuses to
+//! start. A message that fails the check is not run: it is counted in the node's
+//! heartbeat ([`NodeInfo::refused`]) and handed to another node, and deleted after 5
+//! refusals; a caller whose work no node accepts gets "N nodes refused its messages:
+//! wrong key?". Redis passwords, ACL users and TLS (`rediss://`, feature `cluster-tls`)
+//! go in the URL.
+//!
+//! **Values.** The same codec and frame limit as the local pool. OS handles (pipes,
+//! queues, shared memory) cannot cross machines: such an argument answers an
+//! [`Error::Encode`](crate::Error::Encode) that says so, before anything is sent.
+//!
+//! **Chunks sized for a broker.** Each chunk costs about six Redis operations (add,
+//! read, answer, acknowledge, delete, read the answer) plus a lease renewal per third
+//! of a lease; one Redis serves on the order of 10^5 operations a second. So
+//! [`ChunkSize::Auto`](crate::ChunkSize::Auto) targets chunks of 100 ms to 1 s of calls
+//! (the local pool's are 250 µs to 5 ms): at 100 ms a chunk, one Redis feeds on the order
+//! of 10^5 / 6 × 0.1 s ≈ 1,600 busy slots.
+
+mod auth;
+mod broker;
+mod caller;
+mod message;
+mod node;
+
+pub use auth::{KEY_ENV, KEY_FILE_ENV, Key};
+pub use caller::{Pool, PoolBuilder};
+pub use message::NodeInfo;
+pub(crate) use node::enter_if_node;
+pub use node::{CLUSTER_ENV, ServeOptions, serve};
+
+/// This machine's host name, as nodes are named.
+pub(crate) fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".to_owned())
+}

@@ -1,0 +1,174 @@
+//! What a pool driven by a thread of its own (MPI ranks, cluster nodes) shares with
+//! the threads that use it: the pool core under a lock, a wake-up each way, and the
+//! plumbing of the pool interface over it, written once for every such pool.
+//!
+//! The driving thread sends chunks and files answers in the core; a caller waiting on
+//! results sleeps on [`Shared::changed`]; new work wakes the driver through
+//! [`Shared::notify`]. Answers for async handles are handed over outside the lock
+//! ([`Shared::settle`]).
+
+use std::marker::PhantomData;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Instant;
+
+use super::ChunkSize;
+use super::api::sealed::{BatchSink, Control, ResultSource, Results, Step};
+use super::api::{Arg, Ret};
+use super::core::jobs::Items;
+use super::core::{Core, decode_answers, decoding};
+use crate::error::{Error, Result};
+use crate::task;
+
+/// The core and the flags both sides read.
+pub(crate) struct State {
+    pub(crate) core: Core,
+    pub(crate) closed: bool,
+    pub(crate) terminate: bool,
+    /// The driving thread has ended: no answer will come any more.
+    pub(crate) stopped: bool,
+}
+
+pub(crate) struct Shared {
+    st: Mutex<State>,
+    /// Answers arrived, or the pool stopped: for threads waiting on results.
+    pub(crate) changed: Condvar,
+    /// Work arrived, or the pool is closing: for the driving thread when idle.
+    pub(crate) work: Condvar,
+}
+
+impl Shared {
+    pub(crate) fn new(core: Core) -> Self {
+        Shared {
+            st: Mutex::new(State {
+                core,
+                closed: false,
+                terminate: false,
+                stopped: false,
+            }),
+            changed: Condvar::new(),
+            work: Condvar::new(),
+        }
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        self.st.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Tells the driving thread that there is work or a request.
+    pub(crate) fn notify(&self) {
+        self.work.notify_all();
+    }
+
+    /// Hands over what is due to async handles' sinks, outside the lock (a sink
+    /// decodes, and runs callbacks).
+    pub(crate) fn settle(&self) {
+        let due = self.lock().core.take_deliveries();
+        for d in due {
+            d.hand_over();
+        }
+    }
+
+    /// Opens a job whose results the caller pulls.
+    pub(crate) fn open<A: Arg, R: Ret>(
+        self: &Arc<Self>,
+        closed: bool,
+        f: fn(A) -> R,
+        chunk: ChunkSize,
+        caller_driven: bool,
+    ) -> Result<(u64, Results<R>)> {
+        let mut st = self.lock();
+        if closed || st.closed {
+            return Err(Error::PoolClosed);
+        }
+        let job = st.core.open(task::task_ref(f), chunk, caller_driven);
+        drop(st);
+        let results = Pulled {
+            shared: self.clone(),
+            job,
+            _r: PhantomData,
+        };
+        Ok((job, Results(Box::new(results))))
+    }
+
+    /// Opens a job whose results go to `sink`.
+    pub(crate) fn open_async<A: Arg, R: Ret>(
+        self: &Arc<Self>,
+        closed: bool,
+        f: fn(A) -> R,
+        chunk: ChunkSize,
+        sink: Arc<dyn BatchSink<R>>,
+    ) -> Result<(u64, Arc<dyn Control>)> {
+        let mut st = self.lock();
+        if closed || st.closed {
+            return Err(Error::PoolClosed);
+        }
+        let job = st.core.open_sunk(task::task_ref(f), chunk, decoding(sink));
+        Ok((job, self.clone()))
+    }
+
+    pub(crate) fn submit<A: Arg>(&self, job: u64, first: usize, items: Vec<A>) {
+        self.lock()
+            .core
+            .submit(job, first, Box::new(Items::new(items)));
+        self.notify();
+        // A stopped pool answers at once.
+        self.settle();
+    }
+
+    pub(crate) fn seal(&self, job: u64) {
+        self.lock().core.seal(job);
+        // An empty job is over at once.
+        self.settle();
+    }
+}
+
+/// The driving thread cannot stop a call running far away (MPI is fail-fast, a
+/// cluster node runs it to its end), so a cancelled call that runs already runs to
+/// its end; its answer is thrown away.
+impl Control for Shared {
+    fn cancel(&self, job: u64, _stop_running: bool) {
+        self.lock().core.cancel(job, false);
+    }
+
+    fn running(&self, job: u64) -> bool {
+        self.lock().core.running(job)
+    }
+}
+
+/// A job's results: filed in the core by the driving thread, taken here.
+struct Pulled<R> {
+    shared: Arc<Shared>,
+    job: u64,
+    _r: PhantomData<fn() -> R>,
+}
+
+impl<R: Ret> ResultSource<R> for Pulled<R> {
+    fn recv(&mut self, deadline: Option<Instant>) -> Step<R> {
+        let mut st = self.shared.lock();
+        loop {
+            if let Some(a) = st.core.take_answers(self.job) {
+                drop(st);
+                return Step::Got(decode_answers::<R>(a));
+            }
+            if st.core.job_over(self.job) || st.stopped {
+                return Step::Ended;
+            }
+            let now = Instant::now();
+            st = match deadline {
+                None => self
+                    .shared
+                    .changed
+                    .wait(st)
+                    .unwrap_or_else(|p| p.into_inner()),
+                Some(d) if d <= now => return Step::Empty,
+                Some(d) => {
+                    self.shared
+                        .changed
+                        .wait_timeout(st, d - now)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
+                }
+            };
+        }
+    }
+}
