@@ -8,8 +8,9 @@
 //!   `nodes` (its pending-entries list is the lease table);
 //! - `<caller>:answers`: the stream of answers for the caller;
 //! - `<caller>:alive`: present while the caller lives (expires otherwise);
-//! - `nodes`: sorted set of nodes by last heartbeat; `node:<name>`: a node's signed
-//!   [`NodeInfo`](super::NodeInfo), expiring.
+//! - `nodes`: sorted set of nodes by last heartbeat; `node:<name>`: a node's
+//!   [`NodeInfo`](super::NodeInfo), expiring (not signed: it carries no work, and a
+//!   caller must read it even with another key, to say so).
 //!
 //! A caller's keys expire [`EXPIRY_LEASES`] leases after its last heartbeat, so
 //! nothing of a caller that died stays in Redis.

@@ -145,6 +145,9 @@ impl PoolBuilder {
         );
         let keys = Keys::new(&crate::task::hex(crate::task::build_id()));
         redis.ensure_group(&keys.calls(&caller))?;
+        // The answers stream must exist: nodes add to it only if it does (so that the
+        // answers of a caller that is gone do not make it again).
+        redis.ensure_group(&keys.answers(&caller))?;
         let settings = Settings {
             url: self.url,
             key,
@@ -282,7 +285,7 @@ fn heartbeat(b: &mut Broker, s: &Settings) -> Result<()> {
     b.pipe("cannot renew the caller's keys", &p)
 }
 
-/// The live nodes' signed info.
+/// The live nodes' info (unsigned: informational; see the node's heartbeat).
 fn read_nodes(b: &mut Broker, s: &Settings) -> Result<Vec<NodeInfo>> {
     let since = broker::now_ms().saturating_sub((s.lease * 3).as_millis() as u64);
     let names: Vec<String> = b.run(
@@ -300,10 +303,7 @@ fn read_nodes(b: &mut Broker, s: &Settings) -> Result<Vec<NodeInfo>> {
     Ok(keys
         .iter()
         .zip(raw)
-        .filter_map(|(k, v)| {
-            let body = s.key.open(k.as_bytes(), v.as_deref()?)?;
-            postcard::from_bytes::<NodeInfo>(body).ok()
-        })
+        .filter_map(|(_, v)| postcard::from_bytes::<NodeInfo>(v.as_deref()?).ok())
         .collect())
 }
 
@@ -311,8 +311,6 @@ fn read_nodes(b: &mut Broker, s: &Settings) -> Result<Vec<NodeInfo>> {
 struct Acceptance {
     /// When the caller last heard an answer, or started waiting for one.
     heard: Instant,
-    /// Each node's refusal count when first seen.
-    baseline: std::collections::HashMap<String, u64>,
 }
 
 fn drive(s: Settings, redis: Broker, shared: &Shared, status: &Mutex<Status>) {
@@ -324,7 +322,6 @@ fn drive(s: Settings, redis: Broker, shared: &Shared, status: &Mutex<Status>) {
     let mut nodes_at = Instant::now() - Duration::from_secs(60);
     let mut acceptance = Acceptance {
         heard: Instant::now(),
-        baseline: Default::default(),
     };
     let calls = s.keys.calls(&s.caller);
     let answers = s.keys.answers(&s.caller);
@@ -387,7 +384,10 @@ fn drive(s: Settings, redis: Broker, shared: &Shared, status: &Mutex<Status>) {
     }
     let mut st = shared.lock();
     st.stopped = true;
-    st.core.terminate();
+    // A pool broken by an unreachable Redis keeps answering that error.
+    if !st.core.is_broken() {
+        st.core.terminate();
+    }
     drop(st);
     shared.changed.notify_all();
     shared.settle();
@@ -418,7 +418,7 @@ fn give_up(
     };
     tracing::error!("{error}");
     let mut st = shared.lock();
-    st.core.break_pool(error);
+    st.core.stop(error);
     drop(st);
     shared.changed.notify_all();
     true
@@ -453,7 +453,11 @@ fn turn(
                 *lanes += 1;
             }
             st.core.set_workers(slots.max(1));
+            let before = st.core.outstanding();
             check_acceptance(s, &mut st.core, &nodes, acceptance);
+            if st.core.outstanding() != before {
+                shared.changed.notify_all();
+            }
         }
         status.lock().unwrap_or_else(|p| p.into_inner()).nodes = nodes;
         *nodes_at = Instant::now();
@@ -587,17 +591,12 @@ fn turn(
 /// No answer for a while, no node busy, and nodes refusing messages: the nodes do not
 /// share this caller's key. The pool's calls then answer an error that says so.
 fn check_acceptance(s: &Settings, core: &mut Core, nodes: &[NodeInfo], a: &mut Acceptance) {
-    for n in nodes {
-        a.baseline.entry(n.name()).or_insert(n.refused);
-    }
-    let refusing = nodes
-        .iter()
-        .filter(|n| n.refused > a.baseline.get(&n.name()).copied().unwrap_or(0))
-        .count();
+    let refusing = nodes.iter().filter(|n| n.refused > 0).count();
     let busy = nodes.iter().any(|n| n.busy > 0);
     let grace = (s.lease * 2).max(Duration::from_secs(2));
     if core.outstanding() > 0 && refusing > 0 && !busy && a.heard.elapsed() > grace {
-        core.break_pool(Error::Cluster {
+        a.heard = Instant::now();
+        core.fail_outstanding(&Error::Cluster {
             address: s.address.clone(),
             detail: format!(
                 "no node accepts this pool's work: {refusing} of {} nodes refused its messages: \

@@ -38,7 +38,7 @@
 //! sees none.
 //!
 //! **Security.** Anyone who can write to the Redis database could make a node jump to
-//! an offset in its code, so every message (chunk, answer, heartbeat) is signed with
+//! an offset in its code, so every message that carries work (chunk, answer) is signed with
 //! HMAC-SHA256 under a key shared by the caller and its nodes ([`Key`]:
 //! `MULTIPROC_CLUSTER_KEY`, or a file named by `MULTIPROC_CLUSTER_KEY_FILE`), and
 //! checked in constant time before anything is decoded. A node without a key refuses to

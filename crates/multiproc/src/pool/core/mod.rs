@@ -493,13 +493,19 @@ impl Core {
 
     /// The pool cannot run work: answer everything pending, and everything to come.
     pub(crate) fn break_pool(&mut self, error: Error) {
+        self.fail_pending(&error);
+        self.broken = Some(error);
+    }
+
+    /// Answers every call not yet handed to a worker with `error`.
+    fn fail_pending(&mut self, error: &Error) {
         for j in self.jobs.values_mut() {
             let mut failed = Vec::new();
             for r in std::mem::take(&mut j.retries) {
-                failed.push((r.index, clone_error(&error)));
+                failed.push((r.index, clone_error(error)));
             }
             for (first, s) in std::mem::take(&mut j.sources) {
-                failed.extend((first..first + s.len()).map(|i| (i, clone_error(&error))));
+                failed.extend((first..first + s.len()).map(|i| (i, clone_error(error))));
             }
             j.deliver(Answers::Failed(failed));
         }
@@ -507,7 +513,21 @@ impl Core {
         for id in ids {
             self.remove_if_finished(id);
         }
-        self.broken = Some(error);
+    }
+
+    /// Answers every call submitted and not answered with `error` (whatever holds
+    /// it), keeping the workers: for a pool whose workers are places in a queue
+    /// (cluster lanes), not processes, when nobody will answer what they hold.
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    pub(crate) fn fail_outstanding(&mut self, error: &Error) {
+        let retries = std::mem::replace(&mut self.cfg.retries, 0);
+        let ids: Vec<WorkerId> = self.slots.keys().copied().collect();
+        for id in ids {
+            self.on_death(id, 0, clone_error(error));
+            self.add_worker(id, false);
+        }
+        self.cfg.retries = retries;
+        self.fail_pending(error);
     }
 
     pub(crate) fn is_broken(&self) -> bool {
@@ -877,6 +897,12 @@ impl Core {
     /// The pool stops at once: every call not yet answered answers
     /// [`Error::PoolTerminated`], whatever held it.
     pub(crate) fn terminate(&mut self) {
+        self.stop(Error::PoolTerminated);
+    }
+
+    /// The pool stops at once: every call not yet answered, and every call to come,
+    /// answers `error`, whatever held it.
+    pub(crate) fn stop(&mut self, error: Error) {
         let retries = std::mem::replace(&mut self.cfg.retries, 0);
         let ids: Vec<WorkerId> = self.slots.keys().copied().collect();
         for id in ids {
@@ -884,10 +910,10 @@ impl Core {
                 s.timed_out = false;
                 s.aborting = None;
             }
-            self.on_death(id, 0, Error::PoolTerminated);
+            self.on_death(id, 0, clone_error(&error));
         }
         self.cfg.retries = retries;
-        self.break_pool(Error::PoolTerminated);
+        self.break_pool(error);
     }
 }
 

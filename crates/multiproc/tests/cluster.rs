@@ -1,0 +1,488 @@
+//! The cluster pool against a real `redis-server` on 127.0.0.1 that each test starts
+//! and stops itself, with worker nodes that are this test binary re-run as
+//! `cluster_node_entry` (a node must be the caller's own build).
+
+mod common;
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use multiproc::Error;
+use multiproc::cluster::{Key, Pool};
+
+const KEY: &[u8] = b"test-key-0123456789abcdef-0123456789";
+const LEASE: Duration = Duration::from_millis(1000);
+
+/// Not a test: the entry point of a node process (see `Node::start`).
+#[test]
+fn cluster_node_entry() {
+    if std::env::var_os("MULTIPROC_CLUSTER").is_some() {
+        multiproc::init(); // serves until SIGTERM, then exits
+        unreachable!("init returns only when the process is no node");
+    }
+}
+
+/// A redis-server of our own, on a free port, without persistence.
+struct Redis {
+    child: Child,
+    port: u16,
+    _dir: common::TempDir,
+}
+
+impl Redis {
+    fn start() -> Redis {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        Redis::start_on(port)
+    }
+
+    fn start_on(port: u16) -> Redis {
+        let dir = common::TempDir::new("redis");
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (Debian's redis-server package; .ci/run installs it)");
+        let r = Redis {
+            child,
+            port,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while redis::Client::open(r.url())
+            .and_then(|c| c.get_connection())
+            .is_err()
+        {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        r
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    fn con(&self) -> redis::Connection {
+        redis::Client::open(self.url())
+            .and_then(|c| c.get_connection())
+            .expect("a connection to the test's Redis")
+    }
+
+    /// Every key in the database.
+    fn keys(&self) -> Vec<String> {
+        redis::cmd("KEYS").arg("*").query(&mut self.con()).unwrap()
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A worker node: this test binary, re-run.
+struct Node {
+    child: Child,
+}
+
+impl Node {
+    fn start(redis: &Redis, key: &[u8], slots: usize) -> Node {
+        let exe = std::env::current_exe().unwrap();
+        let child = Command::new(exe)
+            .args([
+                "--exact",
+                "cluster_node_entry",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("MULTIPROC_CLUSTER", redis.url())
+            .env("MULTIPROC_CLUSTER_KEY", std::str::from_utf8(key).unwrap())
+            .env("MULTIPROC_CLUSTER_SLOTS", slots.to_string())
+            .env("MULTIPROC_CLUSTER_LEASE_MS", LEASE.as_millis().to_string())
+            .env("MULTIPROC_CLUSTER_DRAIN_MS", "200")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        Node { child }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on the pid of our own child, not yet reaped.
+        let _ = unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// Waits for it to exit (at most `timeout`); its exit code.
+    fn wait(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s.code();
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn key() -> Key {
+    Key::new(KEY).unwrap()
+}
+
+fn pool(redis: &Redis) -> Pool {
+    Pool::builder(&redis.url())
+        .key(key())
+        .lease(LEASE)
+        .build()
+        .unwrap()
+}
+
+fn double(x: u64) -> u64 {
+    x * 2
+}
+
+#[test]
+fn a_map_over_three_nodes_gives_every_value() {
+    let redis = Redis::start();
+    let nodes: Vec<Node> = (0..3).map(|_| Node::start(&redis, KEY, 2)).collect();
+    let pool = pool(&redis);
+    let out = pool.map(double, 0..10_000u64).unwrap();
+    assert_eq!(out, (0..10_000u64).map(double).collect::<Vec<_>>());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pool.workers().len() < 3 {
+        assert!(Instant::now() < deadline, "nodes: {:?}", pool.workers());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let workers = pool.workers();
+    let mut pids: Vec<u32> = workers.iter().map(|w| w.pid).collect();
+    pids.sort();
+    let mut want: Vec<u32> = nodes.iter().map(Node::pid).collect();
+    want.sort();
+    assert_eq!(pids, want);
+    assert!(workers.iter().all(|w| w.slots == 2 && w.refused == 0));
+    drop(pool);
+    drop(nodes);
+}
+
+/// Sleeps `ms`, logs its run (one line in `dir/<pid>`), returns `x`.
+fn logged((x, ms, dir): (u64, u64, String)) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    let path = std::path::Path::new(&dir).join(std::process::id().to_string());
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
+    use std::io::Write;
+    writeln!(f, "{x}").unwrap();
+    x
+}
+
+/// Every run logged in `dir`, by input.
+fn runs(dir: &std::path::Path) -> Vec<u64> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        for line in std::fs::read_to_string(e.path()).unwrap().lines() {
+            out.push(line.parse().unwrap());
+        }
+    }
+    out.sort();
+    out
+}
+
+fn args(n: u64, ms: u64, dir: &common::TempDir) -> Vec<(u64, u64, String)> {
+    let d = dir.path().to_string_lossy().into_owned();
+    (0..n).map(|i| (i, ms, d.clone())).collect()
+}
+
+#[test]
+fn a_node_killed_mid_map_costs_only_reruns_and_a_new_node_gets_work() {
+    let redis = Redis::start();
+    let dir = common::TempDir::new("cluster-kill");
+    let nodes: Vec<Node> = (0..3).map(|_| Node::start(&redis, KEY, 1)).collect();
+    let pool = pool(&redis);
+    let n = 600;
+    let t = Instant::now();
+    let fourth = std::thread::scope(|s| {
+        let watcher = s.spawn(|| {
+            // Mid-map: kill one node, start a fourth.
+            std::thread::sleep(Duration::from_millis(700));
+            nodes[0].signal(libc::SIGKILL);
+            let fourth = Node::start(&redis, KEY, 1);
+            let pid = fourth.pid();
+            let mut busy = false;
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !busy && Instant::now() < deadline {
+                busy = pool.workers().iter().any(|w| w.pid == pid && w.busy > 0);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            (fourth, busy)
+        });
+        let out = pool.map(logged, args(n, 10, &dir)).unwrap();
+        assert_eq!(out, (0..n).collect::<Vec<_>>());
+        let (fourth, busy) = watcher.join().unwrap();
+        assert!(busy, "the node started mid-map never took work");
+        fourth
+    });
+    drop((nodes, fourth));
+    let all = runs(dir.path());
+    let mut distinct = all.clone();
+    distinct.dedup();
+    assert_eq!(distinct.len() as u64, n, "every call ran");
+    eprintln!(
+        "{n} calls in {:?}: {} runs, {} re-runs after the kill",
+        t.elapsed(),
+        all.len(),
+        all.len() as u64 - n
+    );
+}
+
+fn boom(x: u32) -> u32 {
+    if x == 3 {
+        panic!("call {x} fails on purpose");
+    }
+    x
+}
+
+fn boom_logged((x, dir): (u64, String)) -> u64 {
+    logged((x, 0, dir));
+    if x == 5 {
+        panic!("call 5 fails on purpose");
+    }
+    x
+}
+
+#[test]
+fn a_panic_is_answered_once_naming_the_node_not_retried() {
+    let redis = Redis::start();
+    let dir = common::TempDir::new("cluster-panic");
+    let _nodes: Vec<Node> = (0..2).map(|_| Node::start(&redis, KEY, 2)).collect();
+    let pool = pool(&redis);
+    let d = dir.path().to_string_lossy().into_owned();
+    let out = pool
+        .map_results(boom_logged, (0..10u64).map(|i| (i, d.clone())))
+        .unwrap();
+    for (i, r) in out.iter().enumerate() {
+        if i == 5 {
+            let e = r.as_ref().unwrap_err();
+            assert!(e.is_panic(), "{e}");
+            assert_eq!(e.panic_message(), Some("call 5 fails on purpose"));
+            assert!(matches!(e, Error::OnNode { .. }), "{e:?}");
+            assert!(e.to_string().contains("on cluster node"), "{e}");
+        } else {
+            assert_eq!(*r.as_ref().unwrap(), i as u64);
+        }
+    }
+    assert_eq!(
+        runs(dir.path()),
+        (0..10).collect::<Vec<_>>(),
+        "one run each"
+    );
+    let err = pool.apply(boom, 3).unwrap_err();
+    assert!(err.is_panic(), "{err}");
+}
+
+fn nap(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+#[test]
+fn sigterm_hands_the_nodes_leases_back_and_it_exits_zero() {
+    let redis = Redis::start();
+    let mut first = Node::start(&redis, KEY, 1);
+    let pool = pool(&redis);
+    let call = pool.apply_async(nap, 3000).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !pool
+        .workers()
+        .iter()
+        .any(|w| w.pid == first.pid() && w.busy > 0)
+    {
+        assert!(Instant::now() < deadline, "the call never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _second = Node::start(&redis, KEY, 1);
+    first.signal(libc::SIGTERM);
+    // 200 ms of drain, then the chunk is handed back and the node exits cleanly.
+    assert_eq!(first.wait(Duration::from_secs(10)), Some(0));
+    assert_eq!(call.get_timeout(Duration::from_secs(30)).unwrap(), 3000);
+}
+
+#[test]
+fn nodes_with_the_wrong_key_run_nothing_and_the_caller_says_why() {
+    let redis = Redis::start();
+    let dir = common::TempDir::new("cluster-key");
+    let _nodes: Vec<Node> = (0..2)
+        .map(|_| Node::start(&redis, b"another-key-0123456789abcdef", 1))
+        .collect();
+    let pool = pool(&redis);
+    let t = Instant::now();
+    let err = pool.map(logged, args(4, 0, &dir)).unwrap_err();
+    assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
+    assert!(matches!(err, Error::Cluster { .. }), "{err:?}");
+    assert!(err.to_string().contains("wrong key?"), "{err}");
+    assert!(
+        runs(dir.path()).is_empty(),
+        "a node with the wrong key ran a call"
+    );
+    assert!(pool.workers().iter().all(|w| w.refused > 0));
+}
+
+#[test]
+fn a_forged_message_is_dropped_and_the_work_goes_on() {
+    let redis = Redis::start();
+    let _node = Node::start(&redis, KEY, 2);
+    let pool = pool(&redis);
+    assert_eq!(pool.apply(double, 1).unwrap(), 2);
+    let calls: Vec<String> = redis::cmd("KEYS")
+        .arg("*:calls")
+        .query(&mut redis.con())
+        .unwrap();
+    assert_eq!(calls.len(), 1);
+    // Right stream, a tag that does not match.
+    let forged = vec![0u8; 64];
+    let _: String = redis::cmd("XADD")
+        .arg(&calls[0])
+        .arg("*")
+        .arg("m")
+        .arg(forged)
+        .query(&mut redis.con())
+        .unwrap();
+    assert_eq!(pool.map(double, 0..100u64).unwrap().len(), 100);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let refused = pool.workers().iter().map(|w| w.refused).sum::<u64>();
+        let left: usize = redis::cmd("XLEN")
+            .arg(&calls[0])
+            .query(&mut redis.con())
+            .unwrap();
+        if refused > 0 && left == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "refused {refused}, {left} entries left"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn redis_going_away_mid_map_is_an_error_in_seconds_not_a_hang() {
+    let mut redis = Redis::start();
+    let dir = common::TempDir::new("cluster-down");
+    let _node = Node::start(&redis, KEY, 2);
+    let pool = Pool::builder(&redis.url())
+        .key(key())
+        .lease(LEASE)
+        .unreachable_after(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let t = std::thread::scope(|s| {
+        s.spawn(|| {
+            std::thread::sleep(Duration::from_millis(500));
+            redis.stop();
+        });
+        let t = Instant::now();
+        let err = pool.map(logged, args(2000, 5, &dir)).unwrap_err();
+        assert!(matches!(err, Error::Cluster { .. }), "{err:?}");
+        assert!(err.to_string().contains("unreachable"), "{err}");
+        assert!(err.to_string().contains("127.0.0.1"), "{err}");
+        t.elapsed()
+    });
+    assert!(t < Duration::from_secs(10), "{t:?}");
+    // The pool stays usable as an object: its calls answer the same error.
+    assert!(matches!(pool.apply(double, 1), Err(Error::Cluster { .. })));
+}
+
+/// Not a test: the entry point of a caller process that submits work and waits (the
+/// test that starts it kills it).
+#[test]
+fn cluster_caller_entry() {
+    let Some(url) = std::env::var_os("MULTIPROC_TEST_CALLER") else {
+        return;
+    };
+    let pool = Pool::builder(url.to_str().unwrap())
+        .key(key())
+        .lease(LEASE)
+        .build()
+        .unwrap();
+    let _ = pool.map(nap, vec![50u64; 10_000]);
+}
+
+#[test]
+fn a_caller_killed_leaves_nothing_in_redis_after_the_expiry() {
+    let redis = Redis::start();
+    let node = Node::start(&redis, KEY, 1);
+    let mut caller = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "cluster_caller_entry",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("MULTIPROC_TEST_CALLER", redis.url())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until the node works for it, then kill it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let keys = redis.keys();
+        if keys.iter().any(|k| k.ends_with(":calls"))
+            && keys.iter().any(|k| k.ends_with(":answers"))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the caller never started: {keys:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    caller.kill().unwrap();
+    caller.wait().unwrap();
+    // Its keys expire 4 leases after its last heartbeat; the node's stay.
+    let deadline = Instant::now() + LEASE * 4 + Duration::from_secs(5);
+    loop {
+        let left: Vec<String> = redis
+            .keys()
+            .into_iter()
+            .filter(|k| !k.contains(":node"))
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "left in Redis: {left:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(node);
+}
