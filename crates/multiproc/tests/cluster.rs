@@ -486,3 +486,18 @@ fn a_caller_killed_leaves_nothing_in_redis_after_the_expiry() {
     }
     drop(node);
 }
+
+fn pipe_arg(end: multiproc::PipeEnd<u32>) -> u32 {
+    drop(end);
+    0
+}
+
+#[test]
+fn os_handles_cannot_cross_machines_and_say_so() {
+    let redis = Redis::start();
+    let pool = pool(&redis); // no node needed: the call is refused before it is sent
+    let (a, _b) = multiproc::Pipe::<u32>::new().unwrap();
+    let err = pool.apply(pipe_arg, a).unwrap_err();
+    assert!(matches!(err, Error::Encode { .. }), "{err:?}");
+    assert!(err.to_string().contains("OS handles"), "{err}");
+}
