@@ -501,3 +501,122 @@ fn os_handles_cannot_cross_machines_and_say_so() {
     assert!(matches!(err, Error::Encode { .. }), "{err:?}");
     assert!(err.to_string().contains("OS handles"), "{err}");
 }
+
+/// Not a test: a caller on another "host" (see the namespace test), printing what it got.
+#[test]
+fn cluster_netns_caller_entry() {
+    let Some(url) = std::env::var_os("MULTIPROC_TEST_NETNS_CALLER") else {
+        return;
+    };
+    let pool = Pool::builder(url.to_str().unwrap())
+        .key(key())
+        .lease(LEASE)
+        .build()
+        .unwrap();
+    let out = pool.map(double, 0..10_000u64).unwrap();
+    assert_eq!(out, (0..10_000u64).map(double).collect::<Vec<_>>());
+    let err = pool.apply(boom, 3).unwrap_err();
+    println!("panic: {err}");
+    let hosts: Vec<String> = pool.workers().iter().map(|w| w.host.clone()).collect();
+    println!("node hosts: {hosts:?}");
+    println!("netns caller: OK");
+}
+
+#[test]
+fn a_node_on_another_host_serves_a_caller_across_a_veth_pair() {
+    let Some(hosts) = common::netns::TwoHosts::try_create() else {
+        return;
+    };
+    let exe = std::env::current_exe().unwrap();
+    let dir = common::TempDir::new("cluster-netns");
+    let url = format!("redis://{}:6390/0", common::netns::TwoHosts::ADDRS[0]);
+    // Redis and the caller on host a; the node on host b.
+    let mut redis = Command::new("ip")
+        .args(["netns", "exec", &hosts.names[0], "redis-server"])
+        .args([
+            "--port",
+            "6390",
+            "--bind",
+            common::netns::TwoHosts::ADDRS[0],
+        ])
+        // Not loopback: without a password Redis refuses such clients unless told.
+        .args([
+            "--protected-mode",
+            "no",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+        ])
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !Command::new("ip")
+        .args(["netns", "exec", &hosts.names[0], "redis-cli"])
+        .args([
+            "-h",
+            common::netns::TwoHosts::ADDRS[0],
+            "-p",
+            "6390",
+            "ping",
+        ])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("PONG"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "redis-server did not start in the namespace"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut node = hosts
+        .run_in(1, &exe)
+        .args([
+            "--exact",
+            "cluster_node_entry",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("MULTIPROC_CLUSTER", &url)
+        .env("MULTIPROC_CLUSTER_KEY", std::str::from_utf8(KEY).unwrap())
+        .env("MULTIPROC_CLUSTER_SLOTS", "2")
+        .env("MULTIPROC_CLUSTER_LEASE_MS", LEASE.as_millis().to_string())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = hosts
+        .run_in(0, &exe)
+        .args([
+            "--exact",
+            "cluster_netns_caller_entry",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("MULTIPROC_TEST_NETNS_CALLER", &url)
+        .output()
+        .unwrap();
+    let _ = node.kill();
+    let _ = node.wait();
+    let _ = redis.kill();
+    let _ = redis.wait();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("netns caller: OK"), "{stdout}");
+    // The node ran on host b, and the panic's error names it.
+    let b = &hosts.names[1];
+    assert!(
+        stdout.contains(&format!("node hosts: [\"{b}\"]")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("on cluster node {b}:")),
+        "{stdout}"
+    );
+}
