@@ -460,12 +460,13 @@ impl<R> AsFd for Process<R> {
     }
 }
 
-/// The children this process started with [`Process::start`] (or a [`Builder`]) that
-/// are still running, in the order they were started: each one's pid and name (Python's
-/// `multiprocessing.active_children()`).
+/// The children this process started with [`Process::start`] (or a [`Builder`]), and
+/// the workers of its [`Pool`](crate::Pool)s, that are still running, in the order they
+/// were started: each one's pid and name (`PoolWorker-N` for a pool's) — Python's
+/// `multiprocessing.active_children()`.
 ///
-/// A child counts from its start until it ends, as long as its [`Process`] handle
-/// exists; workers of a [`Pool`](crate::Pool) belong to their pool and are not listed.
+/// A child counts from its start until it ends, as long as its [`Process`] handle (or
+/// its pool) exists.
 /// Unlike Python's, this reaps nothing: a child that ended stays a zombie until its
 /// handle is joined or dropped, because the handle owns its exit status. (Python reaps
 /// here because its handles may be forgotten; a `Process` cannot be: dropping it kills

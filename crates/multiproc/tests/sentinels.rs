@@ -191,3 +191,21 @@ fn active_children_lists_running_children_and_reaps_nothing() {
         drop(slow);
     }
 }
+
+fn pid_of_worker(_: ()) -> u32 {
+    std::process::id()
+}
+
+#[test]
+fn active_children_lists_pool_workers_too() {
+    let pool = multiproc::Pool::new(2).unwrap();
+    let worker = pool.apply(pid_of_worker, ()).unwrap();
+    let listed = active_children();
+    let entry = listed
+        .iter()
+        .find(|c| c.pid == worker)
+        .expect("the worker is listed");
+    assert!(entry.name.starts_with("PoolWorker-"), "{entry:?}");
+    drop(pool);
+    assert!(active_children().iter().all(|c| c.pid != worker));
+}

@@ -61,6 +61,8 @@ impl Proc {
             initializing: false,
             reaped: false,
         };
+        // Listed for `active_children`, as Python lists pool workers.
+        start::children::add(proc.pid, &name, proc.pidfd.as_fd());
         let hello = Request::Hello {
             version: PROTOCOL_VERSION,
             build_id: ByteBuf::from(task::build_id().to_vec()),
@@ -186,6 +188,9 @@ impl Proc {
 
     /// Reaps the worker (its pidfd was readable, or it was killed).
     pub(crate) fn reap(&mut self) -> Option<ExitStatus> {
+        if !self.reaped {
+            start::children::remove(self.pidfd.as_fd());
+        }
         self.reaped = true;
         sys::proc::wait_pidfd(&self.pidfd, true).ok().flatten()
     }
@@ -201,6 +206,7 @@ impl Drop for Proc {
     fn drop(&mut self) {
         // A worker leaves the pool reaped; this covers early exits.
         if !self.reaped {
+            start::children::remove(self.pidfd.as_fd());
             self.kill();
             let _ = sys::proc::wait_pidfd(&self.pidfd, true);
         }
