@@ -98,6 +98,9 @@ mod sync;
 mod sys;
 mod task;
 mod thread;
+/// The frame layer, public only for the fuzz target and the wire tests: not part of the
+/// API (the frame limit is, re-exported at the crate root).
+#[doc(hidden)]
 pub mod wire;
 mod worker;
 
@@ -105,7 +108,7 @@ pub use channel::{JoinableQueue, Pipe, PipeEnd, Queue, SimpleQueue};
 pub use error::{Error, ExitStatus, Result, Signal};
 pub use pool::{
     AsCompleted, AsyncResult, ChunkSize, Pool, PoolBuilder, Progress, TaskPool, Wait, Waitable,
-    as_completed, wait,
+    WorkerInfo, as_completed, wait,
 };
 pub use process::{Builder, Process, active_children};
 pub use sentinel::wait_ready;
@@ -130,7 +133,10 @@ pub mod prelude {
 /// Bootstraps multiproc; call it first in `main`.
 ///
 /// In a child started by multiproc it never returns: the process becomes a worker.
-/// With feature `mpi`, the same holds on an MPI rank other than 0 (see [`mpi`]).
+/// With feature `mpi`, the same holds on an MPI rank other than 0 (see the `mpi`
+/// module); with feature `cluster` (on by default), in a process started with
+/// `MULTIPROC_CLUSTER` set, which serves as a cluster node until SIGTERM (see
+/// [`cluster`]).
 /// (This normally happens even earlier, before `main`, from a load-time constructor.)
 /// In a parent it starts the fork server if the default start method needs one, while
 /// the program is still young; it is idempotent and cheap after the first call.

@@ -69,7 +69,7 @@ mod wait;
 pub use api::{Arg, Ret, TaskPool};
 pub use future::AsyncResult;
 pub use imap::{Imap, Indexed};
-pub use process::{Pool, PoolBuilder};
+pub use process::{Pool, PoolBuilder, WorkerInfo};
 pub use progress::{Progress, ProgressFn};
 pub use wait::{AsCompleted, Wait, Waitable, as_completed, wait};
 

@@ -39,7 +39,8 @@ impl Progress {
         Progress::default()
     }
 
-    /// A progress bar on stderr, drawn only when stderr is a terminal.
+    /// A progress bar on stderr, drawn only when stderr is a terminal (and only with
+    /// the default feature `progress-bar`; without it, nothing is drawn).
     pub fn bar() -> Self {
         Progress {
             bar: true,
@@ -62,18 +63,9 @@ impl Progress {
     }
 
     pub(crate) fn start(&self, total: Option<u64>) -> Bar {
-        let bar = (self.bar && std::io::stderr().is_terminal()).then(|| {
-            let b = match total {
-                Some(t) => indicatif::ProgressBar::new(t),
-                None => indicatif::ProgressBar::new_spinner(),
-            };
-            if let Ok(style) = indicatif::ProgressStyle::with_template(
-                "{bar:40} {pos}/{len} [{elapsed_precise} < {eta_precise}] {per_sec}",
-            ) {
-                b.set_style(style);
-            }
-            b
-        });
+        let bar = (self.bar && std::io::stderr().is_terminal())
+            .then(|| term::TermBar::new(total))
+            .flatten();
         Bar {
             bar,
             callback: self.callback.clone(),
@@ -91,9 +83,58 @@ impl std::fmt::Debug for Progress {
     }
 }
 
+/// The terminal bar: indicatif's, with feature `progress-bar`.
+#[cfg(feature = "progress-bar")]
+mod term {
+    pub(crate) struct TermBar(indicatif::ProgressBar);
+
+    impl TermBar {
+        pub(crate) fn new(total: Option<u64>) -> Option<TermBar> {
+            let b = match total {
+                Some(t) => indicatif::ProgressBar::new(t),
+                None => indicatif::ProgressBar::new_spinner(),
+            };
+            if let Ok(style) = indicatif::ProgressStyle::with_template(
+                "{bar:40} {pos}/{len} [{elapsed_precise} < {eta_precise}] {per_sec}",
+            ) {
+                b.set_style(style);
+            }
+            Some(TermBar(b))
+        }
+
+        pub(crate) fn set_position(&self, done: u64) {
+            self.0.set_position(done);
+        }
+
+        pub(crate) fn finish_and_clear(&self) {
+            self.0.finish_and_clear();
+        }
+    }
+}
+
+/// Without feature `progress-bar`, no bar is drawn.
+#[cfg(not(feature = "progress-bar"))]
+mod term {
+    pub(crate) enum TermBar {}
+
+    impl TermBar {
+        pub(crate) fn new(_total: Option<u64>) -> Option<TermBar> {
+            None
+        }
+
+        pub(crate) fn set_position(&self, _done: u64) {
+            match *self {}
+        }
+
+        pub(crate) fn finish_and_clear(&self) {
+            match *self {}
+        }
+    }
+}
+
 /// Progress of one call in flight.
 pub(crate) struct Bar {
-    bar: Option<indicatif::ProgressBar>,
+    bar: Option<term::TermBar>,
     callback: Option<ProgressFn>,
     total: Option<u64>,
 }

@@ -282,6 +282,14 @@ struct Slot {
     aborting: Option<(u64, u32, String, Option<String>)>,
 }
 
+/// What a worker's death cost: the calls it held unanswered, and how many of them run
+/// again.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Cost {
+    pub(crate) lost: usize,
+    pub(crate) retried: usize,
+}
+
 /// A chunk ready to send.
 pub(crate) struct Chunk {
     pub(crate) seq: u64,
@@ -841,13 +849,13 @@ impl Core {
     }
 
     /// Worker `id` is gone. `death` is how it ended (as the error its unanswered calls
-    /// get when they are not retried). Returns the worker's pid-independent summary:
-    /// how many calls it cost.
-    pub(crate) fn on_death(&mut self, id: WorkerId, pid: u32, death: Error) -> usize {
+    /// get when they are not retried). Returns what it cost.
+    pub(crate) fn on_death(&mut self, id: WorkerId, pid: u32, death: Error) -> Cost {
         let Some(slot) = self.slots.remove(&id) else {
-            return 0;
+            return Cost::default();
         };
         let mut lost = 0;
+        let mut retried = 0;
         for held in slot.held {
             let Some(job) = self.jobs.get_mut(&held.job) else {
                 continue;
@@ -881,6 +889,7 @@ impl Core {
                         fds: fds.iter().filter_map(|f| f.try_clone().ok()).collect(),
                         attempts: held.attempts + 1,
                     });
+                    retried += 1;
                     continue;
                 } else {
                     clone_error(&death)
@@ -891,7 +900,12 @@ impl Core {
             self.deliver(job_id, Answers::Failed(failed));
             self.remove_if_finished(job_id);
         }
-        lost
+        Cost { lost, retried }
+    }
+
+    /// What `id` has answered, and whether it holds work now: for `Pool::workers`.
+    pub(crate) fn worker_state(&self, id: WorkerId) -> Option<(usize, bool)> {
+        self.slots.get(&id).map(|s| (s.done, !s.held.is_empty()))
     }
 
     /// The pool stops at once: every call not yet answered answers

@@ -131,7 +131,7 @@ fn a_death_mid_chunk_costs_only_the_unanswered_calls() {
     let chunk = c.next_chunk(1, &limits(), Instant::now()).unwrap();
     answer(&mut c, 1, chunk.seq, 0, &[0, 1, 2, 3, 4]);
     let death = Error::Exited { pid: 7, code: 3 };
-    assert_eq!(c.on_death(1, 7, death), 3);
+    assert_eq!(c.on_death(1, 7, death).lost, 3);
     let got = drain(&mut c, job);
     assert_eq!(got.len(), 8);
     for (i, r) in got {
@@ -152,7 +152,8 @@ fn with_retries_unanswered_calls_run_again_alone() {
     c.seal(job);
     let chunk = c.next_chunk(1, &limits(), Instant::now()).unwrap();
     answer(&mut c, 1, chunk.seq, 0, &[0]);
-    c.on_death(1, 7, Error::PoolTerminated);
+    let cost = c.on_death(1, 7, Error::PoolTerminated);
+    assert_eq!((cost.lost, cost.retried), (3, 3));
     c.add_worker(2, false);
     let mut retried = Vec::new();
     while let Some(ch) = c.next_chunk(2, &limits(), Instant::now()) {
@@ -320,7 +321,7 @@ fn cancel_stops_only_workers_that_hold_nothing_else() {
     // The doomed worker gets no more work, and its death costs b nothing.
     c.submit(b, 1, nums(1));
     assert!(c.next_chunk(1, &limits(), Instant::now()).is_none());
-    assert_eq!(c.on_death(1, 7, Error::PoolTerminated), 0);
+    assert_eq!(c.on_death(1, 7, Error::PoolTerminated).lost, 0);
     assert!(c.running(b));
     // Cancelling what is already gone asks nothing of the workers.
     assert!(c.cancel(a, true).is_empty());

@@ -402,6 +402,7 @@ impl Shared {
         }
         for id in st.core.expired(Instant::now()) {
             if let Some((_, p)) = st.procs.iter().find(|(w, _)| *w == id) {
+                tracing::debug!(pid = p.pid, "pool worker past its task timeout: killing it");
                 p.kill();
             }
         }
@@ -429,6 +430,7 @@ impl Shared {
             let name = format!("PoolWorker-{}", st.spawned);
             match Proc::launch(self.settings.method, name) {
                 Ok(mut p) => {
+                    tracing::debug!(pid = p.pid, name = %p.name, "pool worker started");
                     let id = st.next_id;
                     st.next_id += 1;
                     let init = self.settings.initializer.as_ref();
@@ -464,12 +466,42 @@ impl Shared {
     /// retried or answered with how it died.
     fn reap(&self, st: &mut State, i: usize) {
         let (id, mut p) = st.procs.swap_remove(i);
+        let cancelled = st.cancel_killed.contains(&id);
         st.cancel_killed.retain(|&w| w != id);
         let death = p.death();
         if p.initializing {
             init_failed(st, death.to_string());
         }
-        st.core.on_death(id, p.pid, death);
+        let cause = death.to_string();
+        let cost = st.core.on_death(id, p.pid, death);
+        if !p.retiring || cost.lost > 0 {
+            tracing::debug!(
+                pid = p.pid,
+                lost = cost.lost,
+                retried = cost.retried,
+                cancelled,
+                "pool worker died: {cause}; it is replaced"
+            );
+        }
+    }
+
+    /// The pool's live workers, for `Pool::workers`.
+    pub(crate) fn workers(&self) -> Vec<super::WorkerInfo> {
+        let st = self.lock();
+        st.procs
+            .iter()
+            .filter(|(_, p)| !p.retiring)
+            .map(|(id, p)| {
+                let (calls, busy) = st.core.worker_state(*id).unwrap_or((0, false));
+                super::WorkerInfo {
+                    pid: p.pid,
+                    name: p.name.clone(),
+                    started: p.started,
+                    calls: calls as u64,
+                    busy,
+                }
+            })
+            .collect()
     }
 }
 

@@ -198,6 +198,24 @@ impl Pool {
         self.processes
     }
 
+    /// The live workers: pid, name, start time, calls answered, busy or idle. Workers
+    /// start with the pool's first work, so a new pool may list none yet.
+    ///
+    /// ```
+    /// use multiproc::prelude::*;
+    /// fn pid(_: ()) -> u32 { std::process::id() }
+    ///
+    /// # fn main() -> multiproc::Result<()> {
+    /// let pool = Pool::new(2)?;
+    /// let ran_on = pool.apply(pid, ())?;
+    /// let workers = pool.workers();
+    /// assert!(workers.iter().any(|w| w.pid == ran_on && w.calls >= 1));
+    /// # Ok(()) }
+    /// ```
+    pub fn workers(&self) -> Vec<WorkerInfo> {
+        self.shared.workers()
+    }
+
     /// Runs calls of `entry` on arguments encoded elsewhere (each as it came), their
     /// answers going to `sink` undecoded: how a cluster node relays a chunk it took
     /// to its local workers without knowing the task's types.
@@ -233,6 +251,21 @@ impl Pool {
             let _ = h.join();
         }
     }
+}
+
+/// One worker process of a [`Pool`], as [`Pool::workers`] reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkerInfo {
+    /// Its pid.
+    pub pid: u32,
+    /// Its name (`PoolWorker-N`, numbered in start order).
+    pub name: String,
+    /// When it started.
+    pub started: std::time::SystemTime,
+    /// Calls it has answered.
+    pub calls: u64,
+    /// Whether it holds calls now.
+    pub busy: bool,
 }
 
 /// A job's results, read by the thread that waits for them (which drives the pool

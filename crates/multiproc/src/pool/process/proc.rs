@@ -43,6 +43,8 @@ pub(crate) struct Proc {
     /// Running the pool's initializer (its answer is chunk 0).
     pub(crate) initializing: bool,
     reaped: bool,
+    pub(crate) name: String,
+    pub(crate) started: std::time::SystemTime,
 }
 
 impl Proc {
@@ -60,6 +62,8 @@ impl Proc {
             retiring: false,
             initializing: false,
             reaped: false,
+            name: name.clone(),
+            started: std::time::SystemTime::now(),
         };
         // Listed for `active_children`, as Python lists pool workers.
         start::children::add(proc.pid, &name, proc.pidfd.as_fd());
