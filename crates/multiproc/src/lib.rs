@@ -74,12 +74,29 @@
 //! the same results: a value that arrived is returned. The kernel then reaps each child
 //! itself when it exits; multiproc still learns how it ended from the child's pidfd on
 //! Linux 6.15 and later. On older kernels that status is gone, and a child that died
-//! without answering is reported as exactly that: an [`Error::Io`] saying its exit
-//! status is lost, never a guessed signal or code; [`Process::exitcode`] stays `None`
+//! without answering is reported as exactly that: [`Error::StatusLost`], never a
+//! guessed signal or code; [`Process::exitcode`] stays `None`
 //! while [`Process::is_alive`] turns `false`.
 #![deny(missing_docs)]
 // Every unsafe block lives in `sys`, each with a SAFETY comment (see its docs).
 #![deny(unsafe_code)]
+
+// Linux only: everything below needs pidfd, memfd, SOCK_SEQPACKET, PR_SET_PDEATHSIG,
+// futexes and robust process-shared mutexes. Elsewhere the build stops at this one
+// message, not at a cascade of missing calls.
+#[cfg(not(target_os = "linux"))]
+compile_error!(
+    "multiproc runs on Linux only (5.10 or later): it is built on pidfd, memfd, \
+     SOCK_SEQPACKET, PR_SET_PDEATHSIG, futexes and robust process-shared mutexes; \
+     see the README's Platform section"
+);
+
+/// Keeps every item of the crate to Linux (see the `compile_error!` above).
+macro_rules! linux_only {
+    ($($item:item)*) => { $( #[cfg(target_os = "linux")] $item )* };
+}
+
+linux_only! {
 
 mod channel;
 mod child;
@@ -98,8 +115,8 @@ mod sync;
 mod sys;
 mod task;
 mod thread;
-/// The frame layer, public only for the fuzz target and the wire tests: not part of the
-/// API (the frame limit is, re-exported at the crate root).
+// The frame layer, public only for the fuzz target and the wire tests: not part of
+// the API (the frame limit is, re-exported at the crate root).
 #[doc(hidden)]
 pub mod wire;
 mod worker;
@@ -192,3 +209,4 @@ pub fn parent_process() -> Option<ProcessInfo> {
 #[cfg(doctest)]
 #[doc = include_str!("../../../README.md")]
 struct ReadmeDoctests;
+}
