@@ -97,7 +97,7 @@ fn checks(pool: &multiproc::mpi::Pool) -> multiproc::Result<()> {
 
     // The tutorial's job: sum 0..50,000,000 split across the workers.
     let n = 50_000_000u64;
-    let parts = pool.workers() as u64;
+    let parts = pool.processes() as u64;
     let ranges: Vec<(u64, u64)> = (0..parts)
         .map(|i| (n * i / parts, n * (i + 1) / parts))
         .collect();
@@ -139,7 +139,7 @@ fn checks(pool: &multiproc::mpi::Pool) -> multiproc::Result<()> {
     done.wait();
     assert!(!done.cancel(), "cancel of a finished call");
     assert_eq!(done.get()?, 2);
-    let busy: Vec<_> = (0..pool.workers())
+    let busy: Vec<_> = (0..pool.processes())
         .map(|_| pool.apply_async(sleepy, 300))
         .collect::<Result<_>>()?;
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -179,7 +179,7 @@ fn checks(pool: &multiproc::mpi::Pool) -> multiproc::Result<()> {
 }
 
 fn bench(pool: &multiproc::mpi::Pool) -> multiproc::Result<()> {
-    let workers = pool.workers();
+    let workers = pool.processes();
     let local = Pool::new(workers)?;
     println!("| pool | workers | tiny tasks/s (200k x u32) | bulk GB/s (1 GiB in 1 MiB args) |");
     println!("|---|---|---|---|");

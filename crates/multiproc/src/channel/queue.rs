@@ -246,6 +246,9 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// Gives up putting from this process (every clone of this handle): consumers see
     /// [`Error::Closed`] once all handles everywhere have closed and the queue is
     /// drained. Getting still works.
+    ///
+    /// Consumers count too: a consumer's handle could put, so it keeps the queue open
+    /// for itself. A consumer that reads until `Closed` must close its own handle first.
     pub fn close(&self) {
         let mut tx = self.ends.tx.write().unwrap_or_else(|p| p.into_inner());
         *tx = None;

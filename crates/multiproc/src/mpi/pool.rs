@@ -174,7 +174,7 @@ impl Pool {
     }
 
     /// Number of worker ranks (the job's size minus one).
-    pub fn workers(&self) -> usize {
+    pub fn processes(&self) -> usize {
         self.ranks.len()
     }
 

@@ -143,7 +143,8 @@ impl PoolBuilder {
         self
     }
 
-    /// Starts the pool and its workers.
+    /// Starts the pool. Its workers start with its first work (see [`Pool::workers`]);
+    /// if they cannot be started, the calls answer [`Error::Initializer`].
     pub fn build(self) -> Result<Pool> {
         if let Some(reason) = self.init_error {
             return Err(Error::Encode {
