@@ -47,6 +47,7 @@ fn describe(e: &Error) -> String {
             pid,
             message,
             location,
+            ..
         } => format!("process {pid} panicked: {message} at {location:?}"),
         Error::Killed { pid, signal, .. } => format!("process {pid} was killed by {signal}"),
         Error::Exited { pid, code } => format!("process {pid} exited with code {code}"),

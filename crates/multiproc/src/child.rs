@@ -97,7 +97,7 @@ thread_local! {
     /// The position of the running call in its chunk (a `Cell`: set once per call).
     static INDEX: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
     /// The message and location of the last panic on this thread.
-    static LAST_PANIC: RefCell<Option<(String, Option<String>)>> = const { RefCell::new(None) };
+    static LAST_PANIC: RefCell<Option<Panic>> = const { RefCell::new(None) };
 }
 
 /// Records each panic of a running task for the worker loop; under `panic = "abort"`,
@@ -117,16 +117,16 @@ pub(crate) fn install_panic_hook() {
             if !in_task {
                 return previous(info);
             }
-            let message = crate::error::panic_message(info.payload());
-            let location = info.location().map(|l| l.to_string());
+            let panic = Panic::of(info);
             if cfg!(panic = "abort") {
                 CURRENT.with(|c| {
                     if let Some((sock, seq, _)) = c.borrow().as_ref() {
                         let reply = Reply::Aborting {
                             seq: *seq,
                             index: INDEX.get(),
-                            message: message.clone(),
-                            location: location.clone(),
+                            message: panic.message.clone(),
+                            location: panic.location.clone(),
+                            backtrace: panic.backtrace.clone(),
                         };
                         let mut head = Vec::new();
                         if crate::wire::message::frame_head(&reply, 0, &mut head).is_ok() {
@@ -135,9 +135,29 @@ pub(crate) fn install_panic_hook() {
                     }
                 });
             }
-            LAST_PANIC.with(|p| *p.borrow_mut() = Some((message, location)));
+            LAST_PANIC.with(|p| *p.borrow_mut() = Some(panic));
         }));
     });
+}
+
+/// What a task's panic left: its message, location, and (with `RUST_BACKTRACE`) the
+/// backtrace, captured in the hook, where the panicking frames still are.
+struct Panic {
+    message: String,
+    location: Option<String>,
+    backtrace: Option<String>,
+}
+
+impl Panic {
+    fn of(info: &std::panic::PanicHookInfo<'_>) -> Panic {
+        let bt = std::backtrace::Backtrace::capture();
+        Panic {
+            message: crate::error::panic_message(info.payload()),
+            location: info.location().map(|l| l.to_string()),
+            backtrace: (bt.status() == std::backtrace::BacktraceStatus::Captured)
+                .then(|| bt.to_string()),
+        }
+    }
 }
 
 /// Records a panic's message and location for the worker loop to report, as the
@@ -145,9 +165,8 @@ pub(crate) fn install_panic_hook() {
 /// hook.
 #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
 pub(crate) fn record_panic(info: &std::panic::PanicHookInfo<'_>) {
-    let message = crate::error::panic_message(info.payload());
-    let location = info.location().map(|l| l.to_string());
-    LAST_PANIC.with(|p| *p.borrow_mut() = Some((message, location)));
+    let panic = Panic::of(info);
+    LAST_PANIC.with(|p| *p.borrow_mut() = Some(panic));
 }
 
 /// The chunk now running on this thread, for the panic hook (`sock`: where it reports
@@ -177,10 +196,18 @@ pub(crate) fn clear_current() {
 /// The failure for a call that panicked with `payload`: the message and location the
 /// hook recorded.
 pub(crate) fn take_panic(payload: &(dyn std::any::Any + Send)) -> Failure {
-    let (message, location) = LAST_PANIC
+    let panic = LAST_PANIC
         .with(|p| p.borrow_mut().take())
-        .unwrap_or_else(|| (crate::error::panic_message(payload), None));
-    Failure::Panicked { message, location }
+        .unwrap_or_else(|| Panic {
+            message: crate::error::panic_message(payload),
+            location: None,
+            backtrace: None,
+        });
+    Failure::Panicked {
+        message: panic.message,
+        location: panic.location,
+        backtrace: panic.backtrace,
+    }
 }
 
 /// The name the parent gave this process.

@@ -123,6 +123,10 @@ pub enum Error {
         message: String,
         /// `file:line:column` of the panic.
         location: Option<String>,
+        /// The child's backtrace at the panic, when the child ran with
+        /// `RUST_BACKTRACE=1` (or `full`) — children inherit the variable. Not part of
+        /// the message; print it yourself.
+        backtrace: Option<String>,
     },
 
     /// The child was killed by a signal before it returned a result.
@@ -410,10 +414,12 @@ impl Error {
                 pid,
                 message,
                 location,
+                backtrace,
             } => Panicked {
                 pid: *pid,
                 message: message.clone(),
                 location: location.clone(),
+                backtrace: backtrace.clone(),
             },
             Killed {
                 pid,
@@ -545,6 +551,15 @@ impl Error {
     pub fn exit_code(&self) -> Option<i32> {
         match self.inner() {
             Error::Exited { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+
+    /// The child's backtrace, if the task panicked in a child run with
+    /// `RUST_BACKTRACE` set.
+    pub fn backtrace(&self) -> Option<&str> {
+        match self.inner() {
+            Error::Panicked { backtrace, .. } => backtrace.as_deref(),
             _ => None,
         }
     }

@@ -393,13 +393,17 @@ impl<R: DeserializeOwned> Process<R> {
             },
             Some((
                 Reply::Aborting {
-                    message, location, ..
+                    message,
+                    location,
+                    backtrace,
+                    ..
                 },
                 ..,
             )) => Err(Error::Panicked {
                 pid,
                 message,
                 location,
+                backtrace,
             }),
             Some((Reply::Refused { reason }, ..)) => Err(task::refusal_error(reason, pid)),
             Some((Reply::Done { answered, .. }, ..)) => Err(Error::Protocol {

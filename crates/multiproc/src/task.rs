@@ -138,10 +138,15 @@ fn bad_result<R>(e: Error) -> Failure {
 /// The error for a call (input `index`) that failed in the worker.
 pub(crate) fn failure_error(failure: Failure, pid: u32, index: usize) -> Error {
     match failure {
-        Failure::Panicked { message, location } => Error::Panicked {
+        Failure::Panicked {
+            message,
+            location,
+            backtrace,
+        } => Error::Panicked {
             pid,
             message,
             location,
+            backtrace,
         },
         Failure::BadArgs { type_name, reason } => Error::Decode {
             type_name,

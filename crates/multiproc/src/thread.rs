@@ -181,6 +181,7 @@ fn panicked(payload: Box<dyn Any + Send>) -> Error {
     Error::Panicked {
         pid: std::process::id(),
         message: crate::error::panic_message(payload.as_ref()),
+        backtrace: None,
         location: None,
     }
 }

@@ -60,6 +60,7 @@ fn panic_gives_message_and_location() {
                 pid: got,
                 message,
                 location,
+                ..
             }) => {
                 assert_eq!(got, pid, "{m}");
                 assert_eq!(message, "the answer was 7, not 42", "{m}");

@@ -80,3 +80,55 @@ fn each_case_of_the_table_comes_back_as_it_says() {
     shown("kill -9", &e);
     assert_eq!(e.signal(), Some(Signal::KILL));
 }
+
+/// Not a test: run by the test below with `RUST_BACKTRACE=1`, for every start method.
+#[test]
+fn backtrace_entry() {
+    if std::env::var_os("MULTIPROC_TEST_BACKTRACE").is_none() {
+        return;
+    }
+    for m in multiproc::StartMethod::ALL {
+        let e = Process::builder()
+            .start_method(m)
+            .start(panics, ())
+            .unwrap()
+            .join()
+            .unwrap_err();
+        let bt = e.backtrace().unwrap_or("");
+        println!(
+            "{m}: backtrace {} lines, names the task: {}",
+            bt.lines().count(),
+            bt.contains("panics")
+        );
+    }
+}
+
+#[test]
+fn with_rust_backtrace_a_panic_carries_the_childs_backtrace() {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "backtrace_entry",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("MULTIPROC_TEST_BACKTRACE", "1")
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    let lines: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.contains(": backtrace "))
+        .collect();
+    assert_eq!(lines.len(), multiproc::StartMethod::ALL.len(), "{stdout}");
+    for l in lines {
+        assert!(l.ends_with("names the task: true"), "{l}");
+    }
+    // Without RUST_BACKTRACE there is none (this process runs without it here).
+    if std::env::var_os("RUST_BACKTRACE").is_none() {
+        let e = Process::start(panics, ()).unwrap().join().unwrap_err();
+        assert_eq!(e.backtrace(), None);
+    }
+}

@@ -21,7 +21,7 @@ use serde_bytes::ByteBuf;
 use crate::error::{Error, Result};
 
 /// Bumped whenever a message changes shape.
-pub(crate) const PROTOCOL_VERSION: u32 = 2;
+pub(crate) const PROTOCOL_VERSION: u32 = 3;
 
 /// Bytes of envelope length at the start of a frame body.
 const ENVELOPE_LEN: usize = 4;
@@ -82,6 +82,7 @@ pub(crate) enum Reply {
         index: u32,
         message: String,
         location: Option<String>,
+        backtrace: Option<String>,
     },
 }
 
@@ -98,6 +99,8 @@ pub(crate) enum Failure {
     Panicked {
         message: String,
         location: Option<String>,
+        /// The child's backtrace, when `RUST_BACKTRACE` asked for one.
+        backtrace: Option<String>,
     },
     /// The worker could not decode the argument as the task's parameter type.
     BadArgs { type_name: String, reason: String },

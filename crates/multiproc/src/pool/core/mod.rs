@@ -279,7 +279,17 @@ struct Slot {
     timed_out: bool,
     /// What the panic hook reported before a `panic = "abort"` death: chunk, position,
     /// message, location.
-    aborting: Option<(u64, u32, String, Option<String>)>,
+    aborting: Option<Abort>,
+}
+
+/// What a worker's panic hook reported before a `panic = "abort"` death: which call of
+/// which chunk, and the panic.
+pub(crate) struct Abort {
+    pub(crate) seq: u64,
+    pub(crate) index: u32,
+    pub(crate) message: String,
+    pub(crate) location: Option<String>,
+    pub(crate) backtrace: Option<String>,
 }
 
 /// What a worker's death cost: the calls it held unanswered, and how many of them run
@@ -808,16 +818,9 @@ impl Core {
     }
 
     /// The panic hook of worker `id` reported a panic under `panic = "abort"`.
-    pub(crate) fn on_aborting(
-        &mut self,
-        id: WorkerId,
-        seq: u64,
-        index: u32,
-        message: String,
-        location: Option<String>,
-    ) {
+    pub(crate) fn on_aborting(&mut self, id: WorkerId, abort: Abort) {
         if let Some(s) = self.slots.get_mut(&id) {
-            s.aborting = Some((seq, index, message, location));
+            s.aborting = Some(abort);
         }
     }
 
@@ -870,15 +873,16 @@ impl Core {
                         what: format!("call {index} of a pool job on worker {pid}"),
                         timeout: self.cfg.task_timeout.unwrap_or_default(),
                     }
-                } else if let Some((_, _, message, location)) = slot
+                } else if let Some(a) = slot
                     .aborting
                     .as_ref()
-                    .filter(|(seq, at, ..)| *seq == held.seq && *at as usize == pos)
+                    .filter(|a| a.seq == held.seq && a.index as usize == pos)
                 {
                     Error::Panicked {
                         pid,
-                        message: message.clone(),
-                        location: location.clone(),
+                        message: a.message.clone(),
+                        location: a.location.clone(),
+                        backtrace: a.backtrace.clone(),
                     }
                 } else if held.attempts < self.cfg.retries
                     && let Some((bytes, fds)) = kept.as_mut()

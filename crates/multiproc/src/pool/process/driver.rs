@@ -694,8 +694,16 @@ fn handle_frame(
             index,
             message,
             location,
+            backtrace,
         } => {
-            st.core.on_aborting(id, seq, index, message, location);
+            let abort = crate::pool::core::Abort {
+                seq,
+                index,
+                message,
+                location,
+                backtrace,
+            };
+            st.core.on_aborting(id, abort);
             Ok(())
         }
         Reply::Refused { reason } => {
