@@ -9,6 +9,7 @@
 //! and list it in [`workloads`].
 
 mod apply;
+mod cluster;
 mod ipc;
 mod latency;
 mod memory;
@@ -44,7 +45,9 @@ pub struct BenchArgs {
 
     /// Run only the workloads with these names (repeatable): "start+join",
     /// "tiny tasks", "tutorial job", "apply round trip", "256 MiB values", "zlib",
-    /// "bandwidth", "round trip", "256 MiB hand-off", "map memory".
+    /// "bandwidth", "round trip", "256 MiB hand-off", "cluster tiny calls",
+    /// "cluster tutorial job", "cluster node loss", "map memory"; or "cluster" for the
+    /// three cluster workloads (they need redis-server on the PATH).
     #[arg(long = "only", value_name = "WORKLOAD")]
     only: Vec<String>,
 }
@@ -115,6 +118,20 @@ pub trait Workload {
     fn reference(&self) -> &'static str;
     /// The cases, in the order of the table.
     fn cases(&self) -> Vec<Case>;
+    /// A name shared with related workloads, which `--only` also accepts.
+    fn group(&self) -> Option<&'static str> {
+        None
+    }
+    /// Why the workload cannot run on this machine (a program it needs is missing), if
+    /// so: it is then skipped with that note, as Python rows are without `python3`.
+    fn unavailable(&self) -> Option<String> {
+        None
+    }
+    /// Starts what the cases need (servers), before [`cases`](Workload::cases); an
+    /// error ends the benchmark, as a failed repetition does.
+    fn setup(&self) -> Result<(), Box<dyn Error>> {
+        Ok(())
+    }
     /// At most this many timed repetitions (and one untimed), for workloads whose
     /// repetition takes seconds; `None` follows `--iters`.
     fn max_iters(&self) -> Option<u64> {
@@ -191,6 +208,9 @@ fn workloads() -> Vec<Box<dyn Workload>> {
         Box::new(ipc::Bandwidth),
         Box::new(ipc::RoundTrip),
         Box::new(ipc::Handoff),
+        Box::new(cluster::TinyCalls::default()),
+        Box::new(cluster::TutorialJob::default()),
+        Box::new(cluster::NodeLoss::default()),
     ]
 }
 
@@ -250,6 +270,11 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, Box<dyn Error>> {
     let workloads = workloads();
     let mut names: Vec<&str> = workloads.iter().map(|w| w.name()).collect();
     names.push(memory::NAME);
+    for group in workloads.iter().filter_map(|w| w.group()) {
+        if !names.contains(&group) {
+            names.push(group);
+        }
+    }
     if let Some(unknown) = args.only.iter().find(|o| !names.contains(&o.as_str())) {
         return Err(format!(
             "no workload named {unknown:?}; there are: {}",
@@ -258,8 +283,17 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, Box<dyn Error>> {
         .into());
     }
     let selected = |name: &str| args.only.is_empty() || args.only.iter().any(|o| o == name);
+    // Workloads that cannot run here, by reason (one note for a group).
+    let mut skipped: Vec<(String, Vec<&str>)> = Vec::new();
     for w in &workloads {
-        if !selected(w.name()) {
+        if !selected(w.name()) && !w.group().is_some_and(selected) {
+            continue;
+        }
+        if let Some(why) = w.unavailable() {
+            match skipped.iter_mut().find(|(w, _)| *w == why) {
+                Some((_, names)) => names.push(w.name()),
+                None => skipped.push((why, vec![w.name()])),
+            }
             continue;
         }
         let (iters, warmup) = match w.max_iters() {
@@ -267,6 +301,9 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, Box<dyn Error>> {
             None => (args.iters, args.warmup),
         };
         report.workloads.push(measure(&**w, iters, warmup)?);
+    }
+    for (why, names) in &skipped {
+        eprintln!("bench: skipped {}: {why}", names.join(", "));
     }
     if selected(memory::NAME) {
         report.memory = Some(memory::measure()?);
@@ -281,6 +318,8 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, Box<dyn Error>> {
 
 /// Runs a workload's cases round-robin: `warmup` untimed rounds, then `iters` timed.
 fn measure(w: &dyn Workload, iters: u64, warmup: u64) -> Result<WorkloadReport, Box<dyn Error>> {
+    w.setup()
+        .map_err(|e| format!("{}: setting up: {e}", w.name()))?;
     let mut cases = w.cases();
     let fail = |case: &Case, e: Box<dyn Error>| format!("{} / {}: {e}", w.name(), case.name);
     for i in 0..warmup {

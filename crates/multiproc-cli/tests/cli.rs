@@ -200,3 +200,53 @@ fn demo_pool_mode_gets_the_right_total() {
     assert!(stdout.contains("Pool of 2 worker processes"), "{stdout}");
     assert_eq!(stdout.matches("total: 999999000000").count(), 4, "{stdout}");
 }
+
+fn redis_server_on_path() -> bool {
+    Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+#[test]
+fn bench_cluster_runs_beside_the_local_pool_and_cleans_up() {
+    let out = multiproc(&[
+        "bench", "--iters", "1", "--warmup", "0", "--json", "--only", "cluster",
+    ]);
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("valid JSON");
+    let workloads = report["workloads"].as_array().expect("workloads");
+    if !redis_server_on_path() {
+        assert!(workloads.is_empty(), "{report}");
+        assert!(stderr.contains("no redis-server on the PATH"), "{stderr}");
+        return;
+    }
+    let names: Vec<&str> = workloads
+        .iter()
+        .map(|w| w["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "cluster tiny calls",
+            "cluster tutorial job",
+            "cluster node loss"
+        ]
+    );
+    for w in workloads {
+        let rows = w["rows"].as_array().expect("rows");
+        assert_eq!(rows.len(), 2, "{w}");
+        let reference = rows.iter().find(|r| r["name"] == w["reference"]);
+        assert_eq!(reference.expect("reference row")["ratio"], 1.0, "{w}");
+        assert!(rows.iter().all(|r| r["median_us"].as_f64().unwrap() > 0.0));
+    }
+    // Losing a node costs at least its lease (1 s).
+    let kill = &workloads[2]["rows"][1];
+    assert!(kill["name"].as_str().unwrap().contains("SIGKILL"), "{kill}");
+    assert!(kill["median_us"].as_f64().unwrap() >= 1e6, "{kill}");
+    assert!(
+        !stderr.contains("keys left") && !stderr.contains("did not stop"),
+        "{stderr}"
+    );
+}

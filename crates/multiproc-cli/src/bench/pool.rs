@@ -25,12 +25,12 @@ pub fn started_pool(workers: usize) -> multiproc::Result<Pool> {
     Ok(pool)
 }
 
-const TINY: u64 = 200_000;
+pub const TINY: u64 = 200_000;
 pub const RAYON: &str = "rayon par_iter";
 const PY_AUTO: &str = "Python Pool.map, auto chunks";
 const PY_ONE: &str = "Python Pool.map, chunksize=1";
 
-fn check_doubles(out: &[u64]) -> Result<(), Box<dyn Error>> {
+pub fn check_doubles(out: &[u64]) -> Result<(), Box<dyn Error>> {
     if out.len() as u64 == TINY && out.iter().enumerate().all(|(i, &v)| v == 2 * i as u64) {
         Ok(())
     } else {
@@ -38,7 +38,7 @@ fn check_doubles(out: &[u64]) -> Result<(), Box<dyn Error>> {
     }
 }
 
-fn timed_map(f: impl Fn() -> multiproc::Result<Vec<u64>>) -> CaseResult {
+pub fn timed_map(f: impl Fn() -> multiproc::Result<Vec<u64>>) -> CaseResult {
     let t = Instant::now();
     let out = f()?;
     let d = t.elapsed();
@@ -145,11 +145,11 @@ impl Workload for TinyTasks {
 
 const SEQUENTIAL: &str = "sequential";
 /// The tutorial's job: two sums of 0..50,000,000.
-const N: u64 = 50_000_000;
-const RUNS: u64 = 2;
+pub const N: u64 = 50_000_000;
+pub const RUNS: u64 = 2;
 
 /// The tutorial's two runs of 0..N, cut into `pieces` ranges in all.
-fn split(pieces: u64) -> Vec<(u64, u64)> {
+pub fn split(pieces: u64) -> Vec<(u64, u64)> {
     let per_run = pieces.div_ceil(RUNS).max(1);
     let step = N.div_ceil(per_run);
     (0..RUNS)
@@ -157,7 +157,7 @@ fn split(pieces: u64) -> Vec<(u64, u64)> {
         .collect()
 }
 
-fn timed_sum(f: impl FnOnce() -> Result<u64, Box<dyn Error>>) -> CaseResult {
+pub fn timed_sum(f: impl FnOnce() -> Result<u64, Box<dyn Error>>) -> CaseResult {
     let want = expected_total(N, RUNS).ok_or("total overflows")?;
     let t = Instant::now();
     let got = f()?;
