@@ -197,7 +197,10 @@ impl Control for ThreadJob {
     /// thrown away.
     fn cancel(&self, job: u64, _stop_running: bool) {
         self.flags.cancelled.store(true, Ordering::Relaxed);
-        self.shared.lock().jobs.remove(&job);
+        // Dropped after the lock: the last `Deliver` ends its sink, which may run
+        // callbacks that use this pool.
+        let removed = self.shared.lock().jobs.remove(&job);
+        drop(removed);
     }
 
     fn running(&self, _job: u64) -> bool {
@@ -218,6 +221,8 @@ impl ThreadPool {
     fn open_with<R: Ret>(&self, deliver: Deliver<R>) -> Result<(u64, Arc<JobFlags>)> {
         let mut st = self.shared.lock();
         if st.closed {
+            drop(st);
+            drop(deliver); // outside the lock (see `ThreadJob::cancel`)
             return Err(Error::PoolClosed);
         }
         let id = self.next_job.fetch_add(1, Ordering::Relaxed);
@@ -312,15 +317,17 @@ impl Backend for ThreadPool {
     }
 
     fn seal(&self, job: u64) {
-        if let Some((tx, flag)) = self.shared.lock().jobs.remove(&job) {
-            drop((tx, flag));
-        }
+        // Dropped after the lock (see `ThreadJob::cancel`).
+        let removed = self.shared.lock().jobs.remove(&job);
+        drop(removed);
     }
 
     fn cancel(&self, job: u64, _stop_running: bool) {
-        if let Some((_, flags)) = self.shared.lock().jobs.remove(&job) {
+        let removed = self.shared.lock().jobs.remove(&job);
+        if let Some((_, flags)) = &removed {
             flags.cancelled.store(true, Ordering::Relaxed);
         }
+        drop(removed);
     }
 
     fn parallelism(&self) -> usize {
@@ -347,9 +354,12 @@ impl TaskPool for ThreadPool {
     fn terminate(&self) {
         let mut st = self.shared.lock();
         st.closed = true;
-        st.queue.clear();
-        st.jobs.clear();
+        // Dropped after the lock: the last `Deliver` of a job ends its sink, which may
+        // run callbacks that use this pool.
+        let queued = std::mem::take(&mut st.queue);
+        let jobs = std::mem::take(&mut st.jobs);
         drop(st);
+        drop((queued, jobs));
         self.shared.work.notify_all();
     }
 

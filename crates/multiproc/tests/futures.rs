@@ -313,3 +313,72 @@ fn handles_can_be_awaited_from_tokio_and_from_futures_executor() {
         Err(Error::Cancelled)
     ));
 }
+
+#[test]
+fn a_callback_may_wait_on_a_handle_answered_in_the_same_round() {
+    // Two handles answered together; the first one's callback waits on the second.
+    let pool = std::sync::Arc::new(Pool::new(2).unwrap());
+    for _ in 0..20 {
+        let h1 = pool.apply_async(inc, 1).unwrap();
+        let h2 = pool.apply_async(inc, 2).unwrap();
+        let (tx, rx) = mpsc::channel();
+        h1.on_done(move |r| {
+            let second = h2.get().unwrap();
+            tx.send((*r.as_ref().unwrap(), second)).unwrap();
+        });
+        h1.detach();
+        assert_eq!(rx.recv_timeout(LIMIT).unwrap(), (2, 3));
+    }
+}
+
+#[test]
+fn a_cancel_from_another_thread_wakes_a_waiter_that_leads_the_pool() {
+    let pool = Pool::new(1).unwrap();
+    let busy = pool.apply_async(nap, 2_000).unwrap();
+    let queued = pool.apply_async(nap, 0).unwrap();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            std::thread::sleep(Duration::from_millis(100));
+            assert!(queued.cancel());
+        });
+        let t = Instant::now();
+        queued.wait();
+        assert!(
+            t.elapsed() < Duration::from_millis(1_500),
+            "{:?}",
+            t.elapsed()
+        );
+    });
+    assert!(busy.cancel());
+}
+
+/// Fails at once if `fail`, else as `counted`.
+fn fail_or_count((fail, started, ended, ms): (bool, Value<u64>, Value<u64>, u64)) -> u64 {
+    assert!(!fail, "failing on purpose");
+    counted((started, ended, ms))
+}
+
+#[test]
+fn a_map_handle_that_failed_early_cancels_the_rest_when_dropped() {
+    let pool = Pool::new(2).unwrap();
+    pool.apply(inc, 0).unwrap();
+    let (started, ended) = (Value::new(0u64).unwrap(), Value::new(0u64).unwrap());
+    let args: Vec<_> = (0..40)
+        .map(|i| (i == 0, started.clone(), ended.clone(), 50))
+        .collect();
+    let t = Instant::now();
+    let h = pool.map_async(fail_or_count, args).unwrap();
+    assert!(h.get().unwrap_err().is_panic());
+    // The other 39 calls (about 1 s on 2 workers) do not all run: the drop cancelled them.
+    drop(pool);
+    assert!(
+        t.elapsed() < Duration::from_millis(900),
+        "{:?}",
+        t.elapsed()
+    );
+    assert!(
+        started.load() < 39,
+        "{} calls ran after the failure",
+        started.load()
+    );
+}

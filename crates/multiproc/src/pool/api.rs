@@ -41,6 +41,9 @@ pub(crate) mod sealed {
         fn drive(&self, _done: &dyn Fn() -> bool, _deadline: Option<Instant>) -> bool {
             false
         }
+        /// A handle completed without an answer of the pool's (a cancel): threads
+        /// that wait on it through the pool must look again.
+        fn wake(&self) {}
     }
 
     /// What one wait for a job's results gave.

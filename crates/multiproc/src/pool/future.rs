@@ -472,8 +472,8 @@ impl<T: Send + 'static> AsyncResult<T> {
 
     /// Cancels the work: calls still queued are removed; a call already running has
     /// its worker killed and replaced (process pool). A thread cannot be killed, nor
-    /// one MPI rank stopped: there a running call runs to its end and its answer is
-    /// thrown away. [`get`](AsyncResult::get) then returns [`Error::Cancelled`].
+    /// one MPI rank stopped, nor a call on a cluster node reached: there a running call
+    /// runs to its end and its answer is thrown away. [`get`](AsyncResult::get) then returns [`Error::Cancelled`].
     ///
     /// Returns `false` (and changes nothing) if the result was already there.
     ///
@@ -500,7 +500,9 @@ impl<T: Send + 'static> AsyncResult<T> {
         }
         // Stop the work first, so that no answer races the cancel needlessly.
         self.control.cancel(self.job, true);
-        self.c.complete(Err(Error::Cancelled), true)
+        let won = self.c.complete(Err(Error::Cancelled), true);
+        self.control.wake();
+        won
     }
 
     /// Lets the work run to its end with nobody waiting for it (fire and forget);
@@ -512,7 +514,11 @@ impl<T: Send + 'static> AsyncResult<T> {
     /// Runs `f` once with the result when it is there: on the thread that drives the
     /// pool at that moment (the pool's background thread, or a thread waiting on the
     /// pool), or right away on this thread if the result is already there. Also run
-    /// with [`Error::Cancelled`] on cancel. Keep it short: the pool waits for it.
+    /// with [`Error::Cancelled`] on cancel. Keep it short: the pool waits for it. It may
+    /// submit work to any pool, and wait on a process pool (the thread leads it
+    /// meanwhile), but not wait on the pool that runs it otherwise (a `ThreadPool`, or
+    /// an MPI or cluster pool, whose one driving thread it runs on): that waits for
+    /// itself.
     ///
     /// A callback that panics does not harm the pool: the panic is reported (a
     /// `tracing` error event, and [`callback_panic`](AsyncResult::callback_panic)).
@@ -571,9 +577,15 @@ impl<T: Send + 'static> AsyncResult<T> {
 
 impl<T> Drop for AsyncResult<T> {
     fn drop(&mut self) {
-        if !self.detached && !matches!(self.c.lock().outcome, Outcome::Ready(_) | Outcome::Taken) {
-            self.control.cancel(self.job, false);
+        if self.detached {
+            return;
+        }
+        // Also for a handle that completed: a map that failed early has calls left,
+        // nobody wants them (cancelling a finished job does nothing).
+        self.control.cancel(self.job, false);
+        if !matches!(self.c.lock().outcome, Outcome::Ready(_) | Outcome::Taken) {
             self.c.complete(Err(Error::Cancelled), true);
+            self.control.wake();
         }
     }
 }

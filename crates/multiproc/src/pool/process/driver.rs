@@ -62,6 +62,11 @@ pub(crate) struct State {
     /// Workers killed to stop a cancelled call, not yet reaped: someone must lead
     /// until they are (and replaced).
     cancel_killed: Vec<WorkerId>,
+    /// Deliveries taken from the core and not yet handed over: handed over one at a
+    /// time, so that a callback that waits on another handle (leading the pool from
+    /// inside the hand-over) finds that handle's answers here, not stuck further up its
+    /// own stack.
+    due: std::collections::VecDeque<crate::pool::core::Delivery>,
 }
 
 thread_local! {
@@ -103,6 +108,7 @@ impl Shared {
                 init_failures: 0,
                 init_ok: false,
                 cancel_killed: Vec::new(),
+                due: std::collections::VecDeque::new(),
             }),
             follow: Condvar::new(),
             background: Condvar::new(),
@@ -168,23 +174,43 @@ impl Shared {
     /// Hands over what is due to the jobs' sinks (async handles), outside the lock:
     /// a sink decodes, and may run callbacks that call into the pool.
     pub(crate) fn settle<'a>(&'a self, st: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
-        let due = {
-            let mut st = st;
-            let due = st.core.take_deliveries();
-            if due.is_empty() {
-                return st;
-            }
-            due
-        };
-        for d in due {
+        self.settle_counted(st).0
+    }
+
+    /// [`Shared::settle`], saying whether anything was handed over.
+    fn settle_counted<'a>(
+        &'a self,
+        mut st: MutexGuard<'a, State>,
+    ) -> (MutexGuard<'a, State>, bool) {
+        let mut handed = false;
+        loop {
+            let fresh = st.core.take_deliveries();
+            st.due.extend(fresh);
+            let Some(d) = st.due.pop_front() else {
+                break;
+            };
+            drop(st);
             d.hand_over();
+            handed = true;
+            st = self.lock();
         }
-        let st = self.lock();
-        if st.waiting > 0 {
+        if handed && st.waiting > 0 {
             // A follower may wait on a handle just completed.
             self.follow.notify_all();
         }
-        st
+        (st, handed)
+    }
+
+    /// A handle completed outside the pool's own answers (a cancel): whoever waits on
+    /// it by leading or following the pool must look again.
+    pub(crate) fn wake_waiters(&self) {
+        let st = self.lock();
+        if st.leader && st.polling {
+            self.wake();
+        }
+        if st.waiting > 0 {
+            self.follow.notify_all();
+        }
     }
 
     /// Stops the running calls of a cancelled job: kills the workers that hold only
@@ -345,6 +371,13 @@ impl Shared {
             return self.settle(st);
         }
         if st.stopped {
+            return st;
+        }
+        // Deliveries still due (a callback of this thread's hand-over may lead here,
+        // waiting on one of them): hand them over before waiting on anything.
+        let (g, handed) = self.settle_counted(st);
+        st = g;
+        if handed {
             return st;
         }
         let before = st.core.outstanding();

@@ -387,6 +387,10 @@ impl Control for Shared {
         Shared::drive(self, deadline, |_| done().then_some(()));
         true
     }
+
+    fn wake(&self) {
+        self.wake_waiters();
+    }
 }
 
 impl TaskPool for Pool {
