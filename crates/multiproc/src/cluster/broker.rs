@@ -144,16 +144,17 @@ impl Broker {
     }
 
     /// Reads new entries of `streams` for `consumer` of the group, waiting at most
-    /// `block` for some.
+    /// `block` for some. `None`: one of the streams (or its group) is gone, and the
+    /// read failed for all of them (the caller prunes its list).
     pub(crate) fn read_group(
         &mut self,
         consumer: &str,
         streams: &[String],
         count: usize,
         block: Duration,
-    ) -> Result<Vec<(String, StreamId)>> {
+    ) -> Result<Option<Vec<(String, StreamId)>>> {
         if streams.is_empty() || count == 0 {
-            return Ok(Vec::new());
+            return Ok(Some(Vec::new()));
         }
         let mut cmd = redis::cmd("XREADGROUP");
         cmd.arg("GROUP")
@@ -172,9 +173,9 @@ impl Broker {
         }
         let reply: redis::RedisResult<Option<StreamReadReply>> = cmd.query(&mut self.con);
         match reply {
-            Ok(r) => Ok(flatten(r)),
-            // A stream (or its group) that expired since the list was made: skip it.
-            Err(e) if e.code() == Some("NOGROUP") => Ok(Vec::new()),
+            Ok(r) => Ok(Some(flatten(r))),
+            // A stream (or its group) that expired since the list was made.
+            Err(e) if e.code() == Some("NOGROUP") => Ok(None),
             Err(e) => Err(self.fail("cannot read calls", e)),
         }
     }
@@ -222,6 +223,28 @@ impl Broker {
             Ok(r) => Ok(r),
             Err(e) if e.code() == Some("NOGROUP") => Ok(StreamPendingCountReply::default()),
             Err(e) => Err(self.fail("cannot list expired leases", e)),
+        }
+    }
+
+    /// The entries of `stream` leased to `consumer` now (at most `count`).
+    pub(crate) fn owned(
+        &mut self,
+        stream: &str,
+        consumer: &str,
+        count: usize,
+    ) -> Result<Vec<String>> {
+        let r: redis::RedisResult<StreamPendingCountReply> = redis::cmd("XPENDING")
+            .arg(stream)
+            .arg(GROUP)
+            .arg("-")
+            .arg("+")
+            .arg(count)
+            .arg(consumer)
+            .query(&mut self.con);
+        match r {
+            Ok(r) => Ok(r.ids.into_iter().map(|p| p.id).collect()),
+            Err(e) if e.code() == Some("NOGROUP") => Ok(Vec::new()),
+            Err(e) => Err(self.fail("cannot list leases", e)),
         }
     }
 

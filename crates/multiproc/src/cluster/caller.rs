@@ -7,6 +7,7 @@
 //! Which node runs a chunk, and which runs it again when a node is lost, is the
 //! leases' business (see [`node`](super::node)).
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -138,11 +139,7 @@ impl PoolBuilder {
         let mut redis = Broker::connect(&self.url, Duration::from_secs(5))?;
         let address = redis.address.clone();
         let host = super::hostname();
-        let caller = format!(
-            "{host}-{}-{:x}",
-            std::process::id(),
-            broker::now_ms() ^ (Instant::now().elapsed().as_nanos() as u64)
-        );
+        let caller = format!("{host}-{}-{:016x}", std::process::id(), random_u64());
         let keys = Keys::new(&crate::task::hex(crate::task::build_id()));
         redis.ensure_group(&keys.calls(&caller))?;
         // The answers stream must exist: nodes add to it only if it does (so that the
@@ -234,6 +231,15 @@ impl Pool {
     }
 }
 
+/// 64 random bits (std's per-process random hash keys, drawn from the OS), so that two
+/// callers never share a name: same host name and pid (containers), same millisecond.
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(broker::now_ms());
+    h.finish()
+}
+
 struct Settings {
     url: String,
     key: Key,
@@ -285,6 +291,12 @@ fn heartbeat(b: &mut Broker, s: &Settings) -> Result<()> {
     b.pipe("cannot renew the caller's keys", &p)
 }
 
+/// Slots a node may claim, at most: its info is not signed (see the node's
+/// heartbeat), and lanes are allocated from it.
+const MAX_SLOTS_PER_NODE: u32 = 1024;
+/// Lanes at most, whatever the nodes say.
+const MAX_LANES: usize = 1 << 14;
+
 /// The live nodes' info (unsigned: informational; see the node's heartbeat).
 fn read_nodes(b: &mut Broker, s: &Settings) -> Result<Vec<NodeInfo>> {
     let since = broker::now_ms().saturating_sub((s.lease * 3).as_millis() as u64);
@@ -300,86 +312,98 @@ fn read_nodes(b: &mut Broker, s: &Settings) -> Result<Vec<NodeInfo>> {
     }
     let keys: Vec<String> = names.iter().map(|n| s.keys.node(n)).collect();
     let raw: Vec<Option<Vec<u8>>> = b.run("cannot read nodes", redis::cmd("MGET").arg(&keys))?;
-    Ok(keys
-        .iter()
-        .zip(raw)
-        .filter_map(|(_, v)| postcard::from_bytes::<NodeInfo>(v.as_deref()?).ok())
+    Ok(raw
+        .into_iter()
+        .filter_map(|v| postcard::from_bytes::<NodeInfo>(v.as_deref()?).ok())
+        .map(|mut n| {
+            n.slots = n.slots.min(MAX_SLOTS_PER_NODE);
+            n
+        })
         .collect())
 }
 
-/// The driver's view of whether nodes accept its work.
-struct Acceptance {
+/// The driving thread's state between rounds.
+struct Driver<'a> {
+    s: Settings,
+    shared: &'a Shared,
+    status: &'a Mutex<Status>,
+    calls: String,
+    answers: String,
+    lanes: usize,
+    last_id: String,
+    beat_at: Instant,
+    nodes_at: Instant,
     /// When the caller last heard an answer, or started waiting for one.
     heard: Instant,
+    /// Every chunk added and not answered, signed as sent, by (lane, sequence): sent
+    /// again after Redis failed (an add may have been lost, or a Redis without
+    /// persistence restarted empty). A second copy is harmless: the first answer counts.
+    in_flight: HashMap<(u64, u64), Vec<u8>>,
+    resend: bool,
 }
 
 fn drive(s: Settings, redis: Broker, shared: &Shared, status: &Mutex<Status>) {
+    let mut d = Driver {
+        calls: s.keys.calls(&s.caller),
+        answers: s.keys.answers(&s.caller),
+        s,
+        shared,
+        status,
+        lanes: 0,
+        last_id: "0-0".to_owned(),
+        beat_at: Instant::now(),
+        nodes_at: Instant::now() - Duration::from_secs(60),
+        heard: Instant::now(),
+        in_flight: HashMap::new(),
+        resend: false,
+    };
+    d.add_lanes(MIN_LANES);
     let mut redis = Some(redis);
     let mut down_since: Option<(Instant, String)> = None;
-    let mut lanes = 0usize;
-    let mut last_id = "0-0".to_owned();
-    let mut beat_at = Instant::now();
-    let mut nodes_at = Instant::now() - Duration::from_secs(60);
-    let mut acceptance = Acceptance {
-        heard: Instant::now(),
-    };
-    let calls = s.keys.calls(&s.caller);
-    let answers = s.keys.answers(&s.caller);
-    {
-        let mut st = shared.lock();
-        while lanes < MIN_LANES {
-            st.core.add_worker(lanes as u64, false);
-            lanes += 1;
-        }
-    }
+    let mut backoff = Duration::from_millis(50);
     loop {
         shared.settle();
         let Some(b) = redis.as_mut() else {
-            match Broker::connect(&s.url, Duration::from_secs(1)) {
+            match Broker::connect(&d.s.url, Duration::from_secs(1)) {
                 Ok(b) => {
-                    tracing::info!(address = %s.address, "reconnected to Redis");
+                    tracing::info!(address = %d.s.address, "reconnected to Redis");
                     redis = Some(b);
-                    down_since = None;
                 }
                 Err(e) => {
-                    if give_up(shared, &s, &mut down_since, &e) {
+                    if give_up(shared, &d.s, &mut down_since, &e) {
                         break;
                     }
-                    std::thread::sleep(Duration::from_millis(100));
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
                 }
             }
             continue;
         };
-        match turn(
-            &s,
-            b,
-            shared,
-            status,
-            &mut lanes,
-            &mut last_id,
-            &calls,
-            &answers,
-            &mut beat_at,
-            &mut nodes_at,
-            &mut acceptance,
-        ) {
+        match d.turn(b) {
             Ok(true) => break,
-            Ok(false) => down_since = None,
+            Ok(false) => {
+                // Only a whole round that worked says Redis is back.
+                down_since = None;
+                backoff = Duration::from_millis(50);
+            }
             Err(e) => {
-                tracing::warn!(address = %s.address, "{e}");
+                tracing::warn!(address = %d.s.address, "{e}");
                 redis = None;
-                if give_up(shared, &s, &mut down_since, &e) {
+                d.resend = true;
+                if give_up(shared, &d.s, &mut down_since, &e) {
                     break;
                 }
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(1));
             }
         }
     }
     if let Some(b) = redis.as_mut() {
         let mut p = redis::pipe();
-        for k in [s.keys.alive(&s.caller), calls.clone(), answers.clone()] {
+        for k in [d.s.keys.alive(&d.s.caller), d.calls.clone(), d.answers.clone()] {
             p.cmd("DEL").arg(k).ignore();
         }
-        p.cmd("ZREM").arg(s.keys.callers()).arg(&s.caller).ignore();
+        p.cmd("ZREM").arg(d.s.keys.callers()).arg(&d.s.caller).ignore();
         let _ = b.pipe::<()>("cannot remove the caller's keys", &p);
     }
     let mut st = shared.lock();
@@ -424,178 +448,216 @@ fn give_up(
     true
 }
 
-/// One round: heartbeat, chunks out, answers in. `Ok(true)`: the pool is done.
-#[allow(clippy::too_many_arguments)]
-fn turn(
-    s: &Settings,
-    b: &mut Broker,
-    shared: &Shared,
-    status: &Mutex<Status>,
-    lanes: &mut usize,
-    last_id: &mut String,
-    calls: &str,
-    answers: &str,
-    beat_at: &mut Instant,
-    nodes_at: &mut Instant,
-    acceptance: &mut Acceptance,
-) -> Result<bool> {
-    if beat_at.elapsed() >= s.lease / 3 {
-        heartbeat(b, s)?;
-        *beat_at = Instant::now();
+impl Driver<'_> {
+    fn add_lanes(&mut self, want: usize) {
+        let want = want.min(MAX_LANES);
+        let mut st = self.shared.lock();
+        while self.lanes < want {
+            st.core.add_worker(self.lanes as u64, false);
+            self.lanes += 1;
+        }
     }
-    if nodes_at.elapsed() >= Duration::from_secs(1) {
-        let nodes = read_nodes(b, s)?;
-        let slots: usize = nodes.iter().map(|n| n.slots as usize).sum();
+
+    /// One round: heartbeat, chunks out, answers in. `Ok(true)`: the pool is done.
+    fn turn(&mut self, b: &mut Broker) -> Result<bool> {
+        let s = &self.s;
+        if self.resend {
+            // After a failure: the streams may be gone (a Redis restarted without
+            // persistence), and adds may have been lost.
+            b.ensure_group(&self.calls)?;
+            b.ensure_group(&self.answers)?;
+            heartbeat(b, s)?;
+            let mut p = redis::pipe();
+            for msg in self.in_flight.values() {
+                p.cmd("XADD").arg(&self.calls).arg("*").arg("m").arg(msg).ignore();
+            }
+            b.pipe::<()>("cannot add chunks again", &p)?;
+            self.resend = false;
+        }
+        if self.beat_at.elapsed() >= s.lease / 3 {
+            heartbeat(b, s)?;
+            self.beat_at = Instant::now();
+        }
+        if self.nodes_at.elapsed() >= Duration::from_secs(1) {
+            let nodes = read_nodes(b, s)?;
+            let slots: usize = nodes.iter().map(|n| n.slots as usize).sum();
+            self.add_lanes((2 * slots).max(MIN_LANES));
+            {
+                let mut st = self.shared.lock();
+                st.core.set_workers(slots.clamp(1, MAX_LANES));
+                let before = st.core.outstanding();
+                check_acceptance(&self.s, &mut st.core, &nodes, &mut self.heard);
+                if st.core.outstanding() != before {
+                    self.shared.changed.notify_all();
+                }
+            }
+            self.status.lock().unwrap_or_else(|p| p.into_inner()).nodes = nodes;
+            self.nodes_at = Instant::now();
+        }
+        let s = &self.s;
+        // Chunks out.
+        let mut out = Vec::new();
         {
-            let mut st = shared.lock();
-            while *lanes < (2 * slots).max(MIN_LANES) {
-                st.core.add_worker(*lanes as u64, false);
-                *lanes += 1;
+            let mut st = self.shared.lock();
+            if st.terminate {
+                st.core.terminate();
+                return Ok(true);
             }
-            st.core.set_workers(slots.max(1));
+            let limits = Limits {
+                max_value: crate::wire::max_frame_size(),
+                max_fds: 0,
+                may_spill: false,
+                ends: true,
+            };
+            let now = Instant::now();
             let before = st.core.outstanding();
-            check_acceptance(s, &mut st.core, &nodes, acceptance);
+            for lane in 0..self.lanes as u64 {
+                while let Some(chunk) = st.core.next_chunk(lane, &limits, now) {
+                    let Data::Inline(data) = chunk.data else {
+                        continue; // no spilling was allowed: cannot happen
+                    };
+                    out.push(ChunkMsg {
+                        lane,
+                        seq: chunk.seq,
+                        entry: chunk.entry,
+                        data: ByteBuf::from(data),
+                        ends: chunk.ends.iter().map(|&e| e as u64).collect(),
+                        retries: s.retries,
+                        timeout_ms: s
+                            .task_timeout
+                            .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
+                    });
+                }
+            }
             if st.core.outstanding() != before {
-                shared.changed.notify_all();
+                self.shared.changed.notify_all();
+            }
+            if st.closed && st.core.outstanding() == 0 {
+                return Ok(true);
+            }
+            if st.core.outstanding() == 0 {
+                self.heard = Instant::now();
+                if self.in_flight.is_empty() {
+                    // Nothing out, no answer to wait for: sleep until work comes (a
+                    // submit notifies), not in a blocking read, which Redis ends only
+                    // on its own 100 ms clock.
+                    let wait = (s.lease / 3).min(Duration::from_millis(500));
+                    let _ = self
+                        .shared
+                        .work
+                        .wait_timeout(st, wait)
+                        .unwrap_or_else(|p| p.into_inner());
+                    return Ok(false);
+                }
             }
         }
-        status.lock().unwrap_or_else(|p| p.into_inner()).nodes = nodes;
-        *nodes_at = Instant::now();
-    }
-    // Chunks out.
-    let mut out = Vec::new();
-    {
-        let mut st = shared.lock();
-        if st.terminate {
-            st.core.terminate();
-            return Ok(true);
+        if !out.is_empty() {
+            let mut p = redis::pipe();
+            for msg in &out {
+                let body = postcard::to_stdvec(msg).map_err(|e| Error::Cluster {
+                    address: s.address.clone(),
+                    detail: format!("a chunk did not encode: {e}"),
+                })?;
+                let signed = s.key.sign(self.calls.as_bytes(), &body);
+                p.cmd("XADD")
+                    .arg(&self.calls)
+                    .arg("*")
+                    .arg("m")
+                    .arg(&signed)
+                    .ignore();
+                // Kept before it is sent: if the add fails, the resend covers it.
+                self.in_flight.insert((msg.lane, msg.seq), signed);
+            }
+            b.pipe::<()>("cannot add chunks", &p)?;
         }
-        let limits = Limits {
-            max_value: crate::wire::max_frame_size(),
-            max_fds: 0,
-            may_spill: false,
-            ends: true,
+        // Answers in.
+        let block = if out.is_empty() {
+            READ_BLOCK
+        } else {
+            Duration::from_millis(1)
         };
-        let now = Instant::now();
-        let before = st.core.outstanding();
-        for lane in 0..*lanes as u64 {
-            while let Some(chunk) = st.core.next_chunk(lane, &limits, now) {
-                let Data::Inline(data) = chunk.data else {
-                    continue; // no spilling was allowed: cannot happen
-                };
-                out.push(ChunkMsg {
-                    lane,
-                    seq: chunk.seq,
-                    entry: chunk.entry,
-                    data: ByteBuf::from(data),
-                    ends: chunk.ends.iter().map(|&e| e as u64).collect(),
-                    retries: s.retries,
-                    timeout_ms: s.task_timeout.map(|t| t.as_millis() as u64),
-                });
+        let entries = b.read(&self.answers, &self.last_id, 256, block)?;
+        if entries.is_empty() {
+            return Ok(false);
+        }
+        let mut filed = Vec::with_capacity(entries.len());
+        for entry in &entries {
+            self.last_id.clone_from(&entry.id);
+            let Some(body) =
+                broker::message(entry).and_then(|m| s.key.open(self.answers.as_bytes(), m))
+            else {
+                tracing::warn!(address = %s.address, "dropped an answer whose signature is wrong");
+                continue;
+            };
+            match postcard::from_bytes::<AnswerMsg>(body) {
+                Ok(a) => filed.push(a),
+                Err(e) => {
+                    tracing::warn!(address = %s.address, "dropped an answer that does not decode: {e}")
+                }
             }
         }
-        if st.core.outstanding() != before {
-            shared.changed.notify_all();
-        }
-        if st.closed && st.core.outstanding() == 0 {
-            return Ok(true);
-        }
-        if st.core.outstanding() == 0 {
-            acceptance.heard = Instant::now();
-        }
-    }
-    if !out.is_empty() {
-        let mut p = redis::pipe();
-        for msg in &out {
-            let body = postcard::to_stdvec(msg).map_err(|e| Error::Cluster {
-                address: s.address.clone(),
-                detail: format!("a chunk did not encode: {e}"),
-            })?;
-            p.cmd("XADD")
-                .arg(calls)
-                .arg("*")
-                .arg("m")
-                .arg(s.key.sign(calls.as_bytes(), &body))
-                .ignore();
-        }
-        b.pipe::<()>("cannot add chunks", &p)?;
-    }
-    // Answers in.
-    let block = if out.is_empty() {
-        READ_BLOCK
-    } else {
-        Duration::from_millis(1)
-    };
-    let entries = b.read(answers, last_id, 256, block)?;
-    if entries.is_empty() {
-        return Ok(false);
-    }
-    let mut filed = Vec::with_capacity(entries.len());
-    for entry in &entries {
-        last_id.clone_from(&entry.id);
-        let Some(body) = broker::message(entry).and_then(|m| s.key.open(answers.as_bytes(), m))
-        else {
-            tracing::warn!(address = %s.address, "dropped an answer whose signature is wrong");
-            continue;
-        };
-        match postcard::from_bytes::<AnswerMsg>(body) {
-            Ok(a) => filed.push(a),
-            Err(e) => {
-                tracing::warn!(address = %s.address, "dropped an answer that does not decode: {e}")
+        // Filed before anything else can fail: these answers will not be read again.
+        let mut st = self.shared.lock();
+        for a in filed {
+            self.heard = Instant::now();
+            self.in_flight.remove(&(a.lane, a.seq));
+            let host: Arc<str> = Arc::from(a.node.as_str());
+            let parts = a
+                .parts
+                .into_iter()
+                .map(|p| match p {
+                    WirePart::Values {
+                        pid,
+                        positions,
+                        failures,
+                        data,
+                    } => Part::Values {
+                        pid,
+                        positions,
+                        failures,
+                        data: Received::Inline(data.into_vec(), 0),
+                    },
+                    WirePart::Failed(failed) => Part::Failed(
+                        failed
+                            .into_iter()
+                            .map(|(pos, f)| (pos, f.into_error(&a.node, pos as usize, &s.address)))
+                            .collect(),
+                    ),
+                })
+                .collect();
+            if let Err(why) = st.core.on_chunk(a.lane, a.seq, parts, a.nanos, Some(host)) {
+                // A second run's answer (a node was thought lost but was not), or a
+                // chunk cancelled meanwhile: the first answer counts.
+                tracing::debug!(node = %a.node, "ignored an answer: {why}");
             }
         }
-    }
-    let ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
-    b.run::<redis::Value>(
-        "cannot trim answers",
-        redis::cmd("XDEL").arg(answers).arg(&ids),
-    )?;
-    let mut st = shared.lock();
-    for a in filed {
-        acceptance.heard = Instant::now();
-        let host: Arc<str> = Arc::from(a.node.as_str());
-        let parts = a
-            .parts
-            .into_iter()
-            .map(|p| match p {
-                WirePart::Values {
-                    pid,
-                    positions,
-                    failures,
-                    data,
-                } => Part::Values {
-                    pid,
-                    positions,
-                    failures,
-                    data: Received::Inline(data.into_vec(), 0),
-                },
-                WirePart::Failed(failed) => Part::Failed(
-                    failed
-                        .into_iter()
-                        .map(|(pos, f)| (pos, f.into_error(&a.node, pos as usize, &s.address)))
-                        .collect(),
-                ),
-            })
-            .collect();
-        if let Err(why) = st.core.on_chunk(a.lane, a.seq, parts, a.nanos, Some(host)) {
-            // A second run's answer (a node was thought lost but was not), or a
-            // chunk cancelled meanwhile: the first answer counts.
-            tracing::debug!(node = %a.node, "ignored an answer: {why}");
+        drop(st);
+        self.shared.changed.notify_all();
+        // Trimming read answers is housekeeping: a failure here loses nothing.
+        let ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
+        if let Err(e) = b.run::<redis::Value>(
+            "cannot trim answers",
+            redis::cmd("XDEL").arg(&self.answers).arg(&ids),
+        ) {
+            tracing::debug!(address = %s.address, "{e}");
         }
+        Ok(false)
     }
-    drop(st);
-    shared.changed.notify_all();
-    Ok(false)
 }
 
-/// No answer for a while, no node busy, and nodes refusing messages: the nodes do not
-/// share this caller's key. The pool's calls then answer an error that says so.
-fn check_acceptance(s: &Settings, core: &mut Core, nodes: &[NodeInfo], a: &mut Acceptance) {
-    let refusing = nodes.iter().filter(|n| n.refused > 0).count();
-    let busy = nodes.iter().any(|n| n.busy > 0);
+/// No answer for a while, no node busy, and nodes refusing messages lately: the nodes
+/// do not share this caller's key. The pool's outstanding calls then answer an error
+/// that says so.
+fn check_acceptance(s: &Settings, core: &mut Core, nodes: &[NodeInfo], heard: &mut Instant) {
     let grace = (s.lease * 2).max(Duration::from_secs(2));
-    if core.outstanding() > 0 && refusing > 0 && !busy && a.heard.elapsed() > grace {
-        a.heard = Instant::now();
+    let recent = broker::now_ms().saturating_sub(grace.as_millis() as u64 * 2);
+    let refusing = nodes
+        .iter()
+        .filter(|n| n.last_refused_ms >= recent && n.refused > 0)
+        .count();
+    let busy = nodes.iter().any(|n| n.busy > 0);
+    if core.outstanding() > 0 && refusing > 0 && !busy && heard.elapsed() > grace {
+        *heard = Instant::now();
         core.fail_outstanding(&Error::Cluster {
             address: s.address.clone(),
             detail: format!(

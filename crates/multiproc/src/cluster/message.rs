@@ -45,7 +45,7 @@ impl ChunkMsg {
 }
 
 /// How a call ended on a node without a value from the task.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) enum NodeFailure {
     Killed {
         pid: u32,
@@ -175,6 +175,8 @@ pub struct NodeInfo {
     pub heartbeat_ms: u64,
     /// Messages it dropped because their signature was wrong (a wrong key, or forged).
     pub refused: u64,
+    /// When it last dropped one, in milliseconds since the Unix epoch (0: never).
+    pub last_refused_ms: u64,
 }
 
 impl NodeInfo {

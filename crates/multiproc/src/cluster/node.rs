@@ -157,6 +157,7 @@ struct Node {
     held: Mutex<HashMap<(String, String), Held>>,
     freed: Condvar,
     refused: AtomicU64,
+    last_refused_ms: AtomicU64,
     stop: &'static AtomicBool,
     /// The answerer and heartbeat threads end.
     quit: AtomicBool,
@@ -200,6 +201,7 @@ pub fn serve(url: &str, options: ServeOptions) -> Result<()> {
         held: Mutex::new(HashMap::new()),
         freed: Condvar::new(),
         refused: AtomicU64::new(0),
+        last_refused_ms: AtomicU64::new(0),
         stop,
         quit: AtomicBool::new(false),
     });
@@ -223,10 +225,10 @@ pub fn serve(url: &str, options: ServeOptions) -> Result<()> {
     };
     take_loop(&node, url, &pool, &done_tx);
     // SIGTERM: let running chunks finish for a while, then hand the rest back.
-    let deadline = Instant::now() + options.drain;
+    let deadline = Instant::now().checked_add(options.drain);
     {
         let mut held = node.held.lock().unwrap_or_else(|p| p.into_inner());
-        while !held.is_empty() && Instant::now() < deadline {
+        while !held.is_empty() && deadline.is_none_or(|d| Instant::now() < d) {
             held = node
                 .freed
                 .wait_timeout(held, Duration::from_millis(50))
@@ -248,7 +250,8 @@ pub fn serve(url: &str, options: ServeOptions) -> Result<()> {
 fn connect(node: &Node, url: &str) -> Option<Broker> {
     let mut backoff = Duration::from_millis(100);
     loop {
-        if node.quit.load(Ordering::SeqCst) {
+        // A node told to stop does not wait for Redis to come back.
+        if node.quit.load(Ordering::SeqCst) || node.stop.load(Ordering::SeqCst) {
             return None;
         }
         match Broker::connect(url, Duration::from_secs(5)) {
@@ -305,7 +308,7 @@ fn take_loop(node: &Arc<Node>, url: &str, pool: &Pool, done: &mpsc::Sender<Done>
             std::thread::sleep(Duration::from_millis(200));
             continue;
         }
-        match take(node, b, &callers, free, pool, done) {
+        match take(node, b, &mut callers, free, pool, done) {
             Ok(()) => {}
             Err(e) => {
                 tracing::warn!(node = %node.name, "{e}");
@@ -333,6 +336,7 @@ impl Node {
             busy: self.busy() as u32,
             heartbeat_ms: broker::now_ms(),
             refused: self.refused.load(Ordering::Relaxed),
+            last_refused_ms: self.last_refused_ms.load(Ordering::Relaxed),
         }
     }
 }
@@ -355,12 +359,12 @@ fn list_callers(node: &Node, b: &mut Broker) -> Result<Vec<String>> {
 fn take(
     node: &Arc<Node>,
     b: &mut Broker,
-    callers: &[String],
+    callers: &mut Vec<String>,
     mut free: usize,
     pool: &Pool,
     done: &mpsc::Sender<Done>,
 ) -> Result<()> {
-    for caller in callers {
+    for caller in callers.iter() {
         if free == 0 {
             return Ok(());
         }
@@ -393,7 +397,22 @@ fn take(
         return Ok(());
     }
     let streams: Vec<String> = callers.iter().map(|c| node.calls_of(c)).collect();
-    let entries = b.read_group(&node.name, &streams, free, Duration::from_millis(200))?;
+    let Some(entries) = b.read_group(&node.name, &streams, free, Duration::from_millis(200))?
+    else {
+        // A caller's stream expired: keep reading the others.
+        let mut alive = Vec::with_capacity(callers.len());
+        for c in callers.iter() {
+            let exists: bool = b.run(
+                "cannot check a caller",
+                redis::cmd("EXISTS").arg(node.calls_of(c)),
+            )?;
+            if exists {
+                alive.push(c.clone());
+            }
+        }
+        *callers = alive;
+        return Ok(());
+    };
     for (stream, entry) in entries {
         let Some(caller) = callers.iter().find(|c| node.calls_of(c) == stream) else {
             continue;
@@ -415,7 +434,7 @@ fn finish_entry(b: &mut Broker, stream: &str, id: &str) -> Result<()> {
 /// Makes `id` claimable by another node at once (its idle time set far past any
 /// lease), without counting a delivery.
 fn release_entry(node: &Node, b: &mut Broker, stream: &str, id: &str) -> Result<()> {
-    let idle = (node.lease * 1000).as_millis() as u64;
+    let idle = u64::try_from(node.lease.saturating_mul(1000).as_millis()).unwrap_or(u64::MAX);
     b.run::<redis::Value>(
         "cannot hand back a lease",
         redis::cmd("XCLAIM")
@@ -447,6 +466,7 @@ fn handle(
     let Some(body) = broker::message(entry).and_then(|m| node.key.open(stream.as_bytes(), m))
     else {
         let refused = node.refused.fetch_add(1, Ordering::Relaxed) + 1;
+        node.last_refused_ms.store(broker::now_ms(), Ordering::Relaxed);
         tracing::warn!(
             node = %node.name, id = %entry.id, refused,
             "dropped a message whose signature is wrong (forged, or signed with another key)"
@@ -522,7 +542,11 @@ fn handle(
         }),
     });
     let n = args.len();
-    let deadline = msg.timeout().map(|t| Instant::now() + t * n as u32);
+    // Signed, but still a number from elsewhere: no overflow, no panic.
+    let deadline = msg.timeout().and_then(|t| {
+        let total = t.checked_mul(u32::try_from(n).ok()?)?;
+        Instant::now().checked_add(total)
+    });
     // Registered before it starts, so that a quick answer finds its entry.
     node.held.lock().unwrap_or_else(|p| p.into_inner()).insert(
         (stream.clone(), entry.id.clone()),
@@ -627,34 +651,8 @@ impl Collector {
                 .filter(|&p| !st.answered[p as usize])
                 .collect()
         };
-        let failed = open.iter().map(|&p| (p, failure_copy(failure))).collect();
+        let failed = open.iter().map(|&p| (p, failure.clone())).collect();
         self.file(WirePart::Failed(failed), &open);
-    }
-}
-
-fn failure_copy(f: &NodeFailure) -> NodeFailure {
-    match f {
-        NodeFailure::Killed {
-            pid,
-            signal,
-            core_dumped,
-        } => NodeFailure::Killed {
-            pid: *pid,
-            signal: *signal,
-            core_dumped: *core_dumped,
-        },
-        NodeFailure::Exited { pid, code } => NodeFailure::Exited {
-            pid: *pid,
-            code: *code,
-        },
-        NodeFailure::Timeout { ms } => NodeFailure::Timeout { ms: *ms },
-        NodeFailure::Lost { nodes, runs } => NodeFailure::Lost {
-            nodes: nodes.clone(),
-            runs: *runs,
-        },
-        NodeFailure::Other { message } => NodeFailure::Other {
-            message: message.clone(),
-        },
     }
 }
 
@@ -794,8 +792,27 @@ fn beat(node: &Node, b: &mut Broker) -> Result<()> {
         collector.fail_rest(&NodeFailure::Timeout { ms });
         control.cancel(job, true);
     }
+    // Renew only what is still ours: a node that stalled past its lease must not take
+    // a chunk back from the node that took it over. What another node holds now stops
+    // here (its answer would be a second one).
+    for (stream, ids) in by_stream.iter_mut() {
+        let owned = b.owned(stream, &node.name, ids.len().max(1) * 2)?;
+        let (mine, lost): (Vec<String>, Vec<String>) =
+            std::mem::take(ids).into_iter().partition(|id| owned.contains(id));
+        *ids = mine;
+        if !lost.is_empty() {
+            let mut held = node.held.lock().unwrap_or_else(|p| p.into_inner());
+            for id in lost {
+                if let Some(h) = held.remove(&(stream.clone(), id)) {
+                    tracing::warn!(node = %node.name, "lost a lease to another node; stopping its chunk");
+                    h.control.cancel(h.job, true);
+                }
+            }
+            node.freed.notify_all();
+        }
+    }
     let mut p = redis::pipe();
-    for (stream, ids) in &by_stream {
+    for (stream, ids) in by_stream.iter().filter(|(_, ids)| !ids.is_empty()) {
         let cmd = p
             .cmd("XCLAIM")
             .arg(stream)
