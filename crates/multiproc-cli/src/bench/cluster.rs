@@ -473,10 +473,10 @@ fn chunk_rule() -> String {
 }
 
 fn start_wait() -> String {
-    "the caller's thread sends new work only between its blocking reads of answers (asked \
-     for 20 ms; Redis, at its default hz 10, ends such a wait only on its 100 ms clock, and \
-     this Redis runs with its defaults): a job submitted meanwhile waits up to ~100 ms \
-     before its first chunk goes out."
+    "when nothing is out, the caller's thread sleeps until work is submitted (no wait); \
+     work submitted while chunks are out is sent between the thread's blocking reads of \
+     answers (asked for 20 ms; Redis, at its default hz 10, ends such a wait only on its \
+     100 ms clock), so it may wait up to ~100 ms."
         .into()
 }
 
@@ -553,7 +553,7 @@ impl Workload for TinyCalls {
                  encoded, copied through Redis and decoded; the calls themselves are ~nothing.",
                 chunk_rule()
             ),
-            format!("and a wait at the start: {}", start_wait()),
+            format!("and when work is sent: {}", start_wait()),
         ]
     }
 
@@ -630,7 +630,7 @@ impl Workload for TutorialJob {
                 "what dominates the difference: {}. The job is {} pieces of ~15-30 ms, each \
                  sent as a one-call chunk (probes, and far below the 100 ms a chunk aims \
                  for), so the cluster adds a few Redis round trips per piece to the same work, \
-                 and the wait at the start: {}",
+                 and when work is sent: {}",
                 chunk_rule(),
                 pool::split(total_workers() as u64).len(),
                 start_wait()
@@ -744,7 +744,7 @@ impl Workload for NodeLoss {
             ),
             format!(
                 "the reference row is the same call with no node lost (submit → answer): the \
-                 nap, a few Redis round trips, and the wait at the start: {}",
+                 nap, a few Redis round trips, and when work is sent: {}",
                 start_wait()
             ),
         ]
