@@ -7,6 +7,8 @@
 //! a large buffer and piping it back. The children call only async-signal-safe
 //! functions (`read`, `write`, `memset`, `_exit`), as a child of a multithreaded parent
 //! must (this process has multiproc's launcher thread).
+// The only module of this crate that calls libc directly (see above).
+#![allow(unsafe_code)]
 
 use std::io;
 

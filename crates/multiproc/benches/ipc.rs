@@ -13,6 +13,8 @@
 //! Run: `cargo bench -p multiproc --bench ipc` (add `-- bandwidth` to pick a group).
 //! Placement matters: on 2 CPUs the scheduler may put both processes on
 //! one CPU or on two; compare the rows of one run, not runs.
+// Raw libc calls on processes (signals, limits) that the test or bench needs to make.
+#![allow(unsafe_code)]
 
 use std::hint::black_box;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};

@@ -4,6 +4,8 @@
 //! The children run a trivial `fn(u32) -> u32`, so this is the fixed cost of a process
 //! that returns a value; the raw fork floor is what the kernel charges for the process
 //! alone (its child `_exit`s at once and carries nothing back).
+// Raw libc calls on processes (signals, limits) that the test or bench needs to make.
+#![allow(unsafe_code)]
 
 use std::hint::black_box;
 

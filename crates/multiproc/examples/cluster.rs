@@ -16,6 +16,8 @@
 //! ```
 //!
 //! It asserts what it prints and ends with `OK`.
+// Raw libc calls on processes (signals) that it needs to make.
+#![allow(unsafe_code)]
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

@@ -7,6 +7,8 @@
 //! Run it: `cargo run --example pool_faults` (asserts what it prints; ends with `OK`;
 //! about 3 seconds, most of it the hung call's timeout). In a crate of your own it
 //! needs `libc` too, only to keep the crashing worker from writing a core file.
+// Raw libc calls on processes (signals, limits) that the test or bench needs to make.
+#![allow(unsafe_code)]
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};

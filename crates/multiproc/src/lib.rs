@@ -78,8 +78,8 @@
 //! guessed signal or code; [`Process::exitcode`] stays `None`
 //! while [`Process::is_alive`] turns `false`.
 #![deny(missing_docs)]
-// Every unsafe block lives in `sys`, each with a SAFETY comment (see its docs).
-#![deny(unsafe_code)]
+// Every unsafe block lives in `sys`, each with a SAFETY comment (see its docs): the
+// workspace denies `unsafe_code` everywhere else.
 
 // Linux only: everything below needs pidfd, memfd, SOCK_SEQPACKET, PR_SET_PDEATHSIG,
 // futexes and robust process-shared mutexes. Elsewhere the build stops at this one

@@ -1,6 +1,8 @@
 //! The cluster pool against a real `redis-server` on 127.0.0.1 that each test starts
 //! and stops itself, with worker nodes that are this test binary re-run as
 //! `cluster_node_entry` (a node must be the caller's own build).
+// Raw libc calls on processes (signals, limits) that the test or bench needs to make.
+#![allow(unsafe_code)]
 
 mod common;
 

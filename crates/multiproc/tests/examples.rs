@@ -2,6 +2,8 @@
 //! checks that it exits 0 with `OK` as its last line of output, within a time limit,
 //! leaving no process and no file behind. The cluster example gets a `redis-server` of
 //! its own on a free port, and a key.
+// Raw libc calls on processes (signals) that it needs to make.
+#![allow(unsafe_code)]
 
 mod common;
 

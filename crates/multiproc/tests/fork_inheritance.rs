@@ -2,6 +2,8 @@
 //! was given (and its own connection to the parent), under every start method. With
 //! `Fork` this used to fail: every child inherited every pipe end and queue open in the
 //! parent, so a reader waited for `Closed` until some unrelated child exited.
+// Raw libc calls on processes (signals, limits) that the test or bench needs to make.
+#![allow(unsafe_code)]
 
 mod common;
 

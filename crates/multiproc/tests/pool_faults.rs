@@ -1,4 +1,6 @@
 //! The pool survives crashed, killed and hung workers, and accounts for every call.
+// Raw libc calls on processes (signals, limits) that the test or bench needs to make.
+#![allow(unsafe_code)]
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -3,6 +3,8 @@
 //!
 //! Every test runs under a [`Watchdog`] and waits for single answers with a timeout, so
 //! a regression fails in seconds instead of hanging.
+// Raw libc calls on processes (signals, limits) that the test or bench needs to make.
+#![allow(unsafe_code)]
 
 mod common;
 mod watchdog;

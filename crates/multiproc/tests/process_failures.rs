@@ -1,5 +1,7 @@
 //! A task that fails in any way gives an error that says how, under every start method:
 //! a panic with its message and location, a signal by name, an exit code.
+// Raw libc calls on processes (signals, limits) that the test or bench needs to make.
+#![allow(unsafe_code)]
 
 mod common;
 

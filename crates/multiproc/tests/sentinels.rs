@@ -1,6 +1,8 @@
 //! Sentinels: `wait_ready` on processes, pipes and queues (Python's
 //! `multiprocessing.connection.wait`), and `active_children`. Real processes, under
 //! every start method.
+// Raw libc calls on processes (signals, limits) that the test or bench needs to make.
+#![allow(unsafe_code)]
 
 mod common;
 

@@ -3,6 +3,8 @@
 //!
 //! Its own test binary: the disposition of SIGCHLD belongs to the whole process. Every
 //! test sets it first, so the order in which they run does not matter.
+// Raw libc calls on processes (signals, limits) that the test or bench needs to make.
+#![allow(unsafe_code)]
 
 mod common;
 

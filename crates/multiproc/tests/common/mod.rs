@@ -2,6 +2,8 @@
 //!
 //! Each test binary includes this module with `mod common;` and uses only part of it.
 #![allow(dead_code)]
+// Raw libc calls on processes (signals) that it needs to make.
+#![allow(unsafe_code)]
 
 pub mod netns;
 
