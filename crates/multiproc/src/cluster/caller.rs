@@ -8,9 +8,7 @@
 //! leases' business (see [`node`](super::node)).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde_bytes::ByteBuf;
@@ -19,11 +17,10 @@ use super::auth::Key;
 use super::broker::{self, Broker, EXPIRY_LEASES, Keys};
 use super::message::{AnswerMsg, ChunkMsg, NodeInfo, WirePart};
 use crate::error::{Error, Result};
-use crate::pool::api::sealed::{Backend, BatchSink, Control, Results};
 use crate::pool::core::chunking::BROKER;
 use crate::pool::core::{Config as CoreConfig, Core, Limits, Part};
-use crate::pool::remote::Shared;
-use crate::pool::{Arg, ChunkSize, Progress, Ret, TaskPool};
+use crate::pool::remote::{RemotePool, Shared};
+use crate::pool::{ChunkSize, Progress};
 use crate::wire::values::{Data, Received};
 
 /// Lanes (chunks in the stream at once) at least, before any node is seen.
@@ -51,12 +48,8 @@ const READ_BLOCK: Duration = Duration::from_millis(20);
 /// Needs the cluster key (`MULTIPROC_CLUSTER_KEY`, or [`PoolBuilder::key`]). See the
 /// [module docs](super) for what each failure costs.
 pub struct Pool {
-    shared: Arc<Shared>,
+    remote: RemotePool,
     status: Arc<Mutex<Status>>,
-    driver: Mutex<Option<JoinHandle<()>>>,
-    closed: AtomicBool,
-    chunk: ChunkSize,
-    progress: Progress,
     address: String,
 }
 
@@ -176,12 +169,8 @@ impl PoolBuilder {
                 .map_err(|e| Error::io("starting the cluster pool's thread", e))?
         };
         Ok(Pool {
-            shared,
+            remote: RemotePool::new(shared, driver, self.chunk, self.progress),
             status,
-            driver: Mutex::new(Some(driver)),
-            closed: AtomicBool::new(false),
-            chunk: self.chunk,
-            progress: self.progress,
             address,
         })
     }
@@ -223,11 +212,8 @@ impl Pool {
         &self.address
     }
 
-    fn wait_driver(&self) {
-        let handle = self.driver.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(h) = handle {
-            let _ = h.join();
-        }
+    fn parallelism_now(&self) -> usize {
+        self.workers().iter().map(|n| n.slots as usize).sum()
     }
 }
 
@@ -669,105 +655,14 @@ fn check_acceptance(s: &Settings, core: &mut Core, nodes: &[NodeInfo], heard: &m
     }
 }
 
-impl Backend for Pool {
-    fn open<A: Arg, R: Ret>(
-        &self,
-        f: fn(A) -> R,
-        chunk: ChunkSize,
-        caller_driven: bool,
-    ) -> Result<(u64, Results<R>)> {
-        let closed = self.closed.load(Ordering::Acquire);
-        self.shared.open(closed, f, chunk, caller_driven)
-    }
-
-    fn open_async<A: Arg, R: Ret>(
-        &self,
-        f: fn(A) -> R,
-        chunk: ChunkSize,
-        sink: Arc<dyn BatchSink<R>>,
-    ) -> Result<(u64, Arc<dyn Control>)> {
-        let closed = self.closed.load(Ordering::Acquire);
-        self.shared.open_async(closed, f, chunk, sink)
-    }
-
-    fn submit<A: Arg, R: Ret>(
-        &self,
-        job: u64,
-        _f: fn(A) -> R,
-        first: usize,
-        items: Vec<A>,
-    ) -> Result<()> {
-        self.shared.submit(job, first, items);
-        Ok(())
-    }
-
-    fn seal(&self, job: u64) {
-        self.shared.seal(job);
-    }
-
-    fn cancel(&self, job: u64, stop_running: bool) {
-        Control::cancel(&*self.shared, job, stop_running);
-    }
-
-    fn parallelism(&self) -> usize {
-        let slots: usize = self.workers().iter().map(|n| n.slots as usize).sum();
-        slots.max(1)
-    }
-
-    fn progress(&self) -> &Progress {
-        &self.progress
-    }
-
-    fn chunk_size(&self) -> ChunkSize {
-        self.chunk
-    }
-}
-
-impl TaskPool for Pool {
-    fn close(&self) {
-        if !self.closed.swap(true, Ordering::AcqRel) {
-            self.shared.lock().closed = true;
-            self.shared.notify();
-        }
-    }
-
-    /// Stops at once: calls not answered answer [`Error::PoolTerminated`]; chunks
-    /// already on nodes run to their end there (their answers are thrown away).
-    fn terminate(&self) {
-        self.closed.store(true, Ordering::Release);
-        {
-            let mut st = self.shared.lock();
-            st.closed = true;
-            st.terminate = true;
-        }
-        self.shared.notify();
-        self.wait_driver();
-    }
-
-    fn join(&self) -> Result<()> {
-        if !self.closed.load(Ordering::Acquire) {
-            return Err(Error::PoolNotClosed);
-        }
-        self.wait_driver();
-        Ok(())
-    }
-}
-
-crate::pool::api::inherent_task_pool_methods!(Pool);
-
-impl Drop for Pool {
-    fn drop(&mut self) {
-        self.close();
-        self.wait_driver();
-    }
-}
+crate::pool::remote::remote_pool_impls!(Pool);
 
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("cluster::Pool")
             .field("address", &self.address)
-            .field("chunk", &self.chunk)
-            .field("closed", &self.closed.load(Ordering::Relaxed))
+            .field("chunk", &self.remote.chunk)
+            .field("closed", &self.remote.is_closed())
             .finish()
     }
 }

@@ -1,16 +1,14 @@
 //! [`Pool`]: the [`TaskPool`] interface on MPI worker ranks.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
-use std::thread::JoinHandle;
+use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use super::RankInfo;
 use super::driver::{self, Config, Shared};
 use crate::error::{Error, Result};
-use crate::pool::api::sealed::{Backend, BatchSink, Control, Results};
 use crate::pool::core::{Config as CoreConfig, Core};
-use crate::pool::{Arg, ChunkSize, Progress, Ret, TaskPool};
+use crate::pool::remote::RemotePool;
+use crate::pool::{ChunkSize, Progress};
 
 /// A pool whose workers are the other ranks of an MPI job (feature `mpi`).
 ///
@@ -35,12 +33,8 @@ use crate::pool::{Arg, ChunkSize, Progress, Ret, TaskPool};
 /// dropped (after telling every worker rank to exit). See the [module
 /// docs](crate::mpi) for failures.
 pub struct Pool {
-    shared: Arc<Shared>,
-    manager: Mutex<Option<JoinHandle<()>>>,
-    closed: AtomicBool,
+    remote: RemotePool,
     ranks: Vec<RankInfo>,
-    chunk: ChunkSize,
-    progress: Progress,
 }
 
 /// Options for an MPI [`Pool`].
@@ -147,12 +141,8 @@ impl PoolBuilder {
         };
         shared.lock().core.set_workers(ranks.len());
         Ok(Pool {
-            shared,
-            manager: Mutex::new(Some(handle)),
-            closed: AtomicBool::new(false),
+            remote: RemotePool::new(shared, handle, self.chunk, self.progress),
             ranks,
-            chunk: self.chunk,
-            progress: self.progress,
         })
     }
 }
@@ -178,114 +168,19 @@ impl Pool {
         self.ranks.len()
     }
 
-    fn wait_manager(&self) {
-        let handle = self
-            .manager
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some(h) = handle {
-            let _ = h.join();
-        }
-    }
-}
-
-impl Backend for Pool {
-    fn open<A: Arg, R: Ret>(
-        &self,
-        f: fn(A) -> R,
-        chunk: ChunkSize,
-        caller_driven: bool,
-    ) -> Result<(u64, Results<R>)> {
-        let closed = self.closed.load(Ordering::Acquire);
-        self.shared.open(closed, f, chunk, caller_driven)
-    }
-
-    fn open_async<A: Arg, R: Ret>(
-        &self,
-        f: fn(A) -> R,
-        chunk: ChunkSize,
-        sink: Arc<dyn BatchSink<R>>,
-    ) -> Result<(u64, Arc<dyn Control>)> {
-        let closed = self.closed.load(Ordering::Acquire);
-        self.shared.open_async(closed, f, chunk, sink)
-    }
-
-    fn submit<A: Arg, R: Ret>(
-        &self,
-        job: u64,
-        _f: fn(A) -> R,
-        first: usize,
-        items: Vec<A>,
-    ) -> Result<()> {
-        self.shared.submit(job, first, items);
-        Ok(())
-    }
-
-    fn seal(&self, job: u64) {
-        self.shared.seal(job);
-    }
-
-    fn cancel(&self, job: u64, stop_running: bool) {
-        Control::cancel(&*self.shared, job, stop_running);
-    }
-
-    fn parallelism(&self) -> usize {
+    fn parallelism_now(&self) -> usize {
         self.ranks.len()
     }
-
-    fn progress(&self) -> &Progress {
-        &self.progress
-    }
-
-    fn chunk_size(&self) -> ChunkSize {
-        self.chunk
-    }
 }
 
-impl TaskPool for Pool {
-    fn close(&self) {
-        if !self.closed.swap(true, Ordering::AcqRel) {
-            self.shared.lock().closed = true;
-            self.shared.notify();
-        }
-    }
-
-    fn terminate(&self) {
-        self.closed.store(true, Ordering::Release);
-        {
-            let mut st = self.shared.lock();
-            st.closed = true;
-            st.terminate = true;
-        }
-        self.shared.notify();
-        self.wait_manager();
-    }
-
-    fn join(&self) -> Result<()> {
-        if !self.closed.load(Ordering::Acquire) {
-            return Err(Error::PoolNotClosed);
-        }
-        self.wait_manager();
-        Ok(())
-    }
-}
-
-crate::pool::api::inherent_task_pool_methods!(Pool);
-
-impl Drop for Pool {
-    fn drop(&mut self) {
-        self.close();
-        self.wait_manager();
-    }
-}
+crate::pool::remote::remote_pool_impls!(Pool);
 
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("mpi::Pool")
             .field("ranks", &self.ranks)
-            .field("chunk", &self.chunk)
-            .field("closed", &self.closed.load(Ordering::Relaxed))
+            .field("chunk", &self.remote.chunk)
+            .field("closed", &self.remote.is_closed())
             .finish()
     }
 }

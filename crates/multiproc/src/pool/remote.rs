@@ -172,3 +172,166 @@ impl<R: Ret> ResultSource<R> for Pulled<R> {
         }
     }
 }
+
+/// The caller's side of such a pool: the shared state, the driving thread, and the
+/// options every pool has. MPI's and the cluster's pools hold one and get the pool
+/// interface from [`remote_pool_impls`].
+pub(crate) struct RemotePool {
+    pub(crate) shared: Arc<Shared>,
+    driver: Mutex<Option<std::thread::JoinHandle<()>>>,
+    closed: std::sync::atomic::AtomicBool,
+    pub(crate) chunk: ChunkSize,
+    pub(crate) progress: super::Progress,
+}
+
+impl RemotePool {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        driver: std::thread::JoinHandle<()>,
+        chunk: ChunkSize,
+        progress: super::Progress,
+    ) -> Self {
+        RemotePool {
+            shared,
+            driver: Mutex::new(Some(driver)),
+            closed: std::sync::atomic::AtomicBool::new(false),
+            chunk,
+            progress,
+        }
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Takes no new work; the driving thread ends once the work submitted is done.
+    pub(crate) fn close(&self) {
+        if !self.closed.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            self.shared.lock().closed = true;
+            self.shared.notify();
+        }
+    }
+
+    /// Stops at once; returns when the driving thread has ended.
+    pub(crate) fn terminate(&self) {
+        self.closed
+            .store(true, std::sync::atomic::Ordering::Release);
+        {
+            let mut st = self.shared.lock();
+            st.closed = true;
+            st.terminate = true;
+        }
+        self.shared.notify();
+        self.wait_driver();
+    }
+
+    pub(crate) fn join(&self) -> Result<()> {
+        if !self.is_closed() {
+            return Err(Error::PoolNotClosed);
+        }
+        self.wait_driver();
+        Ok(())
+    }
+
+    pub(crate) fn wait_driver(&self) {
+        let handle = self
+            .driver
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for RemotePool {
+    fn drop(&mut self) {
+        self.close();
+        self.wait_driver();
+    }
+}
+
+/// The pool interface (`Backend`, `TaskPool`, the inherent methods) for a pool type
+/// with a field `remote: RemotePool` and a method `fn parallelism_now(&self) -> usize`.
+macro_rules! remote_pool_impls {
+    ($pool:ty) => {
+        impl $crate::pool::api::sealed::Backend for $pool {
+            fn open<A: $crate::pool::Arg, R: $crate::pool::Ret>(
+                &self,
+                f: fn(A) -> R,
+                chunk: $crate::ChunkSize,
+                caller_driven: bool,
+            ) -> $crate::Result<(u64, $crate::pool::api::sealed::Results<R>)> {
+                let closed = self.remote.is_closed();
+                self.remote.shared.open(closed, f, chunk, caller_driven)
+            }
+
+            fn open_async<A: $crate::pool::Arg, R: $crate::pool::Ret>(
+                &self,
+                f: fn(A) -> R,
+                chunk: $crate::ChunkSize,
+                sink: std::sync::Arc<dyn $crate::pool::api::sealed::BatchSink<R>>,
+            ) -> $crate::Result<(u64, std::sync::Arc<dyn $crate::pool::api::sealed::Control>)>
+            {
+                let closed = self.remote.is_closed();
+                self.remote.shared.open_async(closed, f, chunk, sink)
+            }
+
+            fn submit<A: $crate::pool::Arg, R: $crate::pool::Ret>(
+                &self,
+                job: u64,
+                _f: fn(A) -> R,
+                first: usize,
+                items: Vec<A>,
+            ) -> $crate::Result<()> {
+                self.remote.shared.submit(job, first, items);
+                Ok(())
+            }
+
+            fn seal(&self, job: u64) {
+                self.remote.shared.seal(job);
+            }
+
+            fn cancel(&self, job: u64, stop_running: bool) {
+                $crate::pool::api::sealed::Control::cancel(
+                    &*self.remote.shared,
+                    job,
+                    stop_running,
+                );
+            }
+
+            fn parallelism(&self) -> usize {
+                self.parallelism_now().max(1)
+            }
+
+            fn progress(&self) -> &$crate::Progress {
+                &self.remote.progress
+            }
+
+            fn chunk_size(&self) -> $crate::ChunkSize {
+                self.remote.chunk
+            }
+        }
+
+        impl $crate::TaskPool for $pool {
+            fn close(&self) {
+                self.remote.close();
+            }
+
+            /// Stops at once: calls not answered answer
+            /// [`Error::PoolTerminated`](crate::Error::PoolTerminated); calls already
+            /// running far away run to their end there (their answers are thrown away).
+            fn terminate(&self) {
+                self.remote.terminate();
+            }
+
+            fn join(&self) -> $crate::Result<()> {
+                self.remote.join()
+            }
+        }
+
+        $crate::pool::api::inherent_task_pool_methods!($pool);
+    };
+}
+pub(crate) use remote_pool_impls;
