@@ -209,61 +209,10 @@ fn shared_state() {
     run_ok("shared_state");
 }
 
-/// A redis-server of our own on a free port, without persistence, killed on drop.
-#[cfg(feature = "cluster")]
-struct Redis {
-    child: std::process::Child,
-    port: u16,
-    _dir: common::TempDir,
-}
-
-#[cfg(feature = "cluster")]
-impl Redis {
-    fn start() -> Redis {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let dir = common::TempDir::new("redis");
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server (Debian's redis-server package; .ci/run installs it)");
-        let redis = Redis {
-            child,
-            port,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        redis
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-}
-
-#[cfg(feature = "cluster")]
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[cfg(feature = "cluster")]
 #[test]
 fn cluster() {
-    let redis = Redis::start();
+    let redis = common::redis::Redis::start();
     let url = redis.url();
     let key = "examples-test-key-0123456789abcdef";
     let out = run(

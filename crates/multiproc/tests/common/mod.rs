@@ -6,6 +6,7 @@
 #![allow(unsafe_code)]
 
 pub mod netns;
+pub mod redis;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
