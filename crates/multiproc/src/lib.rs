@@ -34,8 +34,12 @@
 //!
 //! A task is a plain `fn(A) -> R` (non-capturing closures coerce to one) whose argument
 //! and result implement serde's `Serialize` and `Deserialize`. The child finds the
-//! function in the same executable; see the `task` module's notes for how this is made
-//! safe against forged messages and other builds.
+//! function in the same executable, by its offset. That is safe against forged messages
+//! and other builds because the child first checks that the parent runs the same build
+//! (the ELF build id, exchanged in a hello; another build answers
+//! [`Error::BuildMismatch`]), an exec'd child takes orders only from a socket whose peer
+//! is its own parent with its own uid, child mode is refused in a privileged (setuid)
+//! process, and both offsets must fall inside the child's own code.
 //!
 //! ## Start methods
 //!

@@ -1,39 +1,4 @@
 //! `Queue`, `JoinableQueue`, `SimpleQueue`: many producers, many consumers.
-//!
-//! ## Design: one SOCK_SEQPACKET socket pair, large messages in sealed memfds
-//!
-//! Every handle, in every process, holds the same two sockets of one Unix
-//! `SOCK_SEQPACKET` pair: producers send on one, consumers receive on the other. The
-//! kernel delivers each datagram whole to exactly one `recvmsg`, so
-//!
-//! - no message is ever delivered twice or interleaved with another, with no lock
-//!   between processes at all;
-//! - a producer killed mid-`put` either queued its whole message or nothing: there is
-//!   no half-written frame and no lock left held to wedge the others;
-//! - the queue is bounded by the kernel's socket buffer: `put` blocks (or times out, or
-//!   returns [`Error::Full`]) when consumers fall behind — back-pressure, and no
-//!   hidden feeder thread.
-//!
-//! A datagram must fit the socket buffer, so a message travels inline only up to a
-//! limit set by the send buffer the kernel granted (`net.core.wmem_max`): at most a
-//! quarter of it, never less than 64 KiB nor more than 2 MiB. With a large enough
-//! buffer a 1 MiB message is one datagram: two copies in the kernel, no page
-//! allocation, no mapping. A larger message (or one the kernel cannot allocate a
-//! datagram for) travels in a `memfd`: the producer writes the encoded bytes there, seals it against any further
-//! change (`F_SEAL_WRITE | F_SEAL_SHRINK | F_SEAL_GROW`) and sends only the descriptor
-//! in a one-byte datagram. The consumer maps it and decodes in place. The memory
-//! belongs to the kernel object, not the producer, so the producer can exit at once,
-//! and a consumer refuses a memfd that is not sealed (a peer could otherwise truncate
-//! it under the mapping).
-//!
-//! A consumer killed between receiving a message and returning it takes that message
-//! with it, as in any queue.
-//!
-//! ## Closing
-//!
-//! [`Queue::close`] gives up this process's ability to put. Once every handle in
-//! every process has closed (or its process has ended), consumers drain what is left
-//! and then get [`Error::Closed`] instead of waiting forever.
 
 use std::marker::PhantomData;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
@@ -93,7 +58,7 @@ struct Ends {
 }
 
 /// A multi-producer, multi-consumer queue between processes (Python's
-/// `multiprocessing.Queue`). See the module notes for the design.
+/// `multiprocessing.Queue`).
 ///
 /// Clones share this process's handle (closing one closes them all); a copy passed to a
 /// child as a task argument is that child's own handle.
@@ -117,6 +82,41 @@ struct Ends {
 /// assert_eq!(got, (0..200).collect::<Vec<_>>());
 /// # Ok(()) }
 /// ```
+///
+/// ## Design: one SOCK_SEQPACKET socket pair, large messages in sealed memfds
+///
+/// Every handle, in every process, holds the same two sockets of one Unix
+/// `SOCK_SEQPACKET` pair: producers send on one, consumers receive on the other. The
+/// kernel delivers each datagram whole to exactly one `recvmsg`, so
+///
+/// - no message is ever delivered twice or interleaved with another, with no lock
+///   between processes at all;
+/// - a producer killed mid-`put` either queued its whole message or nothing: there is
+///   no half-written frame and no lock left held to wedge the others;
+/// - the queue is bounded by the kernel's socket buffer: `put` blocks (or times out, or
+///   returns [`Error::Full`]) when consumers fall behind — back-pressure, and no
+///   hidden feeder thread.
+///
+/// A datagram must fit the socket buffer, so a message travels inline only up to a
+/// limit set by the send buffer the kernel granted (`net.core.wmem_max`): at most a
+/// quarter of it, never less than 64 KiB nor more than 2 MiB. With a large enough
+/// buffer a 1 MiB message is one datagram: two copies in the kernel, no page
+/// allocation, no mapping. A larger message (or one the kernel cannot allocate a
+/// datagram for) travels in a `memfd`: the producer writes the encoded bytes there, seals it against any further
+/// change (`F_SEAL_WRITE | F_SEAL_SHRINK | F_SEAL_GROW`) and sends only the descriptor
+/// in a one-byte datagram. The consumer maps it and decodes in place. The memory
+/// belongs to the kernel object, not the producer, so the producer can exit at once,
+/// and a consumer refuses a memfd that is not sealed (a peer could otherwise truncate
+/// it under the mapping).
+///
+/// A consumer killed between receiving a message and returning it takes that message
+/// with it, as in any queue.
+///
+/// ## Closing
+///
+/// [`Queue::close`] gives up this process's ability to put. Once every handle in
+/// every process has closed (or its process has ended), consumers drain what is left
+/// and then get [`Error::Closed`] instead of waiting forever.
 pub struct Queue<T> {
     ends: Arc<Ends>,
     _t: PhantomData<fn(T) -> T>,

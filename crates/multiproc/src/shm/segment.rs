@@ -1,26 +1,4 @@
 //! Shared-memory segments: anonymous (memfd, passed by descriptor) or named
-//! (`/dev/shm/<name>`, for unrelated processes).
-//!
-//! ## Anonymous (the default)
-//!
-//! [`SharedMemory::new`] makes a `memfd`: memory with no name on the system, sealed
-//! against resizing, mapped `MAP_SHARED`. It reaches another process only as a task's
-//! argument or result, or through a multiproc channel: the descriptor crosses with
-//! `SCM_RIGHTS`, the receiver maps the same pages, and no byte of the contents is
-//! copied. The memory is freed when the last process holding it unmaps it or exits,
-//! crash or not, so it cannot leak.
-//!
-//! ## Named
-//!
-//! [`SharedMemory::create_named`] makes `/dev/shm/<name>` for processes that did not
-//! start each other; [`SharedMemory::open_named`] attaches to it. Only the creating
-//! handle (the *owner*) removes the name, when it is dropped; attachers never do
-//! (Python's gh-82300 was attachers unlinking, or nobody). The owner holds a shared
-//! `flock` on the segment for as long as any copy of its descriptor is open; the
-//! kernel drops that lock when the owner's process dies, however it dies. So a name
-//! left behind by a crashed owner is recognisable as stale — nobody holds its lock —
-//! and is removed by the next `create_named` of the same name or by
-//! [`SharedMemory::remove_stale`].
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::{AsFd, OwnedFd};
@@ -141,8 +119,7 @@ impl<'de> Deserialize<'de> for Segment {
 ///
 /// Cloning a handle shares the mapping; sending one to a child (as a task argument or
 /// result, or through a channel) passes the descriptor, and the child maps the same
-/// pages: nothing is copied, whatever the size. See the module notes on anonymous and
-/// named segments and on clean-up.
+/// pages: nothing is copied, whatever the size.
 ///
 /// ```
 /// use multiproc::{Process, SharedMemory};
@@ -166,6 +143,29 @@ impl<'de> Deserialize<'de> for Segment {
 /// [`read_at`](Self::read_at) may see a write half done (torn), never anything
 /// worse.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+///
+/// (`/dev/shm/<name>`, for unrelated processes).
+///
+/// ## Anonymous (the default)
+///
+/// [`SharedMemory::new`] makes a `memfd`: memory with no name on the system, sealed
+/// against resizing, mapped `MAP_SHARED`. It reaches another process only as a task's
+/// argument or result, or through a multiproc channel: the descriptor crosses with
+/// `SCM_RIGHTS`, the receiver maps the same pages, and no byte of the contents is
+/// copied. The memory is freed when the last process holding it unmaps it or exits,
+/// crash or not, so it cannot leak.
+///
+/// ## Named
+///
+/// [`SharedMemory::create_named`] makes `/dev/shm/<name>` for processes that did not
+/// start each other; [`SharedMemory::open_named`] attaches to it. Only the creating
+/// handle (the *owner*) removes the name, when it is dropped; attachers never do
+/// (Python's gh-82300 was attachers unlinking, or nobody). The owner holds a shared
+/// `flock` on the segment for as long as any copy of its descriptor is open; the
+/// kernel drops that lock when the owner's process dies, however it dies. So a name
+/// left behind by a crashed owner is recognisable as stale — nobody holds its lock —
+/// and is removed by the next `create_named` of the same name or by
+/// [`SharedMemory::remove_stale`].
 pub struct SharedMemory {
     seg: Arc<Segment>,
 }
