@@ -132,3 +132,45 @@ fn with_rust_backtrace_a_panic_carries_the_childs_backtrace() {
         assert_eq!(e.backtrace(), None);
     }
 }
+
+/// A value that refuses to be encoded, with a message of its own.
+#[derive(Debug)]
+struct Refuses;
+
+impl serde::Serialize for Refuses {
+    fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+        Err(serde::ser::Error::custom(
+            "Refuses cannot cross: open it in the child",
+        ))
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Refuses {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let _ = <()>::deserialize(d)?;
+        Ok(Refuses)
+    }
+}
+
+fn makes_refuses(_: ()) -> Refuses {
+    Refuses
+}
+
+#[test]
+fn an_encode_error_keeps_the_types_own_message_and_says_it_once() {
+    let e = Process::start(makes_refuses, ())
+        .unwrap()
+        .join()
+        .unwrap_err();
+    let text = e.to_string();
+    eprintln!("{text}");
+    assert!(matches!(e, Error::Encode { .. }), "{e:?}");
+    assert!(text.contains("Refuses"), "{text}");
+    assert_eq!(text.matches("could not encode").count(), 1, "{text}");
+    let e = Process::start(|_: Refuses| (), Refuses)
+        .map(|_| ())
+        .unwrap_err();
+    let text = e.to_string();
+    eprintln!("{text}");
+    assert_eq!(text.matches("could not encode").count(), 1, "{text}");
+}

@@ -5,12 +5,26 @@ use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Result};
 
+/// Why `value` did not encode, in the words of whoever said so: a handle error of ours,
+/// the custom message of the value's own `Serialize` (which postcard drops), or
+/// postcard's.
+#[cold]
+fn reason<T: Serialize + ?Sized>(value: &T, e: &postcard::Error) -> String {
+    super::fds::take_error()
+        .or_else(|| {
+            matches!(e, postcard::Error::SerdeSerCustom)
+                .then(|| super::probe::custom_message(value))
+                .flatten()
+        })
+        .unwrap_or_else(|| e.to_string())
+}
+
 /// Encodes `value`, naming its type if it cannot be encoded.
 pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
     super::fds::take_error();
     postcard::to_stdvec(value).map_err(|e| Error::Encode {
         type_name: std::any::type_name::<T>().to_owned(),
-        reason: super::fds::take_error().unwrap_or_else(|| e.to_string()),
+        reason: reason(value, &e),
     })
 }
 
@@ -22,7 +36,7 @@ pub(crate) fn encode_into<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -
         Ok(_) => Ok(()),
         Err(e) => Err(Error::Encode {
             type_name: std::any::type_name::<T>().to_owned(),
-            reason: super::fds::take_error().unwrap_or_else(|| e.to_string()),
+            reason: reason(value, &e),
         }),
     }
 }
@@ -92,7 +106,7 @@ fn encode_failed<T: Serialize + ?Sized>(
     }
     Err(Error::Encode {
         type_name: std::any::type_name::<T>().to_owned(),
-        reason: super::fds::take_error().unwrap_or_else(|| e.to_string()),
+        reason: reason(value, &e),
     })
 }
 

@@ -16,6 +16,7 @@ mod codec;
 pub(crate) mod fds;
 mod frame;
 pub(crate) mod message;
+mod probe;
 pub(crate) mod values;
 
 pub(crate) use codec::{
