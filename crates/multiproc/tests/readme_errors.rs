@@ -147,7 +147,7 @@ impl serde::Serialize for Refuses {
 
 impl<'de> serde::Deserialize<'de> for Refuses {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let _ = <()>::deserialize(d)?;
+        <()>::deserialize(d)?;
         Ok(Refuses)
     }
 }
