@@ -382,3 +382,36 @@ fn a_map_handle_that_failed_early_cancels_the_rest_when_dropped() {
         started.load()
     );
 }
+
+/// Encodes as nothing; decoding it panics (a bug in a user's `Deserialize`).
+struct PanicsOnDecode;
+
+impl serde::Serialize for PanicsOnDecode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_unit()
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for PanicsOnDecode {
+    fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+        panic!("this Deserialize panics");
+    }
+}
+
+fn makes_panics_on_decode(_: ()) -> PanicsOnDecode {
+    PanicsOnDecode
+}
+
+#[test]
+fn a_deserialize_that_panics_does_not_take_the_pool_with_it() {
+    let pool = Pool::new(1).unwrap();
+    let h = pool.apply_async(makes_panics_on_decode, ()).unwrap();
+    let e = h.get_timeout(LIMIT).err().expect("an error, not a value");
+    assert!(e.to_string().contains("this Deserialize panics"), "{e}");
+    // The pool's threads carry on: async work and waited work both still run.
+    let later = pool.apply_async(inc, 1).unwrap();
+    assert_eq!(later.get_timeout(LIMIT).unwrap(), 2);
+    assert_eq!(pool.apply(inc, 2).unwrap(), 3);
+    let threads = ThreadPool::new(1).unwrap();
+    assert_eq!(threads.apply(inc, 3).unwrap(), 4);
+}

@@ -50,6 +50,14 @@ pub(crate) enum Answers {
 }
 
 impl Answers {
+    /// The calls answered, by index.
+    fn indices(&self) -> Vec<usize> {
+        match self {
+            Answers::Values { indices, .. } => indices.clone(),
+            Answers::Failed(v) => v.iter().map(|(i, _)| *i).collect(),
+        }
+    }
+
     pub(crate) fn len(&self) -> usize {
         match self {
             Answers::Values { indices, .. } => indices.len(),
@@ -104,7 +112,29 @@ pub(crate) fn decoding<R: DeserializeOwned + 'static>(
     struct Decoding<R>(Arc<dyn BatchSink<R>>);
     impl<R: DeserializeOwned> Sink for Decoding<R> {
         fn answers(&self, answers: Answers) {
-            self.0.add(decode_answers::<R>(answers));
+            // A `Deserialize` of the user's that panics must not take the pool's
+            // driving thread with it: the calls it was decoding answer that panic.
+            let indices = answers.indices();
+            let batch = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                decode_answers::<R>(answers)
+            }))
+            .unwrap_or_else(|payload| {
+                let why = crate::error::panic_message(payload.as_ref());
+                Batch {
+                    values: Vec::new(),
+                    errors: indices
+                        .into_iter()
+                        .map(|i| {
+                            let e = Error::Decode {
+                                type_name: std::any::type_name::<R>().to_owned(),
+                                reason: format!("its Deserialize panicked: {why}"),
+                            };
+                            (i, e)
+                        })
+                        .collect(),
+                }
+            });
+            self.0.add(batch);
         }
     }
     Arc::new(Decoding(sink))

@@ -276,6 +276,7 @@ impl Shared {
             }
             st.leader = true;
             self.lead();
+            let lead = Lead(self);
             let found = loop {
                 st = self.turn(st, deadline);
                 if let Some(t) = check(&mut st) {
@@ -285,6 +286,7 @@ impl Shared {
                     break None;
                 }
             };
+            std::mem::forget(lead);
             self.unlead();
             st.leader = false;
             self.hand_off(&st);
@@ -318,6 +320,7 @@ impl Shared {
             }
             st.leader = true;
             self.lead();
+            let lead = Lead(self);
             while !st.stop_background
                 && (st.core.outstanding() > 0 || st.terminate || !st.cancel_killed.is_empty())
             {
@@ -326,6 +329,7 @@ impl Shared {
                     break;
                 }
             }
+            std::mem::forget(lead);
             self.unlead();
             st.leader = false;
             if st.waiting > 0 {
@@ -782,6 +786,21 @@ fn terminate_now(st: &mut State) {
     st.cancel_killed.clear();
     st.stopped = true;
     st.terminate = false;
+}
+
+/// Gives the lead up if the leader unwinds (a panic in a user's `Deserialize` while
+/// answers are handed over): the pool must not be left with a leader that is gone.
+/// Forgotten on the normal way out, which gives the lead up itself.
+struct Lead<'a>(&'a Shared);
+
+impl Drop for Lead<'_> {
+    fn drop(&mut self) {
+        self.0.unlead();
+        let mut st = self.0.lock();
+        st.leader = false;
+        st.polling = false;
+        self.0.hand_off(&st);
+    }
 }
 
 /// What a job's handle drains: answers as they come, then the end.
