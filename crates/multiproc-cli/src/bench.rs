@@ -20,6 +20,7 @@ mod values;
 mod zlib;
 
 use std::error::Error;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -50,6 +51,12 @@ pub struct BenchArgs {
     /// three cluster workloads (they need redis-server on the PATH).
     #[arg(long = "only", value_name = "WORKLOAD")]
     only: Vec<String>,
+
+    /// Also draw one SVG chart per workload into this directory (created if missing):
+    /// each case's median time with p10 to p90 whiskers, named after the workload
+    /// ("tiny tasks" is tiny-tasks.svg).
+    #[arg(long, value_name = "DIR")]
+    plot: Option<PathBuf>,
 }
 
 pub use memory::{CHILD_COMMAND as MEMORY_CHILD_COMMAND, run_child as memory_child};
@@ -312,6 +319,16 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, Box<dyn Error>> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         report::print_table(&report);
+    }
+    if let Some(dir) = &args.plot {
+        std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        for w in &report.workloads {
+            let path = dir.join(crate::plot::file_name(w.name));
+            crate::plot::workload(&path, w, report.iters)
+                .map_err(|e| format!("drawing {}: {e}", path.display()))?;
+            // stderr: with --json, stdout holds only the JSON.
+            eprintln!("bench: chart of {} written to {}", w.name, path.display());
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

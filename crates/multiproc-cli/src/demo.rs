@@ -9,12 +9,14 @@
 //! checked against the closed formula.
 
 use std::error::Error;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use multiproc::{Process, StartMethod};
 
 use crate::load::{LoadMeter, OtherLoad};
+use crate::plot;
 use crate::stats::Summary;
 use crate::warm;
 use crate::work::{expected_total, work};
@@ -28,7 +30,8 @@ pub struct DemoArgs {
 
     /// Number of runs: processes (and threads) working side by side. The sequential
     /// baseline does as many runs one after the other.
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=256))]
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=256),
+          conflicts_with = "plot")]
     procs: u64,
 
     /// How child processes are started.
@@ -47,6 +50,17 @@ pub struct DemoArgs {
     /// Language of the labels: `ko` prints the tutorial's own Korean labels.
     #[arg(long, value_enum, default_value_t = Lang::En)]
     lang: Lang,
+
+    /// Run the job with 1, 2, ... --max-workers workers (processes, threads, and the
+    /// Pool with --pool), each against as many runs done sequentially, and draw the
+    /// speed-up against workers, with the ideal line, into this SVG file.
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<PathBuf>,
+
+    /// The most workers --plot measures [default: the number of CPUs].
+    #[arg(long, value_name = "N", requires = "plot",
+          value_parser = clap::value_parser!(u64).range(1..=256))]
+    max_workers: Option<u64>,
 }
 
 /// A start method, as the command line names it.
@@ -141,6 +155,9 @@ struct Measured {
 
 /// Runs the demo; `ExitCode::FAILURE` if any total is wrong.
 pub fn run(args: &DemoArgs) -> Result<ExitCode, Box<dyn Error>> {
+    if let Some(path) = &args.plot {
+        return sweep(args, path);
+    }
     let Some(expected) = expected_total(args.n, args.procs) else {
         return Err(format!(
             "--n {} with --procs {}: the total does not fit in a u64; choose a smaller N",
@@ -162,7 +179,7 @@ pub fn run(args: &DemoArgs) -> Result<ExitCode, Box<dyn Error>> {
     println!("{}", lang.why_python_printed_zero());
     println!();
 
-    let (measured, other_load) = measure(&modes, args)?;
+    let (measured, other_load) = measure(&modes, args.n, args.procs, args.repeat)?;
 
     let baseline = median(&measured[0].times);
     let mut all_correct = true;
@@ -192,13 +209,15 @@ pub fn run(args: &DemoArgs) -> Result<ExitCode, Box<dyn Error>> {
 /// Times every mode `--repeat` times, interleaved, after warming up.
 fn measure(
     modes: &[Mode],
-    args: &DemoArgs,
+    n: u64,
+    procs: u64,
+    repeat: u64,
 ) -> Result<(Vec<Measured>, Option<OtherLoad>), Box<dyn Error>> {
     // Wake every core, and take first-use costs (the fork server's first
     // child, thread creation, page faults) outside the timed runs.
     warm::warm_cpus(warm::DEFAULT_SPIN);
     for mode in modes {
-        mode.run_once(1000, args.procs)?;
+        mode.run_once(1000, procs)?;
     }
 
     let mut measured: Vec<Measured> = modes
@@ -211,10 +230,10 @@ fn measure(
         .collect();
     // Interleaved, so that a slow moment of the machine hits every mode alike.
     let meter = LoadMeter::start();
-    for _ in 0..args.repeat {
+    for _ in 0..repeat {
         for m in &mut measured {
             let t = Instant::now();
-            let results = m.mode.run_once(args.n, args.procs)?;
+            let results = m.mode.run_once(n, procs)?;
             m.times.push(t.elapsed());
             // Wrapping: a wrong result must show up as a wrong total, not a panic.
             m.totals
@@ -222,6 +241,128 @@ fn measure(
         }
     }
     Ok((measured, meter.finish()))
+}
+
+/// `--plot`: the job for 1..=max workers, each mode against the same number of runs
+/// done sequentially; prints a line per worker count and draws the chart.
+fn sweep(args: &DemoArgs, path: &std::path::Path) -> Result<ExitCode, Box<dyn Error>> {
+    let cpus = multiproc::cpu_count();
+    let max = args.max_workers.unwrap_or(cpus as u64);
+    if expected_total(args.n, max).is_none() {
+        return Err(format!(
+            "--n {} with --max-workers {max}: the total does not fit in a u64; choose a \
+             smaller N",
+            args.n
+        )
+        .into());
+    }
+    let method: StartMethod = args.start_method.into();
+    let mut modes = vec![Mode::Sequential, Mode::Processes(method), Mode::Threads];
+    if args.pool {
+        modes.push(Mode::Pool(method));
+    }
+    println!(
+        "multiproc demo --plot: each worker sums 0..{}, for 1..={max} workers; {cpus} CPUs; \
+         times are the median of {} interleaved repeats, each against as many runs done \
+         sequentially",
+        args.n, args.repeat
+    );
+    let mut head = format!("{:>7}  {:>12}", "workers", "sequential s");
+    for mode in &modes[1..] {
+        head.push_str(&format!("  {:>18}", series_name(*mode)));
+    }
+    println!("{head}");
+
+    let mut series: Vec<plot::Series> = modes[1..]
+        .iter()
+        .map(|&m| plot::Series {
+            name: series_name(m).to_string(),
+            points: Vec::new(),
+        })
+        .collect();
+    let mut all_correct = true;
+    let mut loads = Vec::new();
+    for workers in 1..=max {
+        let expected = expected_total(args.n, workers).expect("fits: checked for the most");
+        let (measured, load) = measure(&modes, args.n, workers, args.repeat)?;
+        loads.extend(load);
+        let baseline = median(&measured[0].times);
+        let mut line = format!("{workers:>7}  {:>12.4}", baseline.as_secs_f64());
+        for (m, s) in measured[1..].iter().zip(&mut series) {
+            let t = median(&m.times);
+            let speedup = baseline.as_secs_f64() / t.as_secs_f64();
+            s.points.push((workers as u32, speedup));
+            line.push_str(&format!(
+                "  {:>18}",
+                format!("{:.4} s {speedup:5.2}x", t.as_secs_f64())
+            ));
+        }
+        println!("{line}");
+        for m in &measured {
+            if let Some(&wrong) = m.totals.iter().find(|&&t| t != expected) {
+                println!(
+                    "WRONG: {} with {workers} workers: total {wrong}, must be {expected}",
+                    series_name(m.mode)
+                );
+                all_correct = false;
+            }
+        }
+    }
+    if let Some(warning) = loads
+        .iter()
+        .filter(|l| l.busy)
+        .max_by(|a, b| a.other_cpus.total_cmp(&b.other_cpus))
+        .and_then(|l| l.warning())
+    {
+        println!("{warning}");
+    }
+    plot::speedup(
+        path,
+        "multiproc demo: speed-up against workers",
+        &format!(
+            "each worker sums 0..{}; processes started with {method}; {cpus} CPUs; {}",
+            group_digits(args.n),
+            if args.repeat == 1 {
+                "one run each".to_string()
+            } else {
+                format!("median of {} repeats", args.repeat)
+            }
+        ),
+        &series,
+        max as u32,
+        cpus as u32,
+    )
+    .map_err(|e| format!("drawing {}: {e}", path.display()))?;
+    println!("chart written to {}", path.display());
+    if all_correct {
+        println!("all totals correct");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+/// The legend name of a mode's series.
+fn series_name(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Sequential => "sequential",
+        Mode::Processes(_) => "processes",
+        Mode::Threads => "threads",
+        Mode::Pool(_) => "Pool (processes)",
+    }
+}
+
+/// `50000000` as `50,000,000`.
+fn group_digits(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// Prints one mode's block, the tutorial's way; `false` if a total was wrong.
@@ -422,6 +563,8 @@ mod tests {
             repeat: 2,
             pool: false,
             lang: Lang::En,
+            plot: None,
+            max_workers: None,
         };
         let expected = expected_total(1000, 2).unwrap();
         let mut m = Measured {
@@ -432,6 +575,13 @@ mod tests {
         assert!(print_mode(Lang::En, &m, &args, 1.0, expected));
         m.totals[1] = 0; // the tutorial's answer
         assert!(!print_mode(Lang::En, &m, &args, 1.0, expected));
+    }
+
+    #[test]
+    fn digits_are_grouped() {
+        assert_eq!(group_digits(50_000_000), "50,000,000");
+        assert_eq!(group_digits(999), "999");
+        assert_eq!(group_digits(1000), "1,000");
     }
 
     #[test]

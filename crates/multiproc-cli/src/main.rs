@@ -3,6 +3,7 @@
 mod bench;
 mod demo;
 mod load;
+mod plot;
 mod stats;
 mod sys;
 mod warm;
@@ -38,6 +39,7 @@ fn main() -> ExitCode {
     // in the parent it starts the fork server while the program is still young.
     multiproc::init();
     let cli = Cli::parse();
+    init_logging();
     let outcome = match cli.command {
         Command::Demo(args) => demo::run(&args),
         Command::Bench(args) => bench::run(&args),
@@ -50,4 +52,28 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// With `RUST_LOG` set (e.g. `RUST_LOG=multiproc=debug`), the library's `tracing`
+/// events go to stderr, filtered by it; without it, nothing is logged.
+fn init_logging() {
+    let Some(spec) = std::env::var_os("RUST_LOG") else {
+        return;
+    };
+    let filter = match tracing_subscriber::EnvFilter::try_new(spec.to_string_lossy()) {
+        Ok(filter) => filter,
+        Err(e) => {
+            eprintln!(
+                "multiproc: ignoring RUST_LOG={}: {e}",
+                spec.to_string_lossy()
+            );
+            return;
+        }
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        // Colours on a terminal only, not in a file or a pipe.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
 }

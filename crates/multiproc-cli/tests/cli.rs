@@ -250,3 +250,96 @@ fn bench_cluster_runs_beside_the_local_pool_and_cleans_up() {
         "{stderr}"
     );
 }
+
+/// A fresh, empty directory for one test's files, removed when dropped.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("multiproc-cli-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create a temp dir");
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn demo_plot_draws_both_series_the_ideal_line_and_labelled_axes() {
+    let dir = TempDir::new("plot");
+    let svg = dir.0.join("speedup.svg");
+    let out = multiproc(&[
+        "demo",
+        "--n",
+        "100000",
+        "--repeat",
+        "1",
+        "--max-workers",
+        "2",
+        "--plot",
+        svg.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    let text = stdout(&out);
+    assert!(text.contains("all totals correct"), "{text}");
+    // A line per worker count.
+    for workers in ["      1  ", "      2  "] {
+        assert!(text.lines().any(|l| l.starts_with(workers)), "{text}");
+    }
+    let chart = std::fs::read_to_string(&svg).expect("the SVG was written");
+    assert!(chart.starts_with("<svg"), "{chart}");
+    let texts: Vec<&str> = chart
+        .split("<text")
+        .skip(1)
+        .filter_map(|t| t.split_once('>')?.1.split_once("</text>"))
+        .map(|(inner, _)| inner.trim())
+        .collect();
+    for label in [
+        "workers",
+        "speed-up over sequential",
+        "processes",
+        "threads",
+        "ideal (linear)",
+        "1",
+        "2",
+    ] {
+        assert!(texts.contains(&label), "no text {label:?} in {texts:?}");
+    }
+    // Lines: the ideal one and a line for each series (with a legend sample each),
+    // and a dot per measured point (2 series × 2 worker counts).
+    assert!(chart.matches("<polyline").count() >= 6, "{chart}");
+    assert!(chart.matches("<circle").count() >= 4, "{chart}");
+}
+
+#[test]
+fn demo_plot_and_procs_do_not_mix() {
+    let out = multiproc(&["demo", "--plot", "x.svg", "--procs", "3"]);
+    assert!(!out.status.success());
+    let out = multiproc(&["demo", "--max-workers", "2"]);
+    assert!(!out.status.success(), "--max-workers needs --plot");
+}
+
+#[test]
+fn rust_log_shows_the_pool_workers_starting() {
+    let run = |rust_log: Option<&str>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_multiproc"));
+        cmd.args(["demo", "--n", "1000", "--repeat", "1", "--pool"]);
+        cmd.env_remove("RUST_LOG");
+        if let Some(v) = rust_log {
+            cmd.env("RUST_LOG", v);
+        }
+        let out = cmd.output().expect("run multiproc");
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let logged = run(Some("multiproc=debug"));
+    assert!(logged.contains("pool worker started"), "{logged}");
+    assert!(logged.contains("DEBUG"), "{logged}");
+    let quiet = run(None);
+    assert!(!quiet.contains("pool worker started"), "{quiet}");
+}
