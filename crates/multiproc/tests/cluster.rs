@@ -450,6 +450,12 @@ fn cluster_netns_caller_entry() {
     assert_eq!(out, (0..10_000u64).map(double).collect::<Vec<_>>());
     let err = pool.apply(boom, 3).unwrap_err();
     println!("panic: {err}");
+    // The caller reads the nodes' heartbeats about once a second: a quick map can end
+    // before the first read that lists the node.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pool.workers().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let hosts: Vec<String> = pool.workers().iter().map(|w| w.host.clone()).collect();
     println!("node hosts: {hosts:?}");
     println!("netns caller: OK");
