@@ -196,27 +196,23 @@ impl ser::SerializeMap for &mut Probe {
     }
 }
 
-impl ser::SerializeStruct for &mut Probe {
-    type Ok = ();
-    type Error = Custom;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, _: &'static str, value: &T) -> R {
-        value.serialize(&mut **self)
-    }
-    fn end(self) -> R {
-        Ok(())
-    }
+/// Named fields walk their values the same way.
+macro_rules! walk_fields {
+    ($($trait:ident),*) => {$(
+        impl ser::$trait for &mut Probe {
+            type Ok = ();
+            type Error = Custom;
+            fn serialize_field<T: Serialize + ?Sized>(&mut self, _: &'static str, value: &T) -> R {
+                value.serialize(&mut **self)
+            }
+            fn end(self) -> R {
+                Ok(())
+            }
+        }
+    )*};
 }
 
-impl ser::SerializeStructVariant for &mut Probe {
-    type Ok = ();
-    type Error = Custom;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, _: &'static str, value: &T) -> R {
-        value.serialize(&mut **self)
-    }
-    fn end(self) -> R {
-        Ok(())
-    }
-}
+walk_fields!(SerializeStruct, SerializeStructVariant);
 
 #[cfg(test)]
 mod tests {
