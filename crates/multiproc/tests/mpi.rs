@@ -1,8 +1,8 @@
 //! The MPI pool under a real launcher: `mpirun -n 3` on the `mpi_check` example.
 //!
 //! Needs Open MPI's `mpirun` (Debian: `openmpi-bin`); without it each test says so and
-//! passes. `.ci/run` installs it. The example must be built first (`cargo test
-//! --features mpi` builds examples; `.ci/run` builds it explicitly).
+//! passes. The README's test command, `cargo xtask test`, installs it, builds the example
+//! (these tests run it), and runs these tests with feature `mpi`.
 #![cfg(feature = "mpi")]
 
 mod common;

@@ -1,5 +1,6 @@
 //! A `redis-server` of a test's own, on a free port of 127.0.0.1, without persistence,
-//! killed on drop (Debian's `redis-server`; `.ci/run` installs it).
+//! killed on drop (Debian's `redis-server`; the README's test command, `cargo xtask test`,
+//! installs it).
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -31,7 +32,12 @@ impl Redis {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("redis-server (Debian's redis-server package; .ci/run installs it)");
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start redis-server ({e}): the cluster tests need it; run the \
+                     README's test command, `cargo xtask test`, which installs it"
+                )
+            });
         let r = Redis {
             child,
             port,
