@@ -107,6 +107,7 @@ mod child;
 #[cfg(feature = "cluster")]
 pub mod cluster;
 mod error;
+mod handle;
 #[cfg(feature = "mpi")]
 pub mod mpi;
 pub mod pool;
@@ -127,6 +128,7 @@ mod worker;
 
 pub use channel::{JoinableQueue, Pipe, PipeEnd, Queue, SimpleQueue};
 pub use error::{Error, ExitStatus, Result, Signal};
+pub use handle::Handle;
 pub use pool::{
     AsCompleted, AsyncResult, ChunkSize, Pool, PoolBuilder, Progress, TaskPool, Wait, Waitable,
     WorkerInfo, as_completed, wait,

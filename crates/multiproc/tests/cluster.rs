@@ -559,3 +559,37 @@ fn a_node_on_another_host_serves_a_caller_across_a_veth_pair() {
         "{stdout}"
     );
 }
+
+/// A node is a service: with no subscriber installed by the program and no `RUST_LOG`,
+/// it still says on stderr that it serves and that it stopped.
+#[test]
+fn a_node_logs_to_stderr_by_default() {
+    let redis = Redis::start();
+    let exe = std::env::current_exe().unwrap();
+    let mut child = Command::new(exe)
+        .args([
+            "--exact",
+            "cluster_node_entry",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("MULTIPROC_CLUSTER", redis.url())
+        .env("MULTIPROC_CLUSTER_KEY", std::str::from_utf8(KEY).unwrap())
+        .env("MULTIPROC_CLUSTER_SLOTS", "1")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut stderr, &mut first).unwrap();
+    assert!(first.contains("cluster node serving"), "{first}");
+    assert!(first.contains("INFO"), "{first}");
+    // SAFETY: kill(2) on the pid of our own child, not yet reaped.
+    let _ = unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(0), "{rest}");
+    assert!(rest.contains("cluster node stopped"), "{rest}");
+}

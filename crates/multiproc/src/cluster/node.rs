@@ -130,6 +130,30 @@ pub(crate) fn enter_if_node() {
     std::process::exit(code);
 }
 
+/// The filter a node logs with when the program installed no subscriber and
+/// `RUST_LOG` is unset: warnings and errors, and the node's start and stop.
+const DEFAULT_NODE_LOG: &str = "warn,multiproc::cluster=info";
+
+/// A node is a service: it says what it does on stderr even when the program installed
+/// no `tracing` subscriber. Where one is installed, it is left alone; `RUST_LOG`
+/// chooses the filter (`RUST_LOG=off` silences the node).
+fn log_to_stderr_by_default() {
+    if tracing::dispatcher::has_been_set() {
+        return;
+    }
+    let spec = std::env::var("RUST_LOG").unwrap_or_else(|_| DEFAULT_NODE_LOG.to_owned());
+    let filter = tracing_subscriber::EnvFilter::try_new(&spec).unwrap_or_else(|e| {
+        eprintln!("multiproc cluster node: ignoring RUST_LOG={spec}: {e}");
+        tracing_subscriber::EnvFilter::new(DEFAULT_NODE_LOG)
+    });
+    // Another thread may have installed one since the check: then theirs stays.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
 /// A chunk this node runs.
 struct Held {
     started: Instant,
@@ -167,6 +191,11 @@ struct Node {
 /// hands back its chunks) or an error that cannot be retried (no key, a bad URL).
 /// Lost connections are retried with backoff.
 ///
+/// A node logs to stderr: if the program installed no `tracing` subscriber, `serve`
+/// installs one that prints warnings, errors and the node's start and stop
+/// (`RUST_LOG` overrides the filter, e.g. `RUST_LOG=multiproc=debug`; `RUST_LOG=off`
+/// silences it). A program with a subscriber of its own keeps it.
+///
 /// ```no_run
 /// // A program with a `node` subcommand, on each machine of the cluster:
 /// //   MULTIPROC_CLUSTER_KEY=... ./app node redis://10.0.0.1:6379/0
@@ -177,6 +206,7 @@ struct Node {
 /// }
 /// ```
 pub fn serve(url: &str, options: ServeOptions) -> Result<()> {
+    log_to_stderr_by_default();
     let key = match options.key {
         Some(k) => k,
         None => Key::from_env()?,

@@ -15,11 +15,30 @@ use super::imap::Imap;
 use super::progress::Progress;
 use crate::error::{Error, Result};
 
-/// Bounds a task's argument must meet to run on every kind of pool.
+/// Bounds a task's argument must meet to run on every kind of pool: serde's
+/// `Serialize` and `DeserializeOwned` (the value is copied into the worker, so it owns
+/// its data: no borrowed `&str`, use `String`), `Send` and `'static`. Implemented for
+/// every type that meets them; see [`Ret`] for which types qualify and which do not.
 pub trait Arg: Serialize + DeserializeOwned + Send + 'static {}
 impl<T: Serialize + DeserializeOwned + Send + 'static> Arg for T {}
 
-/// Bounds a task's result must meet to run on every kind of pool.
+/// Bounds a task's result must meet to run on every kind of pool (the same as
+/// [`Arg`]'s): the value travels back to the caller by value, so it must have a serde
+/// form that means the same thing in another process.
+///
+/// What qualifies: numbers, `bool`, `char`, `String`, `Vec`, arrays, tuples, `Option`,
+/// `Result`, maps and sets of those, your own types with `#[derive(Serialize,
+/// Deserialize)]`, `serde_bytes::ByteBuf` for bulk bytes (sent as one run), and
+/// multiproc's own handles: [`Pipe`](crate::Pipe) ends, [`Queue`](crate::Queue)s,
+/// [`SharedMemory`](crate::SharedMemory), [`Value`](crate::Value),
+/// [`Array`](crate::Array), and [`Handle`](crate::Handle) for any other OS handle.
+///
+/// What does not, and why: a [`File`](std::fs::File), a socket or an
+/// [`OwnedFd`](std::os::fd::OwnedFd) by itself (its number means nothing in another
+/// process: wrap it in a [`Handle`](crate::Handle), which the kernel duplicates into
+/// the receiver); references and `Rc` (the value is copied, not shared); closures
+/// (a task is a plain `fn`). The compiler names the missing bound, `Serialize` or
+/// `Deserialize`, "required for `File` to implement `Ret`".
 pub trait Ret: Serialize + DeserializeOwned + Send + 'static {}
 impl<T: Serialize + DeserializeOwned + Send + 'static> Ret for T {}
 
@@ -254,8 +273,29 @@ pub trait TaskPool: Backend {
         Imap::new(self, f, items.into_iter(), true)
     }
 
-    /// Like [`imap`](TaskPool::imap), but yields `(index, result)` as soon as each
-    /// result arrives, in completion order.
+    /// Like [`imap`](TaskPool::imap), but yields each `Result<R>` as soon as it
+    /// arrives, in completion order. [`Imap::indexed`] also gives each result's index
+    /// in `items` (Python's `imap_unordered` gives no index; with it, results can be put
+    /// back in place).
+    ///
+    /// ```
+    /// use multiproc::prelude::*;
+    /// fn square(x: u64) -> u64 { x * x }
+    ///
+    /// # fn main() -> multiproc::Result<()> {
+    /// let pool = Pool::new(2)?;
+    /// let mut total = 0;
+    /// for r in pool.imap_unordered(square, 1..=4) {
+    ///     total += r?;
+    /// }
+    /// assert_eq!(total, 30);
+    /// let mut back = vec![0; 4];
+    /// for (i, r) in pool.imap_unordered(square, 1..=4).indexed() {
+    ///     back[i] = r?;
+    /// }
+    /// assert_eq!(back, [1, 4, 9, 16]);
+    /// # Ok(()) }
+    /// ```
     fn imap_unordered<'p, A: Arg, R: Ret, I: IntoIterator<Item = A>>(
         &'p self,
         f: fn(A) -> R,

@@ -64,6 +64,26 @@ impl<W: Waitable + ?Sized> Waitable for &W {}
 /// # for h in &handles { h.cancel(); }
 /// # Ok(()) }
 /// ```
+///
+/// Handles of different result types (or pools) go in one slice as `&dyn Waitable`:
+/// cast the first element and the rest follow (without the cast, the array's element
+/// type is the first handle's, and the second fails with E0308 "mismatched types").
+///
+/// ```
+/// use multiproc::prelude::*;
+/// use multiproc::{Wait, Waitable, wait};
+/// fn double(x: u64) -> u64 { 2 * x }
+/// fn name(x: u64) -> String { format!("#{x}") }
+///
+/// # fn main() -> multiproc::Result<()> {
+/// let pool = Pool::new(2)?;
+/// let a = pool.apply_async(double, 21)?;
+/// let b = pool.apply_async(name, 7)?;
+/// let (done, _) = wait(&[&a as &dyn Waitable, &b], Wait::AllCompleted, None);
+/// assert_eq!(done, [0, 1]);
+/// assert_eq!((a.get()?, b.get()?), (42, "#7".to_owned()));
+/// # Ok(()) }
+/// ```
 pub fn wait<W: Waitable>(
     handles: &[W],
     mode: Wait,
