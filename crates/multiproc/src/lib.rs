@@ -106,6 +106,7 @@ mod channel;
 mod child;
 #[cfg(feature = "cluster")]
 pub mod cluster;
+pub mod connection;
 mod error;
 #[cfg(feature = "mpi")]
 pub mod mpi;
@@ -125,7 +126,7 @@ mod thread;
 pub mod wire;
 mod worker;
 
-pub use channel::{JoinableQueue, Pipe, PipeEnd, Queue, SimpleQueue};
+pub use channel::{JoinableQueue, Pipe, PipeEnd, PipeReader, PipeWriter, Queue, SimpleQueue};
 pub use error::{Error, ExitStatus, Result, Signal};
 pub use pool::{
     AsCompleted, AsyncResult, ChunkSize, Pool, PoolBuilder, Progress, TaskPool, Wait, Waitable,
