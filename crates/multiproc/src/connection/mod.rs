@@ -12,11 +12,11 @@
 //! use multiproc::Process;
 //!
 //! // The child knows only the address and the key.
-//! fn client((address, key): (String, Vec<u8>)) -> multiproc::Result<u64> {
-//!     let key = AuthKey::new(key)?;
-//!     let mut conn: Connection<String, u64> = Client::connect(address.as_str(), Some(&key))?;
-//!     conn.send(&"hello".to_string())?;
-//!     conn.recv()
+//! fn client((address, key): (String, Vec<u8>)) -> u64 {
+//!     let key = AuthKey::new(key).unwrap();
+//!     let mut conn: Connection<String, u64> = Client::connect(&address, Some(&key)).unwrap();
+//!     conn.send(&"hello".to_string()).unwrap();
+//!     conn.recv().unwrap()
 //! }
 //!
 //! # fn main() -> multiproc::Result<()> {
@@ -29,7 +29,7 @@
 //! let mut conn: Connection<u64, String> = listener.accept()?;
 //! assert_eq!(conn.recv()?, "hello");
 //! conn.send(&5)?;
-//! assert_eq!(child.join()??, 5);
+//! assert_eq!(child.join()?, 5);
 //! # Ok(()) }
 //! ```
 //!
