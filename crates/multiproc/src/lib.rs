@@ -58,8 +58,9 @@
 //!
 //! ## Sentinels: waiting on processes and channels
 //!
-//! [`Process`], [`PipeEnd`] and [`Queue`] implement [`AsFd`](std::os::fd::AsFd) (a
-//! process by its pidfd, readable once it ended); [`wait_ready`] waits until any of
+//! [`Process`], [`PipeEnd`], [`Queue`], and [`connection`]'s listeners and connections
+//! implement [`AsFd`](std::os::fd::AsFd) (a process by its pidfd, readable once it
+//! ended); [`wait_ready`] waits until any of
 //! several are ready, as Python's `multiprocessing.connection.wait`, and
 //! [`active_children`] lists the children still running. (For pool results, see
 //! [`wait`] and [`as_completed`].)

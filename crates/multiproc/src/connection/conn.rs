@@ -13,6 +13,8 @@ use crate::wire::fds::{self, PassFd};
 use crate::wire::{self, FrameDecoder, Received};
 
 const WHAT: &str = "connection";
+/// Sends `S`, receives `R`; `Send` and `Sync` whatever they are (no value is held).
+type Types<S, R> = (fn(S), fn() -> R);
 /// The largest encoding buffer a connection keeps for its next message.
 const KEEP_BUFFER: usize = 8 << 20;
 /// The body of the frame that carries a handle from [`Connection::send_handle`].
@@ -42,7 +44,7 @@ pub struct Connection<S, R = S> {
     decoder: FrameDecoder,
     out: Vec<u8>,
     session: Option<SessionKey>,
-    _t: PhantomData<(fn(S), fn() -> R)>,
+    _t: PhantomData<Types<S, R>>,
 }
 
 impl<S, R> std::fmt::Debug for Connection<S, R> {

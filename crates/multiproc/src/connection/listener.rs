@@ -424,3 +424,34 @@ impl ClientBuilder {
         Ok(Connection::new(sock, address.is_unix(), peer, session))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_ends_derive_one_session_key_per_connection() {
+        let key = AuthKey::random().unwrap();
+        let listener = Listener::bind("@", Some(&key)).unwrap();
+        let mut keys = Vec::new();
+        for _ in 0..2 {
+            let address = listener.address().clone();
+            let k = key.clone();
+            let t = std::thread::spawn(move || Client::connect::<u8, u8>(&address, Some(&k)));
+            let here: Connection<u8> = listener.accept().unwrap();
+            let there = t.join().unwrap().unwrap();
+            let s = *here.session_key().unwrap();
+            assert_eq!(Some(&s), there.session_key());
+            assert_ne!(&s[..], key.as_bytes());
+            keys.push(s);
+        }
+        assert_ne!(keys[0], keys[1], "each connection has its own session key");
+        // Without a key there is none.
+        let open = Listener::bind("@", None).unwrap();
+        let address = open.address().clone();
+        let t = std::thread::spawn(move || Client::connect::<u8, u8>(&address, None));
+        let here: Connection<u8> = open.accept().unwrap();
+        assert!(here.session_key().is_none());
+        assert!(t.join().unwrap().unwrap().session_key().is_none());
+    }
+}

@@ -39,7 +39,7 @@
 //! each sends the other a fresh 32-byte random challenge and checks the HMAC-SHA256 the
 //! other computes over it, in constant time (Python's `deliver_challenge` and
 //! `answer_challenge`, both ways, with a modern digest). A wrong key fails on both ends
-//! with [`Error::AuthenticationFailed`](crate::Error::AuthenticationFailed); a peer that
+//! with [`Error::AuthenticationFailed`]; a peer that
 //! does not answer fails after the handshake timeout (10 seconds unless set on the
 //! builder), so a silent peer never hangs `accept` or `connect`.
 //!
