@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! listener -> client   Hello: magic, version, mode, challenge_l (32 random bytes)
+//!                      (without a key: Hello, then the client's Confirm, and done)
 //! client   -> listener Answer: challenge_c (32 random bytes), HMAC(key, "client" | l | c)
 //! listener -> client   Welcome: HMAC(key, "listener" | l | c)    or Refused
 //! client   -> listener Confirm                                   or Refused
@@ -210,13 +211,15 @@ fn failed(peer: &str, detail: impl Into<String>) -> Error {
     }
 }
 
-/// One handshake frame, with a deadline. `waiting_for` says what, for the error.
+/// One handshake frame, with a deadline. `waiting_for` says what, for the error;
+/// `if_closed` what a close before it means, if more can be said than that it closed.
 fn read(
     sock: BorrowedFd<'_>,
     deadline: Instant,
     timeout: Duration,
     peer: &str,
     waiting_for: &str,
+    if_closed: Option<&str>,
 ) -> Result<Vec<u8>> {
     let mut decoder = FrameDecoder::new(MAX_HANDSHAKE_FRAME);
     match wire::recv_frame(sock, &mut decoder, Some(deadline)) {
@@ -227,7 +230,10 @@ fn read(
         )),
         Ok(Received::Closed) => Err(failed(
             peer,
-            format!("the peer closed the connection before sending its {waiting_for}"),
+            if_closed.map_or_else(
+                || format!("the peer closed the connection before sending its {waiting_for}"),
+                str::to_owned,
+            ),
         )),
         Err(Error::FrameTooLarge { len, .. }) => Err(failed(
             peer,
@@ -253,24 +259,38 @@ pub(crate) fn drive_listener(
 ) -> Result<Option<SessionKey>> {
     let deadline = Instant::now() + timeout;
     let Some(key) = key else {
-        write(sock, &encode_hello(&Hello::Open))?;
+        write(sock, &encode_hello(&Hello::Open))
+            .map_err(|e| failed(peer, format!("could not send the greeting: {e}")))?;
+        // Wait for the client's word, so that a client with a key fails this accept too.
+        let confirmation = read(
+            sock,
+            deadline,
+            timeout,
+            peer,
+            "confirmation",
+            Some(
+                "the client closed the connection after our greeting (it has a key and \
+                 refuses a listener without one)",
+            ),
+        )?;
+        check_confirmation(&confirmation).map_err(|why| failed(peer, why))?;
         return Ok(None);
     };
     let l = challenge()?;
     // A client that already left makes the write fail: report that as the handshake.
     write(sock, &encode_hello(&Hello::Challenge(l)))
         .map_err(|e| failed(peer, format!("could not send the challenge: {e}")))?;
-    let answer = read(sock, deadline, timeout, peer, "answer to the challenge")
-        .map_err(|e| match e {
-            Error::AuthenticationFailed { peer, detail } if detail.contains("closed") => {
-                failed(
-                    &peer,
-                    "the client closed the connection without answering the challenge (does it \
-                     have the key?)",
-                )
-            }
-            e => e,
-        })?;
+    let answer = read(
+        sock,
+        deadline,
+        timeout,
+        peer,
+        "answer to the challenge",
+        Some(
+            "the client closed the connection without answering the challenge (it has no key, \
+             or refuses ours)",
+        ),
+    )?;
     let c = match check_answer(key, &l, &answer) {
         Ok(c) => c,
         Err(why) => {
@@ -280,7 +300,7 @@ pub(crate) fn drive_listener(
     };
     write(sock, &encode_welcome(key, &l, &c))
         .map_err(|e| failed(peer, format!("could not send the verdict: {e}")))?;
-    let confirmation = read(sock, deadline, timeout, peer, "confirmation")?;
+    let confirmation = read(sock, deadline, timeout, peer, "confirmation", None)?;
     check_confirmation(&confirmation).map_err(|why| failed(peer, why))?;
     Ok(Some(session_key(key, &l, &c)))
 }
@@ -293,13 +313,17 @@ pub(crate) fn drive_client(
     peer: &str,
 ) -> Result<Option<SessionKey>> {
     let deadline = Instant::now() + timeout;
-    let hello = read(sock, deadline, timeout, peer, "greeting")?;
+    let hello = read(sock, deadline, timeout, peer, "greeting", None)?;
     let hello = decode_hello(&hello).map_err(|detail| Error::Connection {
         address: peer.to_owned(),
         detail,
     })?;
     match (hello, key) {
-        (Hello::Open, None) => Ok(None),
+        (Hello::Open, None) => {
+            write(sock, &confirmation())
+                .map_err(|e| failed(peer, format!("could not confirm: {e}")))?;
+            Ok(None)
+        }
         (Hello::Open, Some(_)) => Err(failed(
             peer,
             "the listener has no key, so it cannot prove who it is; we were given a key and \
@@ -313,7 +337,7 @@ pub(crate) fn drive_client(
             let c = challenge()?;
             write(sock, &encode_answer(key, &l, &c))
                 .map_err(|e| failed(peer, format!("could not send our answer: {e}")))?;
-            let verdict = read(sock, deadline, timeout, peer, "verdict")?;
+            let verdict = read(sock, deadline, timeout, peer, "verdict", None)?;
             if let Err(why) = check_welcome(key, &l, &c, &verdict) {
                 if verdict != refusal() {
                     let _ = write(sock, &refusal());

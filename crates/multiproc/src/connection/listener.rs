@@ -232,6 +232,10 @@ impl Listener {
     }
 
     /// Waits for a connection and runs the handshake with it.
+    ///
+    /// A client that connects and then stays silent holds this call for up to the
+    /// handshake timeout before it fails; a server that must keep accepting meanwhile
+    /// accepts from more than one thread.
     pub fn accept<S, R>(&self) -> Result<Connection<S, R>> {
         self.accept_until(None, None)
     }
