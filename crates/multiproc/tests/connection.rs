@@ -478,6 +478,11 @@ fn a_stale_socket_file_is_replaced_and_a_live_one_is_not() {
     assert!(err.to_string().contains("in use"), "{err}");
     drop(live);
     assert!(!path.exists());
+    // Nobody there: a clear error, not a hang.
+    let err = Client::connect::<u8, u8>(&path, None).unwrap_err();
+    assert!(err.to_string().contains("is a listener running"), "{err}");
+    let err = Listener::bind("app.sock", None).unwrap_err();
+    assert!(err.to_string().contains("not an address"), "{err}");
     // Not a socket: never removed.
     std::fs::write(&path, b"data").unwrap();
     assert!(Listener::bind(&path, None).is_err());

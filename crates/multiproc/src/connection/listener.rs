@@ -87,9 +87,9 @@ impl std::fmt::Debug for Listener {
 }
 
 /// How to bind a [`Listener`]: [`Listener::builder`].
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct ListenerBuilder {
-    address: Result<Address, String>,
+    address: Result<Address>,
     key: Option<AuthKey>,
     allow_open: bool,
     handshake_timeout: Duration,
@@ -118,10 +118,7 @@ impl ListenerBuilder {
 
     /// Binds and listens.
     pub fn bind(self) -> Result<Listener> {
-        let address = self.address.map_err(|detail| Error::Connection {
-            address: String::new(),
-            detail,
-        })?;
+        let address = self.address?;
         check_key(&address, self.key.as_ref(), self.allow_open, "listener")?;
         let (socket, address, file) = match address {
             Address::Tcp(a) => {
@@ -144,7 +141,10 @@ impl ListenerBuilder {
                 let l = bind_path(&address, path)?;
                 let meta = std::fs::symlink_metadata(path)
                     .map_err(|e| Error::io("reading the socket file just bound", e))?;
-                let file = Some((path.clone(), meta.dev(), meta.ino()));
+                // Absolute, so that the file is found on drop whatever the working
+                // directory is by then.
+                let absolute = std::path::absolute(path).unwrap_or_else(|_| path.clone());
+                let file = Some((absolute, meta.dev(), meta.ino()));
                 (Socket::Unix(l), address, file)
             }
         };
@@ -219,7 +219,7 @@ impl Listener {
     /// A builder, for the options [`bind`](Self::bind) does not take.
     pub fn builder(address: impl IntoAddress) -> ListenerBuilder {
         ListenerBuilder {
-            address: address.into_address().map_err(|e| e.to_string()),
+            address: address.into_address(),
             key: None,
             allow_open: false,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
@@ -356,7 +356,7 @@ impl Client {
     /// A builder, for the options [`connect`](Self::connect) does not take.
     pub fn builder(address: impl IntoAddress) -> ClientBuilder {
         ClientBuilder {
-            address: address.into_address().map_err(|e| e.to_string()),
+            address: address.into_address(),
             key: None,
             allow_open: false,
             timeout: DEFAULT_HANDSHAKE_TIMEOUT,
@@ -366,12 +366,23 @@ impl Client {
 
 /// How to connect: [`Client::builder`]. Reusable: each [`connect`](Self::connect)
 /// opens a new connection.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct ClientBuilder {
-    address: Result<Address, String>,
+    address: Result<Address>,
     key: Option<AuthKey>,
     allow_open: bool,
     timeout: Duration,
+}
+
+impl Clone for ClientBuilder {
+    fn clone(&self) -> Self {
+        ClientBuilder {
+            address: self.address.as_ref().map_err(Error::clone_shallow).cloned(),
+            key: self.key.clone(),
+            allow_open: self.allow_open,
+            timeout: self.timeout,
+        }
+    }
 }
 
 impl ClientBuilder {
@@ -397,10 +408,11 @@ impl ClientBuilder {
 
     /// Opens a connection.
     pub fn connect<S, R>(&self) -> Result<Connection<S, R>> {
-        let address = self.address.clone().map_err(|detail| Error::Connection {
-            address: String::new(),
-            detail,
-        })?;
+        let address = self
+            .address
+            .as_ref()
+            .map_err(Error::clone_shallow)?
+            .clone();
         check_key(&address, self.key.as_ref(), self.allow_open, "client")?;
         let refused = |e: io::Error| {
             let hint = match e.kind() {
@@ -432,6 +444,15 @@ impl ClientBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listeners_and_connections_can_be_shared_between_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<Listener>();
+        send_sync::<ClientBuilder>();
+        // Whatever the message types are: a connection holds none of them.
+        send_sync::<Connection<std::rc::Rc<u8>, std::cell::Cell<u8>>>();
+    }
 
     #[test]
     fn both_ends_derive_one_session_key_per_connection() {
