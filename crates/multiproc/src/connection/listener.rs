@@ -254,6 +254,17 @@ impl Listener {
         deadline: Option<Instant>,
         timeout: Option<Duration>,
     ) -> Result<Connection<S, R>> {
+        self.accept_pending(deadline, timeout)?.handshake()
+    }
+
+    /// Takes the next client without running the handshake: a server that must not
+    /// let a silent client hold its accept loop runs [`Pending::handshake`] on another
+    /// thread.
+    pub(crate) fn accept_pending(
+        &self,
+        deadline: Option<Instant>,
+        timeout: Option<Duration>,
+    ) -> Result<Pending> {
         let (sock, unix, peer) = loop {
             let accepted = match &self.socket {
                 Socket::Unix(l) => l.accept().map(|(s, _)| {
@@ -290,13 +301,32 @@ impl Listener {
             }
         };
         set_blocking(&sock)?;
-        let session = handshake::drive_listener(
-            sock.as_fd(),
-            self.key.as_ref(),
-            self.handshake_timeout,
-            &peer,
-        )?;
-        Ok(Connection::new(sock, unix, peer, session))
+        Ok(Pending {
+            sock,
+            unix,
+            peer,
+            key: self.key.clone(),
+            timeout: self.handshake_timeout,
+        })
+    }
+}
+
+/// An accepted client whose handshake has not run yet (see
+/// [`Listener::accept_pending`]).
+pub(crate) struct Pending {
+    sock: OwnedFd,
+    unix: bool,
+    peer: String,
+    key: Option<AuthKey>,
+    timeout: Duration,
+}
+
+impl Pending {
+    /// Runs the handshake: the connection, or why the client was refused.
+    pub(crate) fn handshake<S, R>(self) -> Result<Connection<S, R>> {
+        let session =
+            handshake::drive_listener(self.sock.as_fd(), self.key.as_ref(), self.timeout, &self.peer)?;
+        Ok(Connection::new(self.sock, self.unix, self.peer, session))
     }
 }
 
