@@ -379,6 +379,42 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+
+    /// A connection's handshake failed: the peer's key differs from ours, it has none
+    /// where one is required (or the reverse), or it did not answer in time. Both ends
+    /// of a failed handshake get this error.
+    #[error("authentication with {peer} failed: {detail}")]
+    AuthenticationFailed {
+        /// The other end: its address, or for an accepted connection who connected.
+        peer: String,
+        /// What went wrong, and on which side.
+        detail: String,
+    },
+
+    /// A connection could not be set up or used as asked: an address that does not
+    /// parse or cannot be bound or reached, a key that is too short, TCP without a key,
+    /// OS handles over TCP. The text says which, and what to do.
+    #[error("connection ({address}): {detail}")]
+    Connection {
+        /// The address involved (empty if none yet).
+        address: String,
+        /// What went wrong.
+        detail: String,
+    },
+
+    /// A message did not fit in the buffer given to
+    /// [`Connection::recv_bytes_into`](crate::connection::Connection::recv_bytes_into);
+    /// it is not lost: here it is (Python's `BufferTooShort`).
+    #[error(
+        "a message of {} bytes does not fit in the {room} bytes of the buffer after the offset (the message is in this error)",
+        .message.len()
+    )]
+    BufferTooShort {
+        /// Bytes of the buffer after the offset.
+        room: usize,
+        /// The whole message.
+        message: Vec<u8>,
+    },
 }
 
 fn location_suffix(location: &Option<String>) -> String {
@@ -497,6 +533,18 @@ impl Error {
             Io { context, source } => Io {
                 context,
                 source: io_copy(source),
+            },
+            AuthenticationFailed { peer, detail } => AuthenticationFailed {
+                peer: peer.clone(),
+                detail: detail.clone(),
+            },
+            Connection { address, detail } => Connection {
+                address: address.clone(),
+                detail: detail.clone(),
+            },
+            BufferTooShort { room, message } => BufferTooShort {
+                room: *room,
+                message: message.clone(),
             },
         }
     }

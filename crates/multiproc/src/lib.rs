@@ -58,8 +58,9 @@
 //!
 //! ## Sentinels: waiting on processes and channels
 //!
-//! [`Process`], [`PipeEnd`] and [`Queue`] implement [`AsFd`](std::os::fd::AsFd) (a
-//! process by its pidfd, readable once it ended); [`wait_ready`] waits until any of
+//! [`Process`], [`PipeEnd`], [`Queue`], and [`connection`]'s listeners and connections
+//! implement [`AsFd`](std::os::fd::AsFd) (a process by its pidfd, readable once it
+//! ended); [`wait_ready`] waits until any of
 //! several are ready, as Python's `multiprocessing.connection.wait`, and
 //! [`active_children`] lists the children still running. (For pool results, see
 //! [`wait`] and [`as_completed`].)
@@ -106,6 +107,7 @@ mod channel;
 mod child;
 #[cfg(feature = "cluster")]
 pub mod cluster;
+pub mod connection;
 mod error;
 mod handle;
 #[cfg(feature = "mpi")]
@@ -126,7 +128,7 @@ mod thread;
 pub mod wire;
 mod worker;
 
-pub use channel::{JoinableQueue, Pipe, PipeEnd, Queue, SimpleQueue};
+pub use channel::{JoinableQueue, Pipe, PipeEnd, PipeReader, PipeWriter, Queue, SimpleQueue};
 pub use error::{Error, ExitStatus, Result, Signal};
 pub use handle::Handle;
 pub use pool::{

@@ -20,6 +20,12 @@ use crate::error::{Error, Result};
 ///   ([`recv`](crate::PipeEnd::recv) then returns [`Error::Closed`]);
 /// - a [`Queue`](crate::Queue) (or `JoinableQueue`, `SimpleQueue`): an item is there,
 ///   or every producer has closed. Another consumer may take the item first.
+/// - a [`PipeReader`](crate::PipeReader): as a `PipeEnd`;
+/// - a [`Listener`](crate::connection::Listener): a client is waiting to be accepted
+///   ([`accept`](crate::connection::Listener::accept) still runs the handshake, which
+///   may wait or fail);
+/// - a [`Connection`](crate::connection::Connection): a message is arriving, or the peer
+///   closed.
 ///
 /// Anything else that implements [`AsFd`] (a socket, a pipe, an eventfd, a pidfd) is
 /// ready when its descriptor is readable or reports an error or a hang-up. A signal

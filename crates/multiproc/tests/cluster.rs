@@ -3,6 +3,7 @@
 //! `cluster_node_entry` (a node must be the caller's own build).
 // Raw libc calls on processes (signals, limits) that the test or bench needs to make.
 #![allow(unsafe_code)]
+#![cfg(feature = "cluster")]
 
 mod common;
 

@@ -17,7 +17,7 @@
 mod pipe;
 mod queue;
 
-pub use pipe::{Pipe, PipeEnd};
+pub use pipe::{Pipe, PipeEnd, PipeReader, PipeWriter};
 pub use queue::{JoinableQueue, Queue, SimpleQueue};
 
 use crate::error::Error;

@@ -48,6 +48,44 @@ impl<T: Serialize + DeserializeOwned> Pipe<T> {
             .map_err(|e| Error::io("creating a pipe", e))?;
         Ok((PipeEnd::from_fd(a), PipeEnd::from_fd(b)))
     }
+
+    /// A one-way pipe (Python's `Pipe(duplex=False)`): what the writer sends, the
+    /// reader receives. Returned reader first, as Python's `r, w = Pipe(False)`.
+    ///
+    /// Either end can be passed to a child as a [`PipeEnd`] can. When the writer is
+    /// dropped (or its process ends) the reader gets [`Error::Closed`] after the last
+    /// message; when the reader is gone, [`send`](PipeWriter::send) returns it.
+    ///
+    /// ```
+    /// use multiproc::{Pipe, PipeWriter, Process};
+    ///
+    /// fn produce(mut w: PipeWriter<u32>) {
+    ///     for i in 0..3 {
+    ///         w.send(&i).unwrap();
+    ///     }
+    /// }
+    ///
+    /// # fn main() -> multiproc::Result<()> {
+    /// let (mut r, w) = Pipe::<u32>::one_way()?;
+    /// let p = Process::start(produce, w)?;
+    /// let got: Vec<u32> = std::iter::from_fn(|| r.recv().ok()).collect();
+    /// assert_eq!(got, [0, 1, 2]);
+    /// p.join()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn one_way() -> Result<(PipeReader<T>, PipeWriter<T>)> {
+        let (r, w) = crate::sys::fd::pair(nix::sys::socket::SockType::Stream)
+            .map_err(|e| Error::io("creating a pipe", e))?;
+        // The direction is the kernel's: it stays with the sockets wherever they go.
+        nix::sys::socket::shutdown(std::os::fd::AsRawFd::as_raw_fd(&r), nix::sys::socket::Shutdown::Write)
+            .map_err(|e| Error::io("making a pipe one-way", e))?;
+        nix::sys::socket::shutdown(std::os::fd::AsRawFd::as_raw_fd(&w), nix::sys::socket::Shutdown::Read)
+            .map_err(|e| Error::io("making a pipe one-way", e))?;
+        Ok((
+            PipeReader(PipeEnd::from_fd(r)),
+            PipeWriter(PipeEnd::from_fd(w)),
+        ))
+    }
 }
 
 /// One end of a [`Pipe`]: send and receive values of type `T`.
@@ -190,3 +228,75 @@ impl<'de, T: Serialize + DeserializeOwned> Deserialize<'de> for PipeEnd<T> {
         Ok(PipeEnd::from_fd(fd.0))
     }
 }
+
+/// The receiving end of a one-way pipe ([`Pipe::one_way`]). Implements [`AsFd`]:
+/// [`crate::wait_ready`] sees it ready when a message is arriving or the writer closed.
+pub struct PipeReader<T>(PipeEnd<T>);
+
+/// The sending end of a one-way pipe ([`Pipe::one_way`]).
+pub struct PipeWriter<T>(PipeEnd<T>);
+
+impl<T: Serialize + DeserializeOwned> PipeReader<T> {
+    /// Receives one value, waiting as long as it takes; [`Error::Closed`] once the
+    /// writer is gone and everything it sent was received.
+    pub fn recv(&mut self) -> Result<T> {
+        self.0.recv()
+    }
+
+    /// Like [`recv`](Self::recv), waiting at most `timeout` ([`Error::Timeout`]).
+    pub fn recv_timeout(&mut self, timeout: Duration) -> Result<T> {
+        self.0.recv_timeout(timeout)
+    }
+
+    /// Receives a value if a whole one is available now: `Ok(None)` otherwise.
+    pub fn try_recv(&mut self) -> Result<Option<T>> {
+        self.0.try_recv()
+    }
+
+    /// Whether [`recv`](Self::recv) would return without waiting, waiting at most
+    /// `timeout` for that.
+    pub fn poll(&self, timeout: Duration) -> Result<bool> {
+        self.0.poll(timeout)
+    }
+}
+
+impl<T: Serialize + DeserializeOwned> PipeWriter<T> {
+    /// Sends one value; blocks while the reader's buffer is full.
+    pub fn send(&mut self, value: &T) -> Result<()> {
+        self.0.send(value)
+    }
+}
+
+macro_rules! one_way_end {
+    ($ty:ident, $name:literal) => {
+        impl<T> std::fmt::Debug for $ty<T> {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct($name)
+                    .field("type", &std::any::type_name::<T>())
+                    .finish_non_exhaustive()
+            }
+        }
+
+        /// The end's socket (see [`PipeEnd`]'s `AsFd`).
+        impl<T> AsFd for $ty<T> {
+            fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+                self.0.as_fd()
+            }
+        }
+
+        impl<T> Serialize for $ty<T> {
+            fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+                self.0.serialize(s)
+            }
+        }
+
+        impl<'de, T: Serialize + DeserializeOwned> Deserialize<'de> for $ty<T> {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+                Ok($ty(PipeEnd::deserialize(d)?))
+            }
+        }
+    };
+}
+
+one_way_end!(PipeReader, "PipeReader");
+one_way_end!(PipeWriter, "PipeWriter");
