@@ -10,6 +10,7 @@
 
 mod apply;
 mod cluster;
+mod first_call;
 mod ipc;
 mod latency;
 mod memory;
@@ -57,7 +58,17 @@ pub struct BenchArgs {
     /// ("tiny tasks" is tiny-tasks.svg).
     #[arg(long, value_name = "DIR")]
     plot: Option<PathBuf>,
+
+    /// Fresh processes per case for the "first call" figures of the workloads that
+    /// have them (a program's one call: pool started and warmed by one small map,
+    /// then the case timed once); 0 skips them.
+    #[arg(long, value_name = "RUNS", default_value_t = 5)]
+    first_call: usize,
 }
+
+pub use first_call::{
+    CHILD_COMMAND as FIRST_CALL_CHILD_COMMAND, run_child_side as first_call_child,
+};
 
 pub use memory::{CHILD_COMMAND as MEMORY_CHILD_COMMAND, run_child as memory_child};
 
@@ -144,12 +155,25 @@ pub trait Workload {
     fn max_iters(&self) -> Option<u64> {
         None
     }
+    /// Whether each case also gets a "first call" figure (see [`first_call`]).
+    fn first_call(&self) -> bool {
+        false
+    }
+    /// How many calls one repetition makes, for CPU time per call.
+    fn calls_per_rep(&self) -> Option<u64> {
+        None
+    }
     /// Lines printed under the table: how to read it.
     fn notes(&self) -> Vec<String> {
         Vec::new()
     }
     /// Lines computed from the measured rows: speed-ups, targets met or missed.
     fn findings(&self, rows: &[Row]) -> Vec<String> {
+        let _ = rows;
+        Vec::new()
+    }
+    /// Lines computed from the first-call figures, once they are in the rows.
+    fn first_call_findings(&self, rows: &[Row]) -> Vec<String> {
         let _ = rows;
         Vec::new()
     }
@@ -238,6 +262,11 @@ pub struct Row {
     /// That case's median over this row's: above 1, this row is that many times faster
     /// than Python; below 1, slower.
     pub speedup_vs_python: Option<f64>,
+    /// Median CPU time per repetition, µs, summed over this program's process tree (the
+    /// caller, its pools' workers, a Python driver and its pool), where procfs tells.
+    pub cpu_us: Option<f64>,
+    /// The same case as a program's first call, in fresh processes.
+    pub first_call: Option<first_call::FirstCall>,
 }
 
 /// All rows of one workload.
@@ -252,6 +281,8 @@ pub struct WorkloadReport {
     pub findings: Vec<String>,
     /// Other processes' CPU use while this workload ran, if procfs could tell.
     pub other_load: Option<OtherLoad>,
+    /// Calls per repetition, where the workload counts them (CPU per call).
+    pub calls_per_rep: Option<u64>,
 }
 
 /// Everything `multiproc bench` measured.
@@ -307,7 +338,11 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, Box<dyn Error>> {
             Some(max) => (args.iters.min(max), args.warmup.min(1)),
             None => (args.iters, args.warmup),
         };
-        report.workloads.push(measure(&**w, iters, warmup)?);
+        let mut measured = measure(&**w, iters, warmup)?;
+        if w.first_call() && args.first_call > 0 {
+            add_first_calls(&**w, &mut measured, args.first_call);
+        }
+        report.workloads.push(measured);
     }
     for (why, names) in &skipped {
         eprintln!("bench: skipped {}: {why}", names.join(", "));
@@ -333,6 +368,37 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, Box<dyn Error>> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Adds each case's first-call figure, and its speed-up over its Python case's.
+fn add_first_calls(w: &dyn Workload, report: &mut WorkloadReport, runs: usize) {
+    let names: Vec<String> = report.rows.iter().map(|r| r.name.clone()).collect();
+    for (row, first) in report
+        .rows
+        .iter_mut()
+        .zip(first_call::measure(w, &names, runs))
+    {
+        row.first_call = first;
+    }
+    let python_first = |name: &str| {
+        find(&report.rows, name)
+            .and_then(|r| r.first_call.as_ref())
+            .map(|f| f.median_us)
+    };
+    let speedups: Vec<Option<f64>> = report
+        .rows
+        .iter()
+        .map(|r| {
+            let py = python_first(r.python_case.as_deref()?)?;
+            Some(py / r.first_call.as_ref()?.median_us)
+        })
+        .collect();
+    for (row, speedup) in report.rows.iter_mut().zip(speedups) {
+        if let Some(f) = &mut row.first_call {
+            f.speedup_vs_python = speedup;
+        }
+    }
+    report.findings.extend(w.first_call_findings(&report.rows));
+}
+
 /// Runs a workload's cases round-robin: `warmup` untimed rounds, then `iters` timed.
 fn measure(w: &dyn Workload, iters: u64, warmup: u64) -> Result<WorkloadReport, Box<dyn Error>> {
     w.setup()
@@ -346,9 +412,21 @@ fn measure(w: &dyn Workload, iters: u64, warmup: u64) -> Result<WorkloadReport, 
     }
     let meter = LoadMeter::start();
     let mut samples: Vec<Vec<Duration>> = vec![Vec::with_capacity(iters as usize); cases.len()];
+    // CPU per repetition, over this program's whole process tree; `None` once procfs
+    // fails to tell for a case.
+    let mut cpu: Vec<Option<Vec<Duration>>> = vec![Some(Vec::new()); cases.len()];
+    let me = std::process::id();
     for i in 0..iters {
-        for (c, s) in cases.iter_mut().zip(&mut samples) {
+        for ((c, s), cpu) in cases.iter_mut().zip(&mut samples).zip(&mut cpu) {
+            let cpu0 = crate::load::tree_cpu_ns(me);
             s.push((c.run)(i).map_err(|e| fail(c, e))?);
+            let used = cpu0
+                .zip(crate::load::tree_cpu_ns(me))
+                .map(|(a, b)| Duration::from_nanos(b.saturating_sub(a)));
+            match (cpu.as_mut(), used) {
+                (Some(list), Some(d)) => list.push(d),
+                _ => *cpu = None,
+            }
         }
     }
     let other_load = meter.finish();
@@ -385,7 +463,8 @@ fn measure(w: &dyn Workload, iters: u64, warmup: u64) -> Result<WorkloadReport, 
     let rows: Vec<Row> = cases
         .iter()
         .zip(&summaries)
-        .map(|(c, s)| {
+        .zip(&cpu)
+        .map(|((c, s), cpu)| {
             let python = python_of(c);
             Row {
                 name: c.name.clone(),
@@ -399,6 +478,8 @@ fn measure(w: &dyn Workload, iters: u64, warmup: u64) -> Result<WorkloadReport, 
                 python_case: python.map(|i| cases[i].name.clone()),
                 speedup_vs_python: python
                     .map(|i| summaries[i].median.as_secs_f64() / s.median.as_secs_f64()),
+                cpu_us: cpu.as_deref().and_then(Summary::of).map(|c| us(c.median)),
+                first_call: None,
             }
         })
         .collect();
@@ -410,5 +491,6 @@ fn measure(w: &dyn Workload, iters: u64, warmup: u64) -> Result<WorkloadReport, 
         rows,
         notes: w.notes(),
         other_load,
+        calls_per_rep: w.calls_per_rep(),
     })
 }

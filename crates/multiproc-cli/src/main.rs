@@ -32,6 +32,9 @@ enum Command {
     /// The "map memory" measurement, run by `bench` in a fresh process of its own.
     #[command(name = bench::MEMORY_CHILD_COMMAND, hide = true)]
     BenchRss,
+    /// One case of a workload timed once in this fresh process, run by `bench`.
+    #[command(name = bench::FIRST_CALL_CHILD_COMMAND, hide = true)]
+    BenchFirstCall { workload: String, case: String },
 }
 
 fn main() -> ExitCode {
@@ -44,6 +47,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo::run(&args),
         Command::Bench(args) => bench::run(&args),
         Command::BenchRss => bench::memory_child(),
+        Command::BenchFirstCall { workload, case } => bench::first_call_child(&workload, &case),
     };
     match outcome {
         Ok(code) => code,

@@ -41,6 +41,10 @@ impl Workload for ApplyRoundTrip {
          repetition)"
     }
 
+    fn first_call(&self) -> bool {
+        true
+    }
+
     fn reference(&self) -> &'static str {
         RAW_PIPE
     }

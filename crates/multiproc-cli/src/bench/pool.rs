@@ -25,8 +25,25 @@ pub fn started_pool(workers: usize) -> multiproc::Result<Pool> {
     Ok(pool)
 }
 
+/// A ThreadPool of `workers` whose threads are all running, for the same reason.
+pub fn started_thread_pool(workers: usize) -> multiproc::Result<ThreadPool> {
+    let pool = ThreadPool::new(workers)?;
+    pool.map(double, 0..4 * workers as u64)?;
+    Ok(pool)
+}
+
+/// `x -> 2x` over a chunk the user cut by hand (procspawn's style: one task per chunk,
+/// a `Vec<u64>` each way).
+pub fn double_chunk(chunk: Vec<u64>) -> Vec<u64> {
+    chunk.into_iter().map(double).collect()
+}
+
 pub const TINY: u64 = 200_000;
+/// The hand-cut chunk: 200,000 calls in 8 tasks (procspawn's examples' way).
+pub const MANUAL_CHUNK: u64 = 25_000;
 pub const RAYON: &str = "rayon par_iter";
+const POOL_AUTO: &str = "Pool, auto chunks";
+const POOL_MANUAL: &str = "Pool, chunks of 25,000 by hand";
 const PY_AUTO: &str = "Python Pool.map, auto chunks";
 const PY_ONE: &str = "Python Pool.map, chunksize=1";
 
@@ -58,6 +75,14 @@ impl Workload for TinyTasks {
         "map x -> 2x over 200,000 inputs (pools started before timing)"
     }
 
+    fn first_call(&self) -> bool {
+        true
+    }
+
+    fn calls_per_rep(&self) -> Option<u64> {
+        Some(TINY)
+    }
+
     fn reference(&self) -> &'static str {
         RAYON
     }
@@ -68,13 +93,13 @@ impl Workload for TinyTasks {
 
     fn cases(&self) -> Vec<Case> {
         let workers = multiproc::cpu_count();
-        let threads = ThreadPool::new(workers).map(std::rc::Rc::new);
-        let auto = Pool::new(workers).map(std::rc::Rc::new);
+        let threads = started_thread_pool(workers);
+        let auto = started_pool(workers).map(std::rc::Rc::new);
         let one = Pool::builder()
             .processes(workers)
             .chunk_size(ChunkSize::Fixed(1))
             .build()
-            .map(std::rc::Rc::new);
+            .and_then(|p| p.map(double, 0..4 * workers as u64).map(|_| p));
         let mut cases = vec![
             Case::new(RAYON, Kind::Floor, |_| {
                 let t = Instant::now();
@@ -95,12 +120,27 @@ impl Workload for TinyTasks {
             Err(e) => eprintln!("bench: no ThreadPool: {e}"),
         }
         match auto {
-            Ok(p) => cases.push(
-                Case::new("Pool, auto chunks", Kind::Multiproc, move |_| {
-                    timed_map(|| p.map(double, 0..TINY))
-                })
-                .vs_python(PY_AUTO),
-            ),
+            Ok(p) => {
+                let manual = p.clone();
+                cases.push(
+                    Case::new(POOL_AUTO, Kind::Multiproc, move |_| {
+                        timed_map(|| p.map(double, 0..TINY))
+                    })
+                    .vs_python(PY_AUTO),
+                );
+                cases.push(
+                    Case::new(POOL_MANUAL, Kind::Multiproc, move |_| {
+                        timed_map(|| {
+                            let chunks = (0..TINY)
+                                .step_by(MANUAL_CHUNK as usize)
+                                .map(|s| (s..(s + MANUAL_CHUNK).min(TINY)).collect::<Vec<u64>>());
+                            let done = manual.map(double_chunk, chunks)?;
+                            Ok(done.into_iter().flatten().collect())
+                        })
+                    })
+                    .vs_python(PY_AUTO),
+                );
+            }
             Err(e) => eprintln!("bench: no Pool: {e}"),
         }
         match one {
@@ -135,11 +175,45 @@ impl Workload for TinyTasks {
     }
 
     fn findings(&self, rows: &[Row]) -> Vec<String> {
-        ["Pool, auto chunks", "Pool, chunk size 1"]
+        [POOL_AUTO, POOL_MANUAL, "Pool, chunk size 1"]
             .iter()
             .filter_map(|name| find(rows, name))
             .filter_map(versus_python)
             .collect()
+    }
+
+    fn first_call_findings(&self, rows: &[Row]) -> Vec<String> {
+        let first = |name: &str| find(rows, name).and_then(|r| r.first_call.as_ref());
+        let mut out = Vec::new();
+        if let Some(auto) = first(POOL_AUTO) {
+            if let Some(s) = auto.speedup_vs_python {
+                out.push(super::at_least(
+                    "first call, Pool auto chunks, times faster than Python",
+                    s,
+                    10.0,
+                ));
+            }
+            if let Some(manual) = first(POOL_MANUAL) {
+                out.push(super::at_least(
+                    "first call, Pool auto chunks over chunks cut by hand (speed-up)",
+                    manual.median_us / auto.median_us,
+                    1.5,
+                ));
+            }
+            if let Some(rayon) = first(RAYON) {
+                out.push(format!(
+                    "first call, Pool auto chunks: {:.1}x rayon's time",
+                    auto.median_us / rayon.median_us
+                ));
+            }
+        }
+        if let Some(one) = first("Pool, chunk size 1").and_then(|f| f.speedup_vs_python) {
+            out.push(format!(
+                "first call, Pool chunk size 1: {} than Python chunksize=1",
+                super::faster_or_slower(one)
+            ));
+        }
+        out
     }
 }
 

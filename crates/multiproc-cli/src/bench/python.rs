@@ -171,6 +171,9 @@ pub fn case(
     payload: &[u8],
     per: u32,
 ) -> Option<Case> {
+    if !super::first_call::wanted(name) {
+        return None;
+    }
     interpreter()?;
     match Driver::start(job, workers, args, payload) {
         Ok(mut driver) => Some(Case::new(name, Kind::Python, move |_| {

@@ -61,6 +61,7 @@ pub fn print_table(report: &Report) {
             Some(_) => println!("  vs Python: the Python case's median / the row's"),
             None => {}
         }
+        print_cpu_and_first_calls(w, width);
         for note in &w.notes {
             println!("  note: {note}");
         }
@@ -96,6 +97,69 @@ pub fn print_table(report: &Report) {
         );
         println!("  the map took {:.2} s", m.seconds);
         println!("  result: {}", m.finding);
+    }
+}
+
+/// The CPU each repetition used (warm loop), and the first-call figures where the
+/// workload has them.
+fn print_cpu_and_first_calls(w: &super::WorkloadReport, width: usize) {
+    let per_call = |cpu_us: f64| match w.calls_per_rep {
+        Some(n) if n > 0 => format!("{:>9.1}", cpu_us * 1e3 / n as f64),
+        _ => format!("{:>9}", "-"),
+    };
+    let cpu = |c: Option<f64>| c.map_or(format!("{:>10}", "-"), |c| format!("{c:>10.1}"));
+    if w.rows.iter().any(|r| r.first_call.is_some()) {
+        let runs = w
+            .rows
+            .iter()
+            .filter_map(|r| r.first_call.as_ref().map(|f| f.runs))
+            .max()
+            .unwrap_or(0);
+        println!(
+            "  first call: each case timed once in a fresh process whose pool was started and \
+             warmed by one small map ({runs} processes per case), beside the warm loop"
+        );
+        println!(
+            "  {:<width$}  {:>10}  {:>10}  {:>10}  {:>10}  {:>10}  {:>10}  {:>9}  vs Python",
+            "method", "first µs", "min µs", "max µs", "warm µs", "cpu µs", "warm cpu", "ns/call"
+        );
+        for r in &w.rows {
+            let Some(f) = &r.first_call else {
+                println!("  {:<width$}  (no first-call figure)", r.name);
+                continue;
+            };
+            let mut line = format!(
+                "  {:<width$}  {:>10.1}  {:>10.1}  {:>10.1}  {:>10.1}  {}  {}  {}",
+                r.name,
+                f.median_us,
+                f.min_us,
+                f.max_us,
+                r.median_us,
+                cpu(f.cpu_us),
+                cpu(r.cpu_us),
+                per_call(f.cpu_us.unwrap_or(f64::NAN)),
+            );
+            if let Some(speedup) = f.speedup_vs_python {
+                line.push_str("  ");
+                line.push_str(&faster_or_slower(speedup));
+            }
+            println!("{line}");
+        }
+        println!(
+            "  cpu µs: CPU time of the whole process tree (caller, workers, Python's pool) \
+             during the first call; warm cpu: the same in the warm loop, median; ns/call: \
+             first-call CPU per call"
+        );
+    } else if w.rows.iter().any(|r| r.cpu_us.is_some()) && w.calls_per_rep.is_some() {
+        for r in &w.rows {
+            if let Some(c) = r.cpu_us {
+                println!(
+                    "  {:<width$}  cpu {c:.1} µs per repetition, {} ns per call",
+                    r.name,
+                    per_call(c).trim()
+                );
+            }
+        }
     }
 }
 

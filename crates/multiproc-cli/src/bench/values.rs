@@ -50,6 +50,10 @@ impl Workload for LargeValues {
          its length), or a 256 MiB ByteBuf result (the task builds it)"
     }
 
+    fn first_call(&self) -> bool {
+        true
+    }
+
     fn reference(&self) -> &'static str {
         RAW_COPY
     }

@@ -105,6 +105,10 @@ impl Workload for Zlib {
          returned (pools started before timing)"
     }
 
+    fn first_call(&self) -> bool {
+        true
+    }
+
     fn reference(&self) -> &'static str {
         SEQUENTIAL
     }
