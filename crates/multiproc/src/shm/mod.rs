@@ -8,10 +8,11 @@
 
 mod array;
 pub(crate) mod segment;
+pub(crate) mod tracker;
 mod value;
 
 pub use array::{Array, ArrayGuard};
-pub use segment::SharedMemory;
+pub use segment::{SharedMemory, SharedMemoryBuilder};
 pub use value::{Value, ValueGuard};
 
 use crate::sync::MUTEX_SIZE;
