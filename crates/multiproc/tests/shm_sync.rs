@@ -242,7 +242,10 @@ fn write_named(name: String) {
 fn create_and_die(name: String) {
     // Untracked: a tracked name would be removed by the tracker (tests/shm_tracker.rs);
     // this one stays behind, stale, for the next creator to reclaim.
-    let shm = SharedMemory::named(&name).track(false).create(4096).unwrap();
+    let shm = SharedMemory::named(&name)
+        .track(false)
+        .create(4096)
+        .unwrap();
     shm.write_at(0, b"stale").unwrap();
     std::process::exit(3); // no destructor runs: as good as a crash
 }

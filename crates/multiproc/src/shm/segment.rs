@@ -43,6 +43,12 @@ pub(crate) struct NamedOwner {
     tracked: bool,
 }
 
+impl NamedOwner {
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+}
+
 impl Drop for NamedOwner {
     fn drop(&mut self) {
         let ours = std::fs::metadata(&self.path)
@@ -319,6 +325,10 @@ pub(crate) fn validate_name(name: &str) -> Result<PathBuf> {
 }
 
 impl SharedMemory {
+    pub(crate) fn from_segment(seg: Segment) -> Self {
+        SharedMemory { seg: Arc::new(seg) }
+    }
+
     /// A new anonymous segment of `len` zero bytes (a memfd; no name on the system).
     pub fn new(len: usize) -> Result<Self> {
         Ok(SharedMemory {
