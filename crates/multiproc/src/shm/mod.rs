@@ -1,5 +1,7 @@
 //! Shared memory: [`SharedMemory`] (raw bytes), [`Value`] and [`Array`] (typed plain
-//! data with a lock), all zero-copy between processes.
+//! data with a lock), [`RawValue`] and [`RawArray`] (without one), all zero-copy between
+//! processes; named segments for unrelated processes, a [`SharedMemoryManager`], and
+//! the tracker that removes the names a dead owner left.
 //!
 //! A handle passed to a child (as a task argument or result, or through a channel)
 //! carries a descriptor, never the contents: the child maps the same pages. Handing a

@@ -301,10 +301,13 @@ impl<'de> Deserialize<'de> for Segment {
 /// handle (the *owner*) removes the name, when it is dropped; attachers never do
 /// (Python's gh-82300 was attachers unlinking, or nobody). The owner holds a shared
 /// `flock` on the segment for as long as any copy of its descriptor is open; the
-/// kernel drops that lock when the owner's process dies, however it dies. So a name
-/// left behind by a crashed owner is recognisable as stale — nobody holds its lock —
-/// and is removed by the next `create_named` of the same name or by
-/// [`SharedMemory::remove_stale`].
+/// kernel drops that lock when the owner's process dies, however it dies.
+///
+/// A name never outlives a dead owner: by default it is *tracked*, and a small tracker
+/// process (started with the first tracked name) removes it when the owner dies without
+/// removing it (see [`SharedMemoryBuilder::track`]). An untracked name left behind by a
+/// crashed owner is recognisable as stale — nobody holds its lock — and is removed by
+/// the next `create_named` of the same name or by [`SharedMemory::remove_stale`].
 pub struct SharedMemory {
     seg: Arc<Segment>,
 }
