@@ -6,7 +6,7 @@ mod common;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use multiproc::{Process, Queue, SharedMemory, StartMethod};
+use multiproc::{Event, Process, Queue, SharedMemory, StartMethod};
 
 /// How the owner ends.
 const WAIT_TO_BE_KILLED: u8 = 0;
@@ -39,8 +39,8 @@ fn gone_within(name: &str, timeout: Duration) -> bool {
 }
 
 /// Creates the named segment, reports this process's children (its tracker, if any),
-/// then ends as told.
-fn own_named((name, track, ending, q): (String, bool, u8, Queue<Vec<u32>>)) {
+/// waits for the go, then ends as told.
+fn own_named((name, track, ending, q, go): (String, bool, u8, Queue<Vec<u32>>, Event)) {
     let shm = SharedMemory::named(&name)
         .track(track)
         .create(4096)
@@ -51,6 +51,7 @@ fn own_named((name, track, ending, q): (String, bool, u8, Queue<Vec<u32>>)) {
         .map(|(pid, _)| pid)
         .collect();
     q.put(&kids).unwrap();
+    go.wait();
     match ending {
         ABORT => std::process::abort(),
         EXIT_LEAKING => {
@@ -64,12 +65,17 @@ fn own_named((name, track, ending, q): (String, bool, u8, Queue<Vec<u32>>)) {
 /// Starts an owner; returns it and its tracker's pids once the segment exists.
 fn start_owner(m: StartMethod, name: &str, track: bool, ending: u8) -> (Process<()>, Vec<u32>) {
     let q = Queue::new().unwrap();
+    let go = Event::new().unwrap();
     let p = Process::builder()
         .start_method(m)
-        .start(own_named, (name.to_owned(), track, ending, q.clone()))
+        .start(
+            own_named,
+            (name.to_owned(), track, ending, q.clone(), go.clone()),
+        )
         .unwrap();
     let kids = q.get_timeout(Duration::from_secs(20)).unwrap();
     assert!(path(name).exists());
+    go.set();
     (p, kids)
 }
 
