@@ -76,6 +76,9 @@ pub(crate) fn enter_if_child() {
     let ppid = nix::unistd::getppid().as_raw() as u32;
     match sys::fd::peer(sock.as_fd()) {
         Ok((pid, uid)) if pid == ppid && uid == sys::proc::uid() => {}
+        // A tracker outlives an owner that dies at once (then it was re-parented): it
+        // only removes names its own user could remove anyway.
+        Ok((_, uid)) if role == "shmtracker" && uid == sys::proc::uid() => {}
         Ok((pid, uid)) => refuse(&format!(
             "the socket's peer (pid {pid}, uid {uid}) is not this process's parent"
         )),
@@ -84,6 +87,7 @@ pub(crate) fn enter_if_child() {
     match role {
         "worker" => serve(sock, Origin::Execd),
         "forkserver" => crate::start::forkserver::serve(sock),
+        "shmtracker" => crate::shm::tracker::serve(sock),
         other => refuse(&format!("unknown role {other:?}")),
     }
 }

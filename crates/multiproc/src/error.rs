@@ -324,9 +324,10 @@ pub enum Error {
         what: &'static str,
     },
 
-    /// A queue's buffer is full (from a non-blocking or timed `put`): a consumer must
-    /// take messages first.
-    #[error("{what} is full: no consumer has taken the messages already in it")]
+    /// A queue is full (from a non-blocking or timed `put`): it holds the `maxsize`
+    /// items it was made with (or, for an item carrying descriptors, its socket has no
+    /// room), and no consumer took one in time.
+    #[error("{what} is full: no consumer has taken the items already in it")]
     Full {
         /// Which channel.
         what: &'static str,
@@ -414,6 +415,15 @@ pub enum Error {
         room: usize,
         /// The whole message.
         message: Vec<u8>,
+    },
+
+    /// The queue was shut down ([`Queue::shutdown`](crate::Queue::shutdown)): it takes
+    /// no more items, and once it is drained (or at once, after an immediate shutdown)
+    /// it gives none either. Python's `queue.ShutDown`.
+    #[error("{what} was shut down: it takes no more items and has none left to give")]
+    ShutDown {
+        /// Which channel.
+        what: &'static str,
     },
 }
 
@@ -530,6 +540,7 @@ impl Error {
             SharedMemory { detail } => SharedMemory {
                 detail: detail.clone(),
             },
+            ShutDown { what } => ShutDown { what },
             Io { context, source } => Io {
                 context,
                 source: io_copy(source),

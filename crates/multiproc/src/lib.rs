@@ -137,7 +137,10 @@ pub use pool::{
 };
 pub use process::{Builder, Process, active_children};
 pub use sentinel::wait_ready;
-pub use shm::{Array, ArrayGuard, SharedMemory, Value, ValueGuard};
+pub use shm::{
+    Array, ArrayGuard, RawArray, RawValue, SharedMemory, SharedMemoryBuilder, SharedMemoryManager,
+    Value, ValueGuard,
+};
 pub use start::{StartMethod, get_start_method, set_start_method};
 pub use sync::{Barrier, BoundedSemaphore, Condition, Event, Lock, LockGuard, RLock, Semaphore};
 pub use thread::{ThreadPool, ThreadPoolBuilder};

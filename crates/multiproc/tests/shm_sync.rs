@@ -240,7 +240,12 @@ fn write_named(name: String) {
 }
 
 fn create_and_die(name: String) {
-    let shm = SharedMemory::create_named(&name, 4096).unwrap();
+    // Untracked: a tracked name would be removed by the tracker (tests/shm_tracker.rs);
+    // this one stays behind, stale, for the next creator to reclaim.
+    let shm = SharedMemory::named(&name)
+        .track(false)
+        .create(4096)
+        .unwrap();
     shm.write_at(0, b"stale").unwrap();
     std::process::exit(3); // no destructor runs: as good as a crash
 }
@@ -269,7 +274,8 @@ fn named_segments_are_removed_by_their_owner_and_after_a_crash() {
         "the owner removed it"
     );
 
-    // An owner that dies without cleaning up: the name is stale and gets reclaimed.
+    // An untracked owner that dies without cleaning up: the name is stale and gets
+    // reclaimed.
     let err = Process::start(create_and_die, name.clone())
         .unwrap()
         .join()

@@ -10,7 +10,8 @@
 //! system. The sender keeps its own handle until it drops it.
 //!
 //! No channel has a hidden feeder thread: a `send`/`put` returns once the message is in
-//! the kernel (or in a sealed memory file the kernel holds), so a process can exit right
+//! the kernel (or in a sealed memory file the kernel holds, or in a queue's shared spill
+//! log once its socket is full), so a process can exit right
 //! after it without waiting for a reader, and `join` never deadlocks on unread data
 //! (the classic `multiprocessing.Queue` trap).
 

@@ -1,23 +1,25 @@
 //! `Queue`, `JoinableQueue`, `SimpleQueue`: many producers, many consumers.
 
 use std::marker::PhantomData;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
-use std::sync::atomic::Ordering;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{Error, Result};
-use crate::sync::Words;
+use crate::sync::{MUTEX_SIZE, RawLock, Words};
 use crate::sys::futex;
 use crate::sys::shm::{self as sys_shm, Mapping};
 use crate::wire::{self, fds};
 
 const WHAT: &str = "queue";
+const SPILL_LOCK: &str = "queue's spill lock";
 
 /// Smallest inline limit: messages up to this size always go inline.
 const INLINE_MIN: usize = 64 << 10;
@@ -31,6 +33,42 @@ const IN_MEMFD: u8 = 1;
 const SEND_BUFFER: usize = 4 << 20;
 /// The largest encoding buffer a thread keeps for its next `put`.
 const KEEP_BUFFER: usize = 8 << 20;
+/// The largest `maxsize` (the item count is a 32-bit futex word).
+const MAXSIZE_LIMIT: usize = u32::MAX as usize - 1;
+/// The spill log gives consumed memory back in steps of this many bytes.
+const SPILL_RELEASE: u64 = 1 << 20;
+/// How often a put that must wait for socket room (an item carrying descriptors)
+/// looks again at the spill and the queue's state.
+const ROOM_POLL: Duration = Duration::from_millis(10);
+
+/// The shared state of one queue: words after the spill lock in its segment.
+mod at {
+    use super::MUTEX_SIZE;
+    /// Items put and not yet taken (`qsize`).
+    pub(super) const COUNT: usize = MUTEX_SIZE;
+    /// `maxsize` (0: unbounded), fixed at creation.
+    pub(super) const MAXSIZE: usize = MUTEX_SIZE + 4;
+    /// [`OPEN`](super::OPEN), [`DRAINING`](super::DRAINING) or
+    /// [`STOPPED`](super::STOPPED).
+    pub(super) const STATE: usize = MUTEX_SIZE + 8;
+    /// 1 while the spill log holds items (kept equal to `head < tail` under the lock).
+    pub(super) const SPILLED: usize = MUTEX_SIZE + 12;
+    /// Producers waiting for a bounded queue to have room.
+    pub(super) const PUT_WAITERS: usize = MUTEX_SIZE + 16;
+    /// Spill log: offset of the oldest record (u64).
+    pub(super) const HEAD: usize = MUTEX_SIZE + 24;
+    /// Spill log: offset after the newest committed record (u64).
+    pub(super) const TAIL: usize = MUTEX_SIZE + 32;
+    /// Bytes after the lock.
+    pub(super) const LEN: usize = 40;
+}
+
+/// Queue states (`at::STATE`).
+const OPEN: u32 = 0;
+/// Shut down: no more puts; getters drain what is left.
+const DRAINING: u32 = 1;
+/// Shut down immediately: no more puts, no more gets.
+const STOPPED: u32 = 2;
 
 thread_local! {
     /// This thread's encoding buffer for `put`, reused across messages.
@@ -46,7 +84,8 @@ fn inline_limit(tx: &OwnedFd) -> usize {
     (granted / 4).clamp(INLINE_MIN, INLINE_MAX)
 }
 
-/// The two sockets shared by every handle of one queue.
+/// What every handle of one queue shares (the kernel objects), plus this process's
+/// own epoll set over them.
 #[derive(Debug)]
 struct Ends {
     /// Producers send here. `None` after `close`.
@@ -55,6 +94,251 @@ struct Ends {
     rx: OwnedFd,
     /// Encoded messages up to this size go inline (see [`inline_limit`]).
     inline_max: usize,
+    /// The spill lock and the shared words (`at::*`).
+    shared: RawLock,
+    /// The spill log: a memfd of length-prefixed encoded items, `HEAD..TAIL`.
+    log: OwnedFd,
+    /// An eventfd, readable while the spill log holds items.
+    spill_ready: OwnedFd,
+    /// `rx` and `spill_ready` in one epoll set: readable when a `get` would not wait.
+    ready: Epoll,
+}
+
+impl Ends {
+    fn build(
+        tx: Option<OwnedFd>,
+        rx: OwnedFd,
+        shared: RawLock,
+        log: OwnedFd,
+        spill_ready: OwnedFd,
+    ) -> Result<Self> {
+        if shared.segment().len() < MUTEX_SIZE + at::LEN {
+            return Err(Error::SharedMemory {
+                detail: "a received queue's state segment is too small".into(),
+            });
+        }
+        let fail = |e: Errno| Error::io("making a queue's wait set", e);
+        let ready = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(fail)?;
+        ready
+            .add(&rx, EpollEvent::new(EpollFlags::EPOLLIN, 0))
+            .map_err(fail)?;
+        ready
+            .add(&spill_ready, EpollEvent::new(EpollFlags::EPOLLIN, 1))
+            .map_err(fail)?;
+        Ok(Ends {
+            inline_max: tx.as_ref().map_or(INLINE_MIN, inline_limit),
+            tx: RwLock::new(tx),
+            rx,
+            shared,
+            log,
+            spill_ready,
+            ready,
+        })
+    }
+
+    fn word(&self, offset: usize) -> &AtomicU32 {
+        // In bounds and aligned: checked in `build`, and the segment is page-aligned.
+        self.shared
+            .segment()
+            .map()
+            .atomic_at::<AtomicU32>(offset)
+            .expect("a queue's state segment holds its words")
+    }
+
+    fn word64(&self, offset: usize) -> &AtomicU64 {
+        self.shared
+            .segment()
+            .map()
+            .atomic_at::<AtomicU64>(offset)
+            .expect("a queue's state segment holds its words")
+    }
+
+    fn state(&self) -> u32 {
+        self.word(at::STATE).load(Ordering::Acquire)
+    }
+
+    fn maxsize(&self) -> u32 {
+        self.word(at::MAXSIZE).load(Ordering::Relaxed)
+    }
+
+    fn spilled(&self) -> bool {
+        self.word(at::SPILLED).load(Ordering::Acquire) != 0
+    }
+
+    /// The error for a put or get that found the queue shut down or closed.
+    fn gone(&self) -> Error {
+        if self.state() == OPEN {
+            Error::Closed { what: WHAT }
+        } else {
+            Error::ShutDown { what: WHAT }
+        }
+    }
+
+    /// Counts one more item, waiting until `deadline` for room in a bounded queue.
+    fn reserve(&self, deadline: Option<Instant>) -> Result<()> {
+        let count = self.word(at::COUNT);
+        let max = self.maxsize();
+        loop {
+            if self.state() != OPEN {
+                return Err(Error::ShutDown { what: WHAT });
+            }
+            let c = count.load(Ordering::SeqCst);
+            if max == 0 || c < max {
+                if count
+                    .compare_exchange(c, c.wrapping_add(1), Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok()
+                {
+                    return Ok(());
+                }
+                continue;
+            }
+            if deadline.is_some_and(|d| d <= Instant::now()) {
+                return Err(Error::Full { what: WHAT });
+            }
+            let waiters = self.word(at::PUT_WAITERS);
+            waiters.fetch_add(1, Ordering::SeqCst);
+            let woke = futex::wait(count, c, deadline);
+            waiters.fetch_sub(1, Ordering::SeqCst);
+            if woke == futex::Wait::TimedOut && count.load(Ordering::SeqCst) >= max {
+                return Err(Error::Full { what: WHAT });
+            }
+        }
+    }
+
+    /// Counts one item less (taken, or a put that failed), waking a waiting producer.
+    fn release(&self) {
+        let count = self.word(at::COUNT);
+        // Never below zero, even if a peer's counting went wrong.
+        let _ = count.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |c| c.checked_sub(1));
+        if self.word(at::PUT_WAITERS).load(Ordering::SeqCst) != 0 {
+            futex::wake(count, u32::MAX);
+        }
+    }
+
+    /// Takes the spill lock and makes the log's words agree with each other (a holder
+    /// may have died between two of its stores).
+    fn lock_spill(&self) -> Result<crate::sync::LockGuard<'_>> {
+        let guard = self.shared.lock(SPILL_LOCK, None)?;
+        let (head, tail) = (self.word64(at::HEAD), self.word64(at::TAIL));
+        let spilled = self.word(at::SPILLED);
+        if head.load(Ordering::Acquire) >= tail.load(Ordering::Acquire) {
+            // Empty: reset to the start. Tail first, so that a death between the two
+            // stores still leaves an empty log.
+            tail.store(0, Ordering::Release);
+            head.store(0, Ordering::Release);
+            if spilled.swap(0, Ordering::AcqRel) != 0 {
+                self.disarm();
+            }
+        } else if spilled.swap(1, Ordering::AcqRel) == 0 {
+            self.arm();
+        }
+        Ok(guard)
+    }
+
+    /// Makes `spill_ready` readable.
+    fn arm(&self) {
+        let _ = nix::unistd::write(&self.spill_ready, &1u64.to_ne_bytes());
+    }
+
+    /// Makes `spill_ready` unreadable.
+    fn disarm(&self) {
+        let mut b = [0u8; 8];
+        let _ = nix::unistd::read(&self.spill_ready, &mut b);
+    }
+
+    /// Appends one encoded item to the spill log (the spill lock held).
+    fn spill(&self, bytes: &[u8]) -> Result<()> {
+        let tail = self.word64(at::TAIL);
+        let start = tail.load(Ordering::Acquire);
+        let len = u32::try_from(bytes.len()).map_err(|_| Error::FrameTooLarge {
+            what: "a frame".into(),
+            len: bytes.len() as u64,
+            max: u32::MAX as u64,
+        })?;
+        write_all_at(&self.log, &len.to_le_bytes(), start)?;
+        write_all_at(&self.log, bytes, start + 4)?;
+        let total = 4 + bytes.len();
+        // Committed only now: a producer that dies before this store wrote nothing.
+        tail.store(start + total as u64, Ordering::Release);
+        if self.word(at::SPILLED).swap(1, Ordering::AcqRel) == 0 {
+            self.arm();
+        }
+        Ok(())
+    }
+
+    /// Takes the oldest item out of the spill log, if there is one.
+    fn unspill(&self) -> Result<Option<Vec<u8>>> {
+        let _guard = self.lock_spill()?;
+        let (head, tail) = (self.word64(at::HEAD), self.word64(at::TAIL));
+        let (h, t) = (head.load(Ordering::Acquire), tail.load(Ordering::Acquire));
+        if h >= t {
+            return Ok(None);
+        }
+        let mut header = [0u8; 4];
+        read_exact_at(&self.log, &mut header, h)?;
+        let len = u32::from_le_bytes(header) as u64;
+        if len > t - h - 4 || len > wire::max_frame_size() as u64 {
+            // Only a peer writing to the log behind the queue's back gets here: drop
+            // the log rather than wedge every consumer on it.
+            head.store(t, Ordering::Release);
+            return Err(bad("a malformed spilled item"));
+        }
+        let mut bytes = vec![0u8; len as usize];
+        read_exact_at(&self.log, &mut bytes, h + 4)?;
+        let next = h + 4 + len;
+        head.store(next, Ordering::Release);
+        if next >= t {
+            tail.store(0, Ordering::Release);
+            head.store(0, Ordering::Release);
+            let _ = nix::unistd::ftruncate(&self.log, 0);
+            self.word(at::SPILLED).store(0, Ordering::Release);
+            self.disarm();
+        } else if h / SPILL_RELEASE != next / SPILL_RELEASE {
+            // Give the consumed whole steps back to the system; the file keeps its size.
+            let upto = next / SPILL_RELEASE * SPILL_RELEASE;
+            let _ = nix::fcntl::fallocate(
+                &self.log,
+                nix::fcntl::FallocateFlags::FALLOC_FL_PUNCH_HOLE
+                    | nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE,
+                0,
+                upto as libc::off_t,
+            );
+        }
+        Ok(Some(bytes))
+    }
+}
+
+fn write_all_at(fd: &OwnedFd, mut bytes: &[u8], mut at: u64) -> Result<()> {
+    let fail = |e: Errno| Error::io("spilling a queue item to memory", e);
+    while !bytes.is_empty() {
+        let off = libc::off_t::try_from(at).map_err(|_| fail(Errno::EFBIG))?;
+        match nix::sys::uio::pwrite(fd, bytes, off) {
+            Ok(0) => return Err(fail(Errno::ENOSPC)),
+            Ok(n) => {
+                bytes = &bytes[n..];
+                at += n as u64;
+            }
+            Err(Errno::EINTR) => {}
+            Err(e) => return Err(fail(e)),
+        }
+    }
+    Ok(())
+}
+
+fn read_exact_at(fd: &OwnedFd, mut buf: &mut [u8], mut at: u64) -> Result<()> {
+    while !buf.is_empty() {
+        let off = libc::off_t::try_from(at).map_err(|_| bad("a spilled item out of range"))?;
+        match nix::sys::uio::pread(fd, buf, off) {
+            Ok(0) => return Err(bad("a truncated spill log")),
+            Ok(n) => {
+                buf = &mut buf[n..];
+                at += n as u64;
+            }
+            Err(Errno::EINTR) => {}
+            Err(e) => return Err(Error::io("reading a spilled queue item", e)),
+        }
+    }
+    Ok(())
 }
 
 /// A multi-producer, multi-consumer queue between processes (Python's
@@ -83,40 +367,83 @@ struct Ends {
 /// # Ok(()) }
 /// ```
 ///
-/// ## Design: one SOCK_SEQPACKET socket pair, large messages in sealed memfds
+/// ## Size: unbounded, or `maxsize`
+///
+/// [`Queue::new`] is unbounded, as Python's `Queue()`: `put` never waits, memory is the
+/// limit. [`Queue::with_maxsize`] bounds it to `maxsize` items: `put` waits while it
+/// holds that many, [`put_timeout`](Self::put_timeout) and [`try_put`](Self::try_put)
+/// answer [`Error::Full`]. [`qsize`](Self::qsize), [`full`](Self::full) and
+/// [`is_empty`](Self::is_empty) tell where it stands (racy by nature, as in Python).
+///
+/// ```
+/// # fn main() -> multiproc::Result<()> {
+/// let q = multiproc::Queue::with_maxsize(2)?;
+/// q.put(&1u8)?;
+/// q.put(&2u8)?;
+/// assert!(q.full());
+/// assert!(q.try_put(&3u8).unwrap_err().to_string().contains("full"));
+/// assert_eq!(q.get()?, 1);
+/// q.try_put(&3u8)?;
+/// assert_eq!(q.qsize(), 2);
+/// # Ok(()) }
+/// ```
+///
+/// ## Design: one SOCK_SEQPACKET socket pair, a spill log, no feeder thread
 ///
 /// Every handle, in every process, holds the same two sockets of one Unix
 /// `SOCK_SEQPACKET` pair: producers send on one, consumers receive on the other. The
 /// kernel delivers each datagram whole to exactly one `recvmsg`, so
 ///
 /// - no message is ever delivered twice or interleaved with another, with no lock
-///   between processes at all;
+///   between processes on the common path;
 /// - a producer killed mid-`put` either queued its whole message or nothing: there is
 ///   no half-written frame and no lock left held to wedge the others;
-/// - the queue is bounded by the kernel's socket buffer: `put` blocks (or times out, or
-///   returns [`Error::Full`]) when consumers fall behind — back-pressure, and no
-///   hidden feeder thread.
+/// - a `put` returns once the item is in the kernel's hands (the socket, or the spill
+///   log below), so a producer may exit right after it: there is no hidden feeder
+///   thread, and `join` never deadlocks on unread data (Python's trap).
+///
+/// The socket buffer holds some ten thousand small items (`net.core.wmem_max`
+/// decides). When it is full, a `put` does not wait: it appends the item to the
+/// queue's *spill log*, a memory file (memfd) that every handle shares, under a
+/// robust process-shared lock, and commits it with one store, so a producer killed
+/// mid-append leaves nothing behind and no lock held. From then until the log is
+/// drained, every put goes to the log, and consumers, having emptied the socket (whose
+/// items are older), take from the log in order: each producer's items arrive in the
+/// order it put them, as in Python. The log gives its memory back as consumers drain
+/// it. The socket buffer is thus an implementation detail; the limit is memory (and
+/// `maxsize`, if given).
+///
+/// An item that carries descriptors (a [`PipeEnd`](crate::PipeEnd), a [`Value`](crate::Value),
+/// another queue...) cannot be written to memory: it waits for room in the socket
+/// (and for the log to drain) instead, and its `put_timeout`/`try_put` can answer
+/// [`Error::Full`] even in an unbounded queue.
 ///
 /// A datagram must fit the socket buffer, so a message travels inline only up to a
-/// limit set by the send buffer the kernel granted (`net.core.wmem_max`): at most a
-/// quarter of it, never less than 64 KiB nor more than 2 MiB. With a large enough
-/// buffer a 1 MiB message is one datagram: two copies in the kernel, no page
-/// allocation, no mapping. A larger message (or one the kernel cannot allocate a
-/// datagram for) travels in a `memfd`: the producer writes the encoded bytes there, seals it against any further
-/// change (`F_SEAL_WRITE | F_SEAL_SHRINK | F_SEAL_GROW`) and sends only the descriptor
-/// in a one-byte datagram. The consumer maps it and decodes in place. The memory
-/// belongs to the kernel object, not the producer, so the producer can exit at once,
-/// and a consumer refuses a memfd that is not sealed (a peer could otherwise truncate
-/// it under the mapping).
+/// limit set by the send buffer the kernel granted: at most a quarter of it, never less
+/// than 64 KiB nor more than 2 MiB. A larger message (or one the kernel cannot
+/// allocate a datagram for) travels in a `memfd`: the producer writes the encoded
+/// bytes there, seals it against any further change (`F_SEAL_WRITE | F_SEAL_SHRINK |
+/// F_SEAL_GROW`) and sends only the descriptor in a one-byte datagram. The consumer
+/// maps it and decodes in place. The memory belongs to the kernel object, not the
+/// producer, so the producer can exit at once, and a consumer refuses a memfd that is
+/// not sealed (a peer could otherwise truncate it under the mapping).
 ///
 /// A consumer killed between receiving a message and returning it takes that message
-/// with it, as in any queue.
+/// with it, as in any queue. [`qsize`](Self::qsize) is a shared count of items put and
+/// not yet taken; a process killed in the middle of a `put` or `get` can leave it one
+/// too high (and, for a bounded queue, one slot short), as a killed process leaves
+/// Python's queue semaphore.
 ///
-/// ## Closing
+/// ## Closing and shutting down
 ///
 /// [`Queue::close`] gives up this process's ability to put. Once every handle in
 /// every process has closed (or its process has ended), consumers drain what is left
 /// and then get [`Error::Closed`] instead of waiting forever.
+///
+/// [`Queue::shutdown`] (Python 3.13's `Queue.shutdown`) shuts the queue for every
+/// handle at once: puts answer [`Error::ShutDown`]; getters drain what is left and
+/// then answer `ShutDown`, or, after `shutdown(true)`, answer it at once (the items
+/// left are discarded). Blocked producers and consumers wake up.
 pub struct Queue<T> {
     ends: Arc<Ends>,
     _t: PhantomData<fn(T) -> T>,
@@ -135,44 +462,175 @@ impl<T> std::fmt::Debug for Queue<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Queue")
             .field("type", &std::any::type_name::<T>())
+            .field("maxsize", &self.ends.maxsize())
             .finish_non_exhaustive()
     }
 }
 
+impl<T> Queue<T> {
+    /// The number of items put and not yet taken (Python's `qsize()`; approximate by
+    /// nature, as other processes put and take at the same time).
+    pub fn qsize(&self) -> usize {
+        self.ends.word(at::COUNT).load(Ordering::Acquire) as usize
+    }
+
+    /// The bound given to [`with_maxsize`](Self::with_maxsize); 0 for an unbounded
+    /// queue.
+    pub fn maxsize(&self) -> usize {
+        self.ends.maxsize() as usize
+    }
+
+    /// Whether a bounded queue holds `maxsize` items now (always `false` for an
+    /// unbounded one).
+    pub fn full(&self) -> bool {
+        let max = self.ends.maxsize();
+        max != 0 && self.ends.word(at::COUNT).load(Ordering::Acquire) >= max
+    }
+
+    /// Whether the queue holds no item now (racy by nature: another process may put or
+    /// take an item at once). A queue that is closed or shut down and holds nothing is
+    /// empty.
+    pub fn is_empty(&self) -> bool {
+        let mut b = [0u8; 1];
+        // Our datagrams are never empty, so a peek of 0 bytes is the end of the
+        // stream: closed, which is empty too.
+        let queued = matches!(
+            nix::sys::socket::recv(
+                self.ends.rx.as_raw_fd(),
+                &mut b,
+                MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT
+            ),
+            Ok(n) if n > 0
+        );
+        !queued && !self.ends.spilled()
+    }
+
+    /// Gives up putting from this process (every clone of this handle): consumers see
+    /// [`Error::Closed`] once all handles everywhere have closed and the queue is
+    /// drained. Getting still works.
+    ///
+    /// Consumers count too: a consumer's handle could put, so it keeps the queue open
+    /// for itself. A consumer that reads until `Closed` must close its own handle first.
+    pub fn close(&self) {
+        let mut tx = self.ends.tx.write().unwrap_or_else(|p| p.into_inner());
+        *tx = None;
+    }
+
+    /// Shuts the queue down for every handle in every process (Python 3.13's
+    /// `Queue.shutdown`): from now on a put answers [`Error::ShutDown`]. With
+    /// `immediate == false`, getters take what is left and then answer `ShutDown`
+    /// instead of waiting; with `immediate == true`, they answer it at once, and the
+    /// items left are discarded. Producers and consumers blocked on the queue wake up.
+    ///
+    /// Shutting down again may turn a draining shutdown into an immediate one, never
+    /// back.
+    ///
+    /// ```
+    /// # fn main() -> multiproc::Result<()> {
+    /// let q = multiproc::Queue::new()?;
+    /// q.put(&1u32)?;
+    /// q.shutdown(false);
+    /// assert!(matches!(q.put(&2), Err(multiproc::Error::ShutDown { .. })));
+    /// assert_eq!(q.get()?, 1); // drained first
+    /// assert!(matches!(q.get(), Err(multiproc::Error::ShutDown { .. })));
+    /// # Ok(()) }
+    /// ```
+    pub fn shutdown(&self, immediate: bool) {
+        self.shutdown_discarding(immediate);
+    }
+
+    /// [`shutdown`](Self::shutdown); returns how many items an immediate one discarded.
+    fn shutdown_discarding(&self, immediate: bool) -> usize {
+        let e = &self.ends;
+        let state = if immediate { STOPPED } else { DRAINING };
+        e.word(at::STATE).fetch_max(state, Ordering::AcqRel);
+        // Shutting the consumers' side of the shared socket makes every send from any
+        // process fail, lets receivers take what is queued and then see the end of
+        // the stream, and wakes everyone polling it.
+        let _ = nix::sys::socket::shutdown(e.rx.as_raw_fd(), nix::sys::socket::Shutdown::Read);
+        futex::wake(e.word(at::COUNT), u32::MAX);
+        let mut discarded = 0;
+        if immediate {
+            let mut buf = vec![0u8; INLINE_MAX + 2];
+            while let Ok((n, _fds)) = crate::sys::fd::recv_fds(e.rx.as_fd(), &mut buf, true) {
+                if n == 0 {
+                    break;
+                }
+                e.release();
+                discarded += 1;
+            }
+            while let Ok(Some(_)) = e.unspill() {
+                e.release();
+                discarded += 1;
+            }
+        }
+        discarded
+    }
+
+    /// Whether [`shutdown`](Self::shutdown) was called on any handle of this queue.
+    pub fn is_shut_down(&self) -> bool {
+        self.ends.state() != OPEN
+    }
+}
+
 impl<T: Serialize + DeserializeOwned> Queue<T> {
-    /// A new, empty queue.
+    /// A new, empty, unbounded queue (Python's `Queue()`).
     pub fn new() -> Result<Self> {
+        Self::with_maxsize(0)
+    }
+
+    /// A new, empty queue that holds at most `maxsize` items (Python's
+    /// `Queue(maxsize)`): [`put`](Self::put) waits while it is full. `0` means
+    /// unbounded, as in Python. A `maxsize` above 4,294,967,294 is an error.
+    pub fn with_maxsize(maxsize: usize) -> Result<Self> {
+        if maxsize > MAXSIZE_LIMIT {
+            return Err(Error::Io {
+                context: "creating a queue",
+                source: std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!("maxsize {maxsize} is above the limit of {MAXSIZE_LIMIT}"),
+                ),
+            });
+        }
         let (tx, rx) = crate::sys::fd::pair(nix::sys::socket::SockType::SeqPacket)
             .map_err(|e| Error::io("creating a queue", e))?;
-        // A larger buffer holds more small messages before producers block; the
-        // kernel caps the request, and a smaller buffer still works.
+        // A larger buffer holds more small messages before the spill log is needed;
+        // the kernel caps the request, and a smaller buffer still works.
         let _ = nix::sys::socket::setsockopt(&tx, nix::sys::socket::sockopt::SndBuf, &SEND_BUFFER);
+        let shared = RawLock::new("multiproc-queue", at::LEN, false)?;
+        let log = sys_shm::memfd_unsealed("multiproc-queue-spill")
+            .map_err(|e| Error::io("creating a queue's spill log", e))?;
+        let spill_ready = nix::sys::eventfd::EventFd::from_value_and_flags(
+            0,
+            nix::sys::eventfd::EfdFlags::EFD_CLOEXEC | nix::sys::eventfd::EfdFlags::EFD_NONBLOCK,
+        )
+        .map(OwnedFd::from)
+        .map_err(|e| Error::io("creating a queue", e))?;
+        let ends = Ends::build(Some(tx), rx, shared, log, spill_ready)?;
+        ends.word(at::MAXSIZE)
+            .store(maxsize as u32, Ordering::Release);
         Ok(Queue {
-            ends: Arc::new(Ends {
-                inline_max: inline_limit(&tx),
-                tx: RwLock::new(Some(tx)),
-                rx,
-            }),
+            ends: Arc::new(ends),
             _t: PhantomData,
         })
     }
 
-    /// Puts `item`, waiting while the queue is full.
+    /// Puts `item`, waiting while a bounded queue is full.
     pub fn put(&self, item: &T) -> Result<()> {
-        self.put_until(item, None, Duration::ZERO)
+        self.put_until(item, None)
     }
 
     /// Puts `item`, waiting at most `timeout` for room ([`Error::Full`] after that).
     pub fn put_timeout(&self, item: &T, timeout: Duration) -> Result<()> {
-        self.put_until(item, Instant::now().checked_add(timeout), timeout)
+        self.put_until(item, Instant::now().checked_add(timeout))
     }
 
     /// Puts `item` if there is room now ([`Error::Full`] otherwise).
     pub fn try_put(&self, item: &T) -> Result<()> {
-        self.put_until(item, Some(Instant::now()), Duration::ZERO)
+        self.put_until(item, Some(Instant::now()))
     }
 
-    fn put_until(&self, item: &T, deadline: Option<Instant>, _timeout: Duration) -> Result<()> {
+    fn put_until(&self, item: &T, deadline: Option<Instant>) -> Result<()> {
         OUT.with(|out| {
             let mut out = out.take();
             let sent = self.put_encoded(item, deadline, &mut out);
@@ -200,24 +658,97 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
             return Err(Error::Closed { what: WHAT });
         };
         let user: Vec<RawFd> = user_fds.iter().map(|f| f.as_raw_fd()).collect();
+        self.ends.reserve(deadline)?;
+        self.deliver(tx, bytes, &user, deadline)
+            .inspect_err(|_| self.ends.release())
+    }
+
+    /// Hands a counted item to the kernel: the socket if it has room and nothing is
+    /// spilled, the spill log otherwise.
+    fn deliver(
+        &self,
+        tx: &OwnedFd,
+        bytes: &[u8],
+        user: &[RawFd],
+        deadline: Option<Instant>,
+    ) -> Result<()> {
+        let e = &self.ends;
+        if !user.is_empty() {
+            return self.deliver_with_fds(tx, bytes, user, deadline);
+        }
+        if !e.spilled() && self.send_now(tx, bytes, user)? {
+            return Ok(());
+        }
+        let _guard = e.lock_spill()?;
+        if e.state() != OPEN {
+            return Err(Error::ShutDown { what: WHAT });
+        }
+        // Under the lock the log cannot start or drain behind our back: if it is
+        // empty, the socket is where this item belongs (if it has room now).
+        if !e.spilled() && self.send_now(tx, bytes, user)? {
+            return Ok(());
+        }
+        e.spill(bytes)
+    }
+
+    /// An item with descriptors cannot be spilled: wait for the log to drain and for
+    /// room in the socket, looking again every [`ROOM_POLL`].
+    fn deliver_with_fds(
+        &self,
+        tx: &OwnedFd,
+        bytes: &[u8],
+        user: &[RawFd],
+        deadline: Option<Instant>,
+    ) -> Result<()> {
+        let e = &self.ends;
+        loop {
+            if e.state() != OPEN {
+                return Err(Error::ShutDown { what: WHAT });
+            }
+            if !e.spilled() && self.send_now(tx, bytes, user)? {
+                return Ok(());
+            }
+            let now = Instant::now();
+            if deadline.is_some_and(|d| d <= now) {
+                return Err(Error::Full { what: WHAT });
+            }
+            let slice = now + ROOM_POLL;
+            let until = deadline.map_or(slice, |d| d.min(slice));
+            if e.spilled() {
+                std::thread::sleep(until.saturating_duration_since(now));
+            } else {
+                wait_writable(tx.as_fd(), Some(until))?;
+            }
+        }
+    }
+
+    /// Sends one item now if the socket has room: `Ok(false)` if it has not.
+    fn send_now(&self, tx: &OwnedFd, bytes: &[u8], user: &[RawFd]) -> Result<bool> {
+        let outcome = |r: std::result::Result<(), Errno>| match r {
+            Ok(()) => Ok(true),
+            Err(Errno::EAGAIN) => Ok(false),
+            Err(Errno::EPIPE | Errno::ECONNRESET) => Err(self.ends.gone()),
+            Err(e) => Err(Error::io("putting a message on a queue", e)),
+        };
         if bytes.len() <= self.ends.inline_max {
-            match send(tx, &[INLINE], bytes, &user, deadline) {
+            match send(tx, &[INLINE], bytes, user) {
                 // The kernel could not take a datagram this large (a smaller buffer
                 // than it granted at first, or no contiguous memory): use a memfd.
-                Err(Failed::Os(Errno::EMSGSIZE | Errno::ENOBUFS | Errno::ENOMEM))
-                    if bytes.len() > INLINE_MIN => {}
-                r => return sent(r),
+                Err(Errno::EMSGSIZE | Errno::ENOBUFS | Errno::ENOMEM) if bytes.len() > INLINE_MIN => {
+                }
+                r => return outcome(r),
             }
         }
         let memfd = to_sealed_memfd(bytes)?;
         let mut raw: Vec<RawFd> = Vec::with_capacity(user.len() + 1);
         raw.push(memfd.as_raw_fd());
         raw.extend(user);
-        sent(send(tx, &[IN_MEMFD], &[], &raw, deadline))
+        outcome(send(tx, &[IN_MEMFD], &[], &raw))
     }
 
     /// Takes the next item, waiting as long as it takes. [`Error::Closed`] once every
-    /// handle has closed and the queue is drained.
+    /// handle has closed and the queue is drained; [`Error::ShutDown`] once it was shut
+    /// down and is drained.
     pub fn get(&self) -> Result<T> {
         self.get_until(None)?.ok_or(Error::Closed { what: WHAT })
     }
@@ -237,23 +768,6 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
             .ok_or(Error::Empty { what: WHAT })
     }
 
-    /// Whether the queue looks empty now (racy by nature: another process may put or
-    /// take an item at once).
-    pub fn is_empty(&self) -> bool {
-        !wire::wait_readable(self.ends.rx.as_fd(), Some(Instant::now())).unwrap_or(false)
-    }
-
-    /// Gives up putting from this process (every clone of this handle): consumers see
-    /// [`Error::Closed`] once all handles everywhere have closed and the queue is
-    /// drained. Getting still works.
-    ///
-    /// Consumers count too: a consumer's handle could put, so it keeps the queue open
-    /// for itself. A consumer that reads until `Closed` must close its own handle first.
-    pub fn close(&self) {
-        let mut tx = self.ends.tx.write().unwrap_or_else(|p| p.into_inner());
-        *tx = None;
-    }
-
     /// `Ok(None)`: timed out.
     fn get_until(&self, deadline: Option<Instant>) -> Result<Option<T>> {
         // Taken out of the thread-local, so that a value whose decoding gets from a
@@ -268,56 +782,65 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     }
 
     fn get_into(&self, buf: &mut [u8], deadline: Option<Instant>) -> Result<Option<T>> {
-        let rx = self.ends.rx.as_fd();
+        let e = &self.ends;
+        let rx = e.rx.as_fd();
         loop {
-            if !wire::wait_readable(rx, deadline)
-                .map_err(|e| Error::io("waiting for a queue item", e))?
+            if e.state() == STOPPED {
+                return Err(Error::ShutDown { what: WHAT });
+            }
+            // The socket first: while the spill log holds items, what the socket
+            // holds is older.
+            let ended = match crate::sys::fd::recv_fds(rx, buf, true) {
+                Ok((0, _)) => true,
+                Ok((n, received)) => {
+                    e.release();
+                    return self.decode_datagram(&buf[..n], received).map(Some);
+                }
+                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => false,
+                Err(err) => return Err(Error::io("taking a message from a queue", err)),
+            };
+            if e.spilled()
+                && let Some(bytes) = e.unspill()?
+            {
+                e.release();
+                return wire::decode(&bytes).map(Some);
+            }
+            if ended {
+                // End of stream: every producer side is closed (or the queue was shut
+                // down) and nothing is left.
+                return Err(e.gone());
+            }
+            if !wire::wait_readable(e.ready.0.as_fd(), deadline)
+                .map_err(|err| Error::io("waiting for a queue item", err))?
             {
                 return Ok(None);
             }
-            let (n, mut received) = match crate::sys::fd::recv_fds(rx, buf, true) {
-                Ok(r) => r,
-                // Another consumer took it first.
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(Error::io("taking a message from a queue", e)),
-            };
-            if n == 0 {
-                // End of stream: every producer side is closed and nothing is left.
-                return Err(Error::Closed { what: WHAT });
+        }
+    }
+
+    fn decode_datagram(&self, datagram: &[u8], mut received: Vec<OwnedFd>) -> Result<T> {
+        if datagram.len() > INLINE_MAX + 1 {
+            return Err(bad("an oversized datagram"));
+        }
+        match datagram[0] {
+            INLINE => fds::provide(received, || wire::decode(&datagram[1..])),
+            IN_MEMFD if datagram.len() == 1 && !received.is_empty() => {
+                let memfd = received.remove(0);
+                let map = map_sealed(memfd)?;
+                fds::provide(received, || wire::decode(map.sealed_bytes()))
             }
-            if n > INLINE_MAX + 1 {
-                return Err(bad("an oversized datagram"));
-            }
-            return match buf[0] {
-                INLINE => fds::provide(received, || wire::decode(&buf[1..n])).map(Some),
-                IN_MEMFD if n == 1 && !received.is_empty() => {
-                    let memfd = received.remove(0);
-                    let map = map_sealed(memfd)?;
-                    fds::provide(received, || wire::decode(map.sealed_bytes())).map(Some)
-                }
-                _ => Err(bad("a malformed datagram")),
-            };
+            _ => Err(bad("a malformed datagram")),
         }
     }
 }
 
-/// Why [`send`] did not send.
-enum Failed {
-    /// `sendmsg` failed with this.
-    Os(Errno),
-    /// Anything else (no room before the deadline, a failed wait).
-    Other(Error),
-}
-
-/// Sends one datagram, `kind` then `payload`, with `fds` attached, waiting for room
-/// until `deadline`.
+/// Sends one datagram, `kind` then `payload`, with `fds` attached, without waiting.
 fn send(
     tx: &OwnedFd,
     kind: &[u8; 1],
     payload: &[u8],
     fds: &[RawFd],
-    deadline: Option<Instant>,
-) -> std::result::Result<(), Failed> {
+) -> std::result::Result<(), Errno> {
     let iov = [std::io::IoSlice::new(kind), std::io::IoSlice::new(payload)];
     let rights = [ControlMessage::ScmRights(fds)];
     let cmsgs: &[ControlMessage<'_>] = if fds.is_empty() { &[] } else { &rights };
@@ -331,23 +854,8 @@ fn send(
         ) {
             Ok(_) => return Ok(()),
             Err(Errno::EINTR) => {}
-            Err(Errno::EAGAIN) => match wait_writable(tx.as_fd(), deadline) {
-                Ok(true) => {}
-                Ok(false) => return Err(Failed::Other(Error::Full { what: WHAT })),
-                Err(e) => return Err(Failed::Other(e)),
-            },
-            Err(e) => return Err(Failed::Os(e)),
+            Err(e) => return Err(e),
         }
-    }
-}
-
-/// The outcome of a `put` from that of its [`send`].
-fn sent(r: std::result::Result<(), Failed>) -> Result<()> {
-    match r {
-        Ok(()) => Ok(()),
-        Err(Failed::Os(Errno::EPIPE | Errno::ECONNRESET)) => Err(Error::Closed { what: WHAT }),
-        Err(Failed::Os(e)) => Err(Error::io("putting a message on a queue", e)),
-        Err(Failed::Other(e)) => Err(e),
     }
 }
 
@@ -382,7 +890,7 @@ fn map_sealed(fd: OwnedFd) -> Result<Mapping> {
         .map_err(|e| Error::io("mapping a queue message", e))
 }
 
-fn wait_writable(fd: std::os::fd::BorrowedFd<'_>, deadline: Option<Instant>) -> Result<bool> {
+fn wait_writable(fd: BorrowedFd<'_>, deadline: Option<Instant>) -> Result<bool> {
     use nix::poll::{PollFd, PollFlags, poll};
     loop {
         if deadline.is_some_and(|d| d <= Instant::now()) {
@@ -399,39 +907,41 @@ fn wait_writable(fd: std::os::fd::BorrowedFd<'_>, deadline: Option<Instant>) -> 
     }
 }
 
-/// The consumers' socket: readable when an item is in the queue or every producer has
-/// closed (then [`get`](Queue::get) does not wait), which is how [`crate::wait_ready`]
-/// waits for a queue. A handle never buffers items in this process, so the socket tells
-/// the whole truth, but other consumers may take the item first: after a wait, use
-/// [`try_get`](Queue::try_get) or a timeout.
-///
-/// Read only through the `Queue`; a datagram taken from the socket directly is lost.
+/// Readable when a [`get`](Queue::get) would not wait: an item is in the queue (in its
+/// socket or its spill log), or every producer has closed, or the queue was shut down.
+/// This is how [`crate::wait_ready`] waits for a queue. It is an epoll set of this
+/// handle over the queue's shared socket and spill flag: a handle never buffers items
+/// in this process, so it tells the whole truth, but other consumers may take the item
+/// first: after a wait, use [`try_get`](Queue::try_get) or a timeout.
 impl<T> AsFd for Queue<T> {
-    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        self.ends.rx.as_fd()
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.ends.ready.0.as_fd()
     }
 }
 
-/// The socket of the underlying [`Queue`]; see its `AsFd`.
+/// The wait set of the underlying [`Queue`]; see its `AsFd`.
 impl<T> AsFd for JoinableQueue<T> {
-    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+    fn as_fd(&self) -> BorrowedFd<'_> {
         self.queue.as_fd()
     }
 }
 
-/// The socket of the underlying [`Queue`]; see its `AsFd`.
+/// The wait set of the underlying [`Queue`]; see its `AsFd`.
 impl<T> AsFd for SimpleQueue<T> {
-    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+    fn as_fd(&self) -> BorrowedFd<'_> {
         self.queue.as_fd()
     }
 }
 
 /// What a queue handle looks like on the wire: the two sockets (the put side absent
-/// once closed).
+/// once closed), the shared state, the spill log and its eventfd.
 #[derive(Serialize, Deserialize)]
 struct WireQueue {
     tx: Option<fds::PassFd>,
     rx: fds::PassFd,
+    shared: RawLock,
+    log: fds::PassFd,
+    spill_ready: fds::PassFd,
 }
 
 impl<T> Serialize for Queue<T> {
@@ -446,6 +956,9 @@ impl<T> Serialize for Queue<T> {
         WireQueue {
             tx: tx.as_ref().map(dup).transpose()?,
             rx: dup(&self.ends.rx)?,
+            shared: self.ends.shared.clone(),
+            log: dup(&self.ends.log)?,
+            spill_ready: dup(&self.ends.spill_ready)?,
         }
         .serialize(s)
     }
@@ -454,13 +967,10 @@ impl<T> Serialize for Queue<T> {
 impl<'de, T> Deserialize<'de> for Queue<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         let w = WireQueue::deserialize(d)?;
-        let tx = w.tx.map(|f| f.0);
+        let ends = Ends::build(w.tx.map(|f| f.0), w.rx.0, w.shared, w.log.0, w.spill_ready.0)
+            .map_err(serde::de::Error::custom)?;
         Ok(Queue {
-            ends: Arc::new(Ends {
-                inline_max: tx.as_ref().map_or(INLINE_MIN, inline_limit),
-                tx: RwLock::new(tx),
-                rx: w.rx.0,
-            }),
+            ends: Arc::new(ends),
             _t: PhantomData,
         })
     }
@@ -508,12 +1018,57 @@ impl<T> std::fmt::Debug for JoinableQueue<T> {
 }
 
 impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
-    /// A new, empty queue.
+    /// A new, empty, unbounded queue.
     pub fn new() -> Result<Self> {
+        Self::with_maxsize(0)
+    }
+
+    /// A new, empty queue that holds at most `maxsize` items (0: unbounded); see
+    /// [`Queue::with_maxsize`].
+    pub fn with_maxsize(maxsize: usize) -> Result<Self> {
         Ok(JoinableQueue {
-            queue: Queue::new()?,
+            queue: Queue::with_maxsize(maxsize)?,
             unfinished: Words::new("multiproc-joinable-queue")?,
         })
+    }
+
+    /// See [`Queue::qsize`].
+    pub fn qsize(&self) -> usize {
+        self.queue.qsize()
+    }
+
+    /// See [`Queue::maxsize`].
+    pub fn maxsize(&self) -> usize {
+        self.queue.maxsize()
+    }
+
+    /// See [`Queue::full`].
+    pub fn full(&self) -> bool {
+        self.queue.full()
+    }
+
+    /// See [`Queue::is_empty`].
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// See [`Queue::shutdown`]. An immediate shutdown also counts every item it
+    /// discards as done (as Python's), so that [`join`](Self::join) does not wait for
+    /// items nobody will take.
+    pub fn shutdown(&self, immediate: bool) {
+        let discarded = self.queue.shutdown_discarding(immediate);
+        let n = self.unfinished.at(0);
+        for _ in 0..discarded {
+            let prev = n.fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| c.checked_sub(1));
+            if prev == Ok(1) {
+                futex::wake(n, u32::MAX);
+            }
+        }
+    }
+
+    /// See [`Queue::is_shut_down`].
+    pub fn is_shut_down(&self) -> bool {
+        self.queue.is_shut_down()
     }
 
     fn counted(&self, put: impl FnOnce(&Queue<T>) -> Result<()>) -> Result<()> {
@@ -657,9 +1212,14 @@ impl<T: Serialize + DeserializeOwned> SimpleQueue<T> {
         self.queue.get()
     }
 
-    /// Whether the queue looks empty now.
+    /// Whether the queue looks empty now; see [`Queue::is_empty`].
     pub fn is_empty(&self) -> bool {
         self.queue.is_empty()
+    }
+
+    /// The number of items put and not yet taken; see [`Queue::qsize`].
+    pub fn qsize(&self) -> usize {
+        self.queue.qsize()
     }
 
     /// See [`Queue::close`].

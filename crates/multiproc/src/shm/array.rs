@@ -92,6 +92,78 @@ impl<T: Pod> Array<T> {
         Ok(a)
     }
 
+    /// Creates a new array holding a copy of `items` in the named segment
+    /// `/dev/shm/<name>`, for processes that did not start each other: another attaches
+    /// with [`open_named`](Self::open_named) (what Python's `ShareableList` is used
+    /// for). This handle owns the name as
+    /// [`SharedMemory::create_named`](crate::SharedMemory::create_named) does: dropping
+    /// it (and its clones) removes the name, and the tracker removes it if this process
+    /// dies first.
+    ///
+    /// ```
+    /// # fn main() -> multiproc::Result<()> {
+    /// let name = format!("doc-array-{}", std::process::id());
+    /// let a = multiproc::Array::create_named(&name, &[1u32, 2, 3])?;
+    /// let other = multiproc::Array::<u32>::open_named(&name)?; // any process, by name
+    /// other.lock()?[0] = 10;
+    /// assert_eq!(a.to_vec()?, [10, 2, 3]);
+    /// # Ok(()) }
+    /// ```
+    pub fn create_named(name: &str, items: &[T]) -> Result<Self> {
+        Ok(Self::named(name, items, true)?.0)
+    }
+
+    /// [`create_named`](Self::create_named), returning the claim on the name apart.
+    pub(crate) fn named(
+        name: &str,
+        items: &[T],
+        keep_owner: bool,
+    ) -> Result<(Self, Option<super::segment::NamedOwner>)> {
+        let len = items.len();
+        let bytes = bytes_for::<T>(len)?;
+        let (raw, owner) = RawLock::named(name, bytes - MUTEX_SIZE, true, keep_owner, |map| {
+            super::write_header(map, super::ARRAY_MAGIC, size_of::<T>(), len);
+            map.copy_in(data_offset::<T>(), bytemuck::cast_slice(items));
+            Ok(())
+        })?;
+        Ok((
+            Array {
+                raw,
+                len,
+                _t: PhantomData,
+            },
+            owner,
+        ))
+    }
+
+    /// Attaches to an array made by [`create_named`](Self::create_named) (in any
+    /// process), of the length it was made with. The segment says its elements are
+    /// `size_of::<T>()` bytes; a different type of the same size cannot be told apart,
+    /// as in Python.
+    pub fn open_named(name: &str) -> Result<Self> {
+        let raw = RawLock::open_named(name)?;
+        let len = super::check_header(
+            raw.segment().map(),
+            super::ARRAY_MAGIC,
+            size_of::<T>(),
+            name,
+        )?;
+        if !bytes_for::<T>(len).is_ok_and(|b| b <= raw.segment().len()) {
+            return Err(too_small::<T>());
+        }
+        Ok(Array {
+            raw,
+            len,
+            _t: PhantomData,
+        })
+    }
+
+    /// The name of an array made by [`create_named`](Self::create_named) or opened by
+    /// name (kept by copies passed to other processes).
+    pub fn name(&self) -> Option<&str> {
+        self.raw.segment().name()
+    }
+
     /// Number of elements.
     pub fn len(&self) -> usize {
         self.len
@@ -102,7 +174,8 @@ impl<T: Pod> Array<T> {
         self.len == 0
     }
 
-    /// Takes the lock; the guard dereferences to `[T]`.
+    /// Takes the lock; the guard dereferences to `[T]`. This is Python's
+    /// `with a.get_lock(): ...`: the guard is both the lock held and the contents.
     pub fn lock(&self) -> Result<ArrayGuard<'_, T>> {
         self.guard(self.raw.lock(WHAT, None)?)
     }

@@ -13,7 +13,7 @@ use crate::sys::shm::{self as sys_shm, Mapping};
 use crate::wire::fds::PassFd;
 
 /// Where named segments live.
-const SHM_DIR: &str = "/dev/shm";
+pub(crate) const SHM_DIR: &str = "/dev/shm";
 
 fn shm_error(detail: impl Into<String>) -> Error {
     Error::SharedMemory {
@@ -32,12 +32,21 @@ pub(crate) struct Segment {
     name: Option<String>,
 }
 
-/// The owner's claim on a name: remove it on drop if it still names our segment.
+/// The owner's claim on a name: remove it on drop if it still names our segment (and
+/// tell the tracker, if it watches this name).
 #[derive(Debug)]
-struct NamedOwner {
+pub(crate) struct NamedOwner {
     path: PathBuf,
+    name: String,
     dev: u64,
     ino: u64,
+    tracked: bool,
+}
+
+impl NamedOwner {
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
 }
 
 impl Drop for NamedOwner {
@@ -46,6 +55,9 @@ impl Drop for NamedOwner {
             .is_ok_and(|meta| meta.dev() == self.dev && meta.ino() == self.ino);
         if ours {
             let _ = std::fs::remove_file(&self.path);
+        }
+        if self.tracked {
+            super::tracker::unregister(&self.name);
         }
     }
 }
@@ -75,7 +87,10 @@ impl Segment {
     }
 
     /// Accepts a descriptor that arrived from another process, claiming `len` bytes.
-    fn received(fd: OwnedFd, len: u64) -> Result<Self> {
+    fn received(fd: OwnedFd, len: u64, name: Option<String>) -> Result<Self> {
+        if let Some(n) = &name {
+            validate_name(n)?;
+        }
         let len = usize::try_from(len).map_err(|_| shm_error("segment length overflows"))?;
         let actual = sys_shm::file_len(fd.as_fd())
             .map_err(|e| shm_error(format!("cannot inspect a received segment: {e}")))?;
@@ -84,7 +99,131 @@ impl Segment {
                 "a received segment holds {actual} bytes, not the {len} its handle claims"
             )));
         }
-        Self::map_fd(fd, len, None, None)
+        Self::map_fd(fd, len, None, name)
+    }
+
+    /// Creates the named segment `/dev/shm/<name>` of `len` zero bytes, owned by the
+    /// result, after `init` prepared its bytes: nobody can attach to it before.
+    ///
+    /// If the name exists but its owner is dead (a crash left it behind), it is
+    /// removed and created afresh; if its owner is alive, this fails. With `track`,
+    /// the tracker removes the name if this process dies without removing it.
+    pub(crate) fn create_named(
+        name: &str,
+        len: usize,
+        track: bool,
+        init: impl FnOnce(&Mapping) -> Result<()>,
+    ) -> Result<Self> {
+        let path = validate_name(name)?;
+        // Build the segment under a private temporary name, lock it, size it, prepare
+        // it, and only then give it its name: nobody ever sees a named segment without
+        // its owner's lock (so "no lock" reliably means "owner dead") or before it is
+        // ready.
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let tmp_name = format!(
+            ".multiproc-tmp-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let tmp = PathBuf::from(SHM_DIR).join(&tmp_name);
+        let io = |what: &str, e: std::io::Error| shm_error(format!("{what} {name:?}: {e}"));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| io("cannot create segment", e))?;
+        let meta = file
+            .metadata()
+            .map_err(|e| io("cannot inspect segment", e))?;
+        let registered = if track {
+            // Both names, before either can be left behind.
+            let tracked = super::tracker::register(&tmp_name, meta.dev(), meta.ino())
+                .and_then(|()| super::tracker::register(name, meta.dev(), meta.ino()));
+            if let Err(e) = tracked {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(shm_error(format!(
+                    "cannot start the shared-memory tracker for {name:?}: {e} \
+                     (create it with track(false) to go without)"
+                )));
+            }
+            true
+        } else {
+            false
+        };
+        let made = (|| {
+            sys_shm::try_flock(file.as_fd(), true).map_err(|e| io("cannot lock segment", e))?;
+            sys_shm::set_len(file.as_fd(), len).map_err(|e| io("cannot size segment", e))?;
+            let map = Mapping::new(file.as_fd(), len, true)
+                .map_err(|e| shm_error(format!("cannot map {len} bytes: {e}")))?;
+            init(&map)?;
+            for _attempt in 0..3 {
+                match std::fs::hard_link(&tmp, &path) {
+                    Ok(()) => return Ok(map),
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                        if !SharedMemory::remove_stale(name)? {
+                            return Err(shm_error(format!(
+                                "segment {name:?} already exists and its owner is alive"
+                            )));
+                        }
+                    }
+                    Err(e) => return Err(io("cannot name segment", e)),
+                }
+            }
+            Err(shm_error(format!(
+                "segment {name:?} keeps being re-created by another process"
+            )))
+        })();
+        let _ = std::fs::remove_file(&tmp);
+        if registered {
+            super::tracker::unregister(&tmp_name);
+        }
+        let map = match made {
+            Ok(map) => map,
+            Err(e) => {
+                if registered {
+                    super::tracker::unregister(name);
+                }
+                return Err(e);
+            }
+        };
+        let owner = NamedOwner {
+            path,
+            name: name.to_owned(),
+            dev: meta.dev(),
+            ino: meta.ino(),
+            tracked: registered,
+        };
+        Ok(Segment {
+            map,
+            fd: file.into(),
+            owner: Some(owner),
+            name: Some(name.to_owned()),
+        })
+    }
+
+    /// Attaches to the named segment `/dev/shm/<name>`, all of it, as a non-owner.
+    pub(crate) fn open_named(name: &str) -> Result<Self> {
+        let path = validate_name(name)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| shm_error(format!("cannot open segment {name:?}: {e}")))?;
+        let len = sys_shm::file_len(file.as_fd())
+            .map_err(|e| shm_error(format!("cannot inspect segment {name:?}: {e}")))?;
+        Self::map_fd(file.into(), len, None, Some(name.to_owned()))
+    }
+
+    /// Hands the owner's claim on the name to the caller (a manager that removes the
+    /// name when it stops, not when the handles go).
+    pub(crate) fn take_owner(&mut self) -> Option<NamedOwner> {
+        self.owner.take()
+    }
+
+    pub(crate) fn name(&self) -> Option<&str> {
+        self.name.as_deref()
     }
 
     pub(crate) fn map(&self) -> &Mapping {
@@ -103,15 +242,15 @@ impl Serialize for Segment {
             .fd
             .try_clone()
             .map_err(|e| S::Error::custom(format!("cannot duplicate a segment handle: {e}")))?;
-        (PassFd::new(fd), self.len() as u64).serialize(s)
+        (PassFd::new(fd), self.len() as u64, self.name.as_deref()).serialize(s)
     }
 }
 
 impl<'de> Deserialize<'de> for Segment {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         use serde::de::Error as _;
-        let (fd, len) = <(PassFd, u64)>::deserialize(d)?;
-        Segment::received(fd.0, len).map_err(|e| D::Error::custom(e.to_string()))
+        let (fd, len, name) = <(PassFd, u64, Option<String>)>::deserialize(d)?;
+        Segment::received(fd.0, len, name).map_err(|e| D::Error::custom(e.to_string()))
     }
 }
 
@@ -162,15 +301,18 @@ impl<'de> Deserialize<'de> for Segment {
 /// handle (the *owner*) removes the name, when it is dropped; attachers never do
 /// (Python's gh-82300 was attachers unlinking, or nobody). The owner holds a shared
 /// `flock` on the segment for as long as any copy of its descriptor is open; the
-/// kernel drops that lock when the owner's process dies, however it dies. So a name
-/// left behind by a crashed owner is recognisable as stale — nobody holds its lock —
-/// and is removed by the next `create_named` of the same name or by
-/// [`SharedMemory::remove_stale`].
+/// kernel drops that lock when the owner's process dies, however it dies.
+///
+/// A name never outlives a dead owner: by default it is *tracked*, and a small tracker
+/// process (started with the first tracked name) removes it when the owner dies without
+/// removing it (see [`SharedMemoryBuilder::track`]). An untracked name left behind by a
+/// crashed owner is recognisable as stale — nobody holds its lock — and is removed by
+/// the next `create_named` of the same name or by [`SharedMemory::remove_stale`].
 pub struct SharedMemory {
     seg: Arc<Segment>,
 }
 
-fn validate_name(name: &str) -> Result<PathBuf> {
+pub(crate) fn validate_name(name: &str) -> Result<PathBuf> {
     let bad = name.is_empty()
         || name.len() > 250
         || name.contains('/')
@@ -186,6 +328,10 @@ fn validate_name(name: &str) -> Result<PathBuf> {
 }
 
 impl SharedMemory {
+    pub(crate) fn from_segment(seg: Segment) -> Self {
+        SharedMemory { seg: Arc::new(seg) }
+    }
+
     /// A new anonymous segment of `len` zero bytes (a memfd; no name on the system).
     pub fn new(len: usize) -> Result<Self> {
         Ok(SharedMemory {
@@ -197,85 +343,38 @@ impl SharedMemory {
     /// writable by this user only. This handle is its owner: dropping it (and every
     /// clone) removes the name. Copies sent to other processes are attachers.
     ///
+    /// The name is tracked: if this process dies without removing it (killed by a
+    /// signal, a crash, `std::process::exit`), a small tracker process removes it (see
+    /// [`SharedMemoryBuilder::track`]).
+    ///
     /// If the name exists but its owner is dead (a crash left it behind), it is
     /// removed and created afresh; if its owner is alive, this fails.
     pub fn create_named(name: &str, len: usize) -> Result<Self> {
-        let path = validate_name(name)?;
-        // Build the segment under a private temporary name, lock it, size it, and only
-        // then give it its name: nobody ever sees a named segment without its owner's
-        // lock, so "no lock" reliably means "owner dead".
-        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let tmp = PathBuf::from(SHM_DIR).join(format!(
-            ".multiproc-tmp-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        ));
-        let io = |what: &str, e: std::io::Error| shm_error(format!("{what} {name:?}: {e}"));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(|e| io("cannot create segment", e))?;
-        let made = (|| {
-            sys_shm::try_flock(file.as_fd(), true).map_err(|e| io("cannot lock segment", e))?;
-            sys_shm::set_len(file.as_fd(), len).map_err(|e| io("cannot size segment", e))?;
-            for _attempt in 0..3 {
-                match std::fs::hard_link(&tmp, &path) {
-                    Ok(()) => return Ok(()),
-                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                        if !Self::remove_stale(name)? {
-                            return Err(shm_error(format!(
-                                "segment {name:?} already exists and its owner is alive"
-                            )));
-                        }
-                    }
-                    Err(e) => return Err(io("cannot name segment", e)),
-                }
-            }
-            Err(shm_error(format!(
-                "segment {name:?} keeps being re-created by another process"
-            )))
-        })();
-        let _ = std::fs::remove_file(&tmp);
-        made?;
-        let meta = file
-            .metadata()
-            .map_err(|e| io("cannot inspect segment", e))?;
-        let owner = NamedOwner {
-            path,
-            dev: meta.dev(),
-            ino: meta.ino(),
-        };
-        Ok(SharedMemory {
-            seg: Arc::new(Segment::map_fd(
-                file.into(),
-                len,
-                Some(owner),
-                Some(name.to_owned()),
-            )?),
-        })
+        Self::named(name).create(len)
+    }
+
+    /// A builder for the named segment `/dev/shm/<name>`, to choose whether it is
+    /// tracked before creating it.
+    ///
+    /// ```
+    /// # fn main() -> multiproc::Result<()> {
+    /// let name = format!("doc-builder-{}", std::process::id());
+    /// let shm = multiproc::SharedMemory::named(&name).track(true).create(4096)?;
+    /// assert_eq!(shm.name(), Some(name.as_str()));
+    /// # Ok(()) }
+    /// ```
+    pub fn named(name: &str) -> SharedMemoryBuilder {
+        SharedMemoryBuilder {
+            name: name.to_owned(),
+            track: true,
+        }
     }
 
     /// Attaches to the named segment `/dev/shm/<name>`, all of it. An attacher never
     /// removes the name.
     pub fn open_named(name: &str) -> Result<Self> {
-        let path = validate_name(name)?;
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(|e| shm_error(format!("cannot open segment {name:?}: {e}")))?;
-        let len = sys_shm::file_len(file.as_fd())
-            .map_err(|e| shm_error(format!("cannot inspect segment {name:?}: {e}")))?;
         Ok(SharedMemory {
-            seg: Arc::new(Segment::map_fd(
-                file.into(),
-                len,
-                None,
-                Some(name.to_owned()),
-            )?),
+            seg: Arc::new(Segment::open_named(name)?),
         })
     }
 
@@ -310,9 +409,10 @@ impl SharedMemory {
         }
     }
 
-    /// The segment's name, if it is a named one.
+    /// The segment's name, if it is a named one; a handle passed to another process
+    /// keeps it.
     pub fn name(&self) -> Option<&str> {
-        self.seg.name.as_deref()
+        self.seg.name()
     }
 
     /// `true` for the handle (and its clones) that created a named segment and will
@@ -355,5 +455,39 @@ impl SharedMemory {
             offset.saturating_add(len),
             self.len()
         ))
+    }
+}
+
+/// Creates a named [`SharedMemory`] with options ([`SharedMemory::named`]).
+#[derive(Debug, Clone)]
+#[must_use = "a builder does nothing until `create` is called"]
+pub struct SharedMemoryBuilder {
+    name: String,
+    track: bool,
+}
+
+impl SharedMemoryBuilder {
+    /// Whether the tracker removes the name if this process dies without removing it
+    /// (`true` by default; Python's `track=`).
+    ///
+    /// The tracker is a small process this process starts on its first tracked
+    /// segment; it notices this process's death (its socket to us reaches its end, and
+    /// our pidfd turns readable), removes every tracked name this process still owns,
+    /// and exits; it also exits, removing whatever is left, at this process's normal
+    /// exit. With `track(false)` nothing watches the name: it outlives a killed owner
+    /// until someone removes it ([`SharedMemory::remove_stale`] or the next
+    /// `create_named` of that name).
+    pub fn track(mut self, track: bool) -> Self {
+        self.track = track;
+        self
+    }
+
+    /// Creates the segment, `len` zero bytes; see [`SharedMemory::create_named`].
+    pub fn create(self, len: usize) -> Result<SharedMemory> {
+        Ok(SharedMemory {
+            seg: Arc::new(Segment::create_named(&self.name, len, self.track, |_| {
+                Ok(())
+            })?),
+        })
     }
 }

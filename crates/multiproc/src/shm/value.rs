@@ -83,7 +83,75 @@ impl<T: Pod> Value<T> {
         Ok(v)
     }
 
-    /// Takes the lock; the guard dereferences to the value.
+    /// Creates a new value in the named segment `/dev/shm/<name>`, for processes that
+    /// did not start each other: another attaches with [`open_named`](Self::open_named)
+    /// (what Python's `ShareableList` and named `SharedMemory` are used for). This
+    /// handle owns the name as [`SharedMemory::create_named`](crate::SharedMemory::create_named)
+    /// does: dropping it (and its clones) removes the name, and the tracker removes it
+    /// if this process dies first.
+    ///
+    /// ```
+    /// # fn main() -> multiproc::Result<()> {
+    /// let name = format!("doc-value-{}", std::process::id());
+    /// let v = multiproc::Value::create_named(&name, 41u64)?;
+    /// let other = multiproc::Value::<u64>::open_named(&name)?; // any process, by name
+    /// other.fetch_add(1);
+    /// assert_eq!(v.get()?, 42);
+    /// # Ok(()) }
+    /// ```
+    pub fn create_named(name: &str, value: T) -> Result<Self> {
+        Ok(Self::named(name, value, true)?.0)
+    }
+
+    /// [`create_named`](Self::create_named), returning the claim on the name apart.
+    pub(crate) fn named(
+        name: &str,
+        value: T,
+        keep_owner: bool,
+    ) -> Result<(Self, Option<super::segment::NamedOwner>)> {
+        let extra = data_offset::<T>() - crate::sync::MUTEX_SIZE + size_of::<T>();
+        let (raw, owner) = RawLock::named(name, extra, true, keep_owner, |map| {
+            super::write_header(map, super::VALUE_MAGIC, size_of::<T>(), 1);
+            map.copy_in(data_offset::<T>(), bytemuck::bytes_of(&value));
+            Ok(())
+        })?;
+        Ok((
+            Value {
+                raw,
+                _t: PhantomData,
+            },
+            owner,
+        ))
+    }
+
+    /// Attaches to a value made by [`create_named`](Self::create_named) (in any
+    /// process). The segment says it holds one value of `size_of::<T>()` bytes; a
+    /// different type of the same size cannot be told apart, as in Python.
+    pub fn open_named(name: &str) -> Result<Self> {
+        let raw = RawLock::open_named(name)?;
+        let len = super::check_header(
+            raw.segment().map(),
+            super::VALUE_MAGIC,
+            size_of::<T>(),
+            name,
+        )?;
+        if len != 1 || raw.segment().len() < data_offset::<T>() + size_of::<T>() {
+            return Err(too_small::<T>());
+        }
+        Ok(Value {
+            raw,
+            _t: PhantomData,
+        })
+    }
+
+    /// The name of a value made by [`create_named`](Self::create_named) or opened by
+    /// name (kept by copies passed to other processes).
+    pub fn name(&self) -> Option<&str> {
+        self.raw.segment().name()
+    }
+
+    /// Takes the lock; the guard dereferences to the value. This is Python's
+    /// `with v.get_lock(): v.value += 1`, in one step: `*v.lock()? += 1`.
     pub fn lock(&self) -> Result<ValueGuard<'_, T>> {
         self.guard(self.raw.lock(WHAT, None)?)
     }

@@ -29,6 +29,32 @@ impl RawLock {
         Ok(RawLock { seg: Arc::new(seg) })
     }
 
+    /// A new named segment `/dev/shm/<name>` of `MUTEX_SIZE + extra` bytes with an
+    /// initialized mutex at 0 and `init` run on it, all before the name exists. With
+    /// `keep_owner == false`, the owner's claim on the name is returned separately
+    /// (for a manager) instead of living in the lock's segment.
+    pub(crate) fn named(
+        name: &str,
+        extra: usize,
+        track: bool,
+        keep_owner: bool,
+        init: impl FnOnce(&crate::sys::shm::Mapping) -> Result<()>,
+    ) -> Result<(Self, Option<crate::shm::segment::NamedOwner>)> {
+        let mut seg = Segment::create_named(name, MUTEX_SIZE + extra, track, |map| {
+            pmutex::init(map, 0, false).map_err(|e| Error::io("initializing a lock", e))?;
+            init(map)
+        })?;
+        let owner = if keep_owner { None } else { seg.take_owner() };
+        Ok((RawLock { seg: Arc::new(seg) }, owner))
+    }
+
+    /// Attaches to a named segment made by [`named`](Self::named), as a non-owner.
+    pub(crate) fn open_named(name: &str) -> Result<Self> {
+        Ok(RawLock {
+            seg: Arc::new(Segment::open_named(name)?),
+        })
+    }
+
     pub(crate) fn segment(&self) -> &Segment {
         &self.seg
     }

@@ -9,6 +9,7 @@
 //! - [`shm`]: memfd and named segments, mappings, bounds-checked access.
 //! - [`futex`]: futex wait/wake on shared words.
 //! - [`pmutex`]: robust process-shared pthread mutexes.
+//! - [`tracker`]: starting the shared-memory tracker (no parent-death signal).
 //! - `term`: SIGTERM as a request to stop (cluster nodes).
 //! - `bootstrap`: the load-time constructor that turns a re-executed child into a worker.
 
@@ -20,5 +21,6 @@ pub(crate) mod pmutex;
 pub(crate) mod proc;
 pub(crate) mod shm;
 pub(crate) mod spawn;
+pub(crate) mod tracker;
 #[cfg(feature = "cluster")]
 pub(crate) mod term;
