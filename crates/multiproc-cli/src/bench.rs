@@ -18,6 +18,7 @@ mod pool;
 mod python;
 mod report;
 mod values;
+mod wordcount;
 mod zlib;
 
 use std::error::Error;
@@ -46,7 +47,7 @@ pub struct BenchArgs {
     json: bool,
 
     /// Run only the workloads with these names (repeatable): "start+join",
-    /// "tiny tasks", "tutorial job", "apply round trip", "256 MiB values", "zlib",
+    /// "tiny tasks", "tutorial job", "apply round trip", "256 MiB values", "zlib", "word count",
     /// "bandwidth", "round trip", "256 MiB hand-off", "cluster tiny calls",
     /// "cluster tutorial job", "cluster node loss", "map memory"; or "cluster" for the
     /// three cluster workloads (they need redis-server on the PATH).
@@ -236,6 +237,7 @@ fn workloads() -> Vec<Box<dyn Workload>> {
         Box::new(apply::ApplyRoundTrip),
         Box::new(values::LargeValues),
         Box::new(zlib::Zlib),
+        Box::new(wordcount::WordCount::default()),
         Box::new(ipc::Bandwidth),
         Box::new(ipc::RoundTrip),
         Box::new(ipc::Handoff),

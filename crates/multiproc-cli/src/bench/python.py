@@ -29,6 +29,11 @@ def ones(n):
 def compress6(block):
     return zlib.compress(block, 6)
 
+def count_file(path):
+    import collections
+    with open(path) as f:
+        return dict(collections.Counter(f.read().split()))
+
 def work(piece):
     # The tutorial's loop, one addition per number, as a Python user writes it.
     start, end = piece
@@ -161,6 +166,50 @@ def tutorial(pool, t, args, stdin):
     return rep
 
 
+def _corpus(args):
+    import os
+    directory, files = args[0], int(args[1])
+    return [os.path.join(directory, f"{i:03}.txt") for i in range(files)]
+
+
+def _merge(parts):
+    import collections
+    total = collections.Counter()
+    for part in parts:
+        total.update(part)
+    return total
+
+
+def wordcount(pool, t, args, stdin):
+    paths = _corpus(args)
+    want = _merge(map(t.count_file, paths))
+
+    def rep():
+        start = time.perf_counter_ns()
+        total = _merge(pool.map(t.count_file, paths))
+        ns = time.perf_counter_ns() - start
+        if total != want:
+            raise ValueError("wrong word counts")
+        return ns
+
+    return rep
+
+
+def wordcount_seq(pool, t, args, stdin):
+    paths = _corpus(args)
+    want = _merge(map(t.count_file, paths))
+
+    def rep():
+        start = time.perf_counter_ns()
+        total = _merge(map(t.count_file, paths))
+        ns = time.perf_counter_ns() - start
+        if total != want:
+            raise ValueError("wrong word counts")
+        return ns
+
+    return rep
+
+
 JOBS = {
     "tiny-map": tiny_map,
     "apply": apply,
@@ -168,6 +217,8 @@ JOBS = {
     "bytes-result": bytes_result,
     "zlib": zlib_map,
     "tutorial": tutorial,
+    "wordcount": wordcount,
+    "wordcount-seq": wordcount_seq,
 }
 
 
