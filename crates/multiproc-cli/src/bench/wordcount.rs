@@ -23,6 +23,7 @@ const SEQUENTIAL: &str = "sequential";
 const RAYON_MERGE: &str = "rayon, merge in the caller";
 const RAYON_REDUCE: &str = "rayon, reduce in its threads";
 const POOL: &str = "Pool::map, merge in the caller";
+const POOL_REDUCE: &str = "Pool::map_reduce, merge in the workers";
 const PY_POOL: &str = "Python Pool.map, merge in the caller";
 const PY_SEQ: &str = "Python sequential";
 
@@ -242,6 +243,21 @@ impl Workload for WordCount {
             }
             Err(e) => eprintln!("bench: no Pool: {e}"),
         }
+        match started_pool(workers) {
+            Ok(p) => {
+                let c = corpus.clone();
+                cases.push(
+                    Case::new(POOL_REDUCE, Kind::Multiproc, move |_| {
+                        timed_count(&c.want, || {
+                            Ok(p.map_reduce(count_file, c.paths.iter().cloned(), merge)?
+                                .unwrap_or_default())
+                        })
+                    })
+                    .vs_python(PY_POOL),
+                );
+            }
+            Err(e) => eprintln!("bench: no Pool: {e}"),
+        }
         match started_thread_pool(workers) {
             Ok(p) => {
                 let c = corpus.clone();
@@ -295,6 +311,13 @@ impl Workload for WordCount {
             ));
             out.extend(super::faster_than_python(pool, 3.0));
         }
+        if let Some(reduce) = find(rows, POOL_REDUCE) {
+            out.push(at_least(
+                &format!("{POOL_REDUCE}, speed-up over the sequential loop"),
+                1.0 / reduce.ratio,
+                1.7,
+            ));
+        }
         if let Some(pool) = find(rows, POOL) {
             out.push(format!(
                 "{POOL}: {:.2}x the sequential loop's speed",
@@ -320,6 +343,13 @@ impl Workload for WordCount {
                     3.0,
                 ));
             }
+        }
+        if let (Some(reduce), Some(seq)) = (first(POOL_REDUCE), first(SEQUENTIAL)) {
+            out.push(at_least(
+                "first call, Pool::map_reduce, speed-up over the sequential loop",
+                seq.median_us / reduce.median_us,
+                1.7,
+            ));
         }
         out
     }

@@ -62,6 +62,7 @@ pub(crate) mod future;
 mod imap;
 mod process;
 mod progress;
+mod reduce;
 #[cfg(any(feature = "mpi", feature = "cluster"))]
 pub(crate) mod remote;
 mod wait;

@@ -68,3 +68,42 @@ pub(crate) fn call<C: Invoke>(trampoline: u64, function: u64, ctx: &mut C) -> bo
     t(function_addr, ctx);
     true
 }
+
+/// The image offset of a plain `fn(A) -> R`, to name it inside a task's argument to a
+/// worker of the same build (a pool's `map_reduce` sends its task and its combining
+/// function this way). Only [`fn1_at`] with the same `A` and `R` turns it back.
+pub(crate) fn fn1_offset<A, R>(f: fn(A) -> R) -> u64 {
+    offset(f as usize)
+}
+
+/// The image offset of a plain `fn(A, B) -> R` (see [`fn1_offset`]).
+pub(crate) fn fn2_offset<A, B, R>(f: fn(A, B) -> R) -> u64 {
+    offset(f as usize)
+}
+
+/// The `fn(A) -> R` at image offset `at`, made by [`fn1_offset::<A, R>`] in a process
+/// of this same build; `None` if `at` is outside this executable's code.
+pub(crate) fn fn1_at<A, R>(at: u64) -> Option<fn(A) -> R> {
+    let addr = code_address(at)?;
+    // SAFETY: `at` reaches this function only inside the argument of a task, which a
+    // worker runs only after proving its peer runs this same build (and, across
+    // machines, after checking the message's HMAC); that peer made it with
+    // `fn1_offset::<A, R>` in the same monomorphization of the same task (the task
+    // that calls this names A and R, and the peer's copy of that task named the same),
+    // so `addr` is a `fn(A) -> R` at the same offset of this identical image. The
+    // bounds check keeps even a corrupted offset inside our own code.
+    Some(unsafe { std::mem::transmute::<usize, fn(A) -> R>(addr) })
+}
+
+/// The `fn(A, B) -> R` at image offset `at` (see [`fn1_at`]).
+pub(crate) fn fn2_at<A, B, R>(at: u64) -> Option<fn(A, B) -> R> {
+    let addr = code_address(at)?;
+    // SAFETY: as for `fn1_at`, with `fn2_offset::<A, B, R>` on the peer's side.
+    Some(unsafe { std::mem::transmute::<usize, fn(A, B) -> R>(addr) })
+}
+
+/// The address of image offset `at`, if it lies inside this executable's code.
+fn code_address(at: u64) -> Option<usize> {
+    let code_len = (text_end() - image_start()) as u64;
+    (at < code_len).then(|| image_start() + at as usize)
+}
