@@ -33,23 +33,38 @@ struct Node {
 
 impl Node {
     fn start(redis: &Redis, key: &[u8], slots: usize) -> Node {
-        let exe = std::env::current_exe().unwrap();
-        let child = Command::new(exe)
-            .args([
-                "--exact",
-                "cluster_node_entry",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env("MULTIPROC_CLUSTER", redis.url())
-            .env("MULTIPROC_CLUSTER_KEY", std::str::from_utf8(key).unwrap())
-            .env("MULTIPROC_CLUSTER_SLOTS", slots.to_string())
-            .env("MULTIPROC_CLUSTER_LEASE_MS", LEASE.as_millis().to_string())
-            .env("MULTIPROC_CLUSTER_DRAIN_MS", "200")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
+        Node::start_with(redis, key, slots, &[])
+    }
+
+    /// A node with more environment (`MULTIPROC_CLUSTER_DRAIN_MS` is 200 unless set).
+    fn start_with(redis: &Redis, key: &[u8], slots: usize, env: &[(&str, &str)]) -> Node {
+        Node::start_exe(&std::env::current_exe().unwrap(), redis, key, slots, env)
+    }
+
+    /// A node run by `exe` (this test binary, or a copy of another build).
+    fn start_exe(
+        exe: &std::path::Path,
+        redis: &Redis,
+        key: &[u8],
+        slots: usize,
+        env: &[(&str, &str)],
+    ) -> Node {
+        let mut cmd = Command::new(exe);
+        cmd.args([
+            "--exact",
+            "cluster_node_entry",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("MULTIPROC_CLUSTER", redis.url())
+        .env("MULTIPROC_CLUSTER_KEY", std::str::from_utf8(key).unwrap())
+        .env("MULTIPROC_CLUSTER_SLOTS", slots.to_string())
+        .env("MULTIPROC_CLUSTER_LEASE_MS", LEASE.as_millis().to_string())
+        .env("MULTIPROC_CLUSTER_DRAIN_MS", "200")
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+        let child = cmd.spawn().unwrap();
         Node { child }
     }
 
@@ -266,6 +281,65 @@ fn sigterm_hands_the_nodes_leases_back_and_it_exits_zero() {
     // 200 ms of drain, then the chunk is handed back and the node exits cleanly.
     assert_eq!(first.wait(Duration::from_secs(10)), Some(0));
     assert_eq!(call.get_timeout(Duration::from_secs(30)).unwrap(), 3000);
+}
+
+/// Creates the file `path`, then sleeps `ms`: a call whose start the test can see.
+fn started((ms, path): (u64, String)) -> u64 {
+    std::fs::write(&path, b"").unwrap();
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+/// Waits until `path` exists (a call marked by `started` runs).
+fn wait_for_file(path: &std::path::Path, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while !path.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{} never appeared",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// SIGTERM during a node's very first call: the call finishes within the drain time
+/// and its answer reaches the caller, and the node exits 0 as soon as it has sent it
+/// (not at the end of the drain time).
+#[test]
+fn sigterm_during_a_nodes_first_call_answers_it_and_exits_at_once() {
+    let redis = Redis::start();
+    let dir = common::TempDir::new("cluster-first-term");
+    let mut node = Node::start_with(&redis, KEY, 1, &[("MULTIPROC_CLUSTER_DRAIN_MS", "20000")]);
+    let pool = Pool::builder(&redis.url())
+        .key(key())
+        .lease(LEASE)
+        .retries(0)
+        .build()
+        .unwrap();
+    let mark = dir.path().join("started");
+    let call = pool
+        .apply_async(started, (1500, mark.to_string_lossy().into_owned()))
+        .unwrap();
+    wait_for_file(&mark, Duration::from_secs(20));
+    node.signal(libc::SIGTERM);
+    let t = Instant::now();
+    // Another node is there to take the call over if the first one lost it.
+    let _other = Node::start(&redis, KEY, 1);
+    let got = call.get_timeout(Duration::from_secs(30));
+    let answered = t.elapsed();
+    let code = node.wait(Duration::from_secs(30));
+    let exited = t.elapsed();
+    eprintln!(
+        "SIGTERM during the first call: answered after {answered:?} ({got:?}), node exited {code:?} after {exited:?}"
+    );
+    assert_eq!(got.unwrap(), 1500);
+    assert_eq!(code, Some(0));
+    assert!(
+        answered < Duration::from_millis(1500 + 1500),
+        "{answered:?}"
+    );
+    assert!(exited < answered + Duration::from_secs(2), "{exited:?}");
 }
 
 #[test]

@@ -276,12 +276,14 @@ pub fn serve(url: &str, options: ServeOptions) -> Result<()> {
     Ok(())
 }
 
-/// Connects, retrying with backoff until it works or the node stops.
-fn connect(node: &Node, url: &str) -> Option<Broker> {
+/// Connects, retrying with backoff until it works or the thread must end: the taker
+/// (`taker`) ends on SIGTERM (it takes no new work then); the answerer and the
+/// heartbeat go on through the drain, when running chunks still need their answers
+/// sent and their leases renewed, and end when the node quits.
+fn connect(node: &Node, url: &str, taker: bool) -> Option<Broker> {
     let mut backoff = Duration::from_millis(100);
     loop {
-        // A node told to stop does not wait for Redis to come back.
-        if node.quit.load(Ordering::SeqCst) || node.stop.load(Ordering::SeqCst) {
+        if node.quit.load(Ordering::SeqCst) || (taker && node.stop.load(Ordering::SeqCst)) {
             return None;
         }
         match Broker::connect(url, Duration::from_secs(5)) {
@@ -305,7 +307,7 @@ fn take_loop(node: &Arc<Node>, url: &str, pool: &Pool, done: &mpsc::Sender<Done>
             if node.stop.load(Ordering::SeqCst) {
                 return;
             }
-            redis = connect(node, url);
+            redis = connect(node, url, true);
             continue;
         };
         let free = node.slots.saturating_sub(node.busy());
@@ -719,10 +721,17 @@ impl Sink for Collector {
     }
 }
 
-/// Sends each finished chunk's answers, then ends its lease.
+/// Sends each finished chunk's answers, then ends its lease; until the node quits
+/// (SIGTERM included: chunks that finish during the drain are answered).
 fn answer_loop(node: &Node, url: &str, rx: mpsc::Receiver<Done>) {
     let mut redis: Option<Broker> = None;
-    for done in rx {
+    loop {
+        let done = match rx.recv_timeout(Duration::from_millis(50)) {
+            Ok(d) => d,
+            Err(mpsc::RecvTimeoutError::Timeout) if !node.quit.load(Ordering::SeqCst) => continue,
+            // Quitting with nothing left to send, or every sender gone.
+            Err(_) => return,
+        };
         let stream = node.calls_of(&done.caller);
         let answers = node.keys.answers(&done.caller);
         let body = match postcard::to_stdvec(&done.answer) {
@@ -735,7 +744,7 @@ fn answer_loop(node: &Node, url: &str, rx: mpsc::Receiver<Done>) {
         let signed = node.key.sign(answers.as_bytes(), &body);
         loop {
             let Some(b) = redis.as_mut() else {
-                redis = connect(node, url);
+                redis = connect(node, url, false);
                 if redis.is_none() {
                     return;
                 }
@@ -780,7 +789,7 @@ fn heartbeat_loop(node: &Node, url: &str) {
                 redis = None;
             }
         } else {
-            redis = connect(node, url);
+            redis = connect(node, url, false);
             continue;
         }
         let rest = period.saturating_sub(started.elapsed());
