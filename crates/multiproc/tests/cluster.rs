@@ -342,6 +342,326 @@ fn sigterm_during_a_nodes_first_call_answers_it_and_exits_at_once() {
     assert!(exited < answered + Duration::from_secs(2), "{exited:?}");
 }
 
+/// SIGTERM with a drain time shorter than the call: the node hands the chunk back at
+/// once and exits 0; with no retry left, the call's error says that it was handed back,
+/// not that a node was lost.
+#[test]
+fn a_call_handed_back_on_sigterm_with_no_retry_left_says_so() {
+    let redis = Redis::start();
+    let dir = common::TempDir::new("cluster-handed-back");
+    let mut node = Node::start(&redis, KEY, 1); // 200 ms of drain
+    let pool = Pool::builder(&redis.url())
+        .key(key())
+        .lease(LEASE)
+        .retries(0)
+        .build()
+        .unwrap();
+    let mark = dir.path().join("started");
+    let call = pool
+        .apply_async(started, (5000, mark.to_string_lossy().into_owned()))
+        .unwrap();
+    wait_for_file(&mark, Duration::from_secs(20));
+    let _other = Node::start(&redis, KEY, 1);
+    node.signal(libc::SIGTERM);
+    let t = Instant::now();
+    assert_eq!(node.wait(Duration::from_secs(10)), Some(0));
+    let exited = t.elapsed();
+    let err = call.get_timeout(Duration::from_secs(30)).unwrap_err();
+    let answered = t.elapsed();
+    eprintln!(
+        "handed back: node exited after {exited:?}, the call answered after {answered:?}: {err}"
+    );
+    assert!(matches!(err, Error::Cluster { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(text.contains("call 0 was handed back by node"), "{text}");
+    assert!(
+        text.contains(&format!(":{} (SIGTERM)", node.pid())),
+        "{text}"
+    );
+    assert!(!text.contains("renewing"), "{text}");
+    assert!(exited < Duration::from_secs(2), "{exited:?}");
+    // No lease to wait for: the other node takes the chunk at once.
+    assert!(answered < LEASE + Duration::from_secs(2), "{answered:?}");
+}
+
+/// What the pools of this test process log at `warn` and above (the nodes are other
+/// processes), one event a line; each test reads the lines naming its own Redis.
+static LOGS: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
+
+struct Capture;
+
+impl std::io::Write for Capture {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        LOGS.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_str(&String::from_utf8_lossy(b));
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn capture_logs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("multiproc=warn"))
+            .with_ansi(false)
+            .with_writer(|| Capture)
+            .try_init();
+    });
+}
+
+/// The logged warnings that name `redis`.
+fn warnings(redis: &Redis) -> Vec<String> {
+    let url = redis.url();
+    LOGS.lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .lines()
+        .filter(|l| l.contains(&url))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Waits until `pool.workers()` satisfies `ok`; how long that took.
+fn until_workers(
+    pool: &Pool,
+    timeout: Duration,
+    ok: impl Fn(&[multiproc::cluster::NodeInfo]) -> bool,
+) -> Duration {
+    let t = Instant::now();
+    while !ok(&pool.workers()) {
+        assert!(t.elapsed() < timeout, "workers: {:?}", pool.workers());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    t.elapsed()
+}
+
+/// A node SIGKILLed during call 1 (alone in its chunk): the caller warns that the node
+/// is lost, drops it from `workers()` within about a lease, and, with one retry, warns
+/// that call 1 runs again elsewhere; the map gets every value.
+#[test]
+fn a_lost_node_is_warned_about_and_leaves_workers_and_its_calls_run_again() {
+    capture_logs();
+    let redis = Redis::start();
+    let dir = common::TempDir::new("cluster-lost");
+    let first = Node::start(&redis, KEY, 1);
+    let pool = Pool::builder(&redis.url())
+        .key(key())
+        .lease(LEASE)
+        .retries(1)
+        .chunk_size(multiproc::ChunkSize::Fixed(1))
+        .build()
+        .unwrap();
+    let mark = dir.path().join("started").to_string_lossy().into_owned();
+    let calls = vec![(0, String::new()), (1500, mark.clone())];
+    let out = std::thread::scope(|s| {
+        let map = s.spawn(|| pool.map_results(nap_or_mark, calls));
+        wait_for_file(std::path::Path::new(&mark), Duration::from_secs(20));
+        let pid = first.pid();
+        until_workers(&pool, Duration::from_secs(10), |w| {
+            w.iter().any(|n| n.pid == pid)
+        });
+        first.signal(libc::SIGKILL);
+        let _ = std::fs::remove_file(&mark);
+        let second = Node::start(&redis, KEY, 1);
+        let gone = until_workers(&pool, Duration::from_secs(10), |w| {
+            !w.iter().any(|n| n.pid == pid)
+        });
+        eprintln!("a SIGKILLed node left workers() {gone:?} after the kill (lease {LEASE:?})");
+        assert!(gone < LEASE * 2 + Duration::from_millis(500), "{gone:?}");
+        (map.join().unwrap(), second)
+    });
+    let (out, second) = out;
+    let values: Vec<u64> = out.unwrap().into_iter().map(|r| r.unwrap()).collect();
+    assert_eq!(values, vec![0, 1500]);
+    // Once the job is over, no node is busy, and the lost one is not listed.
+    until_workers(&pool, Duration::from_secs(5), |w| {
+        w.len() == 1 && w[0].pid == second.pid() && w[0].busy == 0
+    });
+    let logs = warnings(&redis).join("\n");
+    eprintln!("the caller's warnings:\n{logs}");
+    let lost = format!(":{} lost: no heartbeat", first.pid());
+    assert!(logs.contains(&lost), "{logs}");
+    assert!(logs.contains("WARN"), "{logs}");
+    assert!(logs.contains("calls [1] run again on node"), "{logs}");
+    assert!(
+        logs.contains(&format!(":{} was lost", first.pid())),
+        "{logs}"
+    );
+}
+
+/// Sleeps `ms`; with a path, creates that file first (see `started`).
+fn nap_or_mark((ms, path): (u64, String)) -> u64 {
+    if path.is_empty() {
+        return nap(ms);
+    }
+    started((ms, path))
+}
+
+/// The same with no retry: the call at index 1 gives up, and its error and the
+/// warning name it as the caller numbers it (index 1, not its place in its chunk).
+#[test]
+fn calls_that_give_up_are_named_by_their_index_and_warned_about() {
+    capture_logs();
+    let redis = Redis::start();
+    let dir = common::TempDir::new("cluster-gave-up");
+    let first = Node::start(&redis, KEY, 1);
+    let pool = Pool::builder(&redis.url())
+        .key(key())
+        .lease(LEASE)
+        .retries(0)
+        .chunk_size(multiproc::ChunkSize::Fixed(1))
+        .build()
+        .unwrap();
+    let mark = dir.path().join("started").to_string_lossy().into_owned();
+    let calls = vec![(0, String::new()), (5000, mark.clone()), (0, String::new())];
+    let out = std::thread::scope(|s| {
+        let map = s.spawn(|| pool.map_results(nap_or_mark, calls));
+        wait_for_file(std::path::Path::new(&mark), Duration::from_secs(20));
+        first.signal(libc::SIGKILL);
+        let second = Node::start(&redis, KEY, 1);
+        let out = map.join().unwrap().unwrap();
+        drop(second);
+        out
+    });
+    assert_eq!(*out[0].as_ref().unwrap(), 0);
+    assert_eq!(*out[2].as_ref().unwrap(), 0);
+    let err = out[1].as_ref().unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains(&format!("call 1 was lost with node "))
+            && text.contains(&format!(":{}", first.pid())),
+        "{text}"
+    );
+    let logs = warnings(&redis).join("\n");
+    eprintln!("the caller's warnings:\n{logs}");
+    assert!(logs.contains("calls [1] gave up after 1 run(s)"), "{logs}");
+}
+
+/// With a task timeout, chunks hold one call each: the call that times out is named
+/// by its index in the map.
+#[test]
+fn a_timeout_names_the_call_by_its_index() {
+    let redis = Redis::start();
+    let _node = Node::start(&redis, KEY, 2);
+    let pool = Pool::builder(&redis.url())
+        .key(key())
+        .lease(LEASE)
+        .task_timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let out = pool.map_results(nap, [10, 10, 10, 3000]).unwrap();
+    for r in &out[..3] {
+        assert_eq!(*r.as_ref().unwrap(), 10);
+    }
+    let err = out[3].as_ref().unwrap_err();
+    assert!(err.is_timeout(), "{err:?}");
+    assert!(err.to_string().contains("call 3 of a cluster job"), "{err}");
+}
+
+/// A copy of this test binary whose GNU build id differs in one byte: to Redis and to
+/// the nodes, what a rebuilt binary is (its work lives under another build's keys).
+fn other_build(dir: &common::TempDir) -> std::path::PathBuf {
+    let mut bytes = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+    // The note: name size 4, descriptor size 20, type NT_GNU_BUILD_ID (3), "GNU\0".
+    let note = [4, 0, 0, 0, 20, 0, 0, 0, 3, 0, 0, 0, b'G', b'N', b'U', 0];
+    match bytes.windows(note.len()).position(|w| w == note) {
+        Some(at) => bytes[at + note.len()] ^= 0xff,
+        // No build id: the build is known by a hash of the file's bytes.
+        None => bytes.push(0),
+    }
+    let path = dir.path().join("other-build");
+    std::fs::write(&path, bytes).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+/// Nodes of another build never take this build's work: the caller says so after
+/// `wait_for_nodes`, naming how many there are, instead of hanging; once a node of its
+/// build comes, the same pool works.
+#[test]
+fn a_caller_whose_build_no_node_runs_says_so_in_bounded_time() {
+    let redis = Redis::start();
+    let dir = common::TempDir::new("cluster-builds");
+    let exe = other_build(&dir);
+    let _others: Vec<Node> = (0..3)
+        .map(|_| Node::start_exe(&exe, &redis, KEY, 1, &[]))
+        .collect();
+    // Until all three are listed in the registry of every build's nodes.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let n: usize = redis::cmd("ZCARD")
+            .arg("multiproc:nodes")
+            .query(&mut redis.con())
+            .unwrap();
+        if n == 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{n} nodes listed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let wait = Duration::from_secs(2);
+    let pool = Pool::builder(&redis.url())
+        .key(key())
+        .lease(LEASE)
+        .wait_for_nodes(Some(wait))
+        .build()
+        .unwrap();
+    let t = Instant::now();
+    let err = pool.map(double, 0..10u64).unwrap_err();
+    let took = t.elapsed();
+    eprintln!("no node of this build: {took:?}: {err}");
+    assert!(matches!(err, Error::Cluster { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains(
+            "no node of this build (3 nodes of other builds are connected: rebuild/restart them)"
+        ),
+        "{err}"
+    );
+    assert!(
+        took >= wait && took < wait + Duration::from_secs(3),
+        "{took:?}"
+    );
+    assert!(pool.workers().is_empty());
+    let _mine = Node::start(&redis, KEY, 1);
+    assert_eq!(
+        pool.map(double, 0..10u64).unwrap(),
+        (0..10u64).map(double).collect::<Vec<_>>()
+    );
+}
+
+/// No node at all: "no node connected" after `wait_for_nodes`; with `None`, the caller
+/// waits for a node that comes late.
+#[test]
+fn a_caller_with_no_node_says_so_or_waits_if_asked() {
+    let redis = Redis::start();
+    let pool = Pool::builder(&redis.url())
+        .key(key())
+        .lease(LEASE)
+        .wait_for_nodes(Some(Duration::from_secs(1)))
+        .build()
+        .unwrap();
+    let t = Instant::now();
+    let err = pool.apply(double, 1).unwrap_err();
+    let took = t.elapsed();
+    assert!(err.to_string().contains("no node connected"), "{err}");
+    assert!(took < Duration::from_secs(4), "{took:?}");
+    let patient = Pool::builder(&redis.url())
+        .key(key())
+        .lease(LEASE)
+        .wait_for_nodes(None)
+        .build()
+        .unwrap();
+    let call = patient.apply_async(double, 21).unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(!call.ready());
+    let _node = Node::start(&redis, KEY, 1);
+    assert_eq!(call.get_timeout(Duration::from_secs(20)).unwrap(), 42);
+}
+
 #[test]
 fn nodes_with_the_wrong_key_run_nothing_and_the_caller_says_why() {
     let redis = Redis::start();

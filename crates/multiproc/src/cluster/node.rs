@@ -19,7 +19,7 @@ use serde_bytes::ByteBuf;
 
 use super::auth::Key;
 use super::broker::{self, Broker, GROUP, Keys};
-use super::message::{AnswerMsg, ChunkMsg, NodeFailure, NodeInfo, WirePart};
+use super::message::{AnswerMsg, ChunkMsg, NodeFailure, NodeInfo, NodeMsg, Previous, WirePart};
 use crate::error::{Error, Result};
 use crate::pool::Pool;
 use crate::pool::api::sealed::Control;
@@ -32,6 +32,14 @@ pub const CLUSTER_ENV: &str = "MULTIPROC_CLUSTER";
 /// A message that fails its signature check this many times (on any node) is deleted:
 /// it was forged, or no node has the key it was signed with.
 const MAX_REFUSALS: usize = 5;
+
+/// A chunk handed back on SIGTERM is left to the consumer `sigterm:<node>` (and one
+/// whose signature a node refused, to `refused:<node>`), so that the node that takes
+/// it next knows how its previous run ended: a drain, not a lost node. (Consumer names
+/// are not signed: anyone who can write to Redis could change them, and with them only
+/// the words of an error.)
+const HANDED_BACK: &str = "sigterm:";
+const REFUSED: &str = "refused:";
 
 /// Options of [`serve`].
 #[derive(Clone, Debug)]
@@ -172,6 +180,8 @@ struct Done {
 
 struct Node {
     keys: Keys,
+    /// This build's id (hex), as the registry of every build's nodes lists it.
+    build: String,
     name: String,
     host: String,
     key: Key,
@@ -221,8 +231,10 @@ pub fn serve(url: &str, options: ServeOptions) -> Result<()> {
     }
     let pool = pool.build()?;
     let host = super::hostname();
+    let build = crate::task::hex(crate::task::build_id());
     let node = Arc::new(Node {
-        keys: Keys::new(&crate::task::hex(crate::task::build_id())),
+        keys: Keys::new(&build),
+        build,
         name: format!("{host}:{}", std::process::id()),
         host,
         key,
@@ -419,7 +431,8 @@ fn take(
             if let Some(entry) = b.claim(&stream, &node.name, node.lease, &p.id)? {
                 let runs = p.times_delivered as u64;
                 tracing::debug!(node = %node.name, id = %entry.id, from = %p.consumer, "took over an expired lease");
-                if handle(node, b, caller, &entry, runs + 1, &[p.consumer], pool, done)? {
+                let previous = previous_run(&p.consumer);
+                if handle(node, b, caller, &entry, runs + 1, Some(previous), pool, done)? {
                     free -= 1;
                 }
             }
@@ -449,9 +462,20 @@ fn take(
         let Some(caller) = callers.iter().find(|c| node.calls_of(c) == stream) else {
             continue;
         };
-        handle(node, b, caller, &entry, 1, &[], pool, done)?;
+        handle(node, b, caller, &entry, 1, None, pool, done)?;
     }
     Ok(())
+}
+
+/// How the previous run of a chunk last leased to `consumer` ended.
+fn previous_run(consumer: &str) -> Previous {
+    if let Some(n) = consumer.strip_prefix(HANDED_BACK) {
+        Previous::HandedBack(n.to_owned())
+    } else if let Some(n) = consumer.strip_prefix(REFUSED) {
+        Previous::Refused(n.to_owned())
+    } else {
+        Previous::Lost(consumer.to_owned())
+    }
 }
 
 /// Ends the lease of `id` and deletes the entry (its answer went out, or it is
@@ -464,15 +488,22 @@ fn finish_entry(b: &mut Broker, stream: &str, id: &str) -> Result<()> {
 }
 
 /// Makes `id` claimable by another node at once (its idle time set far past any
-/// lease), without counting a delivery.
-fn release_entry(node: &Node, b: &mut Broker, stream: &str, id: &str) -> Result<()> {
+/// lease), without counting a delivery; leased meanwhile to `consumer` (see
+/// [`HANDED_BACK`]).
+fn release_entry(
+    node: &Node,
+    b: &mut Broker,
+    stream: &str,
+    id: &str,
+    consumer: &str,
+) -> Result<()> {
     let idle = u64::try_from(node.lease.saturating_mul(1000).as_millis()).unwrap_or(u64::MAX);
     b.run::<redis::Value>(
         "cannot hand back a lease",
         redis::cmd("XCLAIM")
             .arg(stream)
             .arg(GROUP)
-            .arg(&node.name)
+            .arg(consumer)
             .arg(0)
             .arg(id)
             .arg("IDLE")
@@ -490,7 +521,7 @@ fn handle(
     caller: &str,
     entry: &StreamId,
     runs: u64,
-    lost_on: &[String],
+    previous: Option<Previous>,
     pool: &Pool,
     done: &mpsc::Sender<Done>,
 ) -> Result<bool> {
@@ -506,7 +537,8 @@ fn handle(
         if runs as usize >= MAX_REFUSALS {
             finish_entry(b, &stream, &entry.id)?;
         } else {
-            release_entry(node, b, &stream, &entry.id)?;
+            let to = format!("{REFUSED}{}", node.name);
+            release_entry(node, b, &stream, &entry.id, &to)?;
         }
         return Ok(false);
     };
@@ -531,8 +563,7 @@ fn handle(
         caller: caller.to_owned(),
         id: entry.id.clone(),
         answer: AnswerMsg {
-            lane: msg.lane,
-            seq: msg.seq,
+            tag: msg.tag,
             node: node.name.clone(),
             nanos: 0,
             parts,
@@ -540,10 +571,11 @@ fn handle(
     };
     let calls = msg.ends.len() as u32;
     if runs > u64::from(msg.retries) + 1 {
+        let last = previous.unwrap_or_else(|| Previous::Lost("?".to_owned()));
         let failed = (0..calls)
             .map(|p| {
                 let f = NodeFailure::Lost {
-                    nodes: lost_on.to_vec(),
+                    last: last.clone(),
                     runs: runs - 1,
                 };
                 (p, f)
@@ -604,7 +636,39 @@ fn handle(
         }
         Err(e) => collector.fail_rest(&NodeFailure::of(&e)),
     }
+    if let Some(previous) = previous {
+        // For the caller's log; the chunk runs whether this arrives or not.
+        let notice = NodeMsg::Rerun {
+            tag: msg.tag,
+            node: node.name.clone(),
+            run: runs,
+            previous,
+        };
+        if let Err(e) = send_to_caller(node, b, caller, &notice) {
+            tracing::debug!(node = %node.name, "{e}");
+        }
+    }
     Ok(true)
+}
+
+/// Adds a signed message to `caller`'s answers stream, if the stream still exists.
+fn send_to_caller(node: &Node, b: &mut Broker, caller: &str, msg: &NodeMsg) -> Result<()> {
+    let answers = node.keys.answers(caller);
+    let body = postcard::to_stdvec(msg).map_err(|e| Error::Cluster {
+        address: b.address.clone(),
+        detail: format!("a message did not encode: {e}"),
+    })?;
+    let signed = node.key.sign(answers.as_bytes(), &body);
+    b.run::<redis::Value>(
+        "cannot send a notice",
+        redis::cmd("XADD")
+            .arg(&answers)
+            .arg("NOMKSTREAM")
+            .arg("*")
+            .arg("m")
+            .arg(&signed),
+    )
+    .map(|_| ())
 }
 
 /// Stands in for a chunk's control until its local job exists.
@@ -734,7 +798,7 @@ fn answer_loop(node: &Node, url: &str, rx: mpsc::Receiver<Done>) {
         };
         let stream = node.calls_of(&done.caller);
         let answers = node.keys.answers(&done.caller);
-        let body = match postcard::to_stdvec(&done.answer) {
+        let body = match postcard::to_stdvec(&NodeMsg::Answer(done.answer)) {
             Ok(b) => b,
             Err(e) => {
                 tracing::error!(node = %node.name, "an answer did not encode: {e}");
@@ -805,6 +869,10 @@ fn heartbeat_loop(node: &Node, url: &str) {
         p.cmd("ZREM")
             .arg(node.keys.nodes())
             .arg(&node.name)
+            .ignore();
+        p.cmd("ZREM")
+            .arg(Keys::registry())
+            .arg(Keys::registry_member(&node.build, &node.name))
             .ignore();
         let _ = b.pipe::<()>("cannot remove the node's info", &p);
     }
@@ -887,6 +955,20 @@ fn beat(node: &Node, b: &mut Broker) -> Result<()> {
         .arg(node.keys.nodes())
         .arg(ttl * 10)
         .ignore();
+    // The registry of every build's nodes, scored by when each entry expires, so that
+    // a caller of another build can say why no node takes its work.
+    let registry = Keys::registry();
+    p.cmd("ZADD")
+        .arg(&registry)
+        .arg(info.heartbeat_ms.saturating_add(ttl))
+        .arg(Keys::registry_member(&node.build, &node.name))
+        .ignore();
+    p.cmd("ZREMRANGEBYSCORE")
+        .arg(&registry)
+        .arg("-inf")
+        .arg(format!("({}", info.heartbeat_ms))
+        .ignore();
+    p.cmd("PEXPIRE").arg(&registry).arg(ttl * 10).ignore();
     b.pipe("cannot renew leases", &p)
 }
 
@@ -906,9 +988,11 @@ fn hand_back(node: &Node, url: &str) {
         tracing::warn!(node = %node.name, "cannot reach Redis to hand back {} chunks; their leases will expire", held.len());
         return;
     };
+    tracing::info!(node = %node.name, chunks = held.len(), "drain time over: handing back the chunks still running");
+    let to = format!("{HANDED_BACK}{}", node.name);
     for ((stream, id), h) in held {
         h.control.cancel(h.job, true);
-        if let Err(e) = release_entry(node, &mut b, &stream, &id) {
+        if let Err(e) = release_entry(node, &mut b, &stream, &id, &to) {
             tracing::warn!(node = %node.name, "{e}");
         }
     }
