@@ -855,6 +855,72 @@ fn cluster_netns_caller_entry() {
     println!("netns caller: OK");
 }
 
+/// A `redis-server` on host a of `hosts` (port 6390), for callers and nodes in the
+/// namespaces; killed on drop.
+struct NetnsRedis(Child);
+
+impl NetnsRedis {
+    fn start(hosts: &common::netns::TwoHosts, dir: &common::TempDir) -> NetnsRedis {
+        let addr = common::netns::TwoHosts::ADDRS[0];
+        let redis = Command::new("ip")
+            .args(["netns", "exec", &hosts.names[0], "redis-server"])
+            .args(["--port", "6390", "--bind", addr])
+            // Not loopback: without a password Redis refuses such clients unless told.
+            .args(["--protected-mode", "no", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let redis = NetnsRedis(redis);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !Command::new("ip")
+            .args(["netns", "exec", &hosts.names[0], "redis-cli"])
+            .args(["-h", addr, "-p", "6390", "ping"])
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("PONG"))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not start in the namespace"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        redis
+    }
+
+    fn url() -> String {
+        format!("redis://{}:6390/0", common::netns::TwoHosts::ADDRS[0])
+    }
+}
+
+impl Drop for NetnsRedis {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A node on host `i` of `hosts` (the pid is the node's: `run_in` execs).
+fn netns_node(hosts: &common::netns::TwoHosts, i: usize, env: &[(&str, &str)]) -> Child {
+    hosts
+        .run_in(i, &std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "cluster_node_entry",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("MULTIPROC_CLUSTER", NetnsRedis::url())
+        .env("MULTIPROC_CLUSTER_KEY", std::str::from_utf8(KEY).unwrap())
+        .env("MULTIPROC_CLUSTER_SLOTS", "2")
+        .env("MULTIPROC_CLUSTER_LEASE_MS", LEASE.as_millis().to_string())
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 #[test]
 fn a_node_on_another_host_serves_a_caller_across_a_veth_pair() {
     let Some(hosts) = common::netns::TwoHosts::try_create() else {
@@ -862,64 +928,9 @@ fn a_node_on_another_host_serves_a_caller_across_a_veth_pair() {
     };
     let exe = std::env::current_exe().unwrap();
     let dir = common::TempDir::new("cluster-netns");
-    let url = format!("redis://{}:6390/0", common::netns::TwoHosts::ADDRS[0]);
     // Redis and the caller on host a; the node on host b.
-    let mut redis = Command::new("ip")
-        .args(["netns", "exec", &hosts.names[0], "redis-server"])
-        .args([
-            "--port",
-            "6390",
-            "--bind",
-            common::netns::TwoHosts::ADDRS[0],
-        ])
-        // Not loopback: without a password Redis refuses such clients unless told.
-        .args([
-            "--protected-mode",
-            "no",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-        ])
-        .arg(dir.path())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !Command::new("ip")
-        .args(["netns", "exec", &hosts.names[0], "redis-cli"])
-        .args([
-            "-h",
-            common::netns::TwoHosts::ADDRS[0],
-            "-p",
-            "6390",
-            "ping",
-        ])
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("PONG"))
-    {
-        assert!(
-            Instant::now() < deadline,
-            "redis-server did not start in the namespace"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let mut node = hosts
-        .run_in(1, &exe)
-        .args([
-            "--exact",
-            "cluster_node_entry",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("MULTIPROC_CLUSTER", &url)
-        .env("MULTIPROC_CLUSTER_KEY", std::str::from_utf8(KEY).unwrap())
-        .env("MULTIPROC_CLUSTER_SLOTS", "2")
-        .env("MULTIPROC_CLUSTER_LEASE_MS", LEASE.as_millis().to_string())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let redis = NetnsRedis::start(&hosts, &dir);
+    let mut node = netns_node(&hosts, 1, &[]);
     let out = hosts
         .run_in(0, &exe)
         .args([
@@ -928,13 +939,12 @@ fn a_node_on_another_host_serves_a_caller_across_a_veth_pair() {
             "--nocapture",
             "--test-threads=1",
         ])
-        .env("MULTIPROC_TEST_NETNS_CALLER", &url)
+        .env("MULTIPROC_TEST_NETNS_CALLER", NetnsRedis::url())
         .output()
         .unwrap();
     let _ = node.kill();
     let _ = node.wait();
-    let _ = redis.kill();
-    let _ = redis.wait();
+    drop(redis);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -952,6 +962,77 @@ fn a_node_on_another_host_serves_a_caller_across_a_veth_pair() {
         stdout.contains(&format!("on cluster node {b}:")),
         "{stdout}"
     );
+}
+
+/// Not a test: a caller on host a whose one call (marked by `started`) the test stops
+/// the node of with SIGTERM (see the namespace test).
+#[test]
+fn cluster_netns_term_caller_entry() {
+    let Some(url) = std::env::var_os("MULTIPROC_TEST_NETNS_TERM_CALLER") else {
+        return;
+    };
+    let mark = std::env::var("MULTIPROC_TEST_MARK").unwrap();
+    let pool = Pool::builder(url.to_str().unwrap())
+        .key(key())
+        .lease(LEASE)
+        .retries(0)
+        .build()
+        .unwrap();
+    let call = pool.apply_async(started, (1500, mark.clone())).unwrap();
+    wait_for_file(std::path::Path::new(&mark), Duration::from_secs(20));
+    let t = Instant::now();
+    let got = call.get_timeout(Duration::from_secs(30));
+    println!("answered {:?} after the call started: {got:?}", t.elapsed());
+    if got.is_ok_and(|v| v == 1500) {
+        println!("netns term caller: OK");
+    }
+}
+
+/// SIGTERM during the first call of a node on another host: the answer crosses the
+/// veth pair, and the node exits as soon as it is sent.
+#[test]
+fn sigterm_during_the_first_call_of_a_node_on_another_host() {
+    let Some(hosts) = common::netns::TwoHosts::try_create() else {
+        return;
+    };
+    let dir = common::TempDir::new("cluster-netns-term");
+    let _redis = NetnsRedis::start(&hosts, &dir);
+    let mut node = netns_node(&hosts, 1, &[("MULTIPROC_CLUSTER_DRAIN_MS", "20000")]);
+    let mark = dir.path().join("started");
+    let caller = hosts
+        .run_in(0, &std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "cluster_netns_term_caller_entry",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("MULTIPROC_TEST_NETNS_TERM_CALLER", NetnsRedis::url())
+        .env("MULTIPROC_TEST_MARK", &mark)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_file(&mark, Duration::from_secs(30));
+    // SAFETY: kill(2) on the pid of our own child, not yet reaped.
+    let _ = unsafe { libc::kill(node.id() as i32, libc::SIGTERM) };
+    let t = Instant::now();
+    let code = loop {
+        if let Some(s) = node.try_wait().unwrap() {
+            break s.code();
+        }
+        if t.elapsed() > Duration::from_secs(30) {
+            let _ = node.kill();
+            break node.wait().unwrap().code();
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let exited = t.elapsed();
+    let out = caller.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("across the veth pair: node exited {code:?} {exited:?} after SIGTERM; {stdout}");
+    assert!(stdout.contains("netns term caller: OK"), "{stdout}");
+    assert_eq!(code, Some(0));
+    assert!(exited < Duration::from_secs(4), "{exited:?}");
 }
 
 /// A node is a service: with no subscriber installed by the program and no `RUST_LOG`,

@@ -381,8 +381,9 @@ struct Driver<'a> {
     resend: bool,
     /// The nodes of this build listed lately, by name.
     seen: HashMap<String, Seen>,
-    /// Since when work waits and no node of this build is listed.
-    no_node_since: Option<Instant>,
+    /// Since when work waits and no node of this build is listed, and whether the
+    /// pool said so.
+    no_node_since: Option<(Instant, bool)>,
 }
 
 fn drive(s: Settings, redis: Broker, shared: &Shared, status: &Mutex<Status>) {
@@ -549,12 +550,14 @@ impl Driver<'_> {
             if silent > self.s.lease {
                 if !seen.lost {
                     seen.lost = true;
+                    let then = match self.s.retries {
+                        0 => "the calls it held give up (retries: 0)".to_owned(),
+                        n => format!("the chunks it held run again on other nodes (retries: {n})"),
+                    };
                     tracing::warn!(
                         address = %self.s.address, node = %name,
                         "cluster node {name} lost: no heartbeat for {silent:.1?} (killed, cut off \
-                         or frozen); the chunks it held run again on other nodes (at most {} more \
-                         runs each)",
-                        self.s.retries
+                         or frozen); {then}"
                     );
                 }
             } else {
@@ -595,25 +598,27 @@ impl Driver<'_> {
             self.no_node_since = None;
             return Ok(());
         }
-        let since = match self.no_node_since {
-            Some(t) => t,
-            None => {
-                let now = Instant::now();
-                self.no_node_since = Some(now);
-                let others = self.other_builds(b)?;
-                let wait = match self.s.wait_for_nodes {
-                    Some(w) => format!("waiting up to {w:?} (PoolBuilder::wait_for_nodes)"),
-                    None => "waiting for one (PoolBuilder::wait_for_nodes)".to_owned(),
-                };
-                tracing::warn!(
-                    address = %self.s.address,
-                    "no cluster node of this build is connected{}; {wait}",
-                    others_note(others)
-                );
-                now
-            }
-        };
-        let Some(wait) = self.s.wait_for_nodes else {
+        let (since, warned) = *self
+            .no_node_since
+            .get_or_insert_with(|| (Instant::now(), false));
+        // Said once the wait outlasts a node's start (nodes often start with the
+        // caller), unless the error comes first.
+        let wait = self.s.wait_for_nodes;
+        let warn_after = wait.map_or(self.s.lease, |w| self.s.lease.min(w / 2));
+        if !warned && since.elapsed() >= warn_after {
+            self.no_node_since = Some((since, true));
+            let others = self.other_builds(b)?;
+            let then = match wait {
+                Some(w) => format!("the calls give up {w:?} after it started waiting"),
+                None => "waiting for one (PoolBuilder::wait_for_nodes)".to_owned(),
+            };
+            tracing::warn!(
+                address = %self.s.address,
+                "no cluster node of this build is connected{}; {then}",
+                others_note(others)
+            );
+        }
+        let Some(wait) = wait else {
             return Ok(());
         };
         if since.elapsed() < wait {
