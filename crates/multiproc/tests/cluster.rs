@@ -531,8 +531,7 @@ fn calls_that_give_up_are_named_by_their_index_and_warned_about() {
     let err = out[1].as_ref().unwrap_err();
     let text = err.to_string();
     assert!(
-        text.contains(&format!("call 1 was lost with node "))
-            && text.contains(&format!(":{}", first.pid())),
+        text.contains("call 1 was lost with node ") && text.contains(&format!(":{}", first.pid())),
         "{text}"
     );
     let logs = warnings(&redis).join("\n");

@@ -91,7 +91,9 @@ impl ServeOptions {
     }
 
     /// On SIGTERM, how long running chunks may take to finish before the node hands
-    /// them back (default 30 s).
+    /// them back (default 30 s). Chunks that finish in time are answered, and the node
+    /// exits as soon as none runs; a handed-back chunk runs again on another node, and
+    /// that run counts against the caller's retries.
     pub fn drain(mut self, drain: Duration) -> Self {
         self.drain = drain;
         self
