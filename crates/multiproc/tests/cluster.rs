@@ -1067,3 +1067,53 @@ fn a_node_logs_to_stderr_by_default() {
     assert_eq!(child.wait().unwrap().code(), Some(0), "{rest}");
     assert!(rest.contains("cluster node stopped"), "{rest}");
 }
+
+/// SIGTERM to every process of the node, as systemd (`KillMode=control-group`, its
+/// default) and Slurm send it: the workers leave it to the node, so the running call
+/// still finishes and is answered, and the node exits once it is.
+#[test]
+fn sigterm_to_the_nodes_whole_process_group_still_drains() {
+    use std::os::unix::process::CommandExt;
+    let redis = Redis::start();
+    let dir = common::TempDir::new("cluster-group-term");
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "cluster_node_entry",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("MULTIPROC_CLUSTER", redis.url())
+        .env("MULTIPROC_CLUSTER_KEY", std::str::from_utf8(KEY).unwrap())
+        .env("MULTIPROC_CLUSTER_SLOTS", "1")
+        .env("MULTIPROC_CLUSTER_LEASE_MS", LEASE.as_millis().to_string())
+        .env("MULTIPROC_CLUSTER_DRAIN_MS", "20000")
+        .process_group(0)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pool = Pool::builder(&redis.url())
+        .key(key())
+        .lease(LEASE)
+        .retries(0)
+        .build()
+        .unwrap();
+    let mark = dir.path().join("started");
+    let call = pool
+        .apply_async(started, (1500, mark.to_string_lossy().into_owned()))
+        .unwrap();
+    wait_for_file(&mark, Duration::from_secs(20));
+    // SAFETY: kill(2) on the process group of our own child, which leads it.
+    let _ = unsafe { libc::kill(-(child.id() as i32), libc::SIGTERM) };
+    let t = Instant::now();
+    let got = call.get_timeout(Duration::from_secs(30));
+    let answered = t.elapsed();
+    let code = child.wait().unwrap().code();
+    let exited = t.elapsed();
+    eprintln!(
+        "SIGTERM to the node's group: {got:?} after {answered:?}, exit {code:?} after {exited:?}"
+    );
+    assert_eq!(got.unwrap(), 1500);
+    assert_eq!(code, Some(0));
+    assert!(exited < answered + Duration::from_secs(2), "{exited:?}");
+}
