@@ -245,3 +245,51 @@ impl NodeInfo {
         format!("{}:{}", self.host, self.pid)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn detail(f: NodeFailure, index: usize) -> String {
+        f.into_error("h:1", index, "redis://r:6379/0").to_string()
+    }
+
+    #[test]
+    fn a_call_that_gave_up_is_named_by_the_callers_index_and_says_how_its_run_ended() {
+        let lost = NodeFailure::Lost {
+            last: Previous::Lost("h:7".into()),
+            runs: 1,
+        };
+        let text = detail(lost, 41);
+        assert!(text.contains("call 41 was lost with node h:7"), "{text}");
+        assert!(text.contains("killed, cut off or frozen (1 run,"), "{text}");
+        let handed = NodeFailure::Lost {
+            last: Previous::HandedBack("h:8".into()),
+            runs: 2,
+        };
+        let text = detail(handed, 3);
+        assert!(text.contains("call 3 was handed back by node h:8 (SIGTERM)"), "{text}");
+        assert!(text.contains("(2 runs,"), "{text}");
+        assert!(!text.contains("frozen"), "{text}");
+        let timeout = NodeFailure::Timeout { ms: 500 };
+        assert!(detail(timeout, 9).contains("call 9 of a cluster job"));
+    }
+
+    #[test]
+    fn node_messages_round_trip() {
+        let m = NodeMsg::Rerun {
+            tag: 5,
+            node: "h:2".into(),
+            run: 2,
+            previous: Previous::HandedBack("h:1".into()),
+        };
+        let bytes = postcard::to_stdvec(&m).unwrap();
+        match postcard::from_bytes::<NodeMsg>(&bytes).unwrap() {
+            NodeMsg::Rerun { tag, previous, .. } => {
+                assert_eq!(tag, 5);
+                assert_eq!(previous, Previous::HandedBack("h:1".into()));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

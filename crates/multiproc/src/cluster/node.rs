@@ -999,3 +999,21 @@ fn hand_back(node: &Node, url: &str) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_consumer_of_a_released_chunk_says_how_its_last_run_ended() {
+        assert_eq!(
+            previous_run(&format!("{HANDED_BACK}h:1")),
+            Previous::HandedBack("h:1".into())
+        );
+        assert_eq!(
+            previous_run(&format!("{REFUSED}h:2")),
+            Previous::Refused("h:2".into())
+        );
+        assert_eq!(previous_run("h:3"), Previous::Lost("h:3".into()));
+    }
+}
