@@ -34,23 +34,38 @@ struct Node {
 
 impl Node {
     fn start(redis: &Redis, key: &[u8], slots: usize) -> Node {
-        let exe = std::env::current_exe().unwrap();
-        let child = Command::new(exe)
-            .args([
-                "--exact",
-                "cluster_node_entry",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env("MULTIPROC_CLUSTER", redis.url())
-            .env("MULTIPROC_CLUSTER_KEY", std::str::from_utf8(key).unwrap())
-            .env("MULTIPROC_CLUSTER_SLOTS", slots.to_string())
-            .env("MULTIPROC_CLUSTER_LEASE_MS", LEASE.as_millis().to_string())
-            .env("MULTIPROC_CLUSTER_DRAIN_MS", "200")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
+        Node::start_with(redis, key, slots, &[])
+    }
+
+    /// A node with more environment (`MULTIPROC_CLUSTER_DRAIN_MS` is 200 unless set).
+    fn start_with(redis: &Redis, key: &[u8], slots: usize, env: &[(&str, &str)]) -> Node {
+        Node::start_exe(&std::env::current_exe().unwrap(), redis, key, slots, env)
+    }
+
+    /// A node run by `exe` (this test binary, or a copy of another build).
+    fn start_exe(
+        exe: &std::path::Path,
+        redis: &Redis,
+        key: &[u8],
+        slots: usize,
+        env: &[(&str, &str)],
+    ) -> Node {
+        let mut cmd = Command::new(exe);
+        cmd.args([
+            "--exact",
+            "cluster_node_entry",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("MULTIPROC_CLUSTER", redis.url())
+        .env("MULTIPROC_CLUSTER_KEY", std::str::from_utf8(key).unwrap())
+        .env("MULTIPROC_CLUSTER_SLOTS", slots.to_string())
+        .env("MULTIPROC_CLUSTER_LEASE_MS", LEASE.as_millis().to_string())
+        .env("MULTIPROC_CLUSTER_DRAIN_MS", "200")
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+        let child = cmd.spawn().unwrap();
         Node { child }
     }
 
@@ -269,6 +284,384 @@ fn sigterm_hands_the_nodes_leases_back_and_it_exits_zero() {
     assert_eq!(call.get_timeout(Duration::from_secs(30)).unwrap(), 3000);
 }
 
+/// Creates the file `path`, then sleeps `ms`: a call whose start the test can see.
+fn started((ms, path): (u64, String)) -> u64 {
+    std::fs::write(&path, b"").unwrap();
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+/// Waits until `path` exists (a call marked by `started` runs).
+fn wait_for_file(path: &std::path::Path, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while !path.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{} never appeared",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// SIGTERM during a node's very first call: the call finishes within the drain time
+/// and its answer reaches the caller, and the node exits 0 as soon as it has sent it
+/// (not at the end of the drain time).
+#[test]
+fn sigterm_during_a_nodes_first_call_answers_it_and_exits_at_once() {
+    let redis = Redis::start();
+    let dir = common::TempDir::new("cluster-first-term");
+    let mut node = Node::start_with(&redis, KEY, 1, &[("MULTIPROC_CLUSTER_DRAIN_MS", "20000")]);
+    let pool = Pool::builder(&redis.url())
+        .key(key())
+        .lease(LEASE)
+        .retries(0)
+        .build()
+        .unwrap();
+    let mark = dir.path().join("started");
+    let call = pool
+        .apply_async(started, (1500, mark.to_string_lossy().into_owned()))
+        .unwrap();
+    wait_for_file(&mark, Duration::from_secs(20));
+    node.signal(libc::SIGTERM);
+    let t = Instant::now();
+    // Another node is there to take the call over if the first one lost it.
+    let _other = Node::start(&redis, KEY, 1);
+    let got = call.get_timeout(Duration::from_secs(30));
+    let answered = t.elapsed();
+    let code = node.wait(Duration::from_secs(30));
+    let exited = t.elapsed();
+    eprintln!(
+        "SIGTERM during the first call: answered after {answered:?} ({got:?}), node exited {code:?} after {exited:?}"
+    );
+    assert_eq!(got.unwrap(), 1500);
+    assert_eq!(code, Some(0));
+    assert!(
+        answered < Duration::from_millis(1500 + 1500),
+        "{answered:?}"
+    );
+    assert!(exited < answered + Duration::from_secs(2), "{exited:?}");
+}
+
+/// SIGTERM with a drain time shorter than the call: the node hands the chunk back at
+/// once and exits 0; with no retry left, the call's error says that it was handed back,
+/// not that a node was lost.
+#[test]
+fn a_call_handed_back_on_sigterm_with_no_retry_left_says_so() {
+    let redis = Redis::start();
+    let dir = common::TempDir::new("cluster-handed-back");
+    let mut node = Node::start(&redis, KEY, 1); // 200 ms of drain
+    let pool = Pool::builder(&redis.url())
+        .key(key())
+        .lease(LEASE)
+        .retries(0)
+        .build()
+        .unwrap();
+    let mark = dir.path().join("started");
+    let call = pool
+        .apply_async(started, (5000, mark.to_string_lossy().into_owned()))
+        .unwrap();
+    wait_for_file(&mark, Duration::from_secs(20));
+    let _other = Node::start(&redis, KEY, 1);
+    node.signal(libc::SIGTERM);
+    let t = Instant::now();
+    assert_eq!(node.wait(Duration::from_secs(10)), Some(0));
+    let exited = t.elapsed();
+    let err = call.get_timeout(Duration::from_secs(30)).unwrap_err();
+    let answered = t.elapsed();
+    eprintln!(
+        "handed back: node exited after {exited:?}, the call answered after {answered:?}: {err}"
+    );
+    assert!(matches!(err, Error::Cluster { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(text.contains("call 0 was handed back by node"), "{text}");
+    assert!(
+        text.contains(&format!(":{} (SIGTERM)", node.pid())),
+        "{text}"
+    );
+    assert!(!text.contains("renewing"), "{text}");
+    assert!(exited < Duration::from_secs(2), "{exited:?}");
+    // No lease to wait for: the other node takes the chunk at once.
+    assert!(answered < LEASE + Duration::from_secs(2), "{answered:?}");
+}
+
+/// What the pools of this test process log at `warn` and above (the nodes are other
+/// processes), one event a line; each test reads the lines naming its own Redis.
+static LOGS: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
+
+struct Capture;
+
+impl std::io::Write for Capture {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        LOGS.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_str(&String::from_utf8_lossy(b));
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn capture_logs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("multiproc=warn"))
+            .with_ansi(false)
+            .with_writer(|| Capture)
+            .try_init();
+    });
+}
+
+/// The logged warnings that name `redis`.
+fn warnings(redis: &Redis) -> Vec<String> {
+    let url = redis.url();
+    LOGS.lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .lines()
+        .filter(|l| l.contains(&url))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Waits until `pool.workers()` satisfies `ok`; how long that took.
+fn until_workers(
+    pool: &Pool,
+    timeout: Duration,
+    ok: impl Fn(&[multiproc::cluster::NodeInfo]) -> bool,
+) -> Duration {
+    let t = Instant::now();
+    while !ok(&pool.workers()) {
+        assert!(t.elapsed() < timeout, "workers: {:?}", pool.workers());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    t.elapsed()
+}
+
+/// A node SIGKILLed during call 1 (alone in its chunk): the caller warns that the node
+/// is lost, drops it from `workers()` within about a lease, and, with one retry, warns
+/// that call 1 runs again elsewhere; the map gets every value.
+#[test]
+fn a_lost_node_is_warned_about_and_leaves_workers_and_its_calls_run_again() {
+    capture_logs();
+    let redis = Redis::start();
+    let dir = common::TempDir::new("cluster-lost");
+    let first = Node::start(&redis, KEY, 1);
+    let pool = Pool::builder(&redis.url())
+        .key(key())
+        .lease(LEASE)
+        .retries(1)
+        .chunk_size(multiproc::ChunkSize::Fixed(1))
+        .build()
+        .unwrap();
+    let mark = dir.path().join("started").to_string_lossy().into_owned();
+    let calls = vec![(0, String::new()), (1500, mark.clone())];
+    let out = std::thread::scope(|s| {
+        let map = s.spawn(|| pool.map_results(nap_or_mark, calls));
+        wait_for_file(std::path::Path::new(&mark), Duration::from_secs(20));
+        let pid = first.pid();
+        until_workers(&pool, Duration::from_secs(10), |w| {
+            w.iter().any(|n| n.pid == pid)
+        });
+        first.signal(libc::SIGKILL);
+        let _ = std::fs::remove_file(&mark);
+        let second = Node::start(&redis, KEY, 1);
+        let gone = until_workers(&pool, Duration::from_secs(10), |w| {
+            !w.iter().any(|n| n.pid == pid)
+        });
+        eprintln!("a SIGKILLed node left workers() {gone:?} after the kill (lease {LEASE:?})");
+        assert!(gone < LEASE * 2 + Duration::from_millis(500), "{gone:?}");
+        (map.join().unwrap(), second)
+    });
+    let (out, second) = out;
+    let values: Vec<u64> = out.unwrap().into_iter().map(|r| r.unwrap()).collect();
+    assert_eq!(values, vec![0, 1500]);
+    // Once the job is over, no node is busy, and the lost one is not listed.
+    until_workers(&pool, Duration::from_secs(5), |w| {
+        w.len() == 1 && w[0].pid == second.pid() && w[0].busy == 0
+    });
+    let logs = warnings(&redis).join("\n");
+    eprintln!("the caller's warnings:\n{logs}");
+    let lost = format!(":{} lost: no heartbeat", first.pid());
+    assert!(logs.contains(&lost), "{logs}");
+    assert!(logs.contains("WARN"), "{logs}");
+    assert!(logs.contains("calls [1] run again on node"), "{logs}");
+    assert!(
+        logs.contains(&format!(":{} was lost", first.pid())),
+        "{logs}"
+    );
+}
+
+/// Sleeps `ms`; with a path, creates that file first (see `started`).
+fn nap_or_mark((ms, path): (u64, String)) -> u64 {
+    if path.is_empty() {
+        return nap(ms);
+    }
+    started((ms, path))
+}
+
+/// The same with no retry: the call at index 1 gives up, and its error and the
+/// warning name it as the caller numbers it (index 1, not its place in its chunk).
+#[test]
+fn calls_that_give_up_are_named_by_their_index_and_warned_about() {
+    capture_logs();
+    let redis = Redis::start();
+    let dir = common::TempDir::new("cluster-gave-up");
+    let first = Node::start(&redis, KEY, 1);
+    let pool = Pool::builder(&redis.url())
+        .key(key())
+        .lease(LEASE)
+        .retries(0)
+        .chunk_size(multiproc::ChunkSize::Fixed(1))
+        .build()
+        .unwrap();
+    let mark = dir.path().join("started").to_string_lossy().into_owned();
+    let calls = vec![(0, String::new()), (5000, mark.clone()), (0, String::new())];
+    let out = std::thread::scope(|s| {
+        let map = s.spawn(|| pool.map_results(nap_or_mark, calls));
+        wait_for_file(std::path::Path::new(&mark), Duration::from_secs(20));
+        first.signal(libc::SIGKILL);
+        let second = Node::start(&redis, KEY, 1);
+        let out = map.join().unwrap().unwrap();
+        drop(second);
+        out
+    });
+    assert_eq!(*out[0].as_ref().unwrap(), 0);
+    assert_eq!(*out[2].as_ref().unwrap(), 0);
+    let err = out[1].as_ref().unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("call 1 was lost with node ") && text.contains(&format!(":{}", first.pid())),
+        "{text}"
+    );
+    let logs = warnings(&redis).join("\n");
+    eprintln!("the caller's warnings:\n{logs}");
+    assert!(logs.contains("calls [1] gave up after 1 run(s)"), "{logs}");
+}
+
+/// With a task timeout, chunks hold one call each: the call that times out is named
+/// by its index in the map.
+#[test]
+fn a_timeout_names_the_call_by_its_index() {
+    let redis = Redis::start();
+    let _node = Node::start(&redis, KEY, 2);
+    let pool = Pool::builder(&redis.url())
+        .key(key())
+        .lease(LEASE)
+        .task_timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let out = pool.map_results(nap, [10, 10, 10, 3000]).unwrap();
+    for r in &out[..3] {
+        assert_eq!(*r.as_ref().unwrap(), 10);
+    }
+    let err = out[3].as_ref().unwrap_err();
+    assert!(err.is_timeout(), "{err:?}");
+    assert!(err.to_string().contains("call 3 of a cluster job"), "{err}");
+}
+
+/// A copy of this test binary whose GNU build id differs in one byte: to Redis and to
+/// the nodes, what a rebuilt binary is (its work lives under another build's keys).
+fn other_build(dir: &common::TempDir) -> std::path::PathBuf {
+    let mut bytes = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+    // The note: name size 4, descriptor size 20, type NT_GNU_BUILD_ID (3), "GNU\0".
+    let note = [4, 0, 0, 0, 20, 0, 0, 0, 3, 0, 0, 0, b'G', b'N', b'U', 0];
+    match bytes.windows(note.len()).position(|w| w == note) {
+        Some(at) => bytes[at + note.len()] ^= 0xff,
+        // No build id: the build is known by a hash of the file's bytes.
+        None => bytes.push(0),
+    }
+    let path = dir.path().join("other-build");
+    std::fs::write(&path, bytes).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+/// Nodes of another build never take this build's work: the caller says so after
+/// `wait_for_nodes`, naming how many there are, instead of hanging; once a node of its
+/// build comes, the same pool works.
+#[test]
+fn a_caller_whose_build_no_node_runs_says_so_in_bounded_time() {
+    let redis = Redis::start();
+    let dir = common::TempDir::new("cluster-builds");
+    let exe = other_build(&dir);
+    let _others: Vec<Node> = (0..3)
+        .map(|_| Node::start_exe(&exe, &redis, KEY, 1, &[]))
+        .collect();
+    // Until all three are listed in the registry of every build's nodes.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let n: usize = redis::cmd("ZCARD")
+            .arg("multiproc:nodes")
+            .query(&mut redis.con())
+            .unwrap();
+        if n == 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{n} nodes listed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let wait = Duration::from_secs(2);
+    let pool = Pool::builder(&redis.url())
+        .key(key())
+        .lease(LEASE)
+        .wait_for_nodes(Some(wait))
+        .build()
+        .unwrap();
+    let t = Instant::now();
+    let err = pool.map(double, 0..10u64).unwrap_err();
+    let took = t.elapsed();
+    eprintln!("no node of this build: {took:?}: {err}");
+    assert!(matches!(err, Error::Cluster { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains(
+            "no node of this build (3 nodes of other builds are connected: rebuild/restart them)"
+        ),
+        "{err}"
+    );
+    assert!(
+        took >= wait && took < wait + Duration::from_secs(3),
+        "{took:?}"
+    );
+    assert!(pool.workers().is_empty());
+    let _mine = Node::start(&redis, KEY, 1);
+    assert_eq!(
+        pool.map(double, 0..10u64).unwrap(),
+        (0..10u64).map(double).collect::<Vec<_>>()
+    );
+}
+
+/// No node at all: "no node connected" after `wait_for_nodes`; with `None`, the caller
+/// waits for a node that comes late.
+#[test]
+fn a_caller_with_no_node_says_so_or_waits_if_asked() {
+    let redis = Redis::start();
+    let pool = Pool::builder(&redis.url())
+        .key(key())
+        .lease(LEASE)
+        .wait_for_nodes(Some(Duration::from_secs(1)))
+        .build()
+        .unwrap();
+    let t = Instant::now();
+    let err = pool.apply(double, 1).unwrap_err();
+    let took = t.elapsed();
+    assert!(err.to_string().contains("no node connected"), "{err}");
+    assert!(took < Duration::from_secs(4), "{took:?}");
+    let patient = Pool::builder(&redis.url())
+        .key(key())
+        .lease(LEASE)
+        .wait_for_nodes(None)
+        .build()
+        .unwrap();
+    let call = patient.apply_async(double, 21).unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(!call.ready());
+    let _node = Node::start(&redis, KEY, 1);
+    assert_eq!(call.get_timeout(Duration::from_secs(20)).unwrap(), 42);
+}
+
 #[test]
 fn nodes_with_the_wrong_key_run_nothing_and_the_caller_says_why() {
     let redis = Redis::start();
@@ -462,6 +855,72 @@ fn cluster_netns_caller_entry() {
     println!("netns caller: OK");
 }
 
+/// A `redis-server` on host a of `hosts` (port 6390), for callers and nodes in the
+/// namespaces; killed on drop.
+struct NetnsRedis(Child);
+
+impl NetnsRedis {
+    fn start(hosts: &common::netns::TwoHosts, dir: &common::TempDir) -> NetnsRedis {
+        let addr = common::netns::TwoHosts::ADDRS[0];
+        let redis = Command::new("ip")
+            .args(["netns", "exec", &hosts.names[0], "redis-server"])
+            .args(["--port", "6390", "--bind", addr])
+            // Not loopback: without a password Redis refuses such clients unless told.
+            .args(["--protected-mode", "no", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let redis = NetnsRedis(redis);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !Command::new("ip")
+            .args(["netns", "exec", &hosts.names[0], "redis-cli"])
+            .args(["-h", addr, "-p", "6390", "ping"])
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("PONG"))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not start in the namespace"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        redis
+    }
+
+    fn url() -> String {
+        format!("redis://{}:6390/0", common::netns::TwoHosts::ADDRS[0])
+    }
+}
+
+impl Drop for NetnsRedis {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A node on host `i` of `hosts` (the pid is the node's: `run_in` execs).
+fn netns_node(hosts: &common::netns::TwoHosts, i: usize, env: &[(&str, &str)]) -> Child {
+    hosts
+        .run_in(i, &std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "cluster_node_entry",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("MULTIPROC_CLUSTER", NetnsRedis::url())
+        .env("MULTIPROC_CLUSTER_KEY", std::str::from_utf8(KEY).unwrap())
+        .env("MULTIPROC_CLUSTER_SLOTS", "2")
+        .env("MULTIPROC_CLUSTER_LEASE_MS", LEASE.as_millis().to_string())
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 #[test]
 fn a_node_on_another_host_serves_a_caller_across_a_veth_pair() {
     let Some(hosts) = common::netns::TwoHosts::try_create() else {
@@ -469,64 +928,9 @@ fn a_node_on_another_host_serves_a_caller_across_a_veth_pair() {
     };
     let exe = std::env::current_exe().unwrap();
     let dir = common::TempDir::new("cluster-netns");
-    let url = format!("redis://{}:6390/0", common::netns::TwoHosts::ADDRS[0]);
     // Redis and the caller on host a; the node on host b.
-    let mut redis = Command::new("ip")
-        .args(["netns", "exec", &hosts.names[0], "redis-server"])
-        .args([
-            "--port",
-            "6390",
-            "--bind",
-            common::netns::TwoHosts::ADDRS[0],
-        ])
-        // Not loopback: without a password Redis refuses such clients unless told.
-        .args([
-            "--protected-mode",
-            "no",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-        ])
-        .arg(dir.path())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !Command::new("ip")
-        .args(["netns", "exec", &hosts.names[0], "redis-cli"])
-        .args([
-            "-h",
-            common::netns::TwoHosts::ADDRS[0],
-            "-p",
-            "6390",
-            "ping",
-        ])
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("PONG"))
-    {
-        assert!(
-            Instant::now() < deadline,
-            "redis-server did not start in the namespace"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let mut node = hosts
-        .run_in(1, &exe)
-        .args([
-            "--exact",
-            "cluster_node_entry",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("MULTIPROC_CLUSTER", &url)
-        .env("MULTIPROC_CLUSTER_KEY", std::str::from_utf8(KEY).unwrap())
-        .env("MULTIPROC_CLUSTER_SLOTS", "2")
-        .env("MULTIPROC_CLUSTER_LEASE_MS", LEASE.as_millis().to_string())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let redis = NetnsRedis::start(&hosts, &dir);
+    let mut node = netns_node(&hosts, 1, &[]);
     let out = hosts
         .run_in(0, &exe)
         .args([
@@ -535,13 +939,12 @@ fn a_node_on_another_host_serves_a_caller_across_a_veth_pair() {
             "--nocapture",
             "--test-threads=1",
         ])
-        .env("MULTIPROC_TEST_NETNS_CALLER", &url)
+        .env("MULTIPROC_TEST_NETNS_CALLER", NetnsRedis::url())
         .output()
         .unwrap();
     let _ = node.kill();
     let _ = node.wait();
-    let _ = redis.kill();
-    let _ = redis.wait();
+    drop(redis);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -559,6 +962,77 @@ fn a_node_on_another_host_serves_a_caller_across_a_veth_pair() {
         stdout.contains(&format!("on cluster node {b}:")),
         "{stdout}"
     );
+}
+
+/// Not a test: a caller on host a whose one call (marked by `started`) the test stops
+/// the node of with SIGTERM (see the namespace test).
+#[test]
+fn cluster_netns_term_caller_entry() {
+    let Some(url) = std::env::var_os("MULTIPROC_TEST_NETNS_TERM_CALLER") else {
+        return;
+    };
+    let mark = std::env::var("MULTIPROC_TEST_MARK").unwrap();
+    let pool = Pool::builder(url.to_str().unwrap())
+        .key(key())
+        .lease(LEASE)
+        .retries(0)
+        .build()
+        .unwrap();
+    let call = pool.apply_async(started, (1500, mark.clone())).unwrap();
+    wait_for_file(std::path::Path::new(&mark), Duration::from_secs(20));
+    let t = Instant::now();
+    let got = call.get_timeout(Duration::from_secs(30));
+    println!("answered {:?} after the call started: {got:?}", t.elapsed());
+    if got.is_ok_and(|v| v == 1500) {
+        println!("netns term caller: OK");
+    }
+}
+
+/// SIGTERM during the first call of a node on another host: the answer crosses the
+/// veth pair, and the node exits as soon as it is sent.
+#[test]
+fn sigterm_during_the_first_call_of_a_node_on_another_host() {
+    let Some(hosts) = common::netns::TwoHosts::try_create() else {
+        return;
+    };
+    let dir = common::TempDir::new("cluster-netns-term");
+    let _redis = NetnsRedis::start(&hosts, &dir);
+    let mut node = netns_node(&hosts, 1, &[("MULTIPROC_CLUSTER_DRAIN_MS", "20000")]);
+    let mark = dir.path().join("started");
+    let caller = hosts
+        .run_in(0, &std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "cluster_netns_term_caller_entry",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("MULTIPROC_TEST_NETNS_TERM_CALLER", NetnsRedis::url())
+        .env("MULTIPROC_TEST_MARK", &mark)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_file(&mark, Duration::from_secs(30));
+    // SAFETY: kill(2) on the pid of our own child, not yet reaped.
+    let _ = unsafe { libc::kill(node.id() as i32, libc::SIGTERM) };
+    let t = Instant::now();
+    let code = loop {
+        if let Some(s) = node.try_wait().unwrap() {
+            break s.code();
+        }
+        if t.elapsed() > Duration::from_secs(30) {
+            let _ = node.kill();
+            break node.wait().unwrap().code();
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let exited = t.elapsed();
+    let out = caller.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("across the veth pair: node exited {code:?} {exited:?} after SIGTERM; {stdout}");
+    assert!(stdout.contains("netns term caller: OK"), "{stdout}");
+    assert_eq!(code, Some(0));
+    assert!(exited < Duration::from_secs(4), "{exited:?}");
 }
 
 /// A node is a service: with no subscriber installed by the program and no `RUST_LOG`,
@@ -593,4 +1067,54 @@ fn a_node_logs_to_stderr_by_default() {
     std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
     assert_eq!(child.wait().unwrap().code(), Some(0), "{rest}");
     assert!(rest.contains("cluster node stopped"), "{rest}");
+}
+
+/// SIGTERM to every process of the node, as systemd (`KillMode=control-group`, its
+/// default) and Slurm send it: the workers leave it to the node, so the running call
+/// still finishes and is answered, and the node exits once it is.
+#[test]
+fn sigterm_to_the_nodes_whole_process_group_still_drains() {
+    use std::os::unix::process::CommandExt;
+    let redis = Redis::start();
+    let dir = common::TempDir::new("cluster-group-term");
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "cluster_node_entry",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("MULTIPROC_CLUSTER", redis.url())
+        .env("MULTIPROC_CLUSTER_KEY", std::str::from_utf8(KEY).unwrap())
+        .env("MULTIPROC_CLUSTER_SLOTS", "1")
+        .env("MULTIPROC_CLUSTER_LEASE_MS", LEASE.as_millis().to_string())
+        .env("MULTIPROC_CLUSTER_DRAIN_MS", "20000")
+        .process_group(0)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pool = Pool::builder(&redis.url())
+        .key(key())
+        .lease(LEASE)
+        .retries(0)
+        .build()
+        .unwrap();
+    let mark = dir.path().join("started");
+    let call = pool
+        .apply_async(started, (1500, mark.to_string_lossy().into_owned()))
+        .unwrap();
+    wait_for_file(&mark, Duration::from_secs(20));
+    // SAFETY: kill(2) on the process group of our own child, which leads it.
+    let _ = unsafe { libc::kill(-(child.id() as i32), libc::SIGTERM) };
+    let t = Instant::now();
+    let got = call.get_timeout(Duration::from_secs(30));
+    let answered = t.elapsed();
+    let code = child.wait().unwrap().code();
+    let exited = t.elapsed();
+    eprintln!(
+        "SIGTERM to the node's group: {got:?} after {answered:?}, exit {code:?} after {exited:?}"
+    );
+    assert_eq!(got.unwrap(), 1500);
+    assert_eq!(code, Some(0));
+    assert!(exited < answered + Duration::from_secs(2), "{exited:?}");
 }

@@ -12,6 +12,9 @@
 //!   [`NodeInfo`](super::NodeInfo), expiring (not signed: it carries no work, and a
 //!   caller must read it even with another key, to say so).
 //!
+//! And one key for every build, `multiproc:nodes` (see [`Keys::registry`]), so that a
+//! caller whose build no node runs can say that nodes of other builds are there.
+//!
 //! A caller's keys expire [`EXPIRY_LEASES`] leases after its last heartbeat, so
 //! nothing of a caller that died stays in Redis.
 
@@ -57,6 +60,18 @@ impl Keys {
     }
     pub(crate) fn node(&self, name: &str) -> String {
         format!("{}node:{name}", self.ns)
+    }
+
+    /// The registry of every build's nodes (the one key outside a build's namespace):
+    /// a sorted set of `<build id>/<node>`, scored by when the entry expires (ms since
+    /// the epoch, the node's clock). Not signed: it carries no work, and a forged entry
+    /// changes only the words of the error of a caller that no node serves.
+    pub(crate) fn registry() -> String {
+        "multiproc:nodes".to_owned()
+    }
+
+    pub(crate) fn registry_member(build: &str, node: &str) -> String {
+        format!("{build}/{node}")
     }
 }
 
@@ -174,8 +189,9 @@ impl Broker {
         let reply: redis::RedisResult<Option<StreamReadReply>> = cmd.query(&mut self.con);
         match reply {
             Ok(r) => Ok(Some(flatten(r))),
-            // A stream (or its group) that expired since the list was made.
-            Err(e) if e.code() == Some("NOGROUP") => Ok(None),
+            // A stream (or its group) that expired since the list was made, or that
+            // its caller deleted while this read waited (a caller that ended).
+            Err(e) if matches!(e.code(), Some("NOGROUP" | "UNBLOCKED")) => Ok(None),
             Err(e) => Err(self.fail("cannot read calls", e)),
         }
     }

@@ -7,7 +7,7 @@
 //! Which node runs a chunk, and which runs it again when a node is lost, is the
 //! leases' business (see [`node`](super::node)).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,7 +15,7 @@ use serde_bytes::ByteBuf;
 
 use super::auth::Key;
 use super::broker::{self, Broker, EXPIRY_LEASES, Keys};
-use super::message::{AnswerMsg, ChunkMsg, NodeInfo, WirePart};
+use super::message::{AnswerMsg, ChunkMsg, NodeFailure, NodeInfo, NodeMsg, WirePart};
 use crate::error::{Error, Result};
 use crate::pool::core::chunking::BROKER;
 use crate::pool::core::{Config as CoreConfig, Core, Limits, Part};
@@ -28,6 +28,8 @@ const MIN_LANES: usize = 4;
 /// How long the caller blocks on its answers stream at a time: new work waits at most
 /// this long to be sent.
 const READ_BLOCK: Duration = Duration::from_millis(20);
+/// How long calls wait for a node of the caller's build by default.
+const WAIT_FOR_NODES: Duration = Duration::from_secs(10);
 
 /// A pool whose workers are the nodes of a cluster, reached through Redis (feature
 /// `cluster`, on by default).
@@ -70,6 +72,7 @@ pub struct PoolBuilder {
     chunk: ChunkSize,
     progress: Progress,
     unreachable: Duration,
+    wait_for_nodes: Option<Duration>,
 }
 
 impl PoolBuilder {
@@ -123,6 +126,28 @@ impl PoolBuilder {
         self
     }
 
+    /// How long calls may wait while no node of this program's build is connected
+    /// (default 10 s): then every call not answered answers [`Error::Cluster`] saying
+    /// why — "no node connected", or "no node of this build (N nodes of other builds
+    /// are connected: rebuild/restart them)" (a node runs only work of its own build).
+    /// `None`: wait for nodes as long as it takes (the pool logs a warning when it
+    /// starts waiting). The clock starts when work is waiting and no node is listed,
+    /// and restarts whenever one is.
+    ///
+    /// ```no_run
+    /// # fn main() -> multiproc::Result<()> {
+    /// use std::time::Duration;
+    /// // Nodes come from a batch queue and may take a while to start.
+    /// let pool = multiproc::cluster::Pool::builder("redis://10.0.0.1:6379/0")
+    ///     .wait_for_nodes(Some(Duration::from_secs(600)))
+    ///     .build()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn wait_for_nodes(mut self, wait: Option<Duration>) -> Self {
+        self.wait_for_nodes = wait;
+        self
+    }
+
     /// Connects to Redis and starts the pool's thread.
     pub fn build(self) -> Result<Pool> {
         let key = match self.key {
@@ -133,7 +158,8 @@ impl PoolBuilder {
         let address = redis.address.clone();
         let host = super::hostname();
         let caller = format!("{host}-{}-{:016x}", std::process::id(), random_u64());
-        let keys = Keys::new(&crate::task::hex(crate::task::build_id()));
+        let build = crate::task::hex(crate::task::build_id());
+        let keys = Keys::new(&build);
         redis.ensure_group(&keys.calls(&caller))?;
         // The answers stream must exist: nodes add to it only if it does (so that the
         // answers of a caller that is gone do not make it again).
@@ -145,6 +171,8 @@ impl PoolBuilder {
             retries: self.retries,
             task_timeout: self.task_timeout,
             unreachable: self.unreachable,
+            wait_for_nodes: self.wait_for_nodes,
+            build,
             keys,
             caller,
             address: address.clone(),
@@ -194,11 +222,15 @@ impl Pool {
             chunk: ChunkSize::Auto,
             progress: Progress::default(),
             unreachable: Duration::from_secs(5),
+            wait_for_nodes: Some(WAIT_FOR_NODES),
         }
     }
 
-    /// The live worker nodes (those with a heartbeat within three leases), as last
-    /// read (about every second).
+    /// The live worker nodes of this build, as last read (every third of a lease, at
+    /// least every second). A node is listed while its heartbeat (every third of a
+    /// lease) keeps coming; one that stops renewing its leases (killed, cut off,
+    /// frozen) leaves the list within a lease and a read, and the pool logs a warning;
+    /// one stopped cleanly (SIGTERM) leaves it when it exits.
     pub fn workers(&self) -> Vec<NodeInfo> {
         self.status
             .lock()
@@ -233,6 +265,9 @@ struct Settings {
     retries: u32,
     task_timeout: Option<Duration>,
     unreachable: Duration,
+    wait_for_nodes: Option<Duration>,
+    /// This build's id (hex).
+    build: String,
     keys: Keys,
     caller: String,
     address: String,
@@ -308,6 +343,23 @@ fn read_nodes(b: &mut Broker, s: &Settings) -> Result<Vec<NodeInfo>> {
         .collect())
 }
 
+/// A chunk added to the calls stream and not answered.
+struct Sent {
+    /// Where the core holds it.
+    lane: u64,
+    seq: u64,
+    /// The message, signed as sent.
+    signed: Vec<u8>,
+}
+
+/// What the caller saw of a node's heartbeats.
+struct Seen {
+    heartbeat_ms: u64,
+    /// When its heartbeat last changed (the caller's clock: nodes' clocks may differ).
+    changed: Instant,
+    lost: bool,
+}
+
 /// The driving thread's state between rounds.
 struct Driver<'a> {
     s: Settings,
@@ -321,11 +373,17 @@ struct Driver<'a> {
     nodes_at: Instant,
     /// When the caller last heard an answer, or started waiting for one.
     heard: Instant,
-    /// Every chunk added and not answered, signed as sent, by (lane, sequence): sent
-    /// again after Redis failed (an add may have been lost, or a Redis without
-    /// persistence restarted empty). A second copy is harmless: the first answer counts.
-    in_flight: HashMap<(u64, u64), Vec<u8>>,
+    /// Every chunk added and not answered, by tag: sent again after Redis failed (an
+    /// add may have been lost, or a Redis without persistence restarted empty). A
+    /// second copy is harmless: the first answer counts.
+    in_flight: HashMap<u64, Sent>,
+    next_tag: u64,
     resend: bool,
+    /// The nodes of this build listed lately, by name.
+    seen: HashMap<String, Seen>,
+    /// Since when work waits and no node of this build is listed, and whether the
+    /// pool said so.
+    no_node_since: Option<(Instant, bool)>,
 }
 
 fn drive(s: Settings, redis: Broker, shared: &Shared, status: &Mutex<Status>) {
@@ -341,7 +399,10 @@ fn drive(s: Settings, redis: Broker, shared: &Shared, status: &Mutex<Status>) {
         nodes_at: Instant::now() - Duration::from_secs(60),
         heard: Instant::now(),
         in_flight: HashMap::new(),
+        next_tag: 0,
         resend: false,
+        seen: HashMap::new(),
+        no_node_since: None,
     };
     d.add_lanes(MIN_LANES);
     let mut redis = Some(redis);
@@ -434,6 +495,16 @@ fn give_up(
     true
 }
 
+/// The numbers of `calls` for a log line, the first few of them.
+fn call_list(calls: &[usize]) -> String {
+    const SHOWN: usize = 10;
+    let mut out: Vec<String> = calls.iter().take(SHOWN).map(|i| i.to_string()).collect();
+    if calls.len() > SHOWN {
+        out.push(format!("… ({} in all)", calls.len()));
+    }
+    format!("[{}]", out.join(", "))
+}
+
 impl Driver<'_> {
     fn add_lanes(&mut self, want: usize) {
         let want = want.min(MAX_LANES);
@@ -444,43 +515,209 @@ impl Driver<'_> {
         }
     }
 
+    /// How often the nodes' heartbeats are read: often enough to see a live node's
+    /// heartbeat change within a lease.
+    fn nodes_period(&self) -> Duration {
+        (self.s.lease / 3).min(Duration::from_secs(1))
+    }
+
+    /// The live nodes among those listed: a node whose heartbeat has not changed for a
+    /// lease has stopped renewing its leases (its chunks go to other nodes): it is
+    /// lost, and the pool says so once.
+    fn track(&mut self, listed: Vec<NodeInfo>) -> Vec<NodeInfo> {
+        let now = Instant::now();
+        let mut live = Vec::with_capacity(listed.len());
+        let mut names = HashSet::with_capacity(listed.len());
+        for n in listed {
+            let name = n.name();
+            let seen = self.seen.entry(name.clone()).or_insert_with(|| {
+                tracing::debug!(address = %self.s.address, node = %name, slots = n.slots, "a cluster node is connected");
+                Seen {
+                    heartbeat_ms: n.heartbeat_ms,
+                    changed: now,
+                    lost: false,
+                }
+            });
+            if seen.heartbeat_ms != n.heartbeat_ms {
+                seen.heartbeat_ms = n.heartbeat_ms;
+                seen.changed = now;
+                if seen.lost {
+                    seen.lost = false;
+                    tracing::warn!(address = %self.s.address, node = %name, "cluster node {name} is back (its heartbeat resumed); chunks it held may have run elsewhere meanwhile");
+                }
+            }
+            let silent = now.saturating_duration_since(seen.changed);
+            if silent > self.s.lease {
+                if !seen.lost {
+                    seen.lost = true;
+                    let then = match self.s.retries {
+                        0 => "the calls it held give up (retries: 0)".to_owned(),
+                        n => format!("the chunks it held run again on other nodes (retries: {n})"),
+                    };
+                    tracing::warn!(
+                        address = %self.s.address, node = %name,
+                        "cluster node {name} lost: no heartbeat for {silent:.1?} (killed, cut off \
+                         or frozen); {then}"
+                    );
+                }
+            } else {
+                live.push(n);
+            }
+            names.insert(name);
+        }
+        let address = &self.s.address;
+        self.seen.retain(|name, seen| {
+            let listed = names.contains(name);
+            if !listed && !seen.lost {
+                tracing::debug!(%address, node = %name, "a cluster node left");
+            }
+            listed
+        });
+        live
+    }
+
+    /// Nodes of other builds in the registry of every build's nodes.
+    fn other_builds(&self, b: &mut Broker) -> Result<usize> {
+        let members: Vec<String> = b.run(
+            "cannot list the nodes of every build",
+            redis::cmd("ZRANGEBYSCORE")
+                .arg(Keys::registry())
+                .arg(broker::now_ms())
+                .arg("+inf"),
+        )?;
+        let mine = format!("{}/", self.s.build);
+        Ok(members.iter().filter(|m| !m.starts_with(&mine)).count())
+    }
+
+    /// Work waits and no node of this build is listed: say so at once, and after
+    /// [`PoolBuilder::wait_for_nodes`] answer the waiting calls with an error that
+    /// says why.
+    fn check_nodes(&mut self, b: &mut Broker, live: &[NodeInfo]) -> Result<()> {
+        let waiting = self.shared.lock().core.outstanding() > 0;
+        if !live.is_empty() || !waiting {
+            self.no_node_since = None;
+            return Ok(());
+        }
+        let (since, warned) = *self
+            .no_node_since
+            .get_or_insert_with(|| (Instant::now(), false));
+        // Said once the wait outlasts a node's start (nodes often start with the
+        // caller), unless the error comes first.
+        let wait = self.s.wait_for_nodes;
+        let warn_after = wait.map_or(self.s.lease, |w| self.s.lease.min(w / 2));
+        if !warned && since.elapsed() >= warn_after {
+            self.no_node_since = Some((since, true));
+            let others = self.other_builds(b)?;
+            let then = match wait {
+                Some(w) => format!("the calls give up {w:?} after it started waiting"),
+                None => "waiting for one (PoolBuilder::wait_for_nodes)".to_owned(),
+            };
+            tracing::warn!(
+                address = %self.s.address,
+                "no cluster node of this build is connected{}; {then}",
+                others_note(others)
+            );
+        }
+        let Some(wait) = wait else {
+            return Ok(());
+        };
+        if since.elapsed() < wait {
+            return Ok(());
+        }
+        let others = self.other_builds(b)?;
+        let lost: Vec<&str> = self
+            .seen
+            .iter()
+            .filter(|(_, s)| s.lost)
+            .map(|(n, _)| n.as_str())
+            .collect();
+        let detail = if others > 0 {
+            format!(
+                "no node of this build{} (waited {wait:?}; a node runs only work of its own build)",
+                others_note(others)
+            )
+        } else if !lost.is_empty() {
+            format!(
+                "no node connected: the last ones ({}) were lost (waited {wait:?} for another; \
+                 PoolBuilder::wait_for_nodes waits longer)",
+                lost.join(", ")
+            )
+        } else {
+            format!(
+                "no node connected (waited {wait:?}): start nodes of this program with \
+                 MULTIPROC_CLUSTER=<this Redis URL> and the same MULTIPROC_CLUSTER_KEY, or wait \
+                 longer with PoolBuilder::wait_for_nodes"
+            )
+        };
+        self.no_node_since = None;
+        self.fail_waiting(
+            b,
+            Error::Cluster {
+                address: self.s.address.clone(),
+                detail,
+            },
+        )
+    }
+
+    /// Answers every call not answered with `error`, and takes the chunks sent back
+    /// out of Redis: nobody waits for their answers any more (an answer that comes
+    /// anyway finds no chunk of its tag).
+    fn fail_waiting(&mut self, b: &mut Broker, error: Error) -> Result<()> {
+        tracing::warn!(address = %self.s.address, "calls not answered give up: {error}");
+        {
+            let mut st = self.shared.lock();
+            st.core.fail_outstanding(&error);
+        }
+        self.shared.changed.notify_all();
+        self.in_flight.clear();
+        b.run::<redis::Value>(
+            "cannot take back chunks",
+            redis::cmd("XTRIM").arg(&self.calls).arg("MAXLEN").arg(0),
+        )
+        .map(|_| ())
+    }
+
     /// One round: heartbeat, chunks out, answers in. `Ok(true)`: the pool is done.
     fn turn(&mut self, b: &mut Broker) -> Result<bool> {
-        let s = &self.s;
         if self.resend {
             // After a failure: the streams may be gone (a Redis restarted without
             // persistence), and adds may have been lost.
             b.ensure_group(&self.calls)?;
             b.ensure_group(&self.answers)?;
-            heartbeat(b, s)?;
+            heartbeat(b, &self.s)?;
             let mut p = redis::pipe();
-            for msg in self.in_flight.values() {
-                p.cmd("XADD").arg(&self.calls).arg("*").arg("m").arg(msg).ignore();
+            for sent in self.in_flight.values() {
+                p.cmd("XADD")
+                    .arg(&self.calls)
+                    .arg("*")
+                    .arg("m")
+                    .arg(&sent.signed)
+                    .ignore();
             }
             b.pipe::<()>("cannot add chunks again", &p)?;
             self.resend = false;
         }
-        if self.beat_at.elapsed() >= s.lease / 3 {
-            heartbeat(b, s)?;
+        if self.beat_at.elapsed() >= self.s.lease / 3 {
+            heartbeat(b, &self.s)?;
             self.beat_at = Instant::now();
         }
-        if self.nodes_at.elapsed() >= Duration::from_secs(1) {
-            let nodes = read_nodes(b, s)?;
+        if self.nodes_at.elapsed() >= self.nodes_period() {
+            let listed = read_nodes(b, &self.s)?;
+            let nodes = self.track(listed);
             let slots: usize = nodes.iter().map(|n| n.slots as usize).sum();
             self.add_lanes((2 * slots).max(MIN_LANES));
-            {
+            let refused = {
                 let mut st = self.shared.lock();
                 st.core.set_workers(slots.clamp(1, MAX_LANES));
-                let before = st.core.outstanding();
-                check_acceptance(&self.s, &mut st.core, &nodes, &mut self.heard);
-                if st.core.outstanding() != before {
-                    self.shared.changed.notify_all();
-                }
+                check_acceptance(&self.s, &st.core, &nodes, &mut self.heard)
+            };
+            if let Some(error) = refused {
+                self.fail_waiting(b, error)?;
             }
+            self.check_nodes(b, &nodes)?;
             self.status.lock().unwrap_or_else(|p| p.into_inner()).nodes = nodes;
             self.nodes_at = Instant::now();
         }
-        let s = &self.s;
         // Chunks out.
         let mut out = Vec::new();
         {
@@ -497,22 +734,26 @@ impl Driver<'_> {
             };
             let now = Instant::now();
             let before = st.core.outstanding();
+            let timeout_ms = self
+                .s
+                .task_timeout
+                .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX));
             for lane in 0..self.lanes as u64 {
                 while let Some(chunk) = st.core.next_chunk(lane, &limits, now) {
                     let Data::Inline(data) = chunk.data else {
                         continue; // no spilling was allowed: cannot happen
                     };
-                    out.push(ChunkMsg {
-                        lane,
-                        seq: chunk.seq,
+                    let tag = self.next_tag;
+                    self.next_tag += 1;
+                    let msg = ChunkMsg {
+                        tag,
                         entry: chunk.entry,
                         data: ByteBuf::from(data),
                         ends: chunk.ends.iter().map(|&e| e as u64).collect(),
-                        retries: s.retries,
-                        timeout_ms: s
-                            .task_timeout
-                            .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
-                    });
+                        retries: self.s.retries,
+                        timeout_ms,
+                    };
+                    out.push((lane, chunk.seq, msg));
                 }
             }
             if st.core.outstanding() != before {
@@ -527,7 +768,7 @@ impl Driver<'_> {
                     // Nothing out, no answer to wait for: sleep until work comes (a
                     // submit notifies), not in a blocking read, which Redis ends only
                     // on its own 100 ms clock.
-                    let wait = (s.lease / 3).min(Duration::from_millis(500));
+                    let wait = (self.s.lease / 3).min(Duration::from_millis(500));
                     let _ = self
                         .shared
                         .work
@@ -537,9 +778,10 @@ impl Driver<'_> {
                 }
             }
         }
+        let s = &self.s;
         if !out.is_empty() {
             let mut p = redis::pipe();
-            for msg in &out {
+            for (lane, seq, msg) in &out {
                 let body = postcard::to_stdvec(msg).map_err(|e| Error::Cluster {
                     address: s.address.clone(),
                     detail: format!("a chunk did not encode: {e}"),
@@ -552,7 +794,12 @@ impl Driver<'_> {
                     .arg(&signed)
                     .ignore();
                 // Kept before it is sent: if the add fails, the resend covers it.
-                self.in_flight.insert((msg.lane, msg.seq), signed);
+                let sent = Sent {
+                    lane: *lane,
+                    seq: *seq,
+                    signed,
+                };
+                self.in_flight.insert(msg.tag, sent);
             }
             b.pipe::<()>("cannot add chunks", &p)?;
         }
@@ -575,8 +822,8 @@ impl Driver<'_> {
                 tracing::warn!(address = %s.address, "dropped an answer whose signature is wrong");
                 continue;
             };
-            match postcard::from_bytes::<AnswerMsg>(body) {
-                Ok(a) => filed.push(a),
+            match postcard::from_bytes::<NodeMsg>(body) {
+                Ok(m) => filed.push(m),
                 Err(e) => {
                     tracing::warn!(address = %s.address, "dropped an answer that does not decode: {e}")
                 }
@@ -584,38 +831,38 @@ impl Driver<'_> {
         }
         // Filed before anything else can fail: these answers will not be read again.
         let mut st = self.shared.lock();
-        for a in filed {
+        for m in filed {
+            let a = match m {
+                NodeMsg::Answer(a) => a,
+                NodeMsg::Rerun {
+                    tag,
+                    node,
+                    run,
+                    previous,
+                } => {
+                    if let Some(calls) = self
+                        .in_flight
+                        .get(&tag)
+                        .and_then(|f| st.core.chunk_indices(f.lane, f.seq))
+                    {
+                        tracing::warn!(
+                            address = %s.address, %node, run,
+                            "calls {} run again on node {node} (run {run} of at most {}): {previous}",
+                            call_list(calls),
+                            u64::from(s.retries) + 1
+                        );
+                    }
+                    continue;
+                }
+            };
             self.heard = Instant::now();
-            self.in_flight.remove(&(a.lane, a.seq));
-            let host: Arc<str> = Arc::from(a.node.as_str());
-            let parts = a
-                .parts
-                .into_iter()
-                .map(|p| match p {
-                    WirePart::Values {
-                        pid,
-                        positions,
-                        failures,
-                        data,
-                    } => Part::Values {
-                        pid,
-                        positions,
-                        failures,
-                        data: Received::Inline(data.into_vec(), 0),
-                    },
-                    WirePart::Failed(failed) => Part::Failed(
-                        failed
-                            .into_iter()
-                            .map(|(pos, f)| (pos, f.into_error(&a.node, pos as usize, &s.address)))
-                            .collect(),
-                    ),
-                })
-                .collect();
-            if let Err(why) = st.core.on_chunk(a.lane, a.seq, parts, a.nanos, Some(host)) {
+            let Some(sent) = self.in_flight.remove(&a.tag) else {
                 // A second run's answer (a node was thought lost but was not), or a
-                // chunk cancelled meanwhile: the first answer counts.
-                tracing::debug!(node = %a.node, "ignored an answer: {why}");
-            }
+                // chunk given up on meanwhile: the first answer counts.
+                tracing::debug!(node = %a.node, "ignored an answer to a chunk answered or given up");
+                continue;
+            };
+            file_answer(&mut st.core, s, sent, a);
         }
         drop(st);
         self.shared.changed.notify_all();
@@ -631,10 +878,77 @@ impl Driver<'_> {
     }
 }
 
+/// " (N nodes of other builds are connected: rebuild/restart them)", or nothing.
+fn others_note(others: usize) -> String {
+    match others {
+        0 => String::new(),
+        1 => " (1 node of another build is connected: rebuild/restart it)".to_owned(),
+        n => format!(" ({n} nodes of other builds are connected: rebuild/restart them)"),
+    }
+}
+
+/// Files the answers of chunk `sent` in the core, naming calls in errors and logs as
+/// the caller numbers them.
+fn file_answer(core: &mut Core, s: &Settings, sent: Sent, a: AnswerMsg) {
+    let indices: Vec<usize> = core
+        .chunk_indices(sent.lane, sent.seq)
+        .map(<[usize]>::to_vec)
+        .unwrap_or_default();
+    let index_of = |pos: u32| indices.get(pos as usize).copied().unwrap_or(pos as usize);
+    let mut gave_up = Vec::new();
+    let mut why = None;
+    let host: Arc<str> = Arc::from(a.node.as_str());
+    let parts = a
+        .parts
+        .into_iter()
+        .map(|p| match p {
+            WirePart::Values {
+                pid,
+                positions,
+                failures,
+                data,
+            } => Part::Values {
+                pid,
+                positions,
+                failures,
+                data: Received::Inline(data.into_vec(), 0),
+            },
+            WirePart::Failed(failed) => Part::Failed(
+                failed
+                    .into_iter()
+                    .map(|(pos, f)| {
+                        let index = index_of(pos);
+                        if let NodeFailure::Lost { last, runs } = &f {
+                            gave_up.push(index);
+                            why.get_or_insert_with(|| (*runs, last.to_string()));
+                        }
+                        (pos, f.into_error(&a.node, index, &s.address))
+                    })
+                    .collect(),
+            ),
+        })
+        .collect();
+    if let Some((runs, why)) = why {
+        tracing::warn!(
+            address = %s.address,
+            "calls {} gave up after {runs} run(s), no retry left (PoolBuilder::retries): {why}",
+            call_list(&gave_up),
+        );
+    }
+    if let Err(why) = core.on_chunk(sent.lane, sent.seq, parts, a.nanos, Some(host)) {
+        // A chunk cancelled meanwhile: its answers go nowhere.
+        tracing::debug!(node = %a.node, "ignored an answer: {why}");
+    }
+}
+
 /// No answer for a while, no node busy, and nodes refusing messages lately: the nodes
-/// do not share this caller's key. The pool's outstanding calls then answer an error
-/// that says so.
-fn check_acceptance(s: &Settings, core: &mut Core, nodes: &[NodeInfo], heard: &mut Instant) {
+/// do not share this caller's key. Then the error the pool's outstanding calls answer.
+fn check_acceptance(
+    s: &Settings,
+    core: &Core,
+    nodes: &[NodeInfo],
+    heard: &mut Instant,
+) -> Option<Error> {
     let grace = (s.lease * 2).max(Duration::from_secs(2));
     let recent = broker::now_ms().saturating_sub(grace.as_millis() as u64 * 2);
     let refusing = nodes
@@ -644,7 +958,7 @@ fn check_acceptance(s: &Settings, core: &mut Core, nodes: &[NodeInfo], heard: &m
     let busy = nodes.iter().any(|n| n.busy > 0);
     if core.outstanding() > 0 && refusing > 0 && !busy && heard.elapsed() > grace {
         *heard = Instant::now();
-        core.fail_outstanding(&Error::Cluster {
+        return Some(Error::Cluster {
             address: s.address.clone(),
             detail: format!(
                 "no node accepts this pool's work: {refusing} of {} nodes refused its messages: \
@@ -653,6 +967,7 @@ fn check_acceptance(s: &Settings, core: &mut Core, nodes: &[NodeInfo], heard: &m
             ),
         });
     }
+    None
 }
 
 crate::pool::remote::remote_pool_impls!(Pool);

@@ -12,9 +12,9 @@ use crate::wire::message::{Failure, TaskRef};
 /// A chunk of calls of one task, leased to one node at a time.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct ChunkMsg {
-    /// The caller's chunk key: lane and sequence number (echoed in the answer).
-    pub(crate) lane: u64,
-    pub(crate) seq: u64,
+    /// The caller's name for this chunk, never reused (echoed in the answer): an answer
+    /// to a chunk the caller gave up on finds nothing.
+    pub(crate) tag: u64,
     pub(crate) entry: TaskRef,
     /// The arguments end to end; `ends[i]` is where argument `i` ends.
     pub(crate) data: ByteBuf,
@@ -59,9 +59,10 @@ pub(crate) enum NodeFailure {
     Timeout {
         ms: u64,
     },
-    /// Its leases expired on these nodes, as many times as retries allow.
+    /// Its runs ended without an answer as many times as retries allow; the last
+    /// one so.
     Lost {
-        nodes: Vec<String>,
+        last: Previous,
         runs: u64,
     },
     /// Anything else, as text.
@@ -95,7 +96,8 @@ impl NodeFailure {
         }
     }
 
-    /// The caller's error for call `index` that failed so on `node`.
+    /// The caller's error for call `index` (as the caller numbers it) that failed so on
+    /// `node`.
     pub(crate) fn into_error(self, node: &str, index: usize, address: &str) -> Error {
         let error = match self {
             NodeFailure::Killed {
@@ -112,14 +114,31 @@ impl NodeFailure {
                 what: format!("call {index} of a cluster job"),
                 timeout: Duration::from_millis(ms),
             },
-            NodeFailure::Lost { nodes, runs } => {
+            NodeFailure::Lost { last, runs } => {
+                let runs = if runs == 1 {
+                    "1 run".to_owned()
+                } else {
+                    format!("{runs} runs")
+                };
+                let detail = match last {
+                    Previous::Lost(node) => format!(
+                        "call {index} was lost with node {node}, which stopped renewing its \
+                         lease: killed, cut off or frozen ({runs}, no retry left: see \
+                         PoolBuilder::retries)"
+                    ),
+                    Previous::HandedBack(node) => format!(
+                        "call {index} was handed back by node {node} (SIGTERM) before it \
+                         finished within the node's drain time ({runs}, no retry left: see \
+                         PoolBuilder::retries)"
+                    ),
+                    Previous::Refused(node) => format!(
+                        "call {index} was refused by node {node}, whose key is not the \
+                         caller's ({runs}, no retry left: see PoolBuilder::retries)"
+                    ),
+                };
                 return Error::Cluster {
                     address: address.to_owned(),
-                    detail: format!(
-                        "call {index} was lost with node(s) {} ({runs} runs whose node stopped \
-                         renewing its lease: killed, cut off or frozen)",
-                        nodes.join(", ")
-                    ),
+                    detail,
                 };
             }
             NodeFailure::Other { message } => Error::Cluster {
@@ -148,11 +167,52 @@ pub(crate) enum WirePart {
     Failed(Vec<(u32, NodeFailure)>),
 }
 
+/// How a chunk's previous run ended, when it runs again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum Previous {
+    /// Its node ("host:pid") stopped renewing the lease: killed, cut off, frozen.
+    Lost(String),
+    /// Its node got SIGTERM and handed it back, unfinished after the drain time.
+    HandedBack(String),
+    /// A node refused it: its signature did not check (that node has another key).
+    Refused(String),
+}
+
+impl std::fmt::Display for Previous {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Previous::Lost(node) => write!(
+                f,
+                "node {node} was lost (it stopped renewing its lease: killed, cut off or frozen)"
+            ),
+            Previous::HandedBack(node) => write!(f, "node {node} handed it back (SIGTERM)"),
+            Previous::Refused(node) => write!(
+                f,
+                "node {node} refused it (its key is not the caller's MULTIPROC_CLUSTER_KEY)"
+            ),
+        }
+    }
+}
+
+/// What a node sends on a caller's answers stream.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum NodeMsg {
+    /// Every answer of a chunk.
+    Answer(AnswerMsg),
+    /// A chunk starts again on `node` (run `run`), after its previous run ended so:
+    /// for the caller's log.
+    Rerun {
+        tag: u64,
+        node: String,
+        run: u64,
+        previous: Previous,
+    },
+}
+
 /// Every answer of one chunk.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct AnswerMsg {
-    pub(crate) lane: u64,
-    pub(crate) seq: u64,
+    pub(crate) tag: u64,
     /// The node that ran it ("host:pid").
     pub(crate) node: String,
     /// Time the calls took on the node's workers, in all.
@@ -183,5 +243,53 @@ impl NodeInfo {
     /// `host:pid`, how errors name the node.
     pub fn name(&self) -> String {
         format!("{}:{}", self.host, self.pid)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn detail(f: NodeFailure, index: usize) -> String {
+        f.into_error("h:1", index, "redis://r:6379/0").to_string()
+    }
+
+    #[test]
+    fn a_call_that_gave_up_is_named_by_the_callers_index_and_says_how_its_run_ended() {
+        let lost = NodeFailure::Lost {
+            last: Previous::Lost("h:7".into()),
+            runs: 1,
+        };
+        let text = detail(lost, 41);
+        assert!(text.contains("call 41 was lost with node h:7"), "{text}");
+        assert!(text.contains("killed, cut off or frozen (1 run,"), "{text}");
+        let handed = NodeFailure::Lost {
+            last: Previous::HandedBack("h:8".into()),
+            runs: 2,
+        };
+        let text = detail(handed, 3);
+        assert!(text.contains("call 3 was handed back by node h:8 (SIGTERM)"), "{text}");
+        assert!(text.contains("(2 runs,"), "{text}");
+        assert!(!text.contains("frozen"), "{text}");
+        let timeout = NodeFailure::Timeout { ms: 500 };
+        assert!(detail(timeout, 9).contains("call 9 of a cluster job"));
+    }
+
+    #[test]
+    fn node_messages_round_trip() {
+        let m = NodeMsg::Rerun {
+            tag: 5,
+            node: "h:2".into(),
+            run: 2,
+            previous: Previous::HandedBack("h:1".into()),
+        };
+        let bytes = postcard::to_stdvec(&m).unwrap();
+        match postcard::from_bytes::<NodeMsg>(&bytes).unwrap() {
+            NodeMsg::Rerun { tag, previous, .. } => {
+                assert_eq!(tag, 5);
+                assert_eq!(previous, Previous::HandedBack("h:1".into()));
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -16,16 +16,26 @@
 //!   [`Error::OnNode`](crate::Error::OnNode), which names the node); it is not run again.
 //! - **A worker process of a node dies** (a segfault, the OOM killer): that call
 //!   answers [`Error::Killed`](crate::Error::Killed) (inside [`Error::OnNode`](crate::Error::OnNode)); the node replaces the worker.
-//! - **A node is lost** (SIGKILL, a machine that fails, a network cut): the chunks it
-//!   held run again elsewhere after the lease time, at most [`PoolBuilder::retries`]
-//!   more times (default 2); then their calls answer [`Error::Cluster`](crate::Error::Cluster) naming the
-//!   node. A call may therefore **run twice**: if its node was lost after running it
-//!   but before its answer was stored. The caller keeps exactly one answer per call
-//!   (the first).
+//! - **A node is lost** (SIGKILL, a machine that fails, a network cut): within about a
+//!   lease the caller logs a warning (`tracing`) and drops it from
+//!   [`Pool::workers`]; the chunks it held run again elsewhere after the lease time,
+//!   at most [`PoolBuilder::retries`] more times (default 2; the caller warns which
+//!   calls run again); then their calls answer [`Error::Cluster`](crate::Error::Cluster)
+//!   naming the node (and the caller warns that they gave up). Errors and warnings
+//!   number calls as the caller does (their index in the map). A call may therefore
+//!   **run twice**: if its node was lost after running it but before its answer was
+//!   stored. The caller keeps exactly one answer per call (the first).
 //! - **A node is stopped with SIGTERM** (preemption, a batch system's time limit): it
-//!   takes no new chunk, lets running ones finish for a while
-//!   ([`ServeOptions::drain`]), hands the rest back at once (no lease wait), and
-//!   exits 0.
+//!   takes no new chunk; running ones (its first included) finish within the drain time
+//!   ([`ServeOptions::drain`]) and are answered, and the node exits 0 as soon as none
+//!   runs. What still runs when the drain time ends is handed back at once (no lease
+//!   wait) and runs again elsewhere; that run counts against [`PoolBuilder::retries`],
+//!   and with none left the calls answer "handed back by node host:pid (SIGTERM)".
+//! - **No node can take the work** (none connected, or only nodes of other builds):
+//!   after [`PoolBuilder::wait_for_nodes`] (default 10 s) the waiting calls answer
+//!   [`Error::Cluster`](crate::Error::Cluster) saying which: "no node connected", or
+//!   "no node of this build (3 nodes of other builds are connected: rebuild/restart
+//!   them)".
 //! - **The caller dies**: its keys expire 4 leases after its last heartbeat; nodes
 //!   check that the caller lives before running a chunk of it and drop the chunks of
 //!   a caller that is gone. Nothing of it stays in Redis.
@@ -35,7 +45,9 @@
 //!
 //! **Only the same build.** Calls name their task by code offsets, so every key lives
 //! under the build id: a node sees only work of its own build, and says so when it
-//! sees none.
+//! sees none. One key is shared by every build, a registry of nodes and their build ids
+//! (`multiproc:nodes`), so that a caller no node serves can say that nodes of other
+//! builds are there.
 //!
 //! **Security.** Anyone who can write to the Redis database could make a node jump to
 //! an offset in its code, so every message that carries work (chunk, answer) is signed with
@@ -45,7 +57,9 @@
 //! start. A message that fails the check is not run: it is counted in the node's
 //! heartbeat ([`NodeInfo::refused`]) and handed to another node, and deleted after 5
 //! refusals; a caller whose work no node accepts gets "N nodes refused its messages:
-//! wrong key?". Redis passwords, ACL users and TLS (`rediss://`, feature `cluster-tls`)
+//! wrong key?". Heartbeats, the registry of nodes and the consumer names that say how
+//! a chunk's last run ended are not signed: they carry no work, and a forged one
+//! changes only the words of an error or a log line. Redis passwords, ACL users and TLS (`rediss://`, feature `cluster-tls`)
 //! go in the URL.
 //!
 //! **Values.** The same codec and frame limit as the local pool. OS handles (pipes,

@@ -19,7 +19,7 @@ use serde_bytes::ByteBuf;
 
 use super::auth::Key;
 use super::broker::{self, Broker, GROUP, Keys};
-use super::message::{AnswerMsg, ChunkMsg, NodeFailure, NodeInfo, WirePart};
+use super::message::{AnswerMsg, ChunkMsg, NodeFailure, NodeInfo, NodeMsg, Previous, WirePart};
 use crate::error::{Error, Result};
 use crate::pool::Pool;
 use crate::pool::api::sealed::Control;
@@ -32,6 +32,14 @@ pub const CLUSTER_ENV: &str = "MULTIPROC_CLUSTER";
 /// A message that fails its signature check this many times (on any node) is deleted:
 /// it was forged, or no node has the key it was signed with.
 const MAX_REFUSALS: usize = 5;
+
+/// A chunk handed back on SIGTERM is left to the consumer `sigterm:<node>` (and one
+/// whose signature a node refused, to `refused:<node>`), so that the node that takes
+/// it next knows how its previous run ended: a drain, not a lost node. (Consumer names
+/// are not signed: anyone who can write to Redis could change them, and with them only
+/// the words of an error.)
+const HANDED_BACK: &str = "sigterm:";
+const REFUSED: &str = "refused:";
 
 /// Options of [`serve`].
 #[derive(Clone, Debug)]
@@ -83,7 +91,9 @@ impl ServeOptions {
     }
 
     /// On SIGTERM, how long running chunks may take to finish before the node hands
-    /// them back (default 30 s).
+    /// them back (default 30 s). Chunks that finish in time are answered, and the node
+    /// exits as soon as none runs; a handed-back chunk runs again on another node, and
+    /// that run counts against the caller's retries.
     pub fn drain(mut self, drain: Duration) -> Self {
         self.drain = drain;
         self
@@ -172,6 +182,8 @@ struct Done {
 
 struct Node {
     keys: Keys,
+    /// This build's id (hex), as the registry of every build's nodes lists it.
+    build: String,
     name: String,
     host: String,
     key: Key,
@@ -221,8 +233,10 @@ pub fn serve(url: &str, options: ServeOptions) -> Result<()> {
     }
     let pool = pool.build()?;
     let host = super::hostname();
+    let build = crate::task::hex(crate::task::build_id());
     let node = Arc::new(Node {
-        keys: Keys::new(&crate::task::hex(crate::task::build_id())),
+        keys: Keys::new(&build),
+        build,
         name: format!("{host}:{}", std::process::id()),
         host,
         key,
@@ -276,12 +290,14 @@ pub fn serve(url: &str, options: ServeOptions) -> Result<()> {
     Ok(())
 }
 
-/// Connects, retrying with backoff until it works or the node stops.
-fn connect(node: &Node, url: &str) -> Option<Broker> {
+/// Connects, retrying with backoff until it works or the thread must end: the taker
+/// (`taker`) ends on SIGTERM (it takes no new work then); the answerer and the
+/// heartbeat go on through the drain, when running chunks still need their answers
+/// sent and their leases renewed, and end when the node quits.
+fn connect(node: &Node, url: &str, taker: bool) -> Option<Broker> {
     let mut backoff = Duration::from_millis(100);
     loop {
-        // A node told to stop does not wait for Redis to come back.
-        if node.quit.load(Ordering::SeqCst) || node.stop.load(Ordering::SeqCst) {
+        if node.quit.load(Ordering::SeqCst) || (taker && node.stop.load(Ordering::SeqCst)) {
             return None;
         }
         match Broker::connect(url, Duration::from_secs(5)) {
@@ -305,7 +321,7 @@ fn take_loop(node: &Arc<Node>, url: &str, pool: &Pool, done: &mpsc::Sender<Done>
             if node.stop.load(Ordering::SeqCst) {
                 return;
             }
-            redis = connect(node, url);
+            redis = connect(node, url, true);
             continue;
         };
         let free = node.slots.saturating_sub(node.busy());
@@ -417,7 +433,8 @@ fn take(
             if let Some(entry) = b.claim(&stream, &node.name, node.lease, &p.id)? {
                 let runs = p.times_delivered as u64;
                 tracing::debug!(node = %node.name, id = %entry.id, from = %p.consumer, "took over an expired lease");
-                if handle(node, b, caller, &entry, runs + 1, &[p.consumer], pool, done)? {
+                let previous = previous_run(&p.consumer);
+                if handle(node, b, caller, &entry, runs + 1, Some(previous), pool, done)? {
                     free -= 1;
                 }
             }
@@ -447,9 +464,20 @@ fn take(
         let Some(caller) = callers.iter().find(|c| node.calls_of(c) == stream) else {
             continue;
         };
-        handle(node, b, caller, &entry, 1, &[], pool, done)?;
+        handle(node, b, caller, &entry, 1, None, pool, done)?;
     }
     Ok(())
+}
+
+/// How the previous run of a chunk last leased to `consumer` ended.
+fn previous_run(consumer: &str) -> Previous {
+    if let Some(n) = consumer.strip_prefix(HANDED_BACK) {
+        Previous::HandedBack(n.to_owned())
+    } else if let Some(n) = consumer.strip_prefix(REFUSED) {
+        Previous::Refused(n.to_owned())
+    } else {
+        Previous::Lost(consumer.to_owned())
+    }
 }
 
 /// Ends the lease of `id` and deletes the entry (its answer went out, or it is
@@ -462,15 +490,22 @@ fn finish_entry(b: &mut Broker, stream: &str, id: &str) -> Result<()> {
 }
 
 /// Makes `id` claimable by another node at once (its idle time set far past any
-/// lease), without counting a delivery.
-fn release_entry(node: &Node, b: &mut Broker, stream: &str, id: &str) -> Result<()> {
+/// lease), without counting a delivery; leased meanwhile to `consumer` (see
+/// [`HANDED_BACK`]).
+fn release_entry(
+    node: &Node,
+    b: &mut Broker,
+    stream: &str,
+    id: &str,
+    consumer: &str,
+) -> Result<()> {
     let idle = u64::try_from(node.lease.saturating_mul(1000).as_millis()).unwrap_or(u64::MAX);
     b.run::<redis::Value>(
         "cannot hand back a lease",
         redis::cmd("XCLAIM")
             .arg(stream)
             .arg(GROUP)
-            .arg(&node.name)
+            .arg(consumer)
             .arg(0)
             .arg(id)
             .arg("IDLE")
@@ -488,7 +523,7 @@ fn handle(
     caller: &str,
     entry: &StreamId,
     runs: u64,
-    lost_on: &[String],
+    previous: Option<Previous>,
     pool: &Pool,
     done: &mpsc::Sender<Done>,
 ) -> Result<bool> {
@@ -504,7 +539,8 @@ fn handle(
         if runs as usize >= MAX_REFUSALS {
             finish_entry(b, &stream, &entry.id)?;
         } else {
-            release_entry(node, b, &stream, &entry.id)?;
+            let to = format!("{REFUSED}{}", node.name);
+            release_entry(node, b, &stream, &entry.id, &to)?;
         }
         return Ok(false);
     };
@@ -529,8 +565,7 @@ fn handle(
         caller: caller.to_owned(),
         id: entry.id.clone(),
         answer: AnswerMsg {
-            lane: msg.lane,
-            seq: msg.seq,
+            tag: msg.tag,
             node: node.name.clone(),
             nanos: 0,
             parts,
@@ -538,10 +573,11 @@ fn handle(
     };
     let calls = msg.ends.len() as u32;
     if runs > u64::from(msg.retries) + 1 {
+        let last = previous.unwrap_or_else(|| Previous::Lost("?".to_owned()));
         let failed = (0..calls)
             .map(|p| {
                 let f = NodeFailure::Lost {
-                    nodes: lost_on.to_vec(),
+                    last: last.clone(),
                     runs: runs - 1,
                 };
                 (p, f)
@@ -602,7 +638,39 @@ fn handle(
         }
         Err(e) => collector.fail_rest(&NodeFailure::of(&e)),
     }
+    if let Some(previous) = previous {
+        // For the caller's log; the chunk runs whether this arrives or not.
+        let notice = NodeMsg::Rerun {
+            tag: msg.tag,
+            node: node.name.clone(),
+            run: runs,
+            previous,
+        };
+        if let Err(e) = send_to_caller(node, b, caller, &notice) {
+            tracing::debug!(node = %node.name, "{e}");
+        }
+    }
     Ok(true)
+}
+
+/// Adds a signed message to `caller`'s answers stream, if the stream still exists.
+fn send_to_caller(node: &Node, b: &mut Broker, caller: &str, msg: &NodeMsg) -> Result<()> {
+    let answers = node.keys.answers(caller);
+    let body = postcard::to_stdvec(msg).map_err(|e| Error::Cluster {
+        address: b.address.clone(),
+        detail: format!("a message did not encode: {e}"),
+    })?;
+    let signed = node.key.sign(answers.as_bytes(), &body);
+    b.run::<redis::Value>(
+        "cannot send a notice",
+        redis::cmd("XADD")
+            .arg(&answers)
+            .arg("NOMKSTREAM")
+            .arg("*")
+            .arg("m")
+            .arg(&signed),
+    )
+    .map(|_| ())
 }
 
 /// Stands in for a chunk's control until its local job exists.
@@ -719,13 +787,20 @@ impl Sink for Collector {
     }
 }
 
-/// Sends each finished chunk's answers, then ends its lease.
+/// Sends each finished chunk's answers, then ends its lease; until the node quits
+/// (SIGTERM included: chunks that finish during the drain are answered).
 fn answer_loop(node: &Node, url: &str, rx: mpsc::Receiver<Done>) {
     let mut redis: Option<Broker> = None;
-    for done in rx {
+    loop {
+        let done = match rx.recv_timeout(Duration::from_millis(50)) {
+            Ok(d) => d,
+            Err(mpsc::RecvTimeoutError::Timeout) if !node.quit.load(Ordering::SeqCst) => continue,
+            // Quitting with nothing left to send, or every sender gone.
+            Err(_) => return,
+        };
         let stream = node.calls_of(&done.caller);
         let answers = node.keys.answers(&done.caller);
-        let body = match postcard::to_stdvec(&done.answer) {
+        let body = match postcard::to_stdvec(&NodeMsg::Answer(done.answer)) {
             Ok(b) => b,
             Err(e) => {
                 tracing::error!(node = %node.name, "an answer did not encode: {e}");
@@ -735,7 +810,7 @@ fn answer_loop(node: &Node, url: &str, rx: mpsc::Receiver<Done>) {
         let signed = node.key.sign(answers.as_bytes(), &body);
         loop {
             let Some(b) = redis.as_mut() else {
-                redis = connect(node, url);
+                redis = connect(node, url, false);
                 if redis.is_none() {
                     return;
                 }
@@ -780,7 +855,7 @@ fn heartbeat_loop(node: &Node, url: &str) {
                 redis = None;
             }
         } else {
-            redis = connect(node, url);
+            redis = connect(node, url, false);
             continue;
         }
         let rest = period.saturating_sub(started.elapsed());
@@ -796,6 +871,10 @@ fn heartbeat_loop(node: &Node, url: &str) {
         p.cmd("ZREM")
             .arg(node.keys.nodes())
             .arg(&node.name)
+            .ignore();
+        p.cmd("ZREM")
+            .arg(Keys::registry())
+            .arg(Keys::registry_member(&node.build, &node.name))
             .ignore();
         let _ = b.pipe::<()>("cannot remove the node's info", &p);
     }
@@ -878,6 +957,20 @@ fn beat(node: &Node, b: &mut Broker) -> Result<()> {
         .arg(node.keys.nodes())
         .arg(ttl * 10)
         .ignore();
+    // The registry of every build's nodes, scored by when each entry expires, so that
+    // a caller of another build can say why no node takes its work.
+    let registry = Keys::registry();
+    p.cmd("ZADD")
+        .arg(&registry)
+        .arg(info.heartbeat_ms.saturating_add(ttl))
+        .arg(Keys::registry_member(&node.build, &node.name))
+        .ignore();
+    p.cmd("ZREMRANGEBYSCORE")
+        .arg(&registry)
+        .arg("-inf")
+        .arg(format!("({}", info.heartbeat_ms))
+        .ignore();
+    p.cmd("PEXPIRE").arg(&registry).arg(ttl * 10).ignore();
     b.pipe("cannot renew leases", &p)
 }
 
@@ -897,10 +990,30 @@ fn hand_back(node: &Node, url: &str) {
         tracing::warn!(node = %node.name, "cannot reach Redis to hand back {} chunks; their leases will expire", held.len());
         return;
     };
+    tracing::info!(node = %node.name, chunks = held.len(), "drain time over: handing back the chunks still running");
+    let to = format!("{HANDED_BACK}{}", node.name);
     for ((stream, id), h) in held {
         h.control.cancel(h.job, true);
-        if let Err(e) = release_entry(node, &mut b, &stream, &id) {
+        if let Err(e) = release_entry(node, &mut b, &stream, &id, &to) {
             tracing::warn!(node = %node.name, "{e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_consumer_of_a_released_chunk_says_how_its_last_run_ended() {
+        assert_eq!(
+            previous_run(&format!("{HANDED_BACK}h:1")),
+            Previous::HandedBack("h:1".into())
+        );
+        assert_eq!(
+            previous_run(&format!("{REFUSED}h:2")),
+            Previous::Refused("h:2".into())
+        );
+        assert_eq!(previous_run("h:3"), Previous::Lost("h:3".into()));
     }
 }

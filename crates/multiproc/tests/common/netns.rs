@@ -17,7 +17,10 @@ impl TwoHosts {
     pub const ADDRS: [&str; 2] = ["10.99.0.1", "10.99.0.2"];
 
     pub fn create() -> Result<TwoHosts, String> {
-        let id = std::process::id();
+        // Unique per pair: tests of one process may make pairs at the same time.
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = format!("{}x{n}", std::process::id());
         let names = [format!("mpa{id}"), format!("mpb{id}")];
         let dir = std::env::temp_dir().join(format!("multiproc-netns-{id}"));
         let hosts = TwoHosts { names, dir };

@@ -847,6 +847,16 @@ impl Core {
         Ok(())
     }
 
+    /// The job's numbers (as the caller sees them) of the calls of chunk `seq` held by
+    /// worker `id`, by position in the chunk: for errors and logs of a pool whose
+    /// answers name calls by position.
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    pub(crate) fn chunk_indices(&self, id: WorkerId, seq: u64) -> Option<&[usize]> {
+        let slot = self.slots.get(&id)?;
+        let held = slot.held.iter().find(|h| h.seq == seq)?;
+        Some(&held.indices)
+    }
+
     /// The panic hook of worker `id` reported a panic under `panic = "abort"`.
     pub(crate) fn on_aborting(&mut self, id: WorkerId, abort: Abort) {
         if let Some(s) = self.slots.get_mut(&id) {
