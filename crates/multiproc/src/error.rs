@@ -379,6 +379,14 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+
+    /// An argument that cannot work, refused where it is given (a pool of 0 workers,
+    /// `max_tasks_per_child(0)`, a barrier too large): Python raises `ValueError`.
+    #[error("invalid argument: {detail}")]
+    InvalidArgument {
+        /// What was wrong, and what to give instead.
+        detail: String,
+    },
 }
 
 fn location_suffix(location: &Option<String>) -> String {
@@ -497,6 +505,9 @@ impl Error {
             Io { context, source } => Io {
                 context,
                 source: io_copy(source),
+            },
+            InvalidArgument { detail } => InvalidArgument {
+                detail: detail.clone(),
             },
         }
     }
