@@ -21,8 +21,9 @@ pub(super) fn start(theirs: OwnedFd) -> io::Result<u32> {
         // the one thread it has) rather than perhaps held by a thread it lacks.
         let mut slot = runtime_slot();
         let mut children = super::children::lock();
-        // A Ctrl-C must not kill the child before it ignores SIGINT as a worker does:
-        // blocked across the fork, it stays pending until the child ignores it.
+        // A Ctrl-C must not kill the child before it sets a worker's SIGINT handling:
+        // blocked across the fork, it stays pending until the child's handler takes it
+        // (and drops it; an interrupt sent meanwhile is acted on then).
         let mask = sys::proc::block_sigint();
         let forked = fork();
         if !matches!(forked, Ok(Forked::Child)) {
@@ -30,8 +31,8 @@ pub(super) fn start(theirs: OwnedFd) -> io::Result<u32> {
         }
         match forked? {
             Forked::Child => {
-                sys::proc::ignore_sigint();
-                sys::proc::restore_sigmask(mask);
+                // SIGINT stays blocked until the worker's handler is in place
+                // (`child::serve`, which unblocks it).
                 // What C's stdio buffered is the parent's to write (see `flush_c_stdio`).
                 sys::proc::purge_inherited_c_stdio();
                 drop(out);

@@ -296,9 +296,11 @@ pub(crate) fn is_secure_exec() -> bool {
 /// With `interruptible` (a worker, not the fork server), SIGINT is caught rather than
 /// ignored: a handler drops every SIGINT (the terminal's Ctrl-C, `kill -INT`) but the
 /// one [`pidfd_interrupt`] sends, which ends the process as an unhandled SIGINT does.
+/// A child comes to life with SIGINT blocked (see the start methods), so that an
+/// interrupt sent before this point waits, pending, for the handler; it is unblocked
+/// here. The fork server keeps it blocked (and ignored), for its children.
 pub(crate) fn worker_signals(interruptible: bool) {
     for (sig, handler) in [
-        (NixSignal::SIGINT, SigHandler::SigIgn),
         (NixSignal::SIGPIPE, SigHandler::SigIgn),
         (NixSignal::SIGTERM, SigHandler::SigDfl),
     ] {
@@ -306,7 +308,11 @@ pub(crate) fn worker_signals(interruptible: bool) {
         // signal context.
         let _ = unsafe { nix::sys::signal::signal(sig, handler) };
     }
-    if interruptible {
+    if !interruptible {
+        ignore_sigint();
+    } else {
+        // Straight to the handler, never through SIG_IGN: that would discard an
+        // interrupt already pending.
         let action = SigAction::new(
             SigHandler::SigAction(on_sigint),
             // SA_RESTART: a dropped Ctrl-C interrupts as few of the task's calls as can be.
@@ -316,6 +322,8 @@ pub(crate) fn worker_signals(interruptible: bool) {
         // SAFETY: `on_sigint` only reads its siginfo and calls the async-signal-safe
         // `signal` and `raise`.
         let _ = unsafe { nix::sys::signal::sigaction(NixSignal::SIGINT, &action) };
+        let sigint = SigSet::from(NixSignal::SIGINT);
+        let _ = pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&sigint), None);
     }
 }
 
