@@ -9,14 +9,14 @@ use crate::sys::proc::{Forked, die_with_parent, exit_now, fork};
 
 pub(super) fn start(theirs: OwnedFd) -> io::Result<u32> {
     let parent = std::process::id();
+    // Rust's stdout is flushed first, here on the calling thread (which may hold its
+    // lock: the launcher could not take it): a partial line it buffered is the
+    // parent's, and the child would write it again when it ends. (Python flushes its
+    // streams before a fork too.)
+    let _ = std::io::Write::flush(&mut std::io::stdout());
     runtime().on_launcher(move || {
         // Before the fork, so that the child need not (see the function's notes).
         crate::child::install_panic_hook();
-        // Rust's stdout, flushed and held across the fork (first, before multiproc's
-        // own locks): a partial line it buffered is the parent's, and would otherwise
-        // be written again by the child when it ends (Python flushes before a fork too).
-        let mut out = std::io::stdout().lock();
-        let _ = std::io::Write::flush(&mut out);
         // Held across fork so that the child finds this lock in a known state (held by
         // the one thread it has) rather than perhaps held by a thread it lacks.
         let mut slot = runtime_slot();
@@ -35,7 +35,6 @@ pub(super) fn start(theirs: OwnedFd) -> io::Result<u32> {
                 // (`child::serve`, which unblocks it).
                 // What C's stdio buffered is the parent's to write (see `flush_c_stdio`).
                 sys::proc::purge_inherited_c_stdio();
-                drop(out);
                 // Its own children start as it was started (Python's `fork` context).
                 super::set_start_method(super::StartMethod::Fork);
                 forget_runtime_after_fork(&mut slot);
@@ -56,7 +55,6 @@ pub(super) fn start(theirs: OwnedFd) -> io::Result<u32> {
             Forked::Parent(pid) => {
                 drop(children);
                 drop(slot);
-                drop(out);
                 drop(theirs);
                 Ok(pid)
             }
