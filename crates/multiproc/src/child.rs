@@ -7,7 +7,7 @@ use std::rc::Rc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use crate::start::ENV_CHILD;
+use crate::start::{ENV_CHILD, ENV_START_METHOD};
 use crate::sys;
 use crate::wire::message::{Failure, Reply};
 
@@ -50,6 +50,12 @@ pub(crate) fn enter_if_child() {
         return;
     };
     sys::proc::remove_env(ENV_CHILD);
+    // How the parent started us (only Spawn says): our own children start the same
+    // way by default, as in Python.
+    let method = std::env::var_os(ENV_START_METHOD);
+    if method.is_some() {
+        sys::proc::remove_env(ENV_START_METHOD);
+    }
     let refuse = |why: &str| -> ! {
         let _ = writeln!(
             std::io::stderr(),
@@ -85,7 +91,12 @@ pub(crate) fn enter_if_child() {
         Err(e) => refuse(&e.to_string()),
     }
     match role {
-        "worker" => serve(sock, Origin::Execd),
+        "worker" => {
+            if let Some(m) = method.and_then(|m| m.to_str()?.parse().ok()) {
+                crate::start::set_start_method(m);
+            }
+            serve(sock, Origin::Execd)
+        }
         "forkserver" => crate::start::forkserver::serve(sock),
         "shmtracker" => crate::shm::tracker::serve(sock),
         other => refuse(&format!("unknown role {other:?}")),
@@ -122,6 +133,9 @@ pub(crate) fn install_panic_hook() {
                 return previous(info);
             }
             let panic = Panic::of(info);
+            // On this process's own stderr too, as an uncaught panic of any program
+            // shows (the parent gets it in the error as well).
+            panic.report();
             if cfg!(panic = "abort") {
                 CURRENT.with(|c| {
                     if let Some((sock, seq, _)) = c.borrow().as_ref() {
@@ -153,6 +167,28 @@ struct Panic {
 }
 
 impl Panic {
+    /// Writes the panic to stderr, naming the process, in the form of Rust's own
+    /// panic message.
+    fn report(&self) {
+        let name = name().unwrap_or_else(|| "a multiproc child".to_owned());
+        let at = self
+            .location
+            .as_deref()
+            .map(|l| format!(" at {l}"))
+            .unwrap_or_default();
+        let bt = self
+            .backtrace
+            .as_deref()
+            .map(|b| format!("\nstack backtrace:\n{b}"))
+            .unwrap_or_default();
+        let _ = writeln!(
+            std::io::stderr(),
+            "process {} ({name}) panicked{at}:\n{}{bt}",
+            std::process::id(),
+            self.message
+        );
+    }
+
     fn of(info: &std::panic::PanicHookInfo<'_>) -> Panic {
         let bt = std::backtrace::Backtrace::capture();
         Panic {
@@ -234,8 +270,15 @@ fn node_worker_signals() {
 }
 
 /// The worker loop over the socket to the parent. Never returns.
+///
+/// The process ends with `_exit` once the parent says so: what the task printed is
+/// flushed first (Rust's `stdout`; C's `stdout` and `stderr`, and every C stream in a
+/// child that was exec'd), but `atexit` handlers, C++ static destructors and other
+/// threads' thread-local destructors do not run: in a `Fork` child they are the
+/// parent's (they would run twice), and every start method ends the same way (as
+/// Python's fork and forkserver children end with `os._exit`).
 pub(crate) fn serve(sock: OwnedFd, origin: Origin) -> ! {
-    sys::proc::worker_signals();
+    sys::proc::worker_signals(true);
     #[cfg(feature = "cluster")]
     node_worker_signals();
     PARENT_PID.store(nix::unistd::getppid().as_raw() as u32, Ordering::Relaxed);
@@ -244,5 +287,6 @@ pub(crate) fn serve(sock: OwnedFd, origin: Origin) -> ! {
     let code = crate::worker::serve(&mut link, origin);
     drop(link);
     let _ = std::io::stdout().flush();
+    sys::proc::flush_c_stdio(origin == Origin::Execd);
     sys::proc::exit_now(code)
 }

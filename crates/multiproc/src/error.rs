@@ -425,6 +425,14 @@ pub enum Error {
         /// Which channel.
         what: &'static str,
     },
+
+    /// An argument that cannot work, refused where it is given (a pool of 0 workers,
+    /// `max_tasks_per_child(0)`, a barrier too large): Python raises `ValueError`.
+    #[error("invalid argument: {detail}")]
+    InvalidArgument {
+        /// What was wrong, and what to give instead.
+        detail: String,
+    },
 }
 
 fn location_suffix(location: &Option<String>) -> String {
@@ -556,6 +564,9 @@ impl Error {
             BufferTooShort { room, message } => BufferTooShort {
                 room: *room,
                 message: message.clone(),
+            },
+            InvalidArgument { detail } => InvalidArgument {
+                detail: detail.clone(),
             },
         }
     }

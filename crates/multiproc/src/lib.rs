@@ -209,6 +209,19 @@ pub fn current_process() -> ProcessInfo {
 }
 
 /// The multiproc parent of this process, or `None` if multiproc did not start it.
+///
+/// Its `name` is `MainProcess` whatever its parent named it (a child is not told).
+///
+/// # No `is_alive()`, no `join()`
+///
+/// Python's `parent_process()` returns a handle whose `is_alive()` a child polls (or
+/// whose sentinel it waits on) to stop once its parent is gone. A multiproc child
+/// cannot outlive its parent: the kernel kills it (SIGKILL, the parent-death signal)
+/// the moment the parent ends, however it ends, under every start method, and its
+/// own children die with it in turn. Seen from a running child, the parent is
+/// always alive, and a wait for its end would never return; such a handle would only
+/// answer that, so multiproc offers none. To act before the end, let the parent tell
+/// the child (an [`Event`], a [`Queue`]).
 pub fn parent_process() -> Option<ProcessInfo> {
     child::parent_pid().map(|pid| ProcessInfo {
         pid,

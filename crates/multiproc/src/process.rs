@@ -34,11 +34,26 @@ use crate::wire::{self, FrameDecoder, Received, recv_frame, send_all};
 /// # Ok(()) }
 /// ```
 ///
-/// # Dropping
+/// # Dropping, and daemon processes
 ///
 /// Dropping a `Process` that was not joined **kills it** (SIGKILL) and reaps it: nobody
 /// can read its result any more, and a process left running would outlive its handle
 /// (an orphan) or, once finished, stay a zombie. To let a child finish, join it.
+///
+/// Python instead joins its non-daemonic children when the interpreter exits, and
+/// kills only those marked `daemon`. multiproc has no `daemon` flag, deliberately:
+/// - A Rust program has no "interpreter exit" to join at; the handle's scope is the
+///   one lifetime a child can be tied to, and `Drop` is where it ends.
+/// - A dropped handle's child can hand nothing back (its result travels only through
+///   the handle), so letting it run on buys nothing but side effects nobody checks.
+/// - Waiting in `drop` instead (a "non-daemonic" drop) would block a parent that is
+///   unwinding from a panic on a child that may never end, and would hide the child's
+///   failure: its error is only in `join`'s result. Join explicitly (with
+///   [`join_timeout`](Process::join_timeout) if it may hang) to wait.
+/// - At process exit every multiproc child already ends with its parent (the
+///   kernel's parent-death signal), even when the parent is killed: all children are
+///   "daemonic" there, and none is left behind. Unlike Python's daemonic processes,
+///   a multiproc child may start children of its own.
 #[must_use = "dropping a Process kills it; call join() to wait for its result"]
 pub struct Process<R> {
     pid: u32,
@@ -264,6 +279,34 @@ impl<R: DeserializeOwned> Process<R> {
     /// Sends SIGKILL. A no-op once the child was reaped.
     pub fn kill(&self) -> Result<()> {
         self.signal(crate::Signal::KILL)
+    }
+
+    /// Sends SIGINT, as Python's `Process.interrupt` (where it raises
+    /// `KeyboardInterrupt` in the child). Rust has no such exception: the child ends as
+    /// a program without a SIGINT handler does, and a later `join` reports
+    /// [`Error::Killed`] with `SIGINT`. A task that installs its own SIGINT handler
+    /// receives the signal instead (to stop cleanly). A no-op once the child was
+    /// reaped.
+    ///
+    /// Only this SIGINT ends a child: a worker drops every other one (the terminal's
+    /// Ctrl-C, which reaches the whole process group, or `kill -INT`), since the parent
+    /// decides how its children end.
+    ///
+    /// ```
+    /// fn nap(ms: u64) { std::thread::sleep(std::time::Duration::from_millis(ms)) }
+    ///
+    /// # fn main() -> multiproc::Result<()> {
+    /// let p = multiproc::Process::start(nap, 60_000)?;
+    /// p.interrupt()?;
+    /// assert_eq!(p.join().unwrap_err().signal(), Some(multiproc::Signal::INT));
+    /// # Ok(()) }
+    /// ```
+    pub fn interrupt(&self) -> Result<()> {
+        if self.reaped {
+            return Ok(());
+        }
+        sys::proc::pidfd_interrupt(self.pidfd.as_fd())
+            .map_err(|e| Error::io("interrupting a child process", e))
     }
 
     fn signal(&self, signal: crate::Signal) -> Result<()> {

@@ -80,9 +80,12 @@ pub struct ThreadPoolBuilder {
 }
 
 impl ThreadPoolBuilder {
-    /// Number of threads; default [`cpu_count`](crate::cpu_count).
+    /// Number of threads; default [`cpu_count`](crate::cpu_count). 0 makes
+    /// [`build`](ThreadPoolBuilder::build) fail with
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument), as Python's
+    /// `ThreadPoolExecutor(0)` raises `ValueError`.
     pub fn threads(mut self, n: usize) -> Self {
-        self.threads = Some(n.max(1));
+        self.threads = Some(n);
         self
     }
 
@@ -105,8 +108,15 @@ impl ThreadPoolBuilder {
         self
     }
 
-    /// Starts the threads.
+    /// Starts the threads. Errors: [`Error::InvalidArgument`] for `threads(0)`.
     pub fn build(self) -> Result<ThreadPool> {
+        if self.threads == Some(0) {
+            return Err(Error::InvalidArgument {
+                detail: "a thread pool needs at least 1 thread, not 0 (leave the count out \
+                         for one per CPU)"
+                    .into(),
+            });
+        }
         let n = self.threads.unwrap_or_else(crate::cpu_count);
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
@@ -161,7 +171,7 @@ fn run_thread(shared: &Shared) {
 }
 
 impl ThreadPool {
-    /// A pool of `threads` threads.
+    /// A pool of `threads` threads; 0 is refused with [`Error::InvalidArgument`].
     pub fn new(threads: usize) -> Result<ThreadPool> {
         ThreadPool::builder().threads(threads).build()
     }

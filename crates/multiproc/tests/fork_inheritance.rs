@@ -147,10 +147,13 @@ fn a_child_holds_only_what_its_task_was_given() {
         std::env::temp_dir().join(format!("multiproc-fork-inheritance-{}", std::process::id()));
     let file = std::fs::File::create(&file_path).unwrap();
     let ours: BTreeSet<String> = open_files().difference(&before).cloned().collect();
+    // A queue holds its two sockets, its state and its spill log (two memory files), an
+    // eventfd that says the log holds items, and the epoll set that `AsFd` gives.
     assert_eq!(
         ours.len(),
-        5,
-        "two pipe ends, two queue sockets, a file: {ours:?}"
+        9,
+        "two pipe ends; a queue's two sockets, two memory files, eventfd and epoll set; \
+         a file: {ours:?}"
     );
     for m in StartMethod::ALL {
         let child_files = start(m, files_in_child, ()).join().unwrap();

@@ -81,7 +81,10 @@ fn cancel_a_queued_call_a_running_call_and_a_finished_call_on_a_process_pool() {
 
     assert!(running.cancel());
     assert!(running.cancelled());
-    assert!(!running.cancel(), "a second cancel finds it done");
+    assert!(
+        running.cancel(),
+        "a second cancel: still cancelled, as Future.cancel says"
+    );
     assert!(matches!(running.get(), Err(Error::Cancelled)));
 
     // Its worker was killed and replaced; the next call runs on the new one.

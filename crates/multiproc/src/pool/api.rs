@@ -2,7 +2,7 @@
 //! written once over a small backend trait each pool implements.
 
 use std::sync::mpsc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -189,45 +189,55 @@ pub trait TaskPool: Backend {
 
     /// Runs `f` on every item; returns the results in input order, or the first error
     /// to arrive (remaining work of the call is cancelled).
+    ///
+    /// Python's `starmap(f, [(a, b), ...])` is this `map` with a tuple argument: the
+    /// task takes `(a, b): (A, B)` and the items are tuples. (A separate `starmap`
+    /// would be `map` under another name: Rust functions take one typed argument
+    /// here, and a tuple is one.)
+    ///
+    /// ```
+    /// use multiproc::prelude::*;
+    /// fn pow((base, exp): (u64, u32)) -> u64 { base.pow(exp) }
+    ///
+    /// # fn main() -> multiproc::Result<()> {
+    /// let pool = Pool::new(2)?;
+    /// assert_eq!(pool.map(pow, [(2, 3), (3, 2)])?, vec![8, 9]); // starmap
+    /// # Ok(()) }
+    /// ```
+    #[doc(alias = "starmap")]
     fn map<A: Arg, R: Ret>(
         &self,
         f: fn(A) -> R,
         items: impl IntoIterator<Item = A>,
     ) -> Result<Vec<R>> {
-        let items: Vec<A> = items.into_iter().collect();
-        let n = items.len();
-        let (job, mut rx) = run_all(self, f, items, self.chunk_size(), true)?;
-        let cancel = CancelOnDrop {
-            pool: self,
-            job,
-            armed: true,
-        };
-        let mut out: Vec<Option<R>> = (0..n).map(|_| None).collect();
-        let mut bar = self.progress().start(Some(n as u64));
-        let mut received = 0;
-        while received < n {
-            let batch = match rx.recv(None) {
-                Step::Got(batch) => batch,
-                Step::Empty => continue,
-                Step::Ended => return Err(Error::PoolTerminated),
-            };
-            received += batch.len();
-            bar.set(received as u64);
-            if let Some((_, e)) = batch.errors.into_iter().next() {
-                return Err(e);
-            }
-            for (i, v) in batch.values {
-                if let Some(slot) = out.get_mut(i) {
-                    *slot = Some(v);
-                }
-            }
-        }
-        bar.finish();
-        let mut cancel = cancel;
-        cancel.armed = false;
-        out.into_iter()
-            .collect::<Option<Vec<R>>>()
-            .ok_or(Error::PoolTerminated)
+        map_until(self, f, items, None)
+    }
+
+    /// Like [`map`](TaskPool::map), with a deadline: once `timeout` has passed without
+    /// every result, answers [`Error::Timeout`] and cancels the rest of the call
+    /// (queued calls are dropped; running ones are stopped where the pool can, as
+    /// [`AsyncResult::cancel`] does: a process pool's worker that holds only this
+    /// call's work is killed and replaced).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use multiproc::prelude::*;
+    /// fn nap(ms: u64) -> u64 { std::thread::sleep(Duration::from_millis(ms)); ms }
+    ///
+    /// # fn main() -> multiproc::Result<()> {
+    /// let pool = Pool::new(2)?;
+    /// let e = pool.map_timeout(nap, [1, 60_000], Duration::from_millis(200)).unwrap_err();
+    /// assert!(e.is_timeout());
+    /// assert_eq!(pool.map_timeout(nap, [1, 2], Duration::from_secs(30))?, vec![1, 2]);
+    /// # Ok(()) }
+    /// ```
+    fn map_timeout<A: Arg, R: Ret>(
+        &self,
+        f: fn(A) -> R,
+        items: impl IntoIterator<Item = A>,
+        timeout: Duration,
+    ) -> Result<Vec<R>> {
+        map_until(self, f, items, Some(timeout))
     }
 
     /// Like [`map`](TaskPool::map), but keeps every call's own result: one failed call
@@ -392,7 +402,9 @@ pub trait TaskPool: Backend {
     }
 
     /// Starts a map; the handle gives the ordered results later, or the first error
-    /// (see [`AsyncResult`]: dropping it cancels the map).
+    /// (see [`AsyncResult`]: dropping it cancels the map). Python's `starmap_async`
+    /// too: a tuple argument (see [`map`](TaskPool::map)).
+    #[doc(alias = "starmap_async")]
     fn map_async<A: Arg, R: Ret>(
         &self,
         f: fn(A) -> R,
@@ -403,6 +415,61 @@ pub trait TaskPool: Backend {
         let (job, control) = submit_async(self, f, items, self.chunk_size(), sink)?;
         Ok(AsyncResult::new(c, control, job))
     }
+}
+
+/// `map`, with or without a deadline.
+fn map_until<P: Backend + ?Sized, A: Arg, R: Ret>(
+    pool: &P,
+    f: fn(A) -> R,
+    items: impl IntoIterator<Item = A>,
+    timeout: Option<Duration>,
+) -> Result<Vec<R>> {
+    let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+    let items: Vec<A> = items.into_iter().collect();
+    let n = items.len();
+    let (job, mut rx) = run_all(pool, f, items, pool.chunk_size(), true)?;
+    let mut cancel = CancelOnDrop {
+        pool,
+        job,
+        armed: true,
+    };
+    let mut out: Vec<Option<R>> = (0..n).map(|_| None).collect();
+    let mut bar = pool.progress().start(Some(n as u64));
+    let mut received = 0;
+    while received < n {
+        let batch = match rx.recv(deadline) {
+            Step::Got(batch) => batch,
+            Step::Empty => {
+                if let (Some(d), Some(timeout)) = (deadline, timeout)
+                    && Instant::now() >= d
+                {
+                    cancel.armed = false;
+                    pool.cancel(job, true);
+                    return Err(Error::Timeout {
+                        what: format!("a map of {n} calls ({received} answered)"),
+                        timeout,
+                    });
+                }
+                continue;
+            }
+            Step::Ended => return Err(Error::PoolTerminated),
+        };
+        received += batch.len();
+        bar.set(received as u64);
+        if let Some((_, e)) = batch.errors.into_iter().next() {
+            return Err(e);
+        }
+        for (i, v) in batch.values {
+            if let Some(slot) = out.get_mut(i) {
+                *slot = Some(v);
+            }
+        }
+    }
+    bar.finish();
+    cancel.armed = false;
+    out.into_iter()
+        .collect::<Option<Vec<R>>>()
+        .ok_or(Error::PoolTerminated)
 }
 
 /// Opens a job for `f` whose results go to `sink`, submits all of `items` and seals
@@ -461,7 +528,9 @@ impl<P: Backend + ?Sized> Drop for CancelOnDrop<'_, P> {
 macro_rules! inherent_task_pool_methods {
     ($pool:ty) => {
         impl $pool {
-            /// See [`TaskPool::map`](crate::TaskPool::map).
+            /// See [`TaskPool::map`](crate::TaskPool::map) (Python's `starmap` too: a
+            /// tuple argument).
+            #[doc(alias = "starmap")]
             pub fn map<A: $crate::pool::Arg, R: $crate::pool::Ret>(
                 &self,
                 f: fn(A) -> R,
@@ -478,6 +547,16 @@ macro_rules! inherent_task_pool_methods {
                 combine: fn(R, R) -> R,
             ) -> $crate::Result<Option<R>> {
                 <Self as $crate::TaskPool>::map_reduce(self, f, items, combine)
+            }
+
+            /// See [`TaskPool::map_timeout`](crate::TaskPool::map_timeout).
+            pub fn map_timeout<A: $crate::pool::Arg, R: $crate::pool::Ret>(
+                &self,
+                f: fn(A) -> R,
+                items: impl IntoIterator<Item = A>,
+                timeout: std::time::Duration,
+            ) -> $crate::Result<Vec<R>> {
+                <Self as $crate::TaskPool>::map_timeout(self, f, items, timeout)
             }
 
             /// See [`TaskPool::map_results`](crate::TaskPool::map_results).

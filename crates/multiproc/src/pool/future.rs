@@ -261,7 +261,9 @@ impl<T> Watch for Completion<T> {
         let done = !matches!(st.outcome, Outcome::Pending);
         Status {
             done,
-            failed: done && st.ok == Some(false),
+            // A cancel is not a failure of the work (Python's FIRST_EXCEPTION skips
+            // cancelled futures too).
+            failed: done && st.ok == Some(false) && !st.cancelled,
             order: st.order,
         }
     }
@@ -475,7 +477,9 @@ impl<T: Send + 'static> AsyncResult<T> {
     /// one MPI rank stopped, nor a call on a cluster node reached: there a running call
     /// runs to its end and its answer is thrown away. [`get`](AsyncResult::get) then returns [`Error::Cancelled`].
     ///
-    /// Returns `false` (and changes nothing) if the result was already there.
+    /// Returns `true` if the handle is cancelled now, also when it already was (as
+    /// Python's `Future.cancel`); `false` (and changes nothing) if its result was
+    /// already there.
     ///
     /// A worker is killed only if every call it holds is this handle's: one that
     /// also holds other work (queued behind the running call) is left to finish.
@@ -496,13 +500,14 @@ impl<T: Send + 'static> AsyncResult<T> {
     /// ```
     pub fn cancel(&self) -> bool {
         if self.c.is_done() {
-            return false;
+            return self.cancelled();
         }
         // Stop the work first, so that no answer races the cancel needlessly.
         self.control.cancel(self.job, true);
         let won = self.c.complete(Err(Error::Cancelled), true);
         self.control.wake();
-        won
+        // Lost to another cancel (another thread's): cancelled all the same.
+        won || self.cancelled()
     }
 
     /// Lets the work run to its end with nobody waiting for it (fire and forget);

@@ -1,6 +1,7 @@
 //! The lazy iterator of results of `imap` and `imap_unordered`.
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use super::api::sealed::{Backend, Results, Step};
 use super::api::{Arg, Ret};
@@ -89,36 +90,86 @@ impl<'p, P: Backend + ?Sized, A: Arg, R: Ret, I: Iterator<Item = A>> Imap<'p, P,
         }
     }
 
-    fn next_indexed(&mut self) -> Option<(usize, Result<R>)> {
+    /// The next result, waiting until `deadline` (`None`: as long as it takes);
+    /// `Err(())` if it passed first.
+    fn next_until(
+        &mut self,
+        deadline: Option<Instant>,
+    ) -> std::result::Result<Option<(usize, Result<R>)>, ()> {
         if let Some(e) = self.failed.take() {
             self.input = None;
-            return Some((self.yielded, Err(e)));
+            return Ok(Some((self.yielded, Err(e))));
         }
         self.top_up();
         loop {
             if self.ordered {
                 if let Some(r) = self.buffer.remove(&self.yielded) {
-                    return Some((self.yielded, r));
+                    return Ok(Some((self.yielded, r)));
                 }
             } else if let Some(&i) = self.buffer.keys().next() {
-                let r = self.buffer.remove(&i)?;
-                return Some((i, r));
+                return Ok(self.buffer.remove(&i).map(|r| (i, r)));
             }
             if self.yielded >= self.submitted && self.input.is_none() {
-                return None;
+                return Ok(None);
             }
-            let (_, rx) = self.job.as_mut()?;
-            match rx.recv(None) {
+            let Some((_, rx)) = self.job.as_mut() else {
+                return Ok(None);
+            };
+            match rx.recv(deadline) {
                 Step::Got(batch) => self.buffer.extend(batch),
+                Step::Empty if deadline.is_some_and(|d| Instant::now() >= d) => return Err(()),
                 Step::Empty => {}
                 Step::Ended => {
                     // The pool stopped with calls unanswered.
                     self.input = None;
                     self.submitted = self.yielded;
-                    return Some((self.yielded, Err(Error::PoolTerminated)));
+                    return Ok(Some((self.yielded, Err(Error::PoolTerminated))));
                 }
             }
         }
+    }
+
+    fn next_indexed(&mut self) -> Option<(usize, Result<R>)> {
+        self.next_until(None).unwrap_or(None)
+    }
+
+    /// Like [`Iterator::next`], waiting at most `timeout` (Python's
+    /// `IMapIterator.next(timeout)`): `Err(`[`Error::Timeout`]`)` if no result came in
+    /// time. Nothing is lost then: the iterator goes on where it was, and the call
+    /// keeps running. `Ok(None)` once every result was yielded.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use multiproc::prelude::*;
+    /// fn nap(ms: u64) -> u64 { std::thread::sleep(Duration::from_millis(ms)); ms }
+    ///
+    /// # fn main() -> multiproc::Result<()> {
+    /// let pool = Pool::new(1)?;
+    /// let mut results = pool.imap(nap, [300]);
+    /// assert!(results.next_timeout(Duration::from_millis(10)).unwrap_err().is_timeout());
+    /// assert_eq!(results.next_timeout(Duration::from_secs(30))?.transpose()?, Some(300));
+    /// assert!(results.next_timeout(Duration::from_secs(1))?.is_none());
+    /// # Ok(()) }
+    /// ```
+    pub fn next_timeout(&mut self, timeout: Duration) -> Result<Option<Result<R>>> {
+        let deadline = Instant::now().checked_add(timeout);
+        match self.next_until(deadline) {
+            Ok(item) => Ok(item.map(|(_, r)| self.yielded_one(r))),
+            Err(()) => Err(Error::Timeout {
+                what: "the next result of an imap".into(),
+                timeout,
+            }),
+        }
+    }
+
+    /// Counts a result as yielded (progress included) and passes it on.
+    fn yielded_one(&mut self, r: Result<R>) -> Result<R> {
+        self.yielded += 1;
+        self.bar.set(self.yielded as u64);
+        if self.input.is_none() && self.yielded == self.submitted {
+            self.bar.finish();
+        }
+        r
     }
 }
 
@@ -127,12 +178,7 @@ impl<P: Backend + ?Sized, A: Arg, R: Ret, I: Iterator<Item = A>> Iterator for Im
 
     fn next(&mut self) -> Option<Result<R>> {
         let (_, r) = self.next_indexed()?;
-        self.yielded += 1;
-        self.bar.set(self.yielded as u64);
-        if self.input.is_none() && self.yielded == self.submitted {
-            self.bar.finish();
-        }
-        Some(r)
+        Some(self.yielded_one(r))
     }
 }
 

@@ -13,7 +13,9 @@ use private::Sealed as _;
 pub enum Wait {
     /// As soon as one handle is done (or already was).
     FirstCompleted,
-    /// As soon as one handle failed (an error, a cancel), or when all are done.
+    /// As soon as one handle failed (its work answered an error), or when all are
+    /// done. A cancelled handle counts as done, not as failed, as in Python's
+    /// `FIRST_EXCEPTION`.
     FirstError,
     /// When every handle is done.
     AllCompleted,

@@ -9,6 +9,11 @@ use crate::sys::proc::{Forked, die_with_parent, exit_now, fork};
 
 pub(super) fn start(theirs: OwnedFd) -> io::Result<u32> {
     let parent = std::process::id();
+    // Rust's stdout is flushed first, here on the calling thread (which may hold its
+    // lock: the launcher could not take it): a partial line it buffered is the
+    // parent's, and the child would write it again when it ends. (Python flushes its
+    // streams before a fork too.)
+    let _ = std::io::Write::flush(&mut std::io::stdout());
     runtime().on_launcher(move || {
         // Before the fork, so that the child need not (see the function's notes).
         crate::child::install_panic_hook();
@@ -16,8 +21,9 @@ pub(super) fn start(theirs: OwnedFd) -> io::Result<u32> {
         // the one thread it has) rather than perhaps held by a thread it lacks.
         let mut slot = runtime_slot();
         let mut children = super::children::lock();
-        // A Ctrl-C must not kill the child before it ignores SIGINT as a worker does:
-        // blocked across the fork, it stays pending until the child ignores it.
+        // A Ctrl-C must not kill the child before it sets a worker's SIGINT handling:
+        // blocked across the fork, it stays pending until the child's handler takes it
+        // (and drops it; an interrupt sent meanwhile is acted on then).
         let mask = sys::proc::block_sigint();
         let forked = fork();
         if !matches!(forked, Ok(Forked::Child)) {
@@ -25,8 +31,12 @@ pub(super) fn start(theirs: OwnedFd) -> io::Result<u32> {
         }
         match forked? {
             Forked::Child => {
-                sys::proc::ignore_sigint();
-                sys::proc::restore_sigmask(mask);
+                // SIGINT stays blocked until the worker's handler is in place
+                // (`child::serve`, which unblocks it).
+                // What C's stdio buffered is the parent's to write (see `flush_c_stdio`).
+                sys::proc::purge_inherited_c_stdio();
+                // Its own children start as it was started (Python's `fork` context).
+                super::set_start_method(super::StartMethod::Fork);
                 forget_runtime_after_fork(&mut slot);
                 drop(slot);
                 children.clear();

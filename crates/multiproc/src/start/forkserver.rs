@@ -109,7 +109,7 @@ pub(super) fn start(theirs: OwnedFd) -> io::Result<u32> {
 
 /// The server's main loop (in the server process). Never returns.
 pub(crate) fn serve(ctrl: OwnedFd) -> ! {
-    sys::proc::worker_signals();
+    sys::proc::worker_signals(false);
     // The parent-death signal was set before exec (see `sys::spawn`); the parent it
     // checked is the one every forked child must die with too.
     let parent = nix::unistd::getppid().as_raw() as u32;

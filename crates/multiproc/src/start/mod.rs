@@ -116,6 +116,10 @@ pub fn set_start_method(method: StartMethod) {
 }
 
 /// The start method used when none is given; [`StartMethod::ForkServer`] unless changed.
+///
+/// In a child, the method that started it (as in Python): a `Fork` child's own
+/// children are forked, a `Spawn` child's spawned, a `ForkServer` child's asked of a
+/// fork server (its own), unless the task calls [`set_start_method`].
 pub fn get_start_method() -> StartMethod {
     match DEFAULT_METHOD.load(Ordering::Relaxed) {
         0 => StartMethod::Fork,
@@ -127,6 +131,10 @@ pub fn get_start_method() -> StartMethod {
 /// The environment variable a parent sets on an exec'd child: `worker:<fd>` or
 /// `forkserver:<fd>`.
 pub(crate) const ENV_CHILD: &str = "MULTIPROC_CHILD";
+
+/// The environment variable a parent sets on a `Spawn` child (`spawn`): the start
+/// method that child's own children use by default.
+pub(crate) const ENV_START_METHOD: &str = "MULTIPROC_START_METHOD";
 
 /// A freshly started child: its pid, a pidfd naming it, and our end of its socket.
 pub(crate) struct Launched {

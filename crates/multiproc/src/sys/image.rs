@@ -107,3 +107,22 @@ fn code_address(at: u64) -> Option<usize> {
     let code_len = (text_end() - image_start()) as u64;
     (at < code_len).then(|| image_start() + at as usize)
 }
+
+/// The image offset of a plain `fn()`, under which a process of the same build finds
+/// it again ([`fn_at`]): how a [`Barrier`](crate::Barrier)'s action travels with it.
+pub(crate) fn fn_offset(f: fn()) -> u64 {
+    offset(f as usize)
+}
+
+/// The `fn()` at image offset `offset` (made by [`fn_offset`]), or `None` if the offset
+/// is outside this executable's code.
+pub(crate) fn fn_at(offset: u64) -> Option<fn()> {
+    let addr = code_address(offset)?;
+    // SAFETY: such an offset reaches a process only inside a handle that came from a
+    // process of this same build (values cross only between multiproc processes of one
+    // build: the hello's build id, and for exec'd children the socket peer's pid and
+    // uid, are checked before anything is decoded), where `fn_offset` made it from a
+    // `fn()`, found at the same offset in this identical image. The bounds check keeps
+    // even a corrupted offset inside our own code.
+    Some(unsafe { std::mem::transmute::<usize, fn()>(addr) })
+}

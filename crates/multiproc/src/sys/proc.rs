@@ -4,7 +4,9 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 use nix::errno::Errno;
-use nix::sys::signal::{SigHandler, SigSet, SigmaskHow, Signal as NixSignal, pthread_sigmask};
+use nix::sys::signal::{
+    SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal as NixSignal, pthread_sigmask,
+};
 use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
 use nix::unistd::ForkResult;
 
@@ -290,15 +292,151 @@ pub(crate) fn is_secure_exec() -> bool {
 
 /// Signal dispositions of a worker: Ctrl-C goes to the parent, which shuts its
 /// children down; a closed socket is an error return, not a death.
-pub(crate) fn worker_signals() {
+///
+/// With `interruptible` (a worker, not the fork server), SIGINT is caught rather than
+/// ignored: a handler drops every SIGINT (the terminal's Ctrl-C, `kill -INT`) but the
+/// one [`pidfd_interrupt`] sends, which ends the process as an unhandled SIGINT does.
+/// A child comes to life with SIGINT blocked (see the start methods), so that an
+/// interrupt sent before this point waits, pending, for the handler; it is unblocked
+/// here. The fork server keeps it blocked (and ignored), for its children.
+pub(crate) fn worker_signals(interruptible: bool) {
     for (sig, handler) in [
-        (NixSignal::SIGINT, SigHandler::SigIgn),
         (NixSignal::SIGPIPE, SigHandler::SigIgn),
         (NixSignal::SIGTERM, SigHandler::SigDfl),
     ] {
         // SAFETY: setting SIG_IGN/SIG_DFL installs no Rust handler, so no code runs in
         // signal context.
         let _ = unsafe { nix::sys::signal::signal(sig, handler) };
+    }
+    if !interruptible {
+        ignore_sigint();
+    } else {
+        // Straight to the handler, never through SIG_IGN: that would discard an
+        // interrupt already pending.
+        let action = SigAction::new(
+            SigHandler::SigAction(on_sigint),
+            // SA_RESTART: a dropped Ctrl-C interrupts as few of the task's calls as can be.
+            SaFlags::SA_SIGINFO | SaFlags::SA_RESTART,
+            SigSet::empty(),
+        );
+        // SAFETY: `on_sigint` only reads its siginfo and calls the async-signal-safe
+        // `signal` and `raise`.
+        let _ = unsafe { nix::sys::signal::sigaction(NixSignal::SIGINT, &action) };
+        let sigint = SigSet::from(NixSignal::SIGINT);
+        let _ = pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&sigint), None);
+    }
+}
+
+/// The `si_value` that marks a SIGINT as [`pidfd_interrupt`]'s ("mpin").
+const INTERRUPT_TOKEN: usize = 0x6d70_696e;
+
+/// A worker's SIGINT handler (see [`worker_signals`]).
+extern "C" fn on_sigint(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // SAFETY: with SA_SIGINFO the kernel passes a valid siginfo; its `_rt` member (read
+    // by `si_value`) is what a SI_QUEUE signal carries, and is read only for one.
+    let ours = !info.is_null()
+        && unsafe {
+            (*info).si_code == libc::SI_QUEUE
+                && (*info).si_value().sival_ptr as usize == INTERRUPT_TOKEN
+        };
+    if !ours {
+        return;
+    }
+    // SAFETY: `signal` and `raise` are async-signal-safe. SIGINT is blocked while this
+    // handler runs, so the raised one is delivered, with the default action (the
+    // process ends, killed by SIGINT), as soon as the handler returns.
+    unsafe {
+        libc::signal(libc::SIGINT, libc::SIG_DFL);
+        libc::raise(libc::SIGINT);
+    }
+}
+
+/// Sends SIGINT to the process behind `pidfd`, marked so that a multiproc worker (see
+/// [`worker_signals`]) acts on it. A process that ended is not an error.
+pub(crate) fn pidfd_interrupt(pidfd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: all-zero is a valid siginfo_t (integers, and a union of integers and a
+    // pointer that the kernel treats as a number).
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    info.si_signo = libc::SIGINT;
+    // SI_QUEUE (negative) is what the kernel lets a process send to another.
+    info.si_code = libc::SI_QUEUE;
+    // The kernel's union (`_rt`: pid, uid, sigval) follows the three ints, aligned for
+    // the pointer in the sigval.
+    let base = (3 * std::mem::size_of::<libc::c_int>())
+        .next_multiple_of(std::mem::align_of::<*mut libc::c_void>());
+    let at = (&raw mut info).cast::<u8>();
+    // SAFETY: siginfo_t is 128 bytes; these writes fall inside it, at the offsets of
+    // the `_rt` member's fields (pid, then uid, then the sigval at pointer alignment).
+    unsafe {
+        at.add(base)
+            .cast::<libc::pid_t>()
+            .write_unaligned(libc::getpid());
+        at.add(base + 4)
+            .cast::<libc::uid_t>()
+            .write_unaligned(libc::getuid());
+        at.add(base + 8)
+            .cast::<usize>()
+            .write_unaligned(INTERRUPT_TOKEN);
+    }
+    // SAFETY: pidfd_send_signal takes a descriptor, a signal number, a siginfo that
+    // lives until the call returns, and flags.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            libc::SIGINT,
+            &raw const info,
+            0u32,
+        )
+    };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::ESRCH) {
+            return Ok(());
+        }
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// Flushes what C's stdio buffered (`printf` to a pipe or a file) before a child ends
+/// with `_exit`: every stream in a child that was exec'd (its streams are its own),
+/// only `stdout` and `stderr` in a forked one (other streams it inherited hold the
+/// parent's unwritten data, which the parent writes itself).
+pub(crate) fn flush_c_stdio(all: bool) {
+    unsafe extern "C" {
+        static mut stdout: *mut libc::FILE;
+        static mut stderr: *mut libc::FILE;
+    }
+    // SAFETY: fflush(NULL) flushes every open output stream; `stdout` and `stderr`
+    // are the C library's own stream pointers, read (not written) here. In a forked
+    // child the stream locks were reset by the C library's fork handlers (glibc), and
+    // only this thread runs multiproc code at this point.
+    unsafe {
+        if all {
+            libc::fflush(std::ptr::null_mut());
+        } else {
+            libc::fflush(stdout);
+            libc::fflush(stderr);
+        }
+    }
+}
+
+/// Drops what C's `stdout` and `stderr` buffered before a fork, in the forked child:
+/// that output is the parent's, which writes it itself; flushed again by the child, it
+/// would appear twice.
+pub(crate) fn purge_inherited_c_stdio() {
+    unsafe extern "C" {
+        static mut stdout: *mut libc::FILE;
+        static mut stderr: *mut libc::FILE;
+        fn __fpurge(stream: *mut libc::FILE);
+    }
+    // SAFETY: `__fpurge` (glibc and musl) discards a stream's buffer; the pointers are
+    // the C library's own streams, read here. Called right after fork, on the one
+    // thread of the child.
+    unsafe {
+        __fpurge(stdout);
+        __fpurge(stderr);
     }
 }
 

@@ -20,13 +20,16 @@ pub(crate) fn spawn_with_socket(
         cmd.env(k, v);
     }
     // SAFETY: the closure runs in the forked child before exec and calls only
-    // async-signal-safe functions (sigaction, prctl, getppid, fcntl); it allocates
+    // async-signal-safe functions (sigaction, sigprocmask, prctl, getppid, fcntl); it allocates
     // nothing.
     unsafe {
         cmd.pre_exec(move || {
-            // Ignored across exec: a Ctrl-C cannot kill the child before its worker (or
-            // fork server) starts ignoring SIGINT itself.
+            // Ignored and blocked across exec (after std reset the mask): a Ctrl-C cannot
+            // kill the child before its worker (or fork server) sets its own SIGINT
+            // handling, and a `Process::interrupt` sent meanwhile stays pending until
+            // the worker's handler takes it (a blocked signal is kept, even ignored).
             super::proc::ignore_sigint();
+            let _ = super::proc::block_sigint();
             if !super::proc::die_with_parent(parent) {
                 return Err(io::Error::other(
                     "the parent exited before its child started",

@@ -195,3 +195,11 @@ where
         .start(f, args)
         .unwrap_or_else(|e| panic!("{method}: start: {e}"))
 }
+
+/// Writes `s` with C's `printf` (buffered by C's stdio, not Rust's).
+pub fn c_printf(s: &std::ffi::CStr) {
+    // SAFETY: a "%s" format with one NUL-terminated string argument, as it expects.
+    unsafe {
+        libc::printf(c"%s".as_ptr(), s.as_ptr());
+    }
+}

@@ -41,7 +41,9 @@ const EXIT_GRACE: Duration = Duration::from_secs(5);
 pub(crate) struct Settings {
     pub(crate) processes: usize,
     pub(crate) method: StartMethod,
-    pub(crate) initializer: Option<(TaskRef, Vec<u8>)>,
+    /// The initializer, its encoded argument, and the handles in it (dup'ed for
+    /// each worker).
+    pub(crate) initializer: Option<(TaskRef, Vec<u8>, Vec<std::os::fd::OwnedFd>)>,
 }
 
 pub(crate) struct State {
@@ -472,16 +474,20 @@ impl Shared {
                     st.next_id += 1;
                     let init = self.settings.initializer.as_ref();
                     st.core.add_worker(id, init.is_some());
-                    if let Some((entry, args)) = init {
+                    if let Some((entry, args, fds)) = init {
+                        // Each worker gets its own copies of the argument's handles;
+                        // one that cannot be copied fails that worker's initializer
+                        // (it then says why) rather than the pool.
+                        let fds: Vec<_> = fds.iter().filter_map(|f| f.try_clone().ok()).collect();
                         let run = Request::Run {
                             seq: INIT_SEQ,
                             entry: *entry,
                             calls: 1,
                             max_value: wire::max_frame_size() as u64,
-                            fds: 0,
+                            fds: fds.len() as u32,
                             shared: false,
                         };
-                        let _ = p.queue(&run, args.clone(), Vec::new());
+                        let _ = p.queue(&run, args.clone(), fds);
                         p.initializing = true;
                     }
                     let _ = p.write();
@@ -760,16 +766,64 @@ fn init_failed(st: &mut State, why: String) {
 }
 
 /// Closed and idle: let the workers exit, reap them.
+///
+/// Until they have exited, their sockets are still served: a worker may be writing an
+/// answer nobody wants any more (a call of a map that failed and was abandoned) and
+/// cannot read its `Exit` before that answer is read. Answers that come are filed as
+/// usual (the core drops those of cancelled calls). A worker not gone after
+/// [`EXIT_GRACE`] is killed.
 fn shut_down(st: &mut State) {
     for (_, p) in &mut st.procs {
         p.retire();
     }
     let deadline = Instant::now() + EXIT_GRACE;
-    for (_, mut p) in std::mem::take(&mut st.procs) {
-        if !wire::wait_readable(p.pidfd.as_fd(), Some(deadline)).unwrap_or(false) {
-            p.kill();
+    loop {
+        // Reap those that exited.
+        let mut i = 0;
+        while i < st.procs.len() {
+            if wire::wait_readable(st.procs[i].1.pidfd.as_fd(), Some(Instant::now()))
+                .unwrap_or(true)
+            {
+                read_proc(st, i);
+                let (_, mut p) = st.procs.swap_remove(i);
+                p.reap();
+            } else {
+                i += 1;
+            }
         }
-        p.reap();
+        if st.procs.is_empty() {
+            break;
+        }
+        if Instant::now() >= deadline {
+            for (_, mut p) in std::mem::take(&mut st.procs) {
+                p.kill();
+                p.reap();
+            }
+            break;
+        }
+        let mut fds = Vec::with_capacity(2 * st.procs.len());
+        for (_, p) in &st.procs {
+            fds.push(pollfd(p.pidfd.as_raw_fd(), libc::POLLIN));
+            let events = if p.has_output() {
+                libc::POLLIN | libc::POLLOUT
+            } else {
+                libc::POLLIN
+            };
+            fds.push(pollfd(
+                p.sock.as_ref().map_or(-1, |s| s.as_raw_fd()),
+                events,
+            ));
+        }
+        let _ = crate::sys::fd::poll_raw(&mut fds, timeout_ms(Some(deadline)));
+        for i in 0..st.procs.len() {
+            let sock = fds[2 * i + 1].revents;
+            if sock & libc::POLLOUT != 0 {
+                write_proc(st, i);
+            }
+            if sock != 0 {
+                read_proc(st, i);
+            }
+        }
     }
     st.cancel_killed.clear();
     st.stopped = true;

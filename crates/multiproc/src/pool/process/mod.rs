@@ -77,8 +77,8 @@ pub struct Pool {
 pub struct PoolBuilder {
     processes: Option<usize>,
     method: Option<StartMethod>,
-    initializer: Option<(TaskRef, Vec<u8>)>,
-    init_error: Option<String>,
+    initializer: Option<(TaskRef, Vec<u8>, Vec<std::os::fd::OwnedFd>)>,
+    init_error: Option<Error>,
     max_tasks_per_child: Option<usize>,
     task_timeout: Option<Duration>,
     retries: u32,
@@ -87,9 +87,11 @@ pub struct PoolBuilder {
 }
 
 impl PoolBuilder {
-    /// Number of worker processes; default [`cpu_count`](crate::cpu_count).
+    /// Number of worker processes; default [`cpu_count`](crate::cpu_count). 0 makes
+    /// [`build`](PoolBuilder::build) fail with [`Error::InvalidArgument`] (as Python's
+    /// `Pool(0)` raises `ValueError`): a pool without workers would never answer.
     pub fn processes(mut self, n: usize) -> Self {
-        self.processes = Some(n.max(1));
+        self.processes = Some(n);
         self
     }
 
@@ -103,17 +105,32 @@ impl PoolBuilder {
     /// connection, load a model...). A worker whose initializer fails is replaced; if
     /// it fails in 3 workers in a row and never succeeded, the pool's calls answer
     /// [`Error::Initializer`].
+    ///
+    /// `args` may hold shared objects ([`Value`](crate::Value), [`Lock`](crate::Lock),
+    /// [`Queue`](crate::Queue), [`Array`](crate::Array)...), as a task's argument may:
+    /// each worker receives its own handles on the same objects (Python's
+    /// `initargs=(counter,)` idiom).
+    ///
+    /// Workers start lazily, with the pool's first work (see [`Pool::workers`]), and
+    /// the initializer runs once in each worker started, before its first call (also
+    /// in each worker that replaces one). So a pool closed without any work starts no
+    /// worker and runs the initializer nowhere, unlike Python's `Pool`, which starts
+    /// its workers (and runs `initializer` in each) in its constructor.
     pub fn initializer<A: Serialize + DeserializeOwned>(mut self, f: fn(A), args: A) -> Self {
-        match wire::encode(&args) {
-            Ok(bytes) => self.initializer = Some((task::task_ref(f), bytes)),
-            Err(e) => self.init_error = Some(e.to_string()),
+        // The handles in `args` ride along as descriptors, dup'ed for each worker.
+        let (bytes, fds) = wire::fds::capture(|| wire::encode(&args));
+        match bytes.and_then(|b| wire::check_fd_count(fds.len()).map(|()| b)) {
+            Ok(bytes) => self.initializer = Some((task::task_ref(f), bytes, fds)),
+            Err(e) => self.init_error = Some(e),
         }
         self
     }
 
-    /// Replaces a worker after it has run this many calls (to bound leaks).
+    /// Replaces a worker after it has run this many calls (to bound leaks). 0 makes
+    /// [`build`](PoolBuilder::build) fail with [`Error::InvalidArgument`] (Python
+    /// raises `ValueError`): a worker that may run no call could never run one.
     pub fn max_tasks_per_child(mut self, n: usize) -> Self {
-        self.max_tasks_per_child = Some(n.max(1));
+        self.max_tasks_per_child = Some(n);
         self
     }
 
@@ -145,11 +162,31 @@ impl PoolBuilder {
 
     /// Starts the pool. Its workers start with its first work (see [`Pool::workers`]);
     /// if they cannot be started, the calls answer [`Error::Initializer`].
+    ///
+    /// Errors: [`Error::InvalidArgument`] for `processes(0)` or
+    /// `max_tasks_per_child(0)`; [`Error::Encode`] if the initializer's argument could
+    /// not be encoded.
+    ///
+    /// ```
+    /// use multiproc::{Error, Pool};
+    /// assert!(matches!(Pool::new(0), Err(Error::InvalidArgument { .. })));
+    /// ```
     pub fn build(self) -> Result<Pool> {
-        if let Some(reason) = self.init_error {
-            return Err(Error::Encode {
-                type_name: "initializer argument".into(),
-                reason,
+        if let Some(e) = self.init_error {
+            return Err(e);
+        }
+        if self.processes == Some(0) {
+            return Err(Error::InvalidArgument {
+                detail: "a pool needs at least 1 worker process, not 0 (leave the count \
+                         out for one per CPU)"
+                    .into(),
+            });
+        }
+        if self.max_tasks_per_child == Some(0) {
+            return Err(Error::InvalidArgument {
+                detail: "max_tasks_per_child must be at least 1: a worker that may run no \
+                         call would never run one"
+                    .into(),
             });
         }
         let processes = self.processes.unwrap_or_else(crate::cpu_count);
@@ -184,7 +221,8 @@ impl PoolBuilder {
 }
 
 impl Pool {
-    /// A pool of `processes` workers with default options.
+    /// A pool of `processes` workers with default options; 0 is refused with
+    /// [`Error::InvalidArgument`].
     pub fn new(processes: usize) -> Result<Pool> {
         Pool::builder().processes(processes).build()
     }
