@@ -1188,6 +1188,9 @@ impl Core {
     fn fail_unknown(&mut self, slot: Slot, pid: u32, death: Error) -> Cost {
         let mut cost = Cost::default();
         for held in slot.held {
+            if !self.jobs.contains_key(&held.job) {
+                continue; // cancelled: nobody wants its answers
+            }
             let mut failed = Vec::new();
             for p in held.answered..held.indices.len() {
                 let index = held.indices[p];
