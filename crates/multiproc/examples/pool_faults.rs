@@ -1,5 +1,6 @@
-//! A process pool when things go wrong: a worker that crashes costs only the calls it
-//! held (the pool replaces it), `retries` runs such a call again on another worker,
+//! A process pool when things go wrong: a worker that crashes costs only the call it
+//! was running (the other calls it held run on another worker; the pool replaces it),
+//! `retries` runs such a call again on another worker,
 //! `task_timeout` kills a hung call's worker, `map_results` keeps every call's own
 //! result, and submitted work can be waited on, taken in completion order, or
 //! cancelled (`apply_async`, `wait`, `as_completed`, `cancel`).
@@ -64,7 +65,7 @@ fn main() -> multiproc::Result<()> {
 
     let pool = Pool::builder()
         .processes(2)
-        .retries(1) // a call whose worker died runs once more, alone, on a new worker
+        .retries(1) // a call that killed its worker runs once more, alone, on a new worker
         .task_timeout(TIMEOUT) // a call running longer: its worker is killed, Error::Timeout
         .build()?; // workers start with the first work
 

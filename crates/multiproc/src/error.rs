@@ -433,6 +433,64 @@ pub enum Error {
         /// What was wrong, and what to give instead.
         detail: String,
     },
+
+    /// A pool call that did not cause its worker's death, yet could not be run again
+    /// after it. A dead worker's other calls normally go back to the queue and run on
+    /// another worker (only the call it was running answers the death); this error is
+    /// for the rare call that cannot: its worker died between calls (no call running)
+    /// each of the several times it was handed out, or its arguments could not be kept.
+    /// The message names the call that was running, if any, and how the worker died.
+    #[error("{}", lost_message(*.pid, .cause, *.running, *.started))]
+    LostWithWorker {
+        /// The dead worker's pid.
+        pid: u32,
+        /// How the worker died: what the call it was running answered
+        /// ([`Error::Killed`], [`Error::Exited`], [`Error::Timeout`]...).
+        cause: Box<Error>,
+        /// The call the worker was running when it died (its index in the job, as
+        /// `map_results` numbers it), or `None` if it died between calls.
+        running: Option<usize>,
+        /// Whether this call had run in that worker (its answer died with it) rather
+        /// than not started.
+        started: bool,
+    },
+}
+
+/// How a worker died, in a few words: for [`Error::LostWithWorker`], whose message names
+/// another call.
+fn death_summary(cause: &Error) -> String {
+    match cause {
+        Error::Killed {
+            signal,
+            core_dumped,
+            ..
+        } => format!(
+            "killed by {signal}{}",
+            if *core_dumped { ", core dumped" } else { "" }
+        ),
+        Error::Exited { code, .. } => format!("exited with code {code}"),
+        Error::StatusLost { .. } => "its exit status is lost".into(),
+        Error::Timeout { timeout, .. } => format!("killed past its task_timeout of {timeout:?}"),
+        Error::Panicked { message, .. } => format!("panicked under panic = \"abort\": {message}"),
+        other => other.to_string(),
+    }
+}
+
+fn lost_message(pid: u32, cause: &Error, running: Option<usize>, started: bool) -> String {
+    let how = death_summary(cause);
+    let this = if started {
+        "this call had run, but its answer was lost with the worker"
+    } else {
+        "this call had not started"
+    };
+    match running {
+        Some(call) => format!(
+            "pool worker {pid} died ({how}) while running call {call}; {this}, and it could not be run again"
+        ),
+        None => format!(
+            "pool worker {pid} died ({how}) between calls; {this}; workers died holding it too many times, so it is not run again"
+        ),
+    }
 }
 
 fn location_suffix(location: &Option<String>) -> String {
@@ -567,6 +625,17 @@ impl Error {
             },
             InvalidArgument { detail } => InvalidArgument {
                 detail: detail.clone(),
+            },
+            LostWithWorker {
+                pid,
+                cause,
+                running,
+                started,
+            } => LostWithWorker {
+                pid: *pid,
+                cause: Box::new(cause.clone_shallow()),
+                running: *running,
+                started: *started,
             },
         }
     }

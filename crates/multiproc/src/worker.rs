@@ -7,10 +7,17 @@
 //! answers of the calls before; and a result that would take a reply over the frame
 //! limit (or over the descriptors one message may carry) first sends the answers
 //! gathered so far, so only a result too large on its own fails.
+//!
+//! A pool's worker also gets a *call slot* (`Request::Slot`), a word of memory shared
+//! with its parent, where it stores which call it starts: one store per call, no
+//! system call. If the worker dies, the parent reads the slot and knows which call was
+//! running: that call answers the death, and the worker's other calls run again
+//! elsewhere.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_bytes::ByteBuf;
@@ -21,6 +28,21 @@ use crate::task::Invocation;
 use crate::wire::message::{self, Failure, PROTOCOL_VERSION, Refusal, Reply, Request, TaskRef};
 use crate::wire::values::{Data, Received, ValueBuf, map_sealed};
 use crate::wire::{FrameReader, Next, fds, send_all, wait_readable};
+
+/// The call slot's word when no call has started yet (see [`call_word`]).
+pub(crate) const NO_CALL: u64 = u64::MAX;
+
+/// The call slot's word for call `pos` of chunk `seq`: the chunk number's low 32 bits,
+/// then the position. One word, so that one store publishes both and a reader can
+/// never see half of one call and half of another (a pair of words would need a
+/// sequence counter). 32 bits of chunk number are plenty: the parent matches the word
+/// against the few chunks a worker holds at once, never against all it ever sent.
+/// No call has position `u32::MAX` (a chunk holds at most `u32::MAX` calls), so no
+/// call's word is [`NO_CALL`].
+#[inline]
+pub(crate) fn call_word(seq: u64, pos: u32) -> u64 {
+    (seq << 32) | u64::from(pos)
+}
 
 /// A worker sends the answers of a running chunk at least this often.
 pub(crate) const FLUSH_AFTER: Duration = Duration::from_millis(10);
@@ -161,6 +183,8 @@ pub(crate) fn refusal(version: u32, build_id: &[u8], origin: Origin) -> Option<R
 /// code the process should end with.
 pub(crate) fn serve(link: &mut impl Link, origin: Origin) -> i32 {
     let mut greeted = false;
+    // The call slot the parent shares (a pool's worker): a mapped memory file.
+    let mut slot: Option<crate::sys::shm::Mapping> = None;
     loop {
         let body = match link.recv() {
             Ok(Some(b)) => b,
@@ -231,10 +255,23 @@ pub(crate) fn serve(link: &mut impl Link, origin: Origin) -> i32 {
                     entry,
                     calls,
                     max_value,
+                    slot: slot.as_ref().and_then(|m| m.atomic_at::<AtomicU64>(0)),
                 };
                 if chunk.run(link, &data, fds).is_err() {
                     // The parent is gone (or its socket is): nothing left to serve.
                     return 0;
+                }
+            }
+            Request::Slot => {
+                if !greeted || slot.is_some() {
+                    return EXIT_PROTOCOL;
+                }
+                let Ok(mut fds) = link.take_fds(1) else {
+                    return EXIT_PROTOCOL;
+                };
+                match map_slot(fds.pop()) {
+                    Some(m) => slot = Some(m),
+                    None => return EXIT_PROTOCOL,
                 }
             }
             Request::Exit => {
@@ -245,11 +282,27 @@ pub(crate) fn serve(link: &mut impl Link, origin: Origin) -> i32 {
     }
 }
 
-struct ChunkRun {
+/// Maps the call slot the parent sent: a memory file whose size is sealed (so that
+/// nobody can shrink it under the mapping, which would make a store fault) and holds
+/// the slot's word.
+fn map_slot(file: Option<OwnedFd>) -> Option<crate::sys::shm::Mapping> {
+    let file = file?;
+    let len = crate::sys::shm::file_len(file.as_fd()).ok()?;
+    if len < 8 || !crate::sys::shm::is_size_sealed(file.as_fd()) {
+        return None;
+    }
+    let map = crate::sys::shm::Mapping::new(file.as_fd(), 8, true).ok()?;
+    map.atomic_at::<AtomicU64>(0)?;
+    Some(map)
+}
+
+struct ChunkRun<'a> {
     seq: u64,
     entry: TaskRef,
     calls: u32,
     max_value: usize,
+    /// Where the worker says which call it starts (see [`call_word`]).
+    slot: Option<&'a AtomicU64>,
 }
 
 /// The answers of a chunk not yet sent.
@@ -259,7 +312,7 @@ struct Pending {
     since: Instant,
 }
 
-impl ChunkRun {
+impl ChunkRun<'_> {
     fn run(&self, link: &mut impl Link, data: &Received, value_fds: Vec<OwnedFd>) -> Result<()> {
         let max_fds = link.max_fds();
         let may_spill = max_fds > 0;
@@ -277,6 +330,14 @@ impl ChunkRun {
         fds::provide(value_fds, || {
             for i in 0..self.calls {
                 child::set_index(i);
+                // The one store per call that tells the parent, should this process
+                // die, which call was running. Relaxed: the parent reads it only after
+                // the process is dead and reaped (the kernel orders everything this
+                // process did before its exit before the parent's wait), and the word
+                // publishes nothing else.
+                if let Some(slot) = self.slot {
+                    slot.store(call_word(self.seq, i), Ordering::Relaxed);
+                }
                 let mut flush = |out: &mut ValueBuf, out_fds: &mut Vec<OwnedFd>| {
                     let r = self.send(link, &mut pending, i, out, out_fds, may_spill);
                     r.is_ok()

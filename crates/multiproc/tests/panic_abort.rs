@@ -1,6 +1,6 @@
 //! Under `panic = "abort"` a panicking task kills its process before any unwinding: the
 //! panic hook must report the message first, and a pool must lose only that call (the
-//! other calls the dying worker held run again under `retries`). Built
+//! other calls the dying worker held go back to the queue, with `retries(0)`). Built
 //! as a user's crate with that profile (a test binary here always unwinds).
 
 mod common;
@@ -27,9 +27,9 @@ fn main() {
             .processes(2)
             .start_method(method)
             .chunk_size(ChunkSize::Fixed(1))
-            // The aborting worker may hold the next calls too (pipelining): a retry
-            // runs them again; the panicking call is answered, not retried.
-            .retries(1)
+            // The aborting worker may hold the next calls too (pipelining): they go
+            // back to the queue (no retry needed); the panicking call is answered.
+            .retries(0)
             .build()
             .unwrap();
         let out = pool.map_results(boom, 0..6).unwrap();

@@ -70,9 +70,11 @@ fn killed_workers_cost_only_their_calls() {
     }
     assert!(
         errors >= 1,
-        "killing busy workers loses the calls they held"
+        "killing busy workers loses the calls they were running"
     );
-    assert!(errors <= 20 * 16, "{errors} errors for 20 kills");
+    // Each kill costs the call its worker was running (none if it was between calls);
+    // the other calls it held run on another worker.
+    assert!(errors <= kills, "{errors} errors for {kills} kills");
 }
 
 #[test]
@@ -182,9 +184,9 @@ fn panics_and_crashes_are_per_call() {
             .processes(2)
             .start_method(method)
             .chunk_size(ChunkSize::Fixed(1))
-            // The crashing worker may hold the next calls too (pipelining): a retry
-            // runs them again, and the crashing call crashes again.
-            .retries(1)
+            // The crashing worker may hold the next calls too (pipelining): they go
+            // back to the queue without a retry, and only the crashing call fails.
+            .retries(0)
             .build()
             .unwrap();
         let out = pool.map_results(explode, 0..10).unwrap();

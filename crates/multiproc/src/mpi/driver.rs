@@ -25,7 +25,7 @@ use serde_bytes::ByteBuf;
 use super::link::{self, Greeting, TAG_GREETING, TAG_REPLY, TAG_REQUEST};
 use super::{EXIT_PROTOCOL, EXIT_TIMEOUT, RankInfo};
 use crate::error::{Error, Result};
-use crate::pool::core::{Core, Limits, WorkerId};
+use crate::pool::core::{Core, LastStart, Limits, WorkerId};
 pub(crate) use crate::pool::remote::Shared;
 use crate::task;
 use crate::wire::message::{self, PROTOCOL_VERSION, Reply, Request};
@@ -383,7 +383,10 @@ fn check_deadlines(shared: &Shared, cfg: &Config, ranks: &mut [RankState]) {
     for id in expired {
         if let Some(r) = ranks.iter_mut().find(|r| r.info.rank as WorkerId == id) {
             r.timed_out = Some(now + timeout);
-            st.core.on_death(id, r.info.pid, Error::PoolTerminated);
+            // A rank has no call slot: the calls it holds (one chunk, no pipelining on
+            // MPI) answer the timeout.
+            st.core
+                .on_death(id, r.info.pid, Error::PoolTerminated, LastStart::Unknown);
         }
     }
     drop(st);

@@ -3,9 +3,9 @@
 //! Python's `Pool` hangs forever when a worker is killed, and `ProcessPoolExecutor`
 //! fails every pending task. Here a worker that dies — a panic under
 //! `panic = "abort"`, a segfault, SIGKILL from outside, the OOM killer — costs only the
-//! call(s) it held: they come back as [`Error::Killed`](crate::Error::Killed) (or
-//! are retried, if [`PoolBuilder::retries`] allows), a new worker takes its place, and
-//! every other call completes. A call past its [`PoolBuilder::task_timeout`] has its
+//! call it was running: that call comes back as [`Error::Killed`](crate::Error::Killed)
+//! (or is retried, if [`PoolBuilder::retries`] allows), the other calls it held run on
+//! another worker, a new worker takes its place, and every other call completes. A call past its [`PoolBuilder::task_timeout`] has its
 //! worker killed and replaced and answers [`Error::Timeout`](crate::Error::Timeout).
 //!
 //! ## Chunking
@@ -33,10 +33,22 @@
 //! 2 ms (at most 128 chunks; one more behind a long call while the job has more
 //! pending calls than workers; only one while a job's call time is unknown or under a
 //! task timeout). A worker answers a long chunk in pieces as its calls finish (at
-//! least every 10 ms). So a worker that dies costs exactly the calls it held and had
-//! not answered: answers it already sent are kept; each call it still held is retried
-//! alone on another worker if [`PoolBuilder::retries`] allows, or answered with the
-//! error that says how the worker died.
+//! least every 10 ms), and as it starts each call it stores which one in a word of
+//! memory shared with the pool (one store per call, no system call). So a worker that
+//! dies costs exactly the call it was running: that call is retried alone on another
+//! worker if [`PoolBuilder::retries`] allows, or answered with the error that says how
+//! the worker died. Answers it already sent are kept. Every other call it held goes
+//! back to the queue, which is not a retry and does not count against `retries`: those
+//! it had not started, and those it had run whose answers had not left it yet — **such
+//! a call runs twice**, so side effects of a call may happen twice (a task that must
+//! not repeat them should make them idempotent). A worker that dies between two calls
+//! costs no call; a call that such deaths hand back 3 times answers
+//! [`Error::LostWithWorker`](crate::Error::LostWithWorker), which names how the worker
+//! died and the call it was running, if any. Under a
+//! [`task_timeout`](PoolBuilder::task_timeout) with chunks of several calls
+//! ([`ChunkSize::Fixed`]), a chunk has the timeout once per call, and the call running
+//! when it runs out answers [`Error::Timeout`](crate::Error::Timeout); the chunk's
+//! others go back to the queue.
 //!
 //! ## Big values
 //!

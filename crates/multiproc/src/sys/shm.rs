@@ -64,6 +64,11 @@ pub(crate) fn is_sealed_final(fd: BorrowedFd<'_>) -> bool {
     seals(fd) & want == want
 }
 
+/// `true` if the descriptor's size can no longer shrink (a mapping of it cannot fault).
+pub(crate) fn is_size_sealed(fd: BorrowedFd<'_>) -> bool {
+    seals(fd) & libc::F_SEAL_SHRINK != 0
+}
+
 /// The size of the file behind `fd`.
 pub(crate) fn file_len(fd: BorrowedFd<'_>) -> io::Result<usize> {
     let st = nix::sys::stat::fstat(fd)?;

@@ -1,7 +1,7 @@
 //! The messages a parent (a pool, a `Process`) and a worker exchange, one per frame.
 //!
 //! Parent → worker: `Hello` once (protocol version, build id, process name, frame
-//! limit), then any number of `Run` (a chunk of calls of one task), then `Exit` (or end
+//! limit), for a pool's worker `Slot` once (its call slot, a memory file), then any number of `Run` (a chunk of calls of one task), then `Exit` (or end
 //! of stream). Worker → parent: one or more `Done` per `Run` (a long chunk is answered
 //! in pieces, as its calls finish), or one `Refused` instead of everything if the hello
 //! does not match. Under `panic = "abort"` a panicking task sends `Aborting` from the
@@ -21,7 +21,7 @@ use serde_bytes::ByteBuf;
 use crate::error::{Error, Result};
 
 /// Bumped whenever a message changes shape.
-pub(crate) const PROTOCOL_VERSION: u32 = 3;
+pub(crate) const PROTOCOL_VERSION: u32 = 4;
 
 /// Bytes of envelope length at the start of a frame body.
 const ENVELOPE_LEN: usize = 4;
@@ -57,6 +57,11 @@ pub(crate) enum Request {
         shared: bool,
     },
     Exit,
+    /// A pool's worker gets this once, after the hello: the frame carries one
+    /// descriptor, a memory file of at least 8 bytes, its *call slot*. The worker maps
+    /// it and, as it starts each call, stores which call (see `worker::call_word`), so
+    /// that the parent knows, after the worker's death, which call was running.
+    Slot,
 }
 
 /// Worker → parent.

@@ -197,8 +197,8 @@ impl ValueBuf {
         Ok(Data::Shared(s.fd))
     }
 
-    /// The bytes, for a buffer that did not spill (tests, and transports that cannot
-    /// pass descriptors).
+    /// The bytes, for a buffer that did not spill (tests).
+    #[cfg(test)]
     pub(crate) fn heap(&self) -> Option<&[u8]> {
         self.spill.is_none().then_some(&self.heap[..])
     }

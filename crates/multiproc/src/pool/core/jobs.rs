@@ -46,6 +46,11 @@ pub(crate) trait Source: Send {
     fn pop(&mut self);
     /// Arguments left.
     fn len(&self) -> usize;
+    /// How many times these calls were handed back after a worker died holding them
+    /// with no call running (see [`HandedBack`]).
+    fn handbacks(&self) -> u32 {
+        0
+    }
 }
 
 /// Arguments of one submission, typed until a chunk takes them.
@@ -108,8 +113,7 @@ impl<A: serde::Serialize + Send> Source for Items<A> {
 }
 
 /// Arguments encoded elsewhere, relayed as they came (a cluster node runs the calls of
-/// a chunk it took in its local pool without knowing their types).
-#[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+/// a chunk it took in its local pool without knowing their types), or handed back.
 pub(crate) struct Encoded(pub(crate) VecDeque<Vec<u8>>);
 
 impl Source for Encoded {
@@ -165,13 +169,56 @@ impl Source for Encoded {
     }
 }
 
+/// Calls handed back to the queue when their worker died while not running them (they
+/// had not started, or had run and their answers died with the worker): their encoded
+/// arguments (without descriptors), run again like any pending call. Not a retry.
+pub(crate) struct HandedBack {
+    pub(crate) args: Encoded,
+    /// Deaths with no call running that handed these calls back (bounded, see
+    /// `core::MAX_HANDBACKS`: a chunk that kills every worker before its first call
+    /// starts must not be handed out forever).
+    pub(crate) handbacks: u32,
+}
+
+impl Source for HandedBack {
+    fn encode_first(&mut self, index: usize, buf: &mut ValueBuf) -> Option<Result<()>> {
+        self.args.encode_first(index, buf)
+    }
+
+    fn encode_run(
+        &mut self,
+        max: usize,
+        buf: &mut ValueBuf,
+        budget: usize,
+        ends: Option<&mut Vec<usize>>,
+    ) -> usize {
+        self.args.encode_run(max, buf, budget, ends)
+    }
+
+    fn pop(&mut self) {
+        self.args.pop();
+    }
+
+    fn len(&self) -> usize {
+        self.args.len()
+    }
+
+    fn handbacks(&self) -> u32 {
+        self.handbacks
+    }
+}
+
 /// A call to run again, alone, after its worker died: its encoded argument, and every
-/// descriptor of the chunk it first travelled in (its encoding numbers them so).
+/// descriptor of the chunk it first travelled in (its encoding numbers them so). A
+/// retry (the call was running: `attempts` counts it), or a call handed back from a
+/// chunk that carried descriptors or was itself a retry.
 pub(crate) struct Retry {
     pub(crate) index: usize,
     pub(crate) bytes: Vec<u8>,
     pub(crate) fds: Vec<OwnedFd>,
     pub(crate) attempts: u32,
+    /// See [`HandedBack::handbacks`].
+    pub(crate) handbacks: u32,
 }
 
 pub(crate) struct Job {

@@ -8,11 +8,20 @@
 //! It never touches a socket or a process, so every rule here has unit tests that need
 //! neither.
 //!
-//! What a worker's death costs: the calls it held and had not answered. Answers it
+//! What a worker's death costs: the call it was running, and nothing else. Answers it
 //! sent before dying are kept (a worker answers a long chunk in pieces, as its calls
 //! finish). A worker may hold several chunks at once (pipelining, see [`chunking`]);
-//! each of its unanswered calls is then retried alone on another worker, if the pool
-//! allows retries, or answered with the error that says how the worker died.
+//! the event loop says which call it had started last ([`LastStart`], from the
+//! worker's call slot). That call is retried alone on another worker, if the pool
+//! allows retries, or answered with the error that says how the worker died. Every
+//! other call it held goes back to the queue ([`jobs::HandedBack`]; not a retry): those
+//! it had not started, and those it had run whose answers died with it (they run
+//! twice). For that the core keeps each chunk's encoded arguments until the chunk is
+//! answered ([`Core::set_requeue`]; shared with the message that carries them, not
+//! copied). A death with no call running (between calls) hands everything back, at
+//! most [`MAX_HANDBACKS`] times per call; after that the call answers
+//! [`Error::LostWithWorker`], which names how the worker died. A transport without
+//! call slots ([`LastStart::Unknown`], MPI) answers every held call with the death.
 
 pub(crate) mod chunking;
 pub(crate) mod jobs;
@@ -29,7 +38,41 @@ use crate::pool::ChunkSize;
 use crate::task;
 use crate::wire::message::{Failure, TaskRef};
 use crate::wire::values::{Data, Received, ValueBuf};
-use jobs::{Job, Retry, Source};
+use jobs::{Encoded, HandedBack, Job, Retry, Source};
+
+/// Deaths with no call running after which a call they handed back is no longer handed
+/// out but answered ([`Error::LostWithWorker`]): a chunk that kills every worker before
+/// its first call starts (or between calls) must not be handed out forever.
+pub(crate) const MAX_HANDBACKS: u32 = 3;
+
+/// What a dead worker had started last, as its call slot said.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum LastStart {
+    /// The worker has no call slot (MPI ranks): which call was running is unknown, and
+    /// every call it held answers its death.
+    Unknown,
+    /// It started no call.
+    Nothing,
+    /// Call `pos` of the chunk whose number's low 32 bits are `seq` (see
+    /// `worker::call_word`). It may have finished since (the worker died between two
+    /// calls): if its answer arrived, nothing was running; if not, it is taken for the
+    /// running call, the closest one to the death.
+    Call { seq: u32, pos: u32 },
+}
+
+impl LastStart {
+    /// The state a call slot's word describes.
+    pub(crate) fn of_word(word: u64) -> LastStart {
+        if word == crate::worker::NO_CALL {
+            LastStart::Nothing
+        } else {
+            LastStart::Call {
+                seq: (word >> 32) as u32,
+                pos: word as u32,
+            }
+        }
+    }
+}
 
 /// Answers for some calls of one job, still encoded.
 pub(crate) enum Answers {
@@ -290,10 +333,58 @@ struct Held {
     deadline: Option<Instant>,
     /// Estimated run time, for pipelining (`None`: call time unknown).
     nanos: Option<f64>,
-    /// For retries: each call's bytes and the chunk's descriptors.
-    kept: Option<(Vec<Vec<u8>>, Vec<OwnedFd>)>,
+    /// To run its calls again (retries, hand-backs): its arguments.
+    kept: Option<Kept>,
     /// Attempts so far of a retried call (0 for a first run).
     attempts: u32,
+    /// See [`jobs::HandedBack::handbacks`].
+    handbacks: u32,
+}
+
+/// A chunk's arguments, kept until it is answered, to run its calls again should its
+/// worker die.
+struct Kept {
+    data: KeptData,
+    /// Where each call's argument ends in `data`.
+    ends: Vec<usize>,
+    /// Copies of the chunk's descriptors (its arguments number them).
+    fds: Vec<OwnedFd>,
+}
+
+enum KeptData {
+    /// Shared with the message that carries them (or a copy, for a transport that
+    /// needs its own).
+    Inline(Arc<Vec<u8>>),
+    /// A copy of the descriptor of the sealed memory file they travel in.
+    File(OwnedFd),
+}
+
+impl Kept {
+    /// The encoded arguments of the calls at `positions` (`None`: the memory file they
+    /// travel in cannot be read back).
+    fn arguments(&self, positions: &[usize]) -> Option<Vec<Vec<u8>>> {
+        let map;
+        let all: &[u8] = match &self.data {
+            KeptData::Inline(v) => v,
+            KeptData::File(file) => {
+                map = crate::wire::values::map_sealed(file, usize::MAX, "kept arguments").ok()?;
+                map.sealed_bytes()
+            }
+        };
+        positions
+            .iter()
+            .map(|&p| {
+                let start = if p == 0 { 0 } else { *self.ends.get(p - 1)? };
+                let end = *self.ends.get(p)?;
+                all.get(start..end).map(<[u8]>::to_vec)
+            })
+            .collect()
+    }
+
+    /// Copies of the chunk's descriptors.
+    fn fds(&self) -> Vec<OwnedFd> {
+        self.fds.iter().filter_map(|f| f.try_clone().ok()).collect()
+    }
 }
 
 #[derive(Default)]
@@ -322,12 +413,14 @@ pub(crate) struct Abort {
     pub(crate) backtrace: Option<String>,
 }
 
-/// What a worker's death cost: the calls it held unanswered, and how many of them run
-/// again.
+/// What a worker's death cost: the calls it held unanswered answered with an error
+/// (`lost`), retried (the running call, as `retries` allows) and handed back to the
+/// queue (the others).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Cost {
     pub(crate) lost: usize,
     pub(crate) retried: usize,
+    pub(crate) handed_back: usize,
 }
 
 /// A chunk ready to send.
@@ -336,6 +429,9 @@ pub(crate) struct Chunk {
     pub(crate) entry: TaskRef,
     pub(crate) calls: u32,
     pub(crate) data: Data,
+    /// With [`Core::set_requeue`], inline data is here instead of in `data` (left
+    /// empty): shared with the core, which keeps it until the chunk is answered.
+    pub(crate) shared: Option<Arc<Vec<u8>>>,
     pub(crate) fds: Vec<OwnedFd>,
     /// Where each call's argument ends in `data`, if [`Limits::ends`] asked.
     #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
@@ -366,6 +462,9 @@ pub(crate) struct Core {
     broken: Option<Error>,
     /// Jobs with a sink that have answers (or their end) to hand over.
     due: Vec<u64>,
+    /// Keep every chunk's arguments until it is answered, to hand a dead worker's
+    /// calls back (see [`Core::set_requeue`]).
+    requeue: bool,
 }
 
 impl Core {
@@ -377,7 +476,16 @@ impl Core {
             slots: HashMap::new(),
             broken: None,
             due: Vec::new(),
+            requeue: false,
         }
+    }
+
+    /// Keeps every chunk's arguments until the chunk is answered, so that a dead
+    /// worker's calls other than the running one go back to the queue (for a
+    /// transport whose deaths say which call was running: [`LastStart`]). Inline
+    /// arguments are then shared with the message ([`Chunk::shared`]), not copied.
+    pub(crate) fn set_requeue(&mut self, on: bool) {
+        self.requeue = on;
     }
 
     /// The number of workers the fair share divides by (an MPI pool learns it once
@@ -568,13 +676,11 @@ impl Core {
     /// (cluster lanes), not processes, when nobody will answer what they hold.
     #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
     pub(crate) fn fail_outstanding(&mut self, error: &Error) {
-        let retries = std::mem::replace(&mut self.cfg.retries, 0);
         let ids: Vec<WorkerId> = self.slots.keys().copied().collect();
         for id in ids {
-            self.on_death(id, 0, clone_error(error));
+            self.fail_held(id, error);
             self.add_worker(id, false);
         }
-        self.cfg.retries = retries;
         self.fail_pending(error);
     }
 
@@ -639,7 +745,8 @@ impl Core {
             return None;
         }
         let workers = self.cfg.workers;
-        let keep = self.cfg.retries > 0;
+        let keep = self.requeue || self.cfg.retries > 0;
+        let share = self.requeue;
         let (job_id, job) = self.jobs.iter_mut().find(|(_, j)| j.pending() > 0)?;
         let job_id = *job_id;
         let plenty = job.pending() > chunking::PLENTY_PER_WORKER * workers.max(1);
@@ -650,7 +757,7 @@ impl Core {
             return None;
         }
         let idle = slot.held.is_empty();
-        let built = if !job.retries.is_empty() {
+        let mut built = if !job.retries.is_empty() {
             if !idle {
                 return None;
             }
@@ -673,11 +780,20 @@ impl Core {
         }
         let entry = job.entry;
         let nanos = job.nanos_per_call.map(|ns| ns * built.indices.len() as f64);
-        let data = built.data;
         if built.indices.is_empty() {
             self.remove_if_finished(job_id);
             return None;
         }
+        let (data, shared, kept) = if keep {
+            let ends = if limits.ends {
+                built.ends.clone()
+            } else {
+                std::mem::take(&mut built.ends)
+            };
+            keep_chunk(built.data, ends, &built.fds, share)
+        } else {
+            (built.data, None, None)
+        };
         let slot = self.slots.get_mut(&id)?;
         let seq = slot.next_seq;
         slot.next_seq += 1;
@@ -690,16 +806,18 @@ impl Core {
             indices: built.indices,
             answered: 0,
             nanos,
-            kept: built.kept,
+            kept,
             attempts: built.attempts,
+            handbacks: built.handbacks,
         });
         Some(Chunk {
             seq,
             entry,
             calls,
             data,
+            shared,
             fds: built.fds,
-            ends: built.ends,
+            ends: if limits.ends { built.ends } else { Vec::new() },
         })
     }
 
@@ -891,60 +1009,238 @@ impl Core {
         out
     }
 
-    /// Worker `id` is gone. `death` is how it ended (as the error its unanswered calls
-    /// get when they are not retried). Returns what it cost.
-    pub(crate) fn on_death(&mut self, id: WorkerId, pid: u32, death: Error) -> Cost {
+    /// Worker `id` is gone. `death` is how it ended; `last` what its call slot says it
+    /// started last. The call it was running answers the death (or is retried, as
+    /// `retries` allows); every other call it held goes back to the queue (see the
+    /// module's docs). Returns what it cost.
+    pub(crate) fn on_death(
+        &mut self,
+        id: WorkerId,
+        pid: u32,
+        death: Error,
+        last: LastStart,
+    ) -> Cost {
         let Some(slot) = self.slots.remove(&id) else {
             return Cost::default();
         };
-        let mut lost = 0;
-        let mut retried = 0;
-        for held in slot.held {
-            let Some(job) = self.jobs.get_mut(&held.job) else {
-                continue;
-            };
+        // Under `panic = "abort"` the panic hook said which call it was, slot or not.
+        let last = match (last, &slot.aborting) {
+            (LastStart::Unknown, Some(a)) => LastStart::Call {
+                seq: a.seq as u32,
+                pos: a.index,
+            },
+            (last, _) => last,
+        };
+        let running = match last {
+            LastStart::Unknown => return self.fail_unknown(slot, pid, death),
+            LastStart::Nothing => None,
+            // Started and not answered (an answered call had finished: the worker died
+            // after it, between calls).
+            LastStart::Call { seq, pos } => {
+                let pos = pos as usize;
+                slot.held
+                    .iter()
+                    .position(|h| h.seq as u32 == seq)
+                    .filter(|&k| pos < slot.held[k].indices.len() && pos >= slot.held[k].answered)
+                    .map(|k| (k, pos))
+            }
+        };
+        let running_index = running.map(|(k, pos)| slot.held[k].indices[pos]);
+        let cause = match &slot.aborting {
+            _ if slot.timed_out => Error::Timeout {
+                what: format!("a call of a pool job on worker {pid}"),
+                timeout: self.cfg.task_timeout.unwrap_or_default(),
+            },
+            Some(a) => Error::Panicked {
+                pid,
+                message: a.message.clone(),
+                location: a.location.clone(),
+                backtrace: a.backtrace.clone(),
+            },
+            None => death,
+        };
+        let mut cost = Cost::default();
+        // Last chunk first: each pushes what it hands back to the front of the queue,
+        // so the calls end up there in the order they had.
+        for (k, held) in slot.held.into_iter().enumerate().rev() {
+            if !self.jobs.contains_key(&held.job) {
+                continue; // cancelled: nobody wants its answers
+            }
             let mut failed = Vec::new();
-            let mut kept = held.kept;
-            for pos in held.answered..held.indices.len() {
-                let index = held.indices[pos];
-                lost += 1;
+            let mut back = Vec::new();
+            for p in held.answered..held.indices.len() {
+                let index = held.indices[p];
+                match running {
+                    Some(r) if r == (k, p) => {}
+                    // Calls before the running one had run; their answers died with it.
+                    _ => {
+                        back.push((p, running.is_some_and(|r| (k, p) < r)));
+                        continue;
+                    }
+                }
                 let error = if slot.timed_out {
                     Error::Timeout {
                         what: format!("call {index} of a pool job on worker {pid}"),
                         timeout: self.cfg.task_timeout.unwrap_or_default(),
                     }
-                } else if let Some(a) = slot
+                } else if slot
                     .aborting
                     .as_ref()
-                    .filter(|a| a.seq == held.seq && a.index as usize == pos)
+                    .is_some_and(|a| a.seq == held.seq && a.index as usize == p)
                 {
-                    Error::Panicked {
-                        pid,
-                        message: a.message.clone(),
-                        location: a.location.clone(),
-                        backtrace: a.backtrace.clone(),
+                    clone_error(&cause)
+                } else if let Some(retry) = self.retry_of(&held, p) {
+                    if let Some(job) = self.jobs.get_mut(&held.job) {
+                        job.retries.push_back(retry);
                     }
-                } else if held.attempts < self.cfg.retries
-                    && let Some((bytes, fds)) = kept.as_mut()
-                {
-                    job.retries.push_back(Retry {
-                        index,
-                        bytes: std::mem::take(&mut bytes[pos]),
-                        fds: fds.iter().filter_map(|f| f.try_clone().ok()).collect(),
-                        attempts: held.attempts + 1,
-                    });
-                    retried += 1;
+                    cost.retried += 1;
+                    continue;
+                } else {
+                    clone_error(&cause)
+                };
+                failed.push((index, error));
+            }
+            let lost = Lost {
+                pid,
+                cause: &cause,
+                running: running_index,
+            };
+            self.hand_back(&held, back, &lost, &mut failed, &mut cost);
+            cost.lost += failed.len();
+            self.deliver(held.job, Answers::Failed(failed));
+            self.remove_if_finished(held.job);
+        }
+        cost
+    }
+
+    /// The retry of call `p` of `held`, if the pool allows one more and its argument
+    /// was kept.
+    fn retry_of(&self, held: &Held, p: usize) -> Option<Retry> {
+        if held.attempts >= self.cfg.retries {
+            return None;
+        }
+        let kept = held.kept.as_ref()?;
+        Some(Retry {
+            index: held.indices[p],
+            bytes: kept.arguments(&[p])?.pop()?,
+            fds: kept.fds(),
+            attempts: held.attempts + 1,
+            handbacks: held.handbacks,
+        })
+    }
+
+    /// Puts the calls of `held` at positions `back` (with whether each had run) back
+    /// at the front of their job's queue. A call that cannot go back (its arguments
+    /// were not kept, or deaths with no call running handed it back too often) is
+    /// answered [`Error::LostWithWorker`] in `failed`.
+    fn hand_back(
+        &mut self,
+        held: &Held,
+        back: Vec<(usize, bool)>,
+        lost: &Lost<'_>,
+        failed: &mut Vec<(usize, Error)>,
+        cost: &mut Cost,
+    ) {
+        if back.is_empty() {
+            return;
+        }
+        let handbacks = held.handbacks + u32::from(lost.running.is_none());
+        let positions: Vec<usize> = back.iter().map(|(p, _)| *p).collect();
+        let kept = held.kept.as_ref().filter(|_| handbacks <= MAX_HANDBACKS);
+        let args = kept.and_then(|k| Some((k, k.arguments(&positions)?)));
+        let (Some((kept, args)), Some(job)) = (args, self.jobs.get_mut(&held.job)) else {
+            failed.extend(back.into_iter().map(|(p, started)| {
+                let e = Error::LostWithWorker {
+                    pid: lost.pid,
+                    cause: Box::new(clone_error(lost.cause)),
+                    running: lost.running,
+                    started,
+                };
+                (held.indices[p], e)
+            }));
+            return;
+        };
+        cost.handed_back += back.len();
+        if held.attempts > 0 || !kept.fds.is_empty() {
+            // Their encodings number the chunk's descriptors: each goes alone, with
+            // all of them (as a retry does).
+            for (bytes, &p) in args.into_iter().zip(&positions).rev() {
+                job.retries.push_front(Retry {
+                    index: held.indices[p],
+                    bytes,
+                    fds: kept.fds(),
+                    attempts: held.attempts,
+                    handbacks,
+                });
+            }
+            return;
+        }
+        // Runs of consecutive calls, each a source of its own, first run first.
+        let mut runs: Vec<(usize, VecDeque<Vec<u8>>)> = Vec::new();
+        for (bytes, &p) in args.into_iter().zip(&positions) {
+            let index = held.indices[p];
+            match runs.last_mut() {
+                Some((first, run)) if *first + run.len() == index => run.push_back(bytes),
+                _ => runs.push((index, VecDeque::from([bytes]))),
+            }
+        }
+        for (first, run) in runs.into_iter().rev() {
+            let source = HandedBack {
+                args: Encoded(run),
+                handbacks,
+            };
+            job.sources.push_front((first, Box::new(source)));
+        }
+    }
+
+    /// A death on a transport without call slots: every call the worker held and had
+    /// not answered answers it (or is retried, as `retries` allows).
+    fn fail_unknown(&mut self, slot: Slot, pid: u32, death: Error) -> Cost {
+        let mut cost = Cost::default();
+        for held in slot.held {
+            if !self.jobs.contains_key(&held.job) {
+                continue; // cancelled: nobody wants its answers
+            }
+            let mut failed = Vec::new();
+            for p in held.answered..held.indices.len() {
+                let index = held.indices[p];
+                let error = if slot.timed_out {
+                    Error::Timeout {
+                        what: format!("call {index} of a pool job on worker {pid}"),
+                        timeout: self.cfg.task_timeout.unwrap_or_default(),
+                    }
+                } else if let Some(retry) = self.retry_of(&held, p) {
+                    if let Some(job) = self.jobs.get_mut(&held.job) {
+                        job.retries.push_back(retry);
+                        cost.retried += 1;
+                    }
                     continue;
                 } else {
                     clone_error(&death)
                 };
                 failed.push((index, error));
             }
-            let job_id = held.job;
-            self.deliver(job_id, Answers::Failed(failed));
-            self.remove_if_finished(job_id);
+            cost.lost += failed.len();
+            self.deliver(held.job, Answers::Failed(failed));
+            self.remove_if_finished(held.job);
         }
-        Cost { lost, retried }
+        cost
+    }
+
+    /// Answers every call worker `id` holds and has not answered with `error`, and
+    /// forgets the worker.
+    fn fail_held(&mut self, id: WorkerId, error: &Error) {
+        let Some(slot) = self.slots.remove(&id) else {
+            return;
+        };
+        for held in slot.held {
+            let failed = held.indices[held.answered..]
+                .iter()
+                .map(|&i| (i, clone_error(error)))
+                .collect();
+            self.deliver(held.job, Answers::Failed(failed));
+            self.remove_if_finished(held.job);
+        }
     }
 
     /// What `id` has answered, and whether it holds work now: for `Pool::workers`.
@@ -961,18 +1257,19 @@ impl Core {
     /// The pool stops at once: every call not yet answered, and every call to come,
     /// answers `error`, whatever held it.
     pub(crate) fn stop(&mut self, error: Error) {
-        let retries = std::mem::replace(&mut self.cfg.retries, 0);
         let ids: Vec<WorkerId> = self.slots.keys().copied().collect();
         for id in ids {
-            if let Some(s) = self.slots.get_mut(&id) {
-                s.timed_out = false;
-                s.aborting = None;
-            }
-            self.on_death(id, 0, clone_error(&error));
+            self.fail_held(id, &error);
         }
-        self.cfg.retries = retries;
         self.break_pool(error);
     }
+}
+
+/// What calls lost with a worker say of its death ([`Error::LostWithWorker`]).
+struct Lost<'a> {
+    pid: u32,
+    cause: &'a Error,
+    running: Option<usize>,
 }
 
 /// Lists `job` (with a sink) among the deliveries due, once.
@@ -989,22 +1286,60 @@ struct Built {
     data: Data,
     fds: Vec<OwnedFd>,
     failed: Vec<(usize, Error)>,
-    kept: Option<(Vec<Vec<u8>>, Vec<OwnedFd>)>,
     attempts: u32,
+    handbacks: u32,
+    /// Where each argument ends in `data` (recorded when the chunk is kept, or when
+    /// [`Limits::ends`] asks).
     ends: Vec<usize>,
 }
 
 impl Built {
     fn retry(r: Retry) -> Built {
-        let fds: Vec<OwnedFd> = r.fds.iter().filter_map(|f| f.try_clone().ok()).collect();
         Built {
             ends: vec![r.bytes.len()],
             indices: vec![r.index],
-            data: Data::Inline(r.bytes.clone()),
-            fds,
+            data: Data::Inline(r.bytes),
+            fds: r.fds,
             failed: Vec::new(),
-            kept: Some((vec![r.bytes], r.fds)),
             attempts: r.attempts,
+            handbacks: r.handbacks,
+        }
+    }
+}
+
+/// What is kept of a chunk about to be sent ([`Kept`]), and its data as sent: inline
+/// data is shared with the message (`share`) or copied.
+fn keep_chunk(
+    data: Data,
+    ends: Vec<usize>,
+    fds: &[OwnedFd],
+    share: bool,
+) -> (Data, Option<Arc<Vec<u8>>>, Option<Kept>) {
+    // Only a chunk whose descriptors could all be copied can run again.
+    let fd_copies: Option<Vec<OwnedFd>> = fds.iter().map(|f| f.try_clone().ok()).collect();
+    let kept = |data| {
+        fd_copies.map(|fds| Kept {
+            data,
+            ends,
+            fds,
+        })
+    };
+    match data {
+        Data::Inline(v) if share => {
+            let v = Arc::new(v);
+            let k = kept(KeptData::Inline(v.clone()));
+            (Data::Inline(Vec::new()), Some(v), k)
+        }
+        Data::Inline(v) => {
+            let k = kept(KeptData::Inline(Arc::new(v.clone())));
+            (Data::Inline(v), None, k)
+        }
+        Data::Shared(file) => {
+            let k = file
+                .try_clone()
+                .ok()
+                .and_then(|copy| kept(KeptData::File(copy)));
+            (Data::Shared(file), None, k)
         }
     }
 }
@@ -1016,6 +1351,7 @@ fn build(job: &mut Job, n: usize, limits: &Limits, keep: bool) -> Built {
     let mut indices = Vec::with_capacity(n.min(job.pending()));
     let mut ends: Vec<usize> = Vec::new();
     let mut failed = Vec::new();
+    let mut handbacks = 0;
     // One capture for the whole chunk: the descriptors of every argument are numbered
     // across the frame, and the hot path of tiny calls pays no per-value set-up.
     crate::wire::fds::capture_into(&mut fds, || {
@@ -1024,6 +1360,7 @@ fn build(job: &mut Job, n: usize, limits: &Limits, keep: bool) -> Built {
                 break;
             };
             let start = *first;
+            let source_handbacks = source.handbacks();
             let ends_if_kept = (keep || limits.ends).then_some(&mut ends);
             let took = source.encode_run(
                 n - indices.len(),
@@ -1032,6 +1369,7 @@ fn build(job: &mut Job, n: usize, limits: &Limits, keep: bool) -> Built {
                 ends_if_kept,
             );
             if took > 0 {
+                handbacks = handbacks.max(source_handbacks);
                 indices.extend(start..start + took);
                 *first += took;
                 if buf.len() >= chunking::CHUNK_BYTES {
@@ -1050,6 +1388,7 @@ fn build(job: &mut Job, n: usize, limits: &Limits, keep: bool) -> Built {
                 }
                 Some(r) => r,
             };
+            handbacks = handbacks.max(source_handbacks);
             let fd_count = crate::wire::fds::captured_len();
             let too_many_fds = fd_count > limits.max_fds;
             let error = match result {
@@ -1094,20 +1433,6 @@ fn build(job: &mut Job, n: usize, limits: &Limits, keep: bool) -> Built {
             }
         }
     });
-    let kept = keep.then(|| {
-        let bytes = buf.heap().map(|heap| {
-            let mut start = 0;
-            ends.iter()
-                .map(|&end| {
-                    let b = heap[start..end].to_vec();
-                    start = end;
-                    b
-                })
-                .collect()
-        });
-        let fds_copy = fds.iter().filter_map(|f| f.try_clone().ok()).collect();
-        (bytes, fds_copy)
-    });
     let data = match buf.finish() {
         Ok(d) => d,
         Err(e) => {
@@ -1115,21 +1440,13 @@ fn build(job: &mut Job, n: usize, limits: &Limits, keep: bool) -> Built {
             Data::Inline(Vec::new())
         }
     };
-    let kept = match kept {
-        Some((Some(bytes), fds_copy)) => Some((bytes, fds_copy)),
-        // Spilled data is not kept per call: such calls are answered, not retried.
-        _ => None,
-    };
-    if !limits.ends {
-        ends.clear();
-    }
     Built {
         indices,
         data,
         fds,
         failed,
-        kept,
         attempts: 0,
+        handbacks,
         ends,
     }
 }

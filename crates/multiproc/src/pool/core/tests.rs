@@ -35,6 +35,73 @@ fn core(retries: u32) -> Core {
     })
 }
 
+/// A core for workers with call slots (the local pool's): a dead worker's calls other
+/// than the running one go back to the queue.
+fn requeuing(retries: u32, timeout: Option<Duration>) -> Core {
+    let mut c = Core::new(Config {
+        workers: 2,
+        retries,
+        task_timeout: timeout,
+        max_tasks_per_child: None,
+        pipeline: true,
+        chunk_time: chunking::LOCAL,
+    });
+    c.set_requeue(true);
+    c
+}
+
+/// The arguments a chunk carries (the tests' arguments are `u32`s).
+fn args_of(chunk: &Chunk) -> Vec<u32> {
+    let bytes: &[u8] = match (&chunk.shared, &chunk.data) {
+        (Some(v), _) => v,
+        (None, Data::Inline(v)) => v,
+        (None, Data::Shared(_)) => panic!("inline data expected"),
+    };
+    let mut values = crate::wire::Values::new(bytes);
+    (0..chunk.calls).map(|_| values.next().unwrap()).collect()
+}
+
+/// The call slot's state for call `pos` of `chunk`.
+fn running(chunk: &Chunk, pos: u32) -> LastStart {
+    LastStart::of_word(crate::worker::call_word(chunk.seq, pos))
+}
+
+/// Gives worker `id` chunks until it wants no more; returns them.
+fn fill(c: &mut Core, id: WorkerId) -> Vec<Chunk> {
+    let mut out = Vec::new();
+    while let Some(ch) = c.next_chunk(id, &limits(), Instant::now()) {
+        out.push(ch);
+    }
+    out
+}
+
+/// Runs every chunk worker `id` is given (answering each call with its argument × 10)
+/// until the job has nothing left to hand out; returns the calls run, in order.
+fn run_rest(c: &mut Core, id: WorkerId) -> Vec<u32> {
+    let mut ran = Vec::new();
+    loop {
+        let chunks = fill(c, id);
+        if chunks.is_empty() {
+            return ran;
+        }
+        for ch in chunks {
+            let args = args_of(&ch);
+            let idx: Vec<usize> = args.iter().map(|&a| a as usize).collect();
+            answer(c, id, ch.seq, 0, &idx);
+            ran.extend(args);
+        }
+    }
+}
+
+/// Answers a probe chunk on worker `id`, so that the call time is known (1 µs) and
+/// the worker is given several chunks at once (pipelining).
+fn probe(c: &mut Core, id: WorkerId, job: u64, at: usize) {
+    c.submit(job, at, Box::new(Items::new(vec![at as u32])));
+    let ch = c.next_chunk(id, &limits(), Instant::now()).unwrap();
+    assert_eq!(args_of(&ch), [at as u32]);
+    answer(c, id, ch.seq, 0, &[at]);
+}
+
 /// Answers `n` calls of the worker's front chunk from `first`, each value `index * 10`.
 fn answer(core: &mut Core, id: WorkerId, seq: u64, first: u32, indices: &[usize]) {
     let mut data = Vec::new();
@@ -122,7 +189,7 @@ fn cancel_while_chunks_run_drops_what_comes_back() {
 }
 
 #[test]
-fn a_death_mid_chunk_costs_only_the_unanswered_calls() {
+fn without_call_slots_a_death_mid_chunk_costs_the_unanswered_calls() {
     let mut c = core(0);
     c.add_worker(1, false);
     let job = c.open(ENTRY, ChunkSize::Fixed(8), true);
@@ -131,7 +198,7 @@ fn a_death_mid_chunk_costs_only_the_unanswered_calls() {
     let chunk = c.next_chunk(1, &limits(), Instant::now()).unwrap();
     answer(&mut c, 1, chunk.seq, 0, &[0, 1, 2, 3, 4]);
     let death = Error::Exited { pid: 7, code: 3 };
-    assert_eq!(c.on_death(1, 7, death).lost, 3);
+    assert_eq!(c.on_death(1, 7, death, LastStart::Unknown).lost, 3);
     let got = drain(&mut c, job);
     assert_eq!(got.len(), 8);
     for (i, r) in got {
@@ -144,7 +211,230 @@ fn a_death_mid_chunk_costs_only_the_unanswered_calls() {
 }
 
 #[test]
-fn with_retries_unanswered_calls_run_again_alone() {
+fn a_death_mid_chunk_costs_only_the_running_call() {
+    let mut c = requeuing(0, None);
+    c.add_worker(1, false);
+    let job = c.open(ENTRY, ChunkSize::Fixed(8), true);
+    c.submit(job, 0, nums(8));
+    c.seal(job);
+    let chunk = c.next_chunk(1, &limits(), Instant::now()).unwrap();
+    answer(&mut c, 1, chunk.seq, 0, &[0, 1, 2, 3, 4]);
+    let death = Error::Exited { pid: 7, code: 3 };
+    let cost = c.on_death(1, 7, death, running(&chunk, 5));
+    assert_eq!(
+        cost,
+        Cost {
+            lost: 1,
+            retried: 0,
+            handed_back: 2
+        }
+    );
+    c.add_worker(2, false);
+    assert_eq!(run_rest(&mut c, 2), [6, 7], "the calls after it run again");
+    let got = drain(&mut c, job);
+    assert_eq!(got.len(), 8);
+    for (i, r) in got {
+        match i {
+            5 => assert_eq!(r.unwrap_err().exit_code(), Some(3)),
+            _ => assert_eq!(r.unwrap(), i as u64 * 10),
+        }
+    }
+    assert!(c.job_over(job));
+}
+
+#[test]
+fn held_chunks_not_started_go_back_to_the_queue() {
+    let mut c = requeuing(0, None);
+    c.add_worker(1, false);
+    let job = c.open(ENTRY, ChunkSize::Fixed(3), true);
+    probe(&mut c, 1, job, 100);
+    c.submit(job, 0, nums(9));
+    c.seal(job);
+    let held = fill(&mut c, 1);
+    assert_eq!(held.len(), 3, "pipelining: the worker holds every chunk");
+    // It died in the first call of its first chunk.
+    let death = Error::Killed {
+        pid: 7,
+        signal: crate::Signal::from_raw(libc::SIGABRT),
+        core_dumped: false,
+    };
+    let cost = c.on_death(1, 7, death, running(&held[0], 0));
+    assert_eq!((cost.lost, cost.retried, cost.handed_back), (1, 0, 8));
+    c.add_worker(2, false);
+    assert_eq!(
+        run_rest(&mut c, 2),
+        [1, 2, 3, 4, 5, 6, 7, 8],
+        "in their order, not counted as retries"
+    );
+    let got = drain(&mut c, job);
+    assert_eq!(got.len(), 10);
+    for (i, r) in got {
+        match i {
+            0 => assert_eq!(r.unwrap_err().signal().map(|s| s.raw()), Some(libc::SIGABRT)),
+            _ => assert_eq!(r.unwrap(), i as u64 * 10),
+        }
+    }
+    assert!(c.job_over(job));
+}
+
+#[test]
+fn calls_finished_but_not_reported_run_again() {
+    let mut c = requeuing(0, None);
+    c.add_worker(1, false);
+    let job = c.open(ENTRY, ChunkSize::Fixed(4), true);
+    probe(&mut c, 1, job, 100);
+    c.submit(job, 0, nums(8));
+    c.seal(job);
+    let held = fill(&mut c, 1);
+    assert_eq!(held.len(), 2);
+    answer(&mut c, 1, held[0].seq, 0, &[0]);
+    // It ran calls 1..4 of the first chunk and 4 of the second, and died in call 5:
+    // none of those answers left it.
+    let death = Error::Exited { pid: 7, code: 9 };
+    let cost = c.on_death(1, 7, death, running(&held[1], 1));
+    assert_eq!((cost.lost, cost.handed_back), (1, 6));
+    c.add_worker(2, false);
+    assert_eq!(run_rest(&mut c, 2), [1, 2, 3, 4, 6, 7]);
+    let got = drain(&mut c, job);
+    for (i, r) in got {
+        match i {
+            5 => assert_eq!(r.unwrap_err().exit_code(), Some(9)),
+            _ => assert_eq!(r.unwrap(), i as u64 * 10, "call {i}"),
+        }
+    }
+    assert!(c.job_over(job));
+}
+
+#[test]
+fn a_death_between_calls_hands_everything_back_a_few_times_then_says_so() {
+    let mut c = requeuing(0, None);
+    c.add_worker(1, false);
+    let job = c.open(ENTRY, ChunkSize::Fixed(2), true);
+    c.submit(job, 0, nums(4));
+    c.seal(job);
+    let first = c.next_chunk(1, &limits(), Instant::now()).unwrap();
+    answer(&mut c, 1, first.seq, 0, &[0, 1]);
+    let second = c.next_chunk(1, &limits(), Instant::now()).unwrap();
+    assert_eq!(args_of(&second), [2, 3]);
+    // The slot names call 1 of the first chunk, answered: the worker died after it,
+    // before starting the second chunk. Nothing was running: nothing fails.
+    let death = || Error::Exited { pid: 7, code: 71 };
+    let cost = c.on_death(1, 7, death(), running(&first, 1));
+    assert_eq!((cost.lost, cost.handed_back), (0, 2));
+    // Workers that die before starting the chunk, again and again (a slot that never
+    // named a call): handed back MAX_HANDBACKS times in all, then answered.
+    for id in 2..=MAX_HANDBACKS as u64 {
+        c.add_worker(id, false);
+        let again = c.next_chunk(id, &limits(), Instant::now()).unwrap();
+        assert_eq!(args_of(&again), [2, 3]);
+        assert_eq!(c.on_death(id, 7, death(), LastStart::Nothing).handed_back, 2);
+    }
+    let last = MAX_HANDBACKS as u64 + 1;
+    c.add_worker(last, false);
+    assert!(c.next_chunk(last, &limits(), Instant::now()).is_some());
+    assert_eq!(c.on_death(last, 7, death(), LastStart::Nothing).lost, 2);
+    let got = drain(&mut c, job);
+    for (i, r) in got {
+        match (i, r) {
+            (0 | 1, r) => assert_eq!(r.unwrap(), i as u64 * 10),
+            (
+                _,
+                Err(
+                    ref e @ Error::LostWithWorker {
+                        running: None,
+                        started: false,
+                        ref cause,
+                        ..
+                    },
+                ),
+            ) => {
+                assert_eq!(cause.exit_code(), Some(71));
+                let msg = e.to_string();
+                assert!(msg.contains("exited with code 71") && msg.contains("between calls"), "{msg}");
+            }
+            (_, r) => panic!("call {i}: {r:?}"),
+        }
+    }
+    assert!(c.job_over(job));
+}
+
+#[test]
+fn a_call_past_its_deadline_times_out_alone() {
+    let mut c = requeuing(0, Some(Duration::from_millis(10)));
+    c.add_worker(1, false);
+    let job = c.open(ENTRY, ChunkSize::Fixed(3), true);
+    c.submit(job, 0, nums(3));
+    c.seal(job);
+    let t0 = Instant::now();
+    let chunk = c.next_chunk(1, &limits(), t0).unwrap();
+    assert_eq!(c.expired(t0 + Duration::from_millis(31)), vec![1]);
+    let cost = c.on_death(1, 7, Error::PoolTerminated, running(&chunk, 1));
+    assert_eq!((cost.lost, cost.handed_back), (1, 2));
+    c.add_worker(2, false);
+    assert_eq!(run_rest(&mut c, 2), [0, 2]);
+    let got = drain(&mut c, job);
+    assert!(got[1].1.as_ref().unwrap_err().is_timeout(), "{:?}", got[1].1);
+    assert_eq!(*got[0].1.as_ref().unwrap(), 0);
+    assert_eq!(*got[2].1.as_ref().unwrap(), 20);
+}
+
+#[test]
+fn with_retries_the_running_call_runs_again_alone_and_the_rest_as_before() {
+    let mut c = requeuing(1, None);
+    c.add_worker(1, false);
+    let job = c.open(ENTRY, ChunkSize::Fixed(4), true);
+    c.submit(job, 0, nums(4));
+    c.seal(job);
+    let chunk = c.next_chunk(1, &limits(), Instant::now()).unwrap();
+    let cost = c.on_death(1, 7, Error::Exited { pid: 7, code: 1 }, running(&chunk, 1));
+    assert_eq!((cost.lost, cost.retried, cost.handed_back), (0, 1, 3));
+    c.add_worker(2, false);
+    // The retry goes alone to an idle worker; the calls handed back travel together.
+    let retry = c.next_chunk(2, &limits(), Instant::now()).unwrap();
+    assert_eq!(args_of(&retry), [1]);
+    assert!(c.next_chunk(2, &limits(), Instant::now()).is_none());
+    answer(&mut c, 2, retry.seq, 0, &[1]);
+    let rest = c.next_chunk(2, &limits(), Instant::now()).unwrap();
+    assert_eq!(args_of(&rest), [0, 2, 3]);
+    answer(&mut c, 2, rest.seq, 0, &[0, 2, 3]);
+    let got = drain(&mut c, job);
+    assert!(got.iter().all(|(i, r)| *r.as_ref().unwrap() == *i as u64 * 10));
+}
+
+#[test]
+fn a_panic_under_panic_abort_answers_its_call_with_the_panic() {
+    let mut c = requeuing(2, None);
+    c.add_worker(1, false);
+    let job = c.open(ENTRY, ChunkSize::Fixed(3), true);
+    c.submit(job, 0, nums(3));
+    c.seal(job);
+    let chunk = c.next_chunk(1, &limits(), Instant::now()).unwrap();
+    c.on_aborting(
+        1,
+        Abort {
+            seq: chunk.seq,
+            index: 2,
+            message: "boom".into(),
+            location: None,
+            backtrace: None,
+        },
+    );
+    let death = Error::Killed {
+        pid: 7,
+        signal: crate::Signal::from_raw(libc::SIGABRT),
+        core_dumped: false,
+    };
+    // Without the slot's word, the hook's report says which call it was.
+    let cost = c.on_death(1, 7, death, LastStart::Unknown);
+    assert_eq!((cost.lost, cost.retried, cost.handed_back), (1, 0, 2));
+    c.add_worker(2, false);
+    assert_eq!(run_rest(&mut c, 2), [0, 1]);
+    let got = drain(&mut c, job);
+    assert_eq!(got[2].1.as_ref().unwrap_err().panic_message(), Some("boom"));
+}
+
+#[test]
+fn without_call_slots_with_retries_unanswered_calls_run_again_alone() {
     let mut c = core(1);
     c.add_worker(1, false);
     let job = c.open(ENTRY, ChunkSize::Fixed(4), true);
@@ -152,8 +442,8 @@ fn with_retries_unanswered_calls_run_again_alone() {
     c.seal(job);
     let chunk = c.next_chunk(1, &limits(), Instant::now()).unwrap();
     answer(&mut c, 1, chunk.seq, 0, &[0]);
-    let cost = c.on_death(1, 7, Error::PoolTerminated);
-    assert_eq!((cost.lost, cost.retried), (3, 3));
+    let cost = c.on_death(1, 7, Error::PoolTerminated, LastStart::Unknown);
+    assert_eq!((cost.lost, cost.retried), (0, 3));
     c.add_worker(2, false);
     let mut retried = Vec::new();
     while let Some(ch) = c.next_chunk(2, &limits(), Instant::now()) {
@@ -171,10 +461,10 @@ fn with_retries_unanswered_calls_run_again_alone() {
     c.submit(job2, 0, nums(1));
     c.seal(job2);
     let _ = c.next_chunk(2, &limits(), Instant::now()).unwrap();
-    c.on_death(2, 8, Error::Exited { pid: 8, code: 1 });
+    c.on_death(2, 8, Error::Exited { pid: 8, code: 1 }, LastStart::Unknown);
     c.add_worker(3, false);
     let again = c.next_chunk(3, &limits(), Instant::now()).unwrap();
-    c.on_death(3, 9, Error::Exited { pid: 9, code: 2 });
+    c.on_death(3, 9, Error::Exited { pid: 9, code: 2 }, LastStart::Unknown);
     let _ = again;
     let got = drain(&mut c, job2);
     assert_eq!(got[0].1.as_ref().unwrap_err().exit_code(), Some(2));
@@ -239,7 +529,7 @@ fn a_deadline_marks_the_worker_and_its_death_answers_timeout() {
     assert_eq!(c.next_deadline(), Some(t0 + Duration::from_millis(10)));
     assert!(c.expired(t0).is_empty());
     assert_eq!(c.expired(t0 + Duration::from_millis(11)), vec![1]);
-    c.on_death(1, 5, Error::PoolTerminated);
+    c.on_death(1, 5, Error::PoolTerminated, LastStart::Unknown);
     let got = drain(&mut c, job);
     assert!(got[0].1.as_ref().unwrap_err().is_timeout());
 }
@@ -321,7 +611,10 @@ fn cancel_stops_only_workers_that_hold_nothing_else() {
     // The doomed worker gets no more work, and its death costs b nothing.
     c.submit(b, 1, nums(1));
     assert!(c.next_chunk(1, &limits(), Instant::now()).is_none());
-    assert_eq!(c.on_death(1, 7, Error::PoolTerminated).lost, 0);
+    assert_eq!(
+        c.on_death(1, 7, Error::PoolTerminated, LastStart::Unknown).lost,
+        0
+    );
     assert!(c.running(b));
     // Cancelling what is already gone asks nothing of the workers.
     assert!(c.cancel(a, true).is_empty());

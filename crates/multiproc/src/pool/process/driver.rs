@@ -21,9 +21,9 @@ use std::os::unix::net::UnixStream;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::proc::Proc;
+use super::proc::{Body, Proc};
 use crate::error::{Error, Result};
-use crate::pool::core::{Answers, Core, Limits, WorkerId};
+use crate::pool::core::{Answers, Core, LastStart, Limits, WorkerId};
 use crate::start::StartMethod;
 use crate::task;
 use crate::wire::message::{self, Reply, Request, TaskRef};
@@ -88,7 +88,10 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn new(core: Core, settings: Settings) -> Result<Shared> {
+    pub(crate) fn new(mut core: Core, settings: Settings) -> Result<Shared> {
+        // Workers have call slots: a death costs only the running call, the others
+        // go back to the queue, from the arguments the core keeps.
+        core.set_requeue(true);
         let (wake_tx, wake_rx) = UnixStream::pair().map_err(|e| Error::io("creating a pool", e))?;
         for s in [&wake_tx, &wake_rx] {
             s.set_nonblocking(true)
@@ -505,8 +508,9 @@ impl Shared {
         }
     }
 
-    /// Worker `i` exited: whatever it sent before counts; its unanswered calls are
-    /// retried or answered with how it died.
+    /// Worker `i` exited: whatever it sent before counts; the call it was running (its
+    /// call slot says which) is retried or answered with how it died, its other
+    /// unanswered calls go back to the queue.
     fn reap(&self, st: &mut State, i: usize) {
         let (id, mut p) = st.procs.swap_remove(i);
         let cancelled = st.cancel_killed.contains(&id);
@@ -516,12 +520,14 @@ impl Shared {
             init_failed(st, death.to_string());
         }
         let cause = death.to_string();
-        let cost = st.core.on_death(id, p.pid, death);
-        if !p.retiring || cost.lost > 0 {
+        let last = p.last_start();
+        let cost = st.core.on_death(id, p.pid, death, last);
+        if !p.retiring || cost.lost > 0 || cost.handed_back > 0 {
             tracing::debug!(
                 pid = p.pid,
                 lost = cost.lost,
                 retried = cost.retried,
+                handed_back = cost.handed_back,
                 cancelled,
                 "pool worker died: {cause}; it is replaced"
             );
@@ -595,12 +601,13 @@ fn dispatch(st: &mut State) {
             let Some(chunk) = st.core.next_chunk(*id, &limits, now) else {
                 return false;
             };
-            let (data, fds, shared) = match chunk.data {
-                Data::Inline(v) => (v, chunk.fds, false),
-                Data::Shared(file) => {
+            let (data, fds, shared): (Body, _, _) = match (chunk.data, chunk.shared) {
+                (_, Some(kept)) => (kept.into(), chunk.fds, false),
+                (Data::Inline(v), None) => (v.into(), chunk.fds, false),
+                (Data::Shared(file), None) => {
                     let mut fds = chunk.fds;
                     fds.insert(0, file);
-                    (Vec::new(), fds, true)
+                    (Vec::new().into(), fds, true)
                 }
             };
             let run = Request::Run {
@@ -615,7 +622,7 @@ fn dispatch(st: &mut State) {
                 // An envelope that does not encode cannot happen with these types;
                 // if it ever did, the worker's calls say so instead of hanging.
                 let pid = p.pid;
-                st.core.on_death(*id, pid, e);
+                st.core.on_death(*id, pid, e, LastStart::Unknown);
                 p.kill();
                 return false;
             }
@@ -639,8 +646,10 @@ fn write_proc(st: &mut State, i: usize) {
             let pid = p.pid;
             p.kill();
             p.sock = None;
-            st.core
-                .on_death(*id, pid, Error::io("sending work to a pool worker", e));
+            // Not a crash: what failed is the sending, and sending again would fail
+            // again; the calls the worker held answer why.
+            let e = Error::io("sending work to a pool worker", e);
+            st.core.on_death(*id, pid, e, LastStart::Unknown);
         }
     }
 }

@@ -141,8 +141,10 @@ impl PoolBuilder {
         self
     }
 
-    /// How many times a call whose worker died is run again (alone, on a new worker)
-    /// before its error is returned. Default 0. Panics and timeouts are not retried.
+    /// How many times a call whose worker died while running it is run again (alone,
+    /// on a new worker) before its error is returned. Default 0. Panics and timeouts
+    /// are not retried. The dead worker's other calls run again whatever this says
+    /// (see [the module docs](crate::pool#pipelining-and-what-a-crash-costs)).
     pub fn retries(mut self, n: u32) -> Self {
         self.retries = n;
         self

@@ -4,12 +4,15 @@
 use std::collections::VecDeque;
 use std::io::IoSlice;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use nix::errno::Errno;
 use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
 use serde_bytes::ByteBuf;
 
 use crate::error::{Error, ExitStatus, Result};
+use crate::pool::core::LastStart;
 use crate::start::{self, StartMethod};
 use crate::sys;
 use crate::task;
@@ -20,9 +23,39 @@ use crate::wire::{self, FrameReader};
 /// byte, and how much of it the socket took.
 struct Outgoing {
     head: Vec<u8>,
-    data: Vec<u8>,
+    data: Body,
     fds: Vec<OwnedFd>,
     written: usize,
+}
+
+/// A frame's data: its own, or shared with the pool's core, which keeps a chunk's
+/// arguments until the chunk is answered (to run its calls again should the worker
+/// die), without a copy.
+pub(crate) enum Body {
+    Owned(Vec<u8>),
+    Shared(Arc<Vec<u8>>),
+}
+
+impl std::ops::Deref for Body {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Body::Owned(v) => v,
+            Body::Shared(v) => v,
+        }
+    }
+}
+
+impl From<Vec<u8>> for Body {
+    fn from(v: Vec<u8>) -> Body {
+        Body::Owned(v)
+    }
+}
+
+impl From<Arc<Vec<u8>>> for Body {
+    fn from(v: Arc<Vec<u8>>) -> Body {
+        Body::Shared(v)
+    }
 }
 
 /// Frames gathered into one buffer before it is written, at most this many bytes.
@@ -45,6 +78,8 @@ pub(crate) struct Proc {
     reaped: bool,
     pub(crate) name: String,
     pub(crate) started: std::time::SystemTime,
+    /// The worker's call slot (see `worker::call_word`), if it could be made.
+    slot: Option<sys::shm::Mapping>,
 }
 
 impl Proc {
@@ -64,6 +99,7 @@ impl Proc {
             reaped: false,
             name: name.clone(),
             started: std::time::SystemTime::now(),
+            slot: None,
         };
         // Listed for `active_children`, as Python lists pool workers.
         start::children::add(proc.pid, &name, proc.pidfd.as_fd());
@@ -74,16 +110,35 @@ impl Proc {
             max_frame: max as u64,
         };
         proc.queue(&hello, Vec::new(), Vec::new())?;
+        // Without a slot (no memory file to be had) the pool still works; a death
+        // then costs every call the worker held, as when the slot names no call.
+        match call_slot() {
+            Ok((file, map)) => {
+                proc.queue(&Request::Slot, Vec::new(), vec![file])?;
+                proc.slot = Some(map);
+            }
+            Err(e) => tracing::debug!(pid = proc.pid, "pool worker without a call slot: {e}"),
+        }
         Ok(proc)
+    }
+
+    /// What the worker's call slot says it started last, read after its death.
+    pub(crate) fn last_start(&self) -> LastStart {
+        match self.slot.as_ref().and_then(|m| m.atomic_at::<AtomicU64>(0)) {
+            None => LastStart::Unknown,
+            // Relaxed: the worker is dead and reaped; its last store is visible.
+            Some(word) => LastStart::of_word(word.load(Ordering::Relaxed)),
+        }
     }
 
     /// Queues a frame: `envelope`, then `data`, with `fds`.
     pub(crate) fn queue(
         &mut self,
         envelope: &Request,
-        data: Vec<u8>,
+        data: impl Into<Body>,
         fds: Vec<OwnedFd>,
     ) -> Result<()> {
+        let data = data.into();
         // Small frames without descriptors join the previous one if nothing of it was
         // written yet: one buffer, no allocation per frame of a chunk-size-1 job.
         if let Some(last) = self.outbox.back_mut()
@@ -204,6 +259,19 @@ impl Proc {
         let status = self.reap();
         task::death_error(status, self.pid)
     }
+}
+
+/// A new call slot: a sealed-size memory file holding [`crate::worker::NO_CALL`], and
+/// this side's mapping of it (kept out of processes forked later).
+fn call_slot() -> std::io::Result<(OwnedFd, sys::shm::Mapping)> {
+    let file = sys::shm::memfd("multiproc-call-slot", 8)?;
+    let map = sys::shm::Mapping::new(file.as_fd(), 8, true)?;
+    map.dont_fork()?;
+    let word = map
+        .atomic_at::<AtomicU64>(0)
+        .ok_or_else(|| std::io::Error::other("a misaligned mapping"))?;
+    word.store(crate::worker::NO_CALL, Ordering::Relaxed);
+    Ok((file, map))
 }
 
 impl Drop for Proc {
