@@ -415,6 +415,29 @@ pub enum Error {
         /// The whole message.
         message: Vec<u8>,
     },
+
+    /// The manager of a proxy is gone: it was shut down, exited or was killed, or it
+    /// was restarted and no longer holds this proxy's object. Every call on its proxies
+    /// answers this, at once.
+    #[error(
+        "the manager at {address} is gone ({detail}): it was shut down, exited, was killed or restarted"
+    )]
+    ManagerGone {
+        /// The manager's address.
+        address: String,
+        /// What the client saw.
+        detail: String,
+    },
+
+    /// A manager could not do what was asked: the object is gone, is another kind, an
+    /// index is out of range, a lock is not held by this thread... The text says which.
+    #[error("manager at {address}: {detail}")]
+    Manager {
+        /// The manager's address.
+        address: String,
+        /// What went wrong.
+        detail: String,
+    },
 }
 
 fn location_suffix(location: &Option<String>) -> String {
@@ -545,6 +568,14 @@ impl Error {
             BufferTooShort { room, message } => BufferTooShort {
                 room: *room,
                 message: message.clone(),
+            },
+            ManagerGone { address, detail } => ManagerGone {
+                address: address.clone(),
+                detail: detail.clone(),
+            },
+            Manager { address, detail } => Manager {
+                address: address.clone(),
+                detail: detail.clone(),
             },
         }
     }
