@@ -693,3 +693,6 @@ impl Drop for Manager {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
