@@ -12,6 +12,7 @@ mod apply;
 mod cluster;
 mod ipc;
 mod latency;
+mod managers;
 mod memory;
 mod pool;
 mod python;
@@ -46,7 +47,7 @@ pub struct BenchArgs {
 
     /// Run only the workloads with these names (repeatable): "start+join",
     /// "tiny tasks", "tutorial job", "apply round trip", "256 MiB values", "zlib",
-    /// "bandwidth", "round trip", "256 MiB hand-off", "cluster tiny calls",
+    /// "bandwidth", "round trip", "256 MiB hand-off", "managers", "cluster tiny calls",
     /// "cluster tutorial job", "cluster node loss", "map memory"; or "cluster" for the
     /// three cluster workloads (they need redis-server on the PATH).
     #[arg(long = "only", value_name = "WORKLOAD")]
@@ -215,6 +216,7 @@ fn workloads() -> Vec<Box<dyn Workload>> {
         Box::new(ipc::Bandwidth),
         Box::new(ipc::RoundTrip),
         Box::new(ipc::Handoff),
+        Box::new(managers::Managers),
         Box::new(cluster::TinyCalls::default()),
         Box::new(cluster::TutorialJob::default()),
         Box::new(cluster::NodeLoss::default()),

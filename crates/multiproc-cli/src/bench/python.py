@@ -161,6 +161,42 @@ def tutorial(pool, t, args, stdin):
     return rep
 
 
+def manager_get(pool, t, args, stdin):
+    trips = int(args[0])
+    manager = multiprocessing.Manager()
+    d = manager.dict()
+    d[1] = 2
+
+    def rep():
+        start = time.perf_counter_ns()
+        for _ in range(trips):
+            if d[1] != 2:
+                raise ValueError("d[1] gave a wrong value")
+        return time.perf_counter_ns() - start
+
+    rep.manager = manager  # alive as long as the case
+    return rep
+
+
+def manager_insert(pool, t, args, stdin):
+    n = int(args[0])
+    manager = multiprocessing.Manager()
+    d = manager.dict()
+
+    def rep():
+        d.clear()
+        start = time.perf_counter_ns()
+        for i in range(n):
+            d[i] = i
+        ns = time.perf_counter_ns() - start
+        if len(d) != n:
+            raise ValueError("the dict lost entries")
+        return ns
+
+    rep.manager = manager
+    return rep
+
+
 JOBS = {
     "tiny-map": tiny_map,
     "apply": apply,
@@ -168,6 +204,8 @@ JOBS = {
     "bytes-result": bytes_result,
     "zlib": zlib_map,
     "tutorial": tutorial,
+    "manager-get": manager_get,
+    "manager-insert": manager_insert,
 }
 
 

@@ -174,15 +174,19 @@ impl<'de, T> serde::Deserialize<'de> for Array<T> {
     }
 }
 
+// The object is a `Vec<T>`: a method's first parameter names its exact type.
+#[allow(clippy::ptr_arg)]
 fn array_get<T: Clone>(v: &mut Vec<T>, i: usize) -> Option<T> {
     v.get(i).cloned()
 }
 
+#[allow(clippy::ptr_arg)]
 fn array_set<T>(v: &mut Vec<T>, (i, x): (usize, T)) -> std::result::Result<T, usize> {
     let len = v.len();
     v.get_mut(i).map(|slot| std::mem::replace(slot, x)).ok_or(len)
 }
 
+#[allow(clippy::ptr_arg)]
 fn array_len<T>(v: &mut Vec<T>, _: ()) -> usize {
     v.len()
 }

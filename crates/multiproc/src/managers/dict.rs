@@ -10,6 +10,10 @@ use super::protocol::{Op, Reply};
 use super::proxy::ObjRef;
 use crate::error::Result;
 
+/// Keys and values of type `K` and `V` cross; a dict holds none (so it is `Send` and
+/// `Sync` whatever they are).
+type Types<K, V> = fn(K, V) -> (K, V);
+
 /// A proxy of a map held by a manager (Python's `manager.dict()`): every call is one
 /// message to the manager and back, and every process holding a proxy sees one map.
 ///
@@ -24,7 +28,7 @@ use crate::error::Result;
 /// same object, so `Dict<String, List<u64>>` is a dict of shared lists.
 pub struct Dict<K, V> {
     pub(crate) obj: ObjRef,
-    pub(crate) _t: PhantomData<fn(K, V) -> (K, V)>,
+    pub(crate) _t: PhantomData<Types<K, V>>,
 }
 
 super::proxy_common!(Dict<K, V>, Dict);

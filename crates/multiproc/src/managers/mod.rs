@@ -49,7 +49,7 @@
 //! ## Where the manager runs
 //!
 //! - [`Manager::start`] (or [`ManagerBuilder::start`]): a child process, started like
-//!   any [`Process`](crate::Process) (the builder's start method, or the default). It
+//!   any [`Process`] (the builder's start method, or the default). It
 //!   listens on a fresh Linux abstract socket (no file to leak) with a fresh random key
 //!   unless given an address and a key, and dies with its parent, as every multiproc
 //!   child does. [`shutdown`](Manager::shutdown), or dropping the `Manager`, stops it.
@@ -64,7 +64,7 @@
 //!
 //! A manager runs code of its build (constructors and methods of custom objects,
 //! [`List::sort`]), so it serves only clients of the same build: another build is
-//! refused with [`Error::BuildMismatch`](crate::Error::BuildMismatch) before any request.
+//! refused with [`Error::BuildMismatch`] before any request.
 //!
 //! ## Lifetime
 //!
@@ -74,14 +74,14 @@
 //! thread that served it — at once. A proxy in flight (serialized, not yet received)
 //! holds a reference of its own, released when it is received or when its sender's
 //! process ends; a proxy received after its sender exited and every other proxy was
-//! dropped finds its object gone (a clear [`Error::Manager`](crate::Error::Manager)),
+//! dropped finds its object gone (a clear [`Error::Manager`]),
 //! as in Python. A proxy stored in another object of the same manager (a
 //! `Dict<String, List<u64>>`) is kept alive by that object until the object itself
 //! goes (even if the entry is overwritten; a cycle of objects holding each other is
 //! never freed before the manager stops).
 //!
 //! A manager that dies makes every call on its proxies answer
-//! [`Error::ManagerGone`](crate::Error::ManagerGone) at once, blocked calls included;
+//! [`Error::ManagerGone`] at once, blocked calls included;
 //! a manager restarted on the same address serves new proxies, while the old ones keep
 //! answering `ManagerGone` (their objects died with the old manager).
 //!
@@ -201,7 +201,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
 enum Served {
-    Child(Process<()>),
+    Child(Box<Process<()>>),
     Thread(std::thread::JoinHandle<Result<()>>),
     Elsewhere,
 }
@@ -334,7 +334,7 @@ impl ManagerBuilder {
         let link = Link::connect(bound.parse()?, key, timeout)?;
         Ok(Manager {
             link,
-            served: Served::Child(process),
+            served: Served::Child(Box::new(process)),
         })
     }
 
