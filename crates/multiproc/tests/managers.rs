@@ -350,6 +350,7 @@ fn custom_objects_namespaces_and_nested_proxies() {
     let e = c.call(explode, ()).unwrap_err();
     assert!(e.is_panic(), "{e:?}");
     assert_eq!(e.panic_message(), Some("boom at 1016"));
+    assert!(e.to_string().contains("managers.rs:"), "the location: {e}");
     assert_eq!(c.call(add, 1).unwrap(), 1017, "the manager keeps serving");
     assert_eq!(c.call(|c: &mut Counter, ()| c.log.len(), ()).unwrap(), 3);
     // A panicking constructor makes nothing.

@@ -302,6 +302,7 @@ impl ManagerBuilder {
     pub fn start(self) -> Result<Manager> {
         let method = self.start_method;
         let (address, key, timeout) = self.parts()?;
+        server::install_panic_hook();
         let (mut here, there) = crate::Pipe::<std::result::Result<String, String>>::new()?;
         let mut builder = Process::builder().name("multiproc-manager");
         if let Some(m) = method {

@@ -335,11 +335,44 @@ fn run_method(obj: &Object, id: u64, entry: Entry, arg: &[u8]) -> Reply {
     }
 }
 
-fn panic_failure(payload: Box<dyn Any + Send>) -> Failure {
-    Failure::Panicked {
+thread_local! {
+    /// Whether a method or constructor of a client runs on this thread.
+    static IN_CALL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Where the last such call panicked.
+    static PANIC_AT: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// A panic in a client's method is that client's error, not the manager's: the hook
+/// records where it happened for the answer and prints nothing; any other panic goes
+/// to the hook that was there before.
+///
+/// Installed once per process, by the parent before it starts a manager process too,
+/// so that a manager forked from it never calls `set_hook` (which could wait forever in
+/// a child forked while another thread of the parent was panicking).
+pub(crate) fn install_panic_hook() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if IN_CALL.try_with(|c| c.get()).unwrap_or(false) {
+                let at = info.location().map(|l| l.to_string());
+                let _ = PANIC_AT.try_with(|p| *p.borrow_mut() = at);
+                return;
+            }
+            previous(info)
+        }));
+    });
+}
+
+/// Runs a client's code, catching a panic.
+fn guarded<R>(f: impl FnOnce() -> R) -> std::result::Result<R, Failure> {
+    IN_CALL.set(true);
+    let r = catch_unwind(AssertUnwindSafe(f));
+    IN_CALL.set(false);
+    r.map_err(|payload| Failure::Panicked {
         message: crate::error::panic_message(&*payload),
-        location: None,
-    }
+        location: PANIC_AT.with(|p| p.borrow_mut().take()),
+    })
 }
 
 /// A method call in the manager: the object, the encoded argument, the reply.
@@ -376,7 +409,7 @@ fn invoke_method<T: 'static, A: DeserializeOwned, R: Serialize>(
         )));
     };
     let a: A = crate::wire::decode(arg).map_err(decode_failure::<A>)?;
-    let r = catch_unwind(AssertUnwindSafe(|| f(target, a))).map_err(panic_failure)?;
+    let r = guarded(|| f(target, a))?;
     crate::wire::encode(&r).map_err(|e| Failure::Encode {
         type_name: std::any::type_name::<R>().into(),
         reason: e.to_string(),
@@ -403,7 +436,7 @@ impl InvokeCreate for CreateCtx<'_> {
     fn invoke_create<A: DeserializeOwned, T: Send + 'static>(&mut self, f: fn(A) -> T) {
         self.out = Some((|| {
             let a: A = crate::wire::decode(self.arg).map_err(decode_failure::<A>)?;
-            let t = catch_unwind(AssertUnwindSafe(|| f(a))).map_err(panic_failure)?;
+            let t = guarded(|| f(a))?;
             Ok(Box::new(t) as Box<dyn Any + Send>)
         })());
     }
@@ -446,6 +479,7 @@ impl Server {
             .handshake_timeout(handshake_timeout)
             .bind()?;
         let core = Arc::new(Core::new(listener.address().to_string()));
+        install_panic_hook();
         Ok(Server { listener, core })
     }
 
