@@ -656,3 +656,55 @@ fn a_manager_and_a_client_on_two_hosts() {
     );
     println!("host b: {out}host a: {served}");
 }
+
+/// Finds the `NT_GNU_BUILD_ID` note's descriptor in an ELF image (name "GNU\0", type 3).
+fn build_id_range(elf: &[u8]) -> Option<std::ops::Range<usize>> {
+    let pattern = |w: &[u8]| {
+        w[0..4] == 4u32.to_le_bytes() && w[8..12] == 3u32.to_le_bytes() && &w[12..16] == b"GNU\0"
+    };
+    let at = elf.windows(16).position(pattern)?;
+    let len = u32::from_le_bytes(elf[at + 4..at + 8].try_into().ok()?) as usize;
+    Some(at + 16..at + 16 + len)
+}
+
+#[test]
+fn a_client_of_another_build_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = common::TempDir::new("managers-build");
+    let mut me = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+    let Some(range) = build_id_range(&me) else {
+        eprintln!("SKIPPED: this test binary has no GNU build id");
+        return;
+    };
+    for b in &mut me[range] {
+        *b ^= 0xff;
+    }
+    let other = dir.path().join("other-build");
+    std::fs::write(&other, &me).unwrap();
+    std::fs::set_permissions(&other, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let manager = Manager::builder().key(&key()).start().unwrap();
+    manager
+        .root()
+        .set("d", &manager.dict::<String, u64>().unwrap())
+        .unwrap();
+    let before = manager.stats().unwrap();
+    let out = Command::new(&other)
+        .args([
+            "--exact",
+            "managers_unrelated_entry",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("MULTIPROC_TEST_MANAGER", manager.address().to_string())
+        .env(
+            "MULTIPROC_TEST_MANAGER_KEY",
+            std::str::from_utf8(KEY).unwrap(),
+        )
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("connect failed: BuildMismatch"), "{stdout}");
+    let after = manager.stats().unwrap();
+    assert_eq!(after.objects, before.objects, "nothing was made");
+    manager.shutdown().unwrap();
+}
