@@ -708,3 +708,30 @@ fn a_client_of_another_build_is_refused() {
     assert_eq!(after.objects, before.objects, "nothing was made");
     manager.shutdown().unwrap();
 }
+
+/// In a child of its own, so that other tests' descriptors do not count.
+fn start_and_stop_managers(rounds: u32) -> (usize, usize) {
+    let fds = || std::fs::read_dir("/proc/self/fd").unwrap().count();
+    let cycle = || {
+        let m = Manager::start().unwrap();
+        let d = m.dict::<u64, u64>().unwrap();
+        d.insert(1, 1).unwrap();
+        m.shutdown().unwrap();
+        assert!(d.get(&1).is_err());
+    };
+    cycle(); // first-use costs (the fork server, ...)
+    let before = fds();
+    for _ in 0..rounds {
+        cycle();
+    }
+    (before, fds())
+}
+
+#[test]
+fn starting_and_stopping_managers_leaks_no_descriptor() {
+    let (before, after) = Process::start(start_and_stop_managers, 3)
+        .unwrap()
+        .join()
+        .unwrap();
+    assert_eq!(before, after);
+}

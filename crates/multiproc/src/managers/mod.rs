@@ -447,6 +447,7 @@ impl Manager {
 
     fn stop(&mut self) -> Result<()> {
         let asked = self.link.call(&Request::Shutdown).map(drop);
+        self.link.forget();
         match std::mem::replace(&mut self.served, Served::Elsewhere) {
             Served::Child(mut p) => match p.join_timeout(STOP_TIMEOUT) {
                 Ok(()) => Ok(()),

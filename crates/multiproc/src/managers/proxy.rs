@@ -92,6 +92,13 @@ impl Link {
         }
     }
 
+    /// The manager is gone (or shut down): close the idle connections, and let no
+    /// proxy received from now on use this link.
+    pub(crate) fn forget(&self) {
+        lock(&LINKS).retain(|l| !std::ptr::eq(Arc::as_ptr(l), self));
+        lock(&self.idle).clear();
+    }
+
     pub(crate) fn server_pid(&self) -> u32 {
         self.server_pid.load(Ordering::Relaxed)
     }
@@ -173,11 +180,20 @@ impl Link {
             ));
         }
         let popped = lock(&self.idle).pop();
-        let mut chan = match popped {
-            Some(c) => c,
-            None => self.open()?,
+        let exchanged = match popped {
+            Some(c) => Ok(c),
+            None => self.open(),
+        }
+        .and_then(|mut chan| Ok((chan.exchange::<_, Reply>(self, req)?, chan)));
+        let (reply, chan) = match exchanged {
+            Ok(x) => x,
+            Err(e) => {
+                if matches!(e, Error::ManagerGone { .. }) {
+                    self.forget();
+                }
+                return Err(e);
+            }
         };
-        let reply: Reply = chan.exchange(self, req)?;
         lock(&self.idle).push(chan);
         match reply {
             Reply::Failed(f) => Err(self.failure(f)),
