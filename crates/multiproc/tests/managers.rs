@@ -735,3 +735,20 @@ fn starting_and_stopping_managers_leaks_no_descriptor() {
         .unwrap();
     assert_eq!(before, after);
 }
+
+#[test]
+fn a_manager_starts_under_every_start_method() {
+    for method in [
+        StartMethod::Fork,
+        StartMethod::Spawn,
+        StartMethod::ForkServer,
+    ] {
+        let m = Manager::builder().start_method(method).start().unwrap();
+        let l = m.list_from(["a".to_string()]).unwrap();
+        l.push("b".into()).unwrap();
+        assert_eq!(l.snapshot().unwrap(), ["a", "b"], "{method:?}");
+        let pid = m.pid();
+        m.shutdown().unwrap();
+        assert!(common::is_dead(pid), "{method:?}");
+    }
+}
