@@ -13,6 +13,7 @@ mod cluster;
 mod first_call;
 mod ipc;
 mod latency;
+mod managers;
 mod memory;
 mod pool;
 mod python;
@@ -48,7 +49,7 @@ pub struct BenchArgs {
 
     /// Run only the workloads with these names (repeatable): "start+join",
     /// "tiny tasks", "tutorial job", "apply round trip", "256 MiB values", "zlib", "word count",
-    /// "bandwidth", "round trip", "256 MiB hand-off", "cluster tiny calls",
+    /// "bandwidth", "round trip", "256 MiB hand-off", "managers", "cluster tiny calls",
     /// "cluster tutorial job", "cluster node loss", "map memory"; or "cluster" for the
     /// three cluster workloads (they need redis-server on the PATH).
     #[arg(long = "only", value_name = "WORKLOAD")]
@@ -241,6 +242,7 @@ fn workloads() -> Vec<Box<dyn Workload>> {
         Box::new(ipc::Bandwidth),
         Box::new(ipc::RoundTrip),
         Box::new(ipc::Handoff),
+        Box::new(managers::Managers),
         Box::new(cluster::TinyCalls::default()),
         Box::new(cluster::TutorialJob::default()),
         Box::new(cluster::NodeLoss::default()),

@@ -454,6 +454,29 @@ pub enum Error {
         /// than not started.
         started: bool,
     },
+
+    /// The manager of a proxy is gone: it was shut down, exited or was killed, or it
+    /// was restarted and no longer holds this proxy's object. Every call on its proxies
+    /// answers this, at once.
+    #[error(
+        "the manager at {address} is gone ({detail}): it was shut down, exited, was killed or restarted"
+    )]
+    ManagerGone {
+        /// The manager's address.
+        address: String,
+        /// What the client saw.
+        detail: String,
+    },
+
+    /// A manager could not do what was asked: the object is gone, is another kind, an
+    /// index is out of range, a lock is not held by this thread... The text says which.
+    #[error("manager at {address}: {detail}")]
+    Manager {
+        /// The manager's address.
+        address: String,
+        /// What went wrong.
+        detail: String,
+    },
 }
 
 /// How a worker died, in a few words: for [`Error::LostWithWorker`], whose message names
@@ -636,6 +659,14 @@ impl Error {
                 cause: Box::new(cause.clone_shallow()),
                 running: *running,
                 started: *started,
+            },
+            ManagerGone { address, detail } => ManagerGone {
+                address: address.clone(),
+                detail: detail.clone(),
+            },
+            Manager { address, detail } => Manager {
+                address: address.clone(),
+                detail: detail.clone(),
             },
         }
     }

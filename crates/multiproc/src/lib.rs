@@ -110,6 +110,7 @@ pub mod cluster;
 pub mod connection;
 mod error;
 mod handle;
+pub mod managers;
 #[cfg(feature = "mpi")]
 pub mod mpi;
 pub mod pool;

@@ -207,6 +207,40 @@ def wordcount_seq(pool, t, args, stdin):
             raise ValueError("wrong word counts")
         return ns
 
+
+def manager_get(pool, t, args, stdin):
+    trips = int(args[0])
+    manager = multiprocessing.Manager()
+    d = manager.dict()
+    d[1] = 2
+
+    def rep():
+        start = time.perf_counter_ns()
+        for _ in range(trips):
+            if d[1] != 2:
+                raise ValueError("d[1] gave a wrong value")
+        return time.perf_counter_ns() - start
+
+    rep.manager = manager  # alive as long as the case
+    return rep
+
+
+def manager_insert(pool, t, args, stdin):
+    n = int(args[0])
+    manager = multiprocessing.Manager()
+    d = manager.dict()
+
+    def rep():
+        d.clear()
+        start = time.perf_counter_ns()
+        for i in range(n):
+            d[i] = i
+        ns = time.perf_counter_ns() - start
+        if len(d) != n:
+            raise ValueError("the dict lost entries")
+        return ns
+
+    rep.manager = manager
     return rep
 
 
@@ -219,6 +253,8 @@ JOBS = {
     "tutorial": tutorial,
     "wordcount": wordcount,
     "wordcount-seq": wordcount_seq,
+    "manager-get": manager_get,
+    "manager-insert": manager_insert,
 }
 
 

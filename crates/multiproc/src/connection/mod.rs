@@ -78,6 +78,7 @@ mod listener;
 pub use address::{Address, IntoAddress};
 pub use conn::Connection;
 pub use listener::{Client, ClientBuilder, Listener, ListenerBuilder};
+pub(crate) use listener::Pending;
 
 use std::time::Duration;
 
