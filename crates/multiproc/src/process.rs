@@ -430,9 +430,9 @@ impl<R: DeserializeOwned> Process<R> {
                     }
                     let file = fds.remove(0);
                     let map = map_sealed(&file, wire::max_frame_size(), "a task's result")?;
-                    wire::fds::provide(fds, || wire::decode(map.sealed_bytes()))
+                    wire::fds::provide(fds, || wire::decode_task_value(map.sealed_bytes()))
                 }
-                None => wire::fds::provide(fds, || wire::decode(&frame[start..])),
+                None => wire::fds::provide(fds, || wire::decode_task_value(&frame[start..])),
             },
             Some((
                 Reply::Aborting {

@@ -44,19 +44,53 @@ pub(crate) fn task_ref<A: DeserializeOwned, R: Serialize>(f: fn(A) -> R) -> Task
 /// in a message alone but not beside them. `false` if nothing could be sent.
 pub(crate) type Flush<'a> = dyn FnMut(&mut ValueBuf, &mut Vec<OwnedFd>) -> bool + 'a;
 
-/// One call of a task in a worker: its argument is the first value of `input`; its
-/// result goes at the end of `out` (descriptors at the end of `out_fds`).
+/// One call of a task in a worker (or, for plain data, a run of calls: see [`Bulk`]):
+/// its argument is the first value of `input`; its result goes at the end of `out`
+/// (descriptors at the end of `out_fds`).
 pub(crate) struct Invocation<'i, 'o> {
     pub(crate) input: &'o mut crate::wire::Values<'i>,
     pub(crate) out: &'o mut ValueBuf,
     pub(crate) out_fds: &'o mut Vec<OwnedFd>,
     pub(crate) max_fds: usize,
     pub(crate) flush: &'o mut Flush<'o>,
+    /// Whether the call that failed (if `outcome` is an error) is the one after the
+    /// `ok` calls that succeeded.
     pub(crate) outcome: Result<(), Failure>,
+    /// Calls that succeeded in this invocation (their results are in `out`): 1 for a
+    /// single call, up to [`Bulk::calls`] for a run. Kept up to date call by call, so
+    /// that after a panic it says which call panicked (the one after them).
+    pub(crate) ok: u32,
+    /// Set by a worker that may run the rest of its chunk in one go.
+    pub(crate) bulk: Option<Bulk<'o>>,
 }
+
+/// A run of calls in one invocation, for a task whose argument and result are both
+/// plain data (`sys::plain`): no per-call trip through the trampoline, serde or an
+/// unwind guard, only the per-call bookkeeping a worker owes its parent.
+pub(crate) struct Bulk<'o> {
+    /// Calls left in the chunk, the first of them being this invocation's.
+    pub(crate) calls: u32,
+    /// Called before each call after the first (the worker's caller did the first's):
+    /// with the call's offset from the first, it records which call runs (for a death
+    /// or a `panic = "abort"`).
+    pub(crate) starting: &'o dyn Fn(u32),
+    /// Stop the run (to send the answers so far) once this moment has passed, checked
+    /// every few hundred calls.
+    pub(crate) until: std::time::Instant,
+}
+
+/// Calls between two looks at the clock in a bulk run.
+const BULK_CLOCK_EVERY: u32 = 256;
 
 impl Invoke for Invocation<'_, '_> {
     fn invoke<A: DeserializeOwned, R: Serialize>(&mut self, f: fn(A) -> R) {
+        // Constant after monomorphization: the branch vanishes for other types.
+        if crate::sys::plain::is_plain::<A>() && crate::sys::plain::is_plain::<R>() {
+            if let Some(bulk) = self.bulk.take() {
+                self.run_plain(f, &bulk);
+                return;
+            }
+        }
         let a = match self.input.next::<A>() {
             Ok(a) => a,
             Err(e) => {
@@ -73,10 +107,42 @@ impl Invoke for Invocation<'_, '_> {
         };
         let r = f(a);
         self.outcome = self.store(&r);
+        if self.outcome.is_ok() {
+            self.ok = 1;
+        }
     }
 }
 
 impl Invocation<'_, '_> {
+    /// Runs calls of a plain-data task until the chunk, or the time before the next
+    /// answer is due, runs out, or a call fails (then `outcome` says how).
+    fn run_plain<A: DeserializeOwned, R: Serialize>(&mut self, f: fn(A) -> R, bulk: &Bulk<'_>) {
+        for k in 0..bulk.calls {
+            if k > 0 {
+                if k % BULK_CLOCK_EVERY == 0 && std::time::Instant::now() >= bulk.until {
+                    return;
+                }
+                (bulk.starting)(k);
+            }
+            let a = match self.input.next::<A>() {
+                Ok(a) => a,
+                Err(e) => {
+                    self.outcome = Err(Failure::BadArgs {
+                        type_name: std::any::type_name::<A>().into(),
+                        reason: e.to_string(),
+                    });
+                    return;
+                }
+            };
+            let r = f(a);
+            if let Err(f) = self.store(&r) {
+                self.outcome = Err(f);
+                return;
+            }
+            self.ok = k + 1;
+        }
+    }
+
     fn store<R: Serialize>(&mut self, r: &R) -> Result<(), Failure> {
         // Most results hold no OS handle: encode without setting up a capture, and
         // take the careful path only if the value turns out to hold one.
@@ -309,8 +375,8 @@ mod tests {
         }
         let entry = task_ref(double);
         let args = [
-            crate::wire::encode(&21u32).unwrap(),
-            crate::wire::encode(&4u32).unwrap(),
+            crate::wire::encode_task_value(&21u32).unwrap(),
+            crate::wire::encode_task_value(&4u32).unwrap(),
         ]
         .concat();
         let mut out = ValueBuf::new(1 << 20, false);
@@ -324,6 +390,8 @@ mod tests {
             max_fds: 253,
             flush: &mut flush,
             outcome: Ok(()),
+            ok: 0,
+            bulk: None,
         };
         assert!(crate::sys::image::call(
             entry.trampoline,
@@ -350,5 +418,43 @@ mod tests {
         let (a, b): (u64, u64) = (values.next().unwrap(), values.next().unwrap());
         assert_eq!((a, b), (42, 8));
         assert!(values.next::<u64>().is_err());
+    }
+
+    #[test]
+    fn a_plain_task_runs_the_rest_of_its_chunk_in_one_invocation() {
+        fn flip(x: bool) -> u8 {
+            u8::from(!x)
+        }
+        let entry = task_ref(flip);
+        // Three good arguments, then a byte that is no bool, then one more.
+        let args = [1u8, 0, 1, 7, 0];
+        let mut out = ValueBuf::new(1 << 20, false);
+        let mut out_fds = Vec::new();
+        let mut flush = |_: &mut ValueBuf, _: &mut Vec<OwnedFd>| false;
+        let mut input = crate::wire::Values::new(&args);
+        let started = std::cell::RefCell::new(Vec::new());
+        let starting = |k: u32| started.borrow_mut().push(k);
+        let mut inv = Invocation {
+            input: &mut input,
+            out: &mut out,
+            out_fds: &mut out_fds,
+            max_fds: 0,
+            flush: &mut flush,
+            outcome: Ok(()),
+            ok: 0,
+            bulk: Some(Bulk {
+                calls: 5,
+                starting: &starting,
+                until: std::time::Instant::now() + std::time::Duration::from_secs(60),
+            }),
+        };
+        assert!(crate::sys::image::call(entry.trampoline, entry.function, &mut inv));
+        // Calls 0..3 ran; call 3's argument is refused, and the run stops there.
+        assert_eq!(inv.ok, 3);
+        assert!(
+            matches!(&inv.outcome, Err(Failure::BadArgs { type_name, .. }) if type_name == "bool")
+        );
+        assert_eq!(*started.borrow(), [1, 2, 3]);
+        assert_eq!(out.heap().unwrap(), &[0u8, 1, 0][..]);
     }
 }

@@ -24,7 +24,7 @@ use serde_bytes::ByteBuf;
 
 use crate::child::{self, EXIT_PROTOCOL, EXIT_REFUSED, Origin};
 use crate::error::Result;
-use crate::task::Invocation;
+use crate::task::{Bulk, Invocation};
 use crate::wire::message::{self, Failure, PROTOCOL_VERSION, Refusal, Reply, Request, TaskRef};
 use crate::wire::values::{Data, Received, ValueBuf, map_sealed};
 use crate::wire::{FrameReader, Next, fds, send_all, wait_readable};
@@ -328,18 +328,29 @@ impl ChunkRun<'_> {
         let mut sent = Ok(());
         child::set_current(abort, self.seq);
         fds::provide(value_fds, || {
-            for i in 0..self.calls {
+            // Which call runs, told before it starts: to the panic hook (for a
+            // `panic = "abort"` death) and in the slot the parent reads after a death.
+            let starting = |i: u32| {
                 child::set_index(i);
-                // The one store per call that tells the parent, should this process
-                // die, which call was running. Relaxed: the parent reads it only after
-                // the process is dead and reaped (the kernel orders everything this
-                // process did before its exit before the parent's wait), and the word
-                // publishes nothing else.
+                // One store per call. Relaxed: the parent reads it only after the
+                // process is dead and reaped (the kernel orders everything this process
+                // did before its exit before the parent's wait), and the word publishes
+                // nothing else.
                 if let Some(slot) = self.slot {
                     slot.store(call_word(self.seq, i), Ordering::Relaxed);
                 }
+            };
+            let mut i = 0;
+            let mut since_clock = 0;
+            while i < self.calls {
+                starting(i);
+                let first = i;
+                let offset_start = |k: u32| starting(first + k);
+                let until = pending.since + FLUSH_AFTER;
+                // Sends the answers before call `first` (a result too big to share a
+                // message with them).
                 let mut flush = |out: &mut ValueBuf, out_fds: &mut Vec<OwnedFd>| {
-                    let r = self.send(link, &mut pending, i, out, out_fds, may_spill);
+                    let r = self.send(link, &mut pending, first, out, out_fds, may_spill);
                     r.is_ok()
                 };
                 let mut inv = Invocation {
@@ -349,23 +360,38 @@ impl ChunkRun<'_> {
                     max_fds,
                     flush: &mut flush,
                     outcome: Ok(()),
+                    ok: 0,
+                    bulk: Some(Bulk {
+                        calls: self.calls - i,
+                        starting: &offset_start,
+                        until,
+                    }),
                 };
                 let entry = self.entry;
                 let ran = catch_unwind(AssertUnwindSafe(|| {
                     crate::sys::image::call(entry.trampoline, entry.function, &mut inv)
                 }));
-                let outcome = match ran {
-                    Ok(true) => inv.outcome,
-                    Ok(false) => Err(Failure::BadEntry),
-                    Err(payload) => Err(child::take_panic(&*payload)),
+                // The calls before the one that failed (if any) succeeded.
+                let failed = match ran {
+                    Ok(true) => inv.outcome.err(),
+                    Ok(false) => Some(Failure::BadEntry),
+                    Err(payload) => Some(child::take_panic(&*payload)),
                 };
-                if let Err(f) = outcome {
+                let ran_ok = inv.ok;
+                i += ran_ok;
+                since_clock += ran_ok;
+                if let Some(f) = failed {
                     pending.failures.push((i, f));
+                    i += 1;
+                    since_clock += 1;
                 }
-                let last = i + 1 == self.calls;
-                let check_time = self.calls < 64 || i % 64 == 63;
+                let last = i >= self.calls;
+                let check_time = self.calls < 64 || since_clock >= 64 || ran_ok > 1;
+                if check_time {
+                    since_clock = 0;
+                }
                 if last || (check_time && pending.since.elapsed() >= FLUSH_AFTER) {
-                    sent = self.send(link, &mut pending, i + 1, &mut out, &mut out_fds, may_spill);
+                    sent = self.send(link, &mut pending, i, &mut out, &mut out_fds, may_spill);
                     if sent.is_err() {
                         return;
                     }

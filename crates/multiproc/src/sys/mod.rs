@@ -17,6 +17,7 @@ mod bootstrap;
 pub(crate) mod fd;
 pub(crate) mod futex;
 pub(crate) mod image;
+pub(crate) mod plain;
 pub(crate) mod pmutex;
 pub(crate) mod proc;
 pub(crate) mod shm;

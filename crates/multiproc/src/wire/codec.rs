@@ -52,7 +52,7 @@ pub(crate) fn encode_reusing<T: Serialize + ?Sized>(value: &T, buf: &mut Vec<u8>
 /// after those already there). On error both are as before. A value that does not fit
 /// under the buffer's limit is `Error::FrameTooLarge`, its length counted without
 /// storing it; `what` names it in that message ("the argument of call 3").
-pub(crate) fn encode_value<T: Serialize + ?Sized>(
+pub(crate) fn encode_value<T: Serialize>(
     value: &T,
     buf: &mut super::values::ValueBuf,
     fds: &mut Vec<std::os::fd::OwnedFd>,
@@ -70,7 +70,7 @@ pub(crate) fn encode_value<T: Serialize + ?Sized>(
 /// see `wire::fds::capture_into`). On error `buf` is as before; the caller undoes the
 /// descriptors.
 #[inline]
-pub(crate) fn encode_captured<T: Serialize + ?Sized>(
+pub(crate) fn encode_captured<T: Serialize>(
     value: &T,
     buf: &mut super::values::ValueBuf,
     what: &dyn Fn() -> String,
@@ -78,6 +78,13 @@ pub(crate) fn encode_captured<T: Serialize + ?Sized>(
     // No clearing of a stale handle error first: this is the hot path of small calls,
     // and a handle error is consumed by the failure it causes.
     let mark = buf.len();
+    // Plain data (integers, floats, bool, char) travels as its bytes: see `sys::plain`.
+    if let Some(bytes) = crate::sys::plain::bytes_of(value) {
+        if buf.append(bytes) {
+            return Ok(());
+        }
+        return encode_failed(value, buf, mark, what, postcard::Error::SerializeBufferFull);
+    }
     let mut ser = postcard::Serializer { output: &mut *buf };
     match value.serialize(&mut ser) {
         Ok(()) => Ok(()),
@@ -134,18 +141,24 @@ fn encoded_len<T: Serialize + ?Sized>(value: &T) -> usize {
     .unwrap_or(0)
 }
 
-/// Decodes values laid end to end, one after another, with one decoder for them all.
+/// Decodes task values (arguments and results) laid end to end, one after another:
+/// plain data as its bytes (see `sys::plain`), everything else with postcard.
 pub(crate) struct Values<'de> {
-    de: postcard::Deserializer<'de, postcard::de_flavors::Slice<'de>>,
+    rest: &'de [u8],
     broken: bool,
 }
 
 impl<'de> Values<'de> {
     pub(crate) fn new(bytes: &'de [u8]) -> Self {
         Values {
-            de: postcard::Deserializer::from_bytes(bytes),
+            rest: bytes,
             broken: false,
         }
+    }
+
+    /// Bytes not decoded yet.
+    pub(crate) fn remaining(&self) -> usize {
+        self.rest.len()
     }
 
     /// The next value as `T`. After an error the rest cannot be found (values are
@@ -159,11 +172,48 @@ impl<'de> Values<'de> {
         if self.broken {
             return Err(fail("it follows a value that could not be decoded".into()));
         }
-        T::deserialize(&mut self.de).map_err(|e| {
-            self.broken = true;
-            fail(super::fds::take_error().unwrap_or_else(|| e.to_string()))
-        })
+        if let Some(r) = crate::sys::plain::read::<T>(&mut self.rest) {
+            return r.map_err(|why| {
+                self.broken = true;
+                fail(why.into())
+            });
+        }
+        let mut de = postcard::Deserializer::from_bytes(self.rest);
+        match T::deserialize(&mut de) {
+            Ok(v) => {
+                // `finalize` gives back what the value did not use.
+                self.rest = de.finalize().unwrap_or(&[]);
+                Ok(v)
+            }
+            Err(e) => {
+                self.broken = true;
+                Err(fail(super::fds::take_error().unwrap_or_else(|| e.to_string())))
+            }
+        }
     }
+}
+
+/// Encodes one task value (an argument or a result) on its own, as [`Values`] reads it.
+pub(crate) fn encode_task_value<T: Serialize>(value: &T) -> Result<Vec<u8>> {
+    match crate::sys::plain::bytes_of(value) {
+        Some(bytes) => Ok(bytes.to_vec()),
+        None => encode(value),
+    }
+}
+
+/// Decodes one whole buffer as a task value (an argument or a result) of type `T`;
+/// trailing bytes are an error.
+pub(crate) fn decode_task_value<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    super::fds::take_error();
+    let mut values = Values::new(bytes);
+    let value = values.next::<T>()?;
+    if values.remaining() != 0 {
+        return Err(Error::Decode {
+            type_name: std::any::type_name::<T>().to_owned(),
+            reason: format!("{} unexpected trailing bytes", values.remaining()),
+        });
+    }
+    Ok(value)
 }
 
 /// Decodes a whole buffer as `T`; trailing bytes are an error (they mean the two

@@ -20,7 +20,7 @@ mod probe;
 pub(crate) mod values;
 
 pub(crate) use codec::{
-    Values, decode, encode, encode_captured, encode_into, encode_reusing, encode_value,
+    Values, decode, decode_task_value, encode, encode_captured, encode_task_value, encode_into, encode_reusing, encode_value,
 };
 pub use frame::{FrameDecoder, FrameError, HEADER_LEN};
 pub(crate) use frame::{

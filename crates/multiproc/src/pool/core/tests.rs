@@ -106,7 +106,7 @@ fn probe(c: &mut Core, id: WorkerId, job: u64, at: usize) {
 fn answer(core: &mut Core, id: WorkerId, seq: u64, first: u32, indices: &[usize]) {
     let mut data = Vec::new();
     for &i in indices {
-        data.extend(crate::wire::encode(&(i as u64 * 10)).unwrap());
+        data.extend(crate::wire::encode_task_value(&(i as u64 * 10)).unwrap());
     }
     core.on_done(
         id,
@@ -451,7 +451,7 @@ fn without_call_slots_with_retries_unanswered_calls_run_again_alone() {
         let Data::Inline(bytes) = &ch.data else {
             panic!("inline")
         };
-        let (v, _): (u32, _) = postcard::take_from_bytes(bytes).unwrap();
+        let v: u32 = crate::wire::decode_task_value(bytes).unwrap();
         retried.push(v);
         answer(&mut c, 2, ch.seq, 0, &[v as usize]);
     }

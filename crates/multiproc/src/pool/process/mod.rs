@@ -118,7 +118,7 @@ impl PoolBuilder {
     /// its workers (and runs `initializer` in each) in its constructor.
     pub fn initializer<A: Serialize + DeserializeOwned>(mut self, f: fn(A), args: A) -> Self {
         // The handles in `args` ride along as descriptors, dup'ed for each worker.
-        let (bytes, fds) = wire::fds::capture(|| wire::encode(&args));
+        let (bytes, fds) = wire::fds::capture(|| wire::encode_task_value(&args));
         match bytes.and_then(|b| wire::check_fd_count(fds.len()).map(|()| b)) {
             Ok(bytes) => self.initializer = Some((task::task_ref(f), bytes, fds)),
             Err(e) => self.init_error = Some(e),

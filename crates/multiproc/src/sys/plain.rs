@@ -1,0 +1,132 @@
+//! Plain data: task values whose bytes are their value, copied as they are.
+//!
+//! A pool's tiny calls (`x -> 2x` over integers) used to spend most of their time in
+//! serde: a varint and a function call per value each way. For the primitive types —
+//! integers, floats, `bool`, `char` — the value *is* its bytes, so a task's argument or
+//! result of such a type travels as those bytes, fixed width, native byte order (both
+//! ends run the same build on the same architecture: the hello checks the build id).
+//! The choice is made from the type alone (its `TypeId`, which needs no `'static`
+//! bound through the `typeid` crate), so the encoder and the decoder, each
+//! monomorphized for the same type in the same build, always agree. Every other type
+//! keeps serde.
+//!
+//! Reading is checked: the bytes come from another process, so a `bool` must be 0 or 1
+//! and a `char` a Unicode scalar value, or the value is refused (never undefined
+//! behaviour).
+
+use std::mem::{MaybeUninit, size_of};
+
+/// What kind of plain type `T` is, if it is one.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Every bit pattern of its size is a value (integers, floats).
+    AnyBits,
+    /// `bool`: one byte, 0 or 1.
+    Bool,
+    /// `char`: four bytes, a Unicode scalar value.
+    Char,
+}
+
+#[inline(always)]
+fn kind<T: ?Sized>() -> Option<Kind> {
+    let t = typeid::of::<T>();
+    macro_rules! any_bits {
+        ($($ty:ty),*) => { $( if t == typeid::of::<$ty>() { return Some(Kind::AnyBits); } )* };
+    }
+    any_bits!(
+        u8, u16, u32, u64, u128, usize, i8, i16, i32, i64, i128, isize, f32, f64
+    );
+    if t == typeid::of::<bool>() {
+        return Some(Kind::Bool);
+    }
+    if t == typeid::of::<char>() {
+        return Some(Kind::Char);
+    }
+    None
+}
+
+/// Whether values of `T` travel as their bytes.
+#[inline(always)]
+pub(crate) fn is_plain<T: ?Sized>() -> bool {
+    kind::<T>().is_some()
+}
+
+/// The bytes of a plain value, or `None` if `T` is not plain data.
+#[inline(always)]
+pub(crate) fn bytes_of<T>(value: &T) -> Option<&[u8]> {
+    kind::<T>()?;
+    // SAFETY: `T` is one of the primitive types above (its TypeId matched): it has no
+    // padding and no pointers, so all `size_of::<T>()` bytes behind `value` are
+    // initialized and may be read as bytes for as long as `value` is borrowed.
+    Some(unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) })
+}
+
+/// Reads a plain value from the start of `bytes` and advances past it; `None` if `T`
+/// is not plain data. `Some(Err(..))` if the bytes are too few or not a valid `T`.
+#[inline(always)]
+pub(crate) fn read<T>(bytes: &mut &[u8]) -> Option<Result<T, &'static str>> {
+    let kind = kind::<T>()?;
+    let n = size_of::<T>();
+    let Some((head, rest)) = bytes.split_at_checked(n) else {
+        return Some(Err("the message ends inside a value"));
+    };
+    match kind {
+        Kind::AnyBits => {}
+        Kind::Bool if head[0] > 1 => return Some(Err("a bool that is neither 0 nor 1")),
+        Kind::Bool => {}
+        Kind::Char => {
+            let mut word = [0u8; 4];
+            word.copy_from_slice(head);
+            if char::from_u32(u32::from_ne_bytes(word)).is_none() {
+                return Some(Err("a char that is not a Unicode scalar value"));
+            }
+        }
+    }
+    let mut out = MaybeUninit::<T>::uninit();
+    // SAFETY: `T` is one of the primitive types above, `head` holds exactly
+    // `size_of::<T>()` bytes, and they were just checked to be a valid `T` (any bits
+    // for integers and floats; 0 or 1 for bool; a scalar value for char). The copy
+    // writes every byte of `out`, which is then initialized.
+    let value = unsafe {
+        std::ptr::copy_nonoverlapping(head.as_ptr(), out.as_mut_ptr().cast::<u8>(), n);
+        out.assume_init()
+    };
+    *bytes = rest;
+    Some(Ok(value))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn primitives_round_trip_and_others_are_not_plain() {
+        fn round<T: PartialEq + std::fmt::Debug + Copy>(v: T) {
+            let bytes = bytes_of(&v).unwrap().to_vec();
+            let mut at = &bytes[..];
+            assert_eq!(read::<T>(&mut at).unwrap().unwrap(), v);
+            assert!(at.is_empty());
+        }
+        round(7u8);
+        round(u64::MAX - 3);
+        round(-5i32);
+        round(i128::MIN);
+        round(1.5f64);
+        round(f32::NAN.to_bits());
+        round(true);
+        round('ß');
+        assert!(!is_plain::<String>());
+        assert!(!is_plain::<(u64, u64)>());
+        assert!(!is_plain::<Option<u64>>());
+        assert!(bytes_of(&String::new()).is_none());
+        assert!(read::<Vec<u8>>(&mut &[][..]).is_none());
+    }
+
+    #[test]
+    fn hostile_bytes_are_refused_not_trusted() {
+        assert!(read::<bool>(&mut &[2u8][..]).unwrap().is_err());
+        let surrogate = 0xD800u32.to_ne_bytes();
+        assert!(read::<char>(&mut &surrogate[..]).unwrap().is_err());
+        assert!(read::<u64>(&mut &[1u8, 2, 3][..]).unwrap().is_err());
+    }
+}

@@ -1,0 +1,93 @@
+//! Plain data (integers, floats, bool, char) travels as its bytes: every primitive type
+//! round-trips through a `Process` (argument and result) and a `Pool` (both ways, in
+//! chunks), under every start method, with values at their edges.
+
+use multiproc::prelude::*;
+
+fn echo<T>(x: T) -> T {
+    x
+}
+
+fn not(b: bool) -> bool {
+    !b
+}
+
+fn next_char(c: char) -> char {
+    char::from_u32(c as u32 + 1).unwrap_or('?')
+}
+
+fn negate(x: f64) -> f64 {
+    -x
+}
+
+fn widen(x: u8) -> i128 {
+    -(x as i128) * 1_000_000_000_000
+}
+
+macro_rules! round_trip {
+    ($pool:expr, $method:expr, $($t:ty => [$($v:expr),*]),* $(,)?) => {$(
+        let values: Vec<$t> = vec![$($v),*];
+        let back = $pool.map(echo::<$t>, values.clone()).unwrap();
+        assert_eq!(back, values, "{} through a Pool ({:?})", stringify!($t), $method);
+        let p = Process::builder().start_method($method).start(echo::<$t>, values[1]).unwrap();
+        assert_eq!(p.join().unwrap(), values[1], "{} through a Process", stringify!($t));
+    )*};
+}
+
+#[test]
+fn every_primitive_crosses_both_ways() {
+    for method in [
+        StartMethod::ForkServer,
+        StartMethod::Fork,
+        StartMethod::Spawn,
+    ] {
+        let pool = Pool::builder()
+            .processes(2)
+            .start_method(method)
+            .build()
+            .unwrap();
+        round_trip!(pool, method,
+            u8 => [0, 1, u8::MAX],
+            u16 => [0, 7, u16::MAX],
+            u32 => [0, 1 << 31, u32::MAX],
+            u64 => [0, 1 << 63, u64::MAX],
+            u128 => [0, 1 << 127, u128::MAX],
+            usize => [0, 12345, usize::MAX],
+            i8 => [i8::MIN, -1, i8::MAX],
+            i16 => [i16::MIN, -1, i16::MAX],
+            i32 => [i32::MIN, -1, i32::MAX],
+            i64 => [i64::MIN, -1, i64::MAX],
+            i128 => [i128::MIN, -1, i128::MAX],
+            isize => [isize::MIN, 0, isize::MAX],
+            f32 => [f32::MIN_POSITIVE, -0.5, f32::MAX],
+            f64 => [f64::MIN, 1e-300, f64::INFINITY],
+            bool => [false, true, true],
+            char => ['a', 'ß', '🦀'],
+        );
+        let nan = pool.map(echo::<f64>, [f64::NAN]).unwrap();
+        assert!(nan[0].is_nan());
+        assert_eq!(pool.map(not, [true, false]).unwrap(), [false, true]);
+        assert_eq!(pool.map(next_char, ['a', 'y']).unwrap(), ['b', 'z']);
+        assert_eq!(pool.map(negate, [1.5, -2.0]).unwrap(), [-1.5, 2.0]);
+        // Plain argument, plain result of another width.
+        assert_eq!(
+            pool.map(widen, [0u8, 255]).unwrap(),
+            [0, -255_000_000_000_000]
+        );
+    }
+}
+
+#[test]
+fn a_long_map_of_plain_values_keeps_its_order() {
+    let pool = Pool::new(2).unwrap();
+    let n = 300_000u64;
+    let out = pool.map(echo::<u64>, 0..n).unwrap();
+    assert!(out.iter().enumerate().all(|(i, &v)| v == i as u64));
+    let results = pool.map_results(echo::<u32>, 0..1000u32).unwrap();
+    assert!(
+        results
+            .iter()
+            .enumerate()
+            .all(|(i, r)| *r.as_ref().unwrap() == i as u32)
+    );
+}
