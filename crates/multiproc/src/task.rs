@@ -124,18 +124,24 @@ impl Invocation<'_, '_> {
                 }
                 (bulk.starting)(k);
             }
-            let a = match self.input.next::<A>() {
-                Ok(a) => a,
-                Err(e) => {
+            let a = match self.input.next_plain::<A>() {
+                Some(Ok(a)) => a,
+                Some(Err(e)) => {
                     self.outcome = Err(Failure::BadArgs {
                         type_name: std::any::type_name::<A>().into(),
                         reason: e.to_string(),
                     });
                     return;
                 }
+                None => unreachable!("run_plain runs only plain-data tasks"),
             };
             let r = f(a);
-            if let Err(f) = self.store(&r) {
+            let stored = match crate::sys::plain::bytes_of(&r) {
+                Some(bytes) if self.out.append_plain(bytes) => Ok(()),
+                // Past the buffer's limit: the general path says so.
+                _ => self.store(&r),
+            };
+            if let Err(f) = stored {
                 self.outcome = Err(f);
                 return;
             }

@@ -113,6 +113,20 @@ impl ValueBuf {
         self.write(bytes)
     }
 
+    /// Appends the bytes of one plain value (`sys::plain`): a few bytes whose count is
+    /// a constant where this is inlined, so the copy is a single move.
+    #[inline(always)]
+    pub(crate) fn append_plain(&mut self, bytes: &[u8]) -> bool {
+        if bytes.len() <= 16
+            && self.spill.is_none()
+            && self.heap.len() + 16 <= SPILL_AT.min(self.limit)
+        {
+            self.heap.extend_from_slice(bytes);
+            return true;
+        }
+        self.write_slow(bytes)
+    }
+
     #[inline]
     fn write(&mut self, bytes: &[u8]) -> bool {
         // Tiny values (varints, small fields) dominate small calls: no memcpy call, no

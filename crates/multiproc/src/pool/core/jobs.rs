@@ -62,6 +62,44 @@ impl<A> Items<A> {
     }
 }
 
+impl<A: serde::Serialize + Send> Items<A> {
+    /// [`Source::encode_run`] for plain data: each argument's bytes, no serde, no
+    /// handle bookkeeping (plain data holds none).
+    #[inline(never)]
+    fn encode_plain_run(
+        &mut self,
+        max: usize,
+        buf: &mut ValueBuf,
+        budget: usize,
+        mut ends: Option<&mut Vec<usize>>,
+    ) -> usize {
+        let mut n = 0;
+        while n < max {
+            let Some(item) = self.0.front() else {
+                break;
+            };
+            let Some(bytes) = crate::sys::plain::bytes_of(item) else {
+                break;
+            };
+            let mark = buf.len();
+            if !buf.append_plain(bytes) {
+                // Past the limit: left for the next chunk (or `encode_first`'s error).
+                buf.truncate(mark);
+                break;
+            }
+            self.0.pop_front();
+            n += 1;
+            if let Some(ends) = ends.as_deref_mut() {
+                ends.push(buf.len());
+            }
+            if buf.len() >= budget {
+                break;
+            }
+        }
+        n
+    }
+}
+
 impl<A: serde::Serialize + Send> Source for Items<A> {
     fn encode_first(&mut self, index: usize, buf: &mut ValueBuf) -> Option<Result<()>> {
         let item = self.0.front()?;
@@ -77,6 +115,9 @@ impl<A: serde::Serialize + Send> Source for Items<A> {
         budget: usize,
         mut ends: Option<&mut Vec<usize>>,
     ) -> usize {
+        if crate::sys::plain::is_plain::<A>() {
+            return self.encode_plain_run(max, buf, budget, ends);
+        }
         let passed = crate::wire::fds::passed();
         let captured = crate::wire::fds::captured_len();
         let mut n = 0;

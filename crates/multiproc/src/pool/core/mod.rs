@@ -275,7 +275,8 @@ pub(crate) fn decode_answers<R: DeserializeOwned>(answers: Answers) -> Batch<R> 
                     let detail = why.clone();
                     out.errors.push((index, Error::Protocol { pid, detail }));
                 } else {
-                    match values.next::<R>() {
+                    let next = values.next_plain::<R>();
+                    match next.unwrap_or_else(|| values.next::<R>()) {
                         Ok(v) => out.values.push((index, v)),
                         Err(e) => {
                             // Values are self-delimiting: after one that does not
