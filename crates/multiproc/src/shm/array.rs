@@ -123,7 +123,12 @@ impl<T: Pod> Array<T> {
         let bytes = bytes_for::<T>(len)?;
         let (raw, owner) = RawLock::named(name, bytes - MUTEX_SIZE, true, keep_owner, |map| {
             super::write_header(map, super::ARRAY_MAGIC, size_of::<T>(), len);
-            map.copy_in(data_offset::<T>(), bytemuck::cast_slice(items));
+            // Nobody else maps the segment yet; any width would do.
+            map.store_relaxed(
+                data_offset::<T>(),
+                bytemuck::cast_slice(items),
+                super::piece_width::<T>(),
+            );
             Ok(())
         })?;
         Ok((

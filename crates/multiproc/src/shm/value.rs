@@ -112,7 +112,12 @@ impl<T: Pod> Value<T> {
         let extra = data_offset::<T>() - crate::sync::MUTEX_SIZE + size_of::<T>();
         let (raw, owner) = RawLock::named(name, extra, true, keep_owner, |map| {
             super::write_header(map, super::VALUE_MAGIC, size_of::<T>(), 1);
-            map.copy_in(data_offset::<T>(), bytemuck::bytes_of(&value));
+            // Nobody else maps the segment yet; any width would do.
+            map.store_relaxed(
+                data_offset::<T>(),
+                bytemuck::bytes_of(&value),
+                super::piece_width::<T>(),
+            );
             Ok(())
         })?;
         Ok((
