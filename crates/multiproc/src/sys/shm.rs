@@ -111,8 +111,11 @@ unsafe impl Sync for Mapping {}
 
 impl Mapping {
     /// Maps `len` bytes of `fd` shared, read-write (or read-only). The caller has
-    /// checked that the file is at least `len` bytes long and cannot shrink (sealed,
-    /// or a file only this program's handles resize), so no access faults.
+    /// checked that the file is at least `len` bytes long. A sealed memfd cannot
+    /// shrink; a named segment (a file of this user's, checked when opened) can be
+    /// truncated by a process of that user, and an access past its new end then raises
+    /// `SIGBUS`: named segments are trusted, as documented on `SharedMemory`. Either
+    /// way the memory stays mapped, so nothing here becomes a dangling reference.
     pub(crate) fn new(fd: BorrowedFd<'_>, len: usize, writable: bool) -> io::Result<Mapping> {
         if len == 0 {
             return Ok(Mapping {
@@ -396,6 +399,13 @@ atomic_cells!(
     std::sync::atomic::AtomicI64,
     std::sync::atomic::AtomicIsize
 );
+
+/// The effective uid of this process: the owner of the files it creates, hence the
+/// owner a trusted named segment must have.
+pub(crate) fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
 
 /// Takes an advisory `flock` on `fd` without waiting: `shared` or exclusive.
 /// `Ok(false)` if another open file description holds a conflicting lock.
