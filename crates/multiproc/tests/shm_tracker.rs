@@ -198,11 +198,12 @@ fn live_children() -> Vec<u32> {
         .collect()
 }
 
+/// The trackers before and after a restart.
+type Trackers = Queue<(Vec<u32>, Vec<u32>)>;
+
 /// Creates `a`, kills its tracker, creates `b` (which starts another), reports the
 /// first and second trackers, then waits to be killed.
-fn own_across_a_tracker_restart(
-    (a, b, q, go): (String, String, Queue<(Vec<u32>, Vec<u32>)>, Event),
-) {
+fn own_across_a_tracker_restart((a, b, q, go): (String, String, Trackers, Event)) {
     let sa = SharedMemory::create_named(&a, 64).unwrap();
     let first = live_children();
     for pid in &first {
