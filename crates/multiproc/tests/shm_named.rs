@@ -161,3 +161,57 @@ fn raw_values_and_arrays_cross_processes_without_a_lock() {
     counts.store(0, 3);
     assert_eq!((counts.load(0), counts.get(1)), (3, 5));
 }
+
+/// `open_named` attaches only to a segment this user alone can write: not through a
+/// symbolic link, not to a file others can access, not to another user's file
+/// (`/dev/shm` is writable by everyone; a segment's bytes hold mutex state).
+#[test]
+fn open_named_refuses_links_and_files_others_control() {
+    use std::os::unix::fs::PermissionsExt;
+    let shm_path = |n: &str| Path::new("/dev/shm").join(n);
+    let detail = |r: multiproc::Result<SharedMemory>| match r {
+        Err(multiproc::Error::SharedMemory { detail }) => detail,
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+
+    let target = unique("target");
+    let owned = Value::create_named(&target, 1u64).unwrap();
+    let link = unique("link");
+    std::os::unix::fs::symlink(shm_path(&target), shm_path(&link)).unwrap();
+    let why = detail(SharedMemory::open_named(&link));
+    assert!(why.contains("symbolic link"), "{why}");
+    assert!(Value::<u64>::open_named(&link).is_err());
+    assert!(
+        SharedMemory::remove_stale(&link).is_err(),
+        "a link is not followed"
+    );
+    std::fs::remove_file(shm_path(&link)).unwrap();
+    assert_eq!(Value::<u64>::open_named(&target).unwrap().load(), 1);
+    drop(owned);
+
+    let open = unique("open");
+    std::fs::write(shm_path(&open), [0u8; 128]).unwrap();
+    std::fs::set_permissions(shm_path(&open), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let why = detail(SharedMemory::open_named(&open));
+    assert!(
+        why.contains("other users have access") && why.contains("0644"),
+        "{why}"
+    );
+    std::fs::set_permissions(shm_path(&open), std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(SharedMemory::open_named(&open).unwrap().len(), 128);
+
+    // Another user's file: only root can make one to test with.
+    let me = std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m));
+    if me.is_ok_and(|uid| uid == 0) {
+        std::os::unix::fs::chown(shm_path(&open), Some(65534), None).unwrap();
+        let why = detail(SharedMemory::open_named(&open));
+        assert!(why.contains("belongs to user 65534"), "{why}");
+    }
+    std::fs::remove_file(shm_path(&open)).unwrap();
+
+    let dir = unique("dir");
+    std::fs::create_dir(shm_path(&dir)).unwrap();
+    let refused = SharedMemory::open_named(&dir);
+    std::fs::remove_dir(shm_path(&dir)).unwrap();
+    assert!(refused.is_err());
+}

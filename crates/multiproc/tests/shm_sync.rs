@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use multiproc::{
-    Array, Barrier, BoundedSemaphore, Condition, Error, Event, Lock, Process, RLock, Semaphore,
-    SharedMemory, StartMethod, Value,
+    Array, Barrier, BoundedSemaphore, Condition, Error, Event, Lock, Process, RLock, RawArray,
+    RawValue, Semaphore, SharedMemory, StartMethod, Value,
 };
 
 const ROUNDS: u64 = 10_000;
@@ -292,4 +292,97 @@ fn named_segments_are_removed_by_their_owner_and_after_a_crash() {
     drop(shm);
     assert!(!std::path::Path::new(&path).exists());
     assert!(!SharedMemory::remove_stale(&name).unwrap());
+}
+
+/// Lock-free copies racing in threads of one process (the handles are `Sync`): every
+/// element of up to 8 bytes is seen whole, old or new, and atomic operations mix with
+/// plain `set`s. (A plain memcpy here was a data race, undefined behaviour, which no
+/// test can observe reliably; this checks the contract the relaxed atomics give.)
+#[test]
+fn raw_copies_racing_in_threads_see_whole_elements() {
+    const A: u64 = 0;
+    const B: u64 = u64::MAX;
+    let a = RawArray::<u64>::new(64).unwrap();
+    let v = RawValue::new(0u16).unwrap();
+    let shm = SharedMemory::new(256).unwrap();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut flip = false;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let x = if flip { B } else { A };
+                for i in 0..a.len() {
+                    a.set(i, x);
+                }
+                a.copy_from_slice(&[x; 64]);
+                v.set(if flip { 0xffff } else { 0 });
+                shm.write_at(0, &[x as u8; 256]).unwrap();
+                flip = !flip;
+            }
+        });
+        s.spawn(|| {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                v.fetch_add(0);
+                a.fetch_add(3, 0);
+            }
+        });
+        let deadline = std::time::Instant::now() + Duration::from_millis(300);
+        while std::time::Instant::now() < deadline {
+            assert!(a.to_vec().iter().all(|&x| x == A || x == B));
+            assert!((0..a.len()).all(|i| matches!(a.get(i), A | B)));
+            assert!(matches!(v.get(), 0 | 0xffff));
+            let mut b = [1u8; 256];
+            shm.read_at(0, &mut b).unwrap();
+            assert!(b.iter().all(|&x| x == 0 || x == 0xff));
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+}
+
+/// `Value`/`Array`'s one-step operations wait for a thread holding the guard: they
+/// take the lock, so nothing writes under a live `&mut T` (which would be undefined
+/// behaviour).
+#[test]
+fn value_and_array_one_step_operations_wait_for_the_guard() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let v = Value::new(5u64).unwrap();
+    let a = Array::<u32>::new(3).unwrap();
+    let (v_done, a_done) = (AtomicBool::new(false), AtomicBool::new(false));
+    std::thread::scope(|s| {
+        let mut gv = v.lock().unwrap();
+        let mut ga = a.lock().unwrap();
+        s.spawn(|| {
+            v.fetch_add(1);
+            v_done.store(true, Ordering::SeqCst);
+        });
+        s.spawn(|| {
+            a.store(1, 7);
+            a_done.store(true, Ordering::SeqCst);
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(
+            !v_done.load(Ordering::SeqCst),
+            "Value::fetch_add ran under a guard"
+        );
+        assert!(
+            !a_done.load(Ordering::SeqCst),
+            "Array::store ran under a guard"
+        );
+        assert_eq!(*gv, 5);
+        *gv = 10;
+        ga[1] = 1;
+        drop((gv, ga));
+    });
+    assert_eq!(v.load(), 11);
+    assert_eq!(a.load(1), 7);
+    // The thread that holds the guard is told to use it, not deadlocked.
+    let g = v.lock().unwrap();
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| v.load()));
+    assert!(r.is_err());
+    drop(g);
+    assert_eq!(v.swap(1), 11);
+    assert_eq!(v.compare_exchange(1, 2), Ok(1));
+    assert_eq!(v.compare_exchange(1, 3), Err(2));
+    assert_eq!(v.fetch_sub(3), 2);
+    assert_eq!(v.load(), u64::MAX);
 }

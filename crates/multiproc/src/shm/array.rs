@@ -19,8 +19,13 @@ const WHAT: &str = "Array's lock";
 /// Passing an `Array` to a child passes a descriptor: the child maps the same pages,
 /// so a 256 MiB array costs the same to hand over as a 4 KiB one. Read and write it
 /// through [`lock`](Self::lock) (a guard that dereferences to `[T]`), or, for integer
-/// `T`, element-wise atomics ([`fetch_add`](Array::<u64>::fetch_add), ...) that need
-/// no lock (do not mix the two on the same elements at the same time).
+/// `T`, element-wise one-step operations ([`fetch_add`](Array::<u64>::fetch_add),
+/// [`load`](Array::<u64>::load), [`store`](Array::<u64>::store)) that take the lock
+/// for that step. They cannot be lock-free: a guard hands out `&mut [T]`, and a
+/// lock-free write racing it would be undefined behaviour. For lock-free element
+/// atomics use [`RawArray`](crate::RawArray). They panic if this thread already holds
+/// the lock (use the guard instead) or the lock is broken, and on an index out of
+/// bounds.
 ///
 /// ```
 /// use multiproc::{Array, Process};
@@ -123,7 +128,12 @@ impl<T: Pod> Array<T> {
         let bytes = bytes_for::<T>(len)?;
         let (raw, owner) = RawLock::named(name, bytes - MUTEX_SIZE, true, keep_owner, |map| {
             super::write_header(map, super::ARRAY_MAGIC, size_of::<T>(), len);
-            map.copy_in(data_offset::<T>(), bytemuck::cast_slice(items));
+            // Nobody else maps the segment yet; any width would do.
+            map.store_relaxed(
+                data_offset::<T>(),
+                bytemuck::cast_slice(items),
+                super::piece_width::<T>(),
+            );
             Ok(())
         })?;
         Ok((
@@ -205,17 +215,21 @@ impl<T: Pod> Array<T> {
         Ok(self.lock()?.to_vec())
     }
 
-    fn atomic<A: crate::sys::shm::AtomicCell>(&self, i: usize) -> &A {
+    /// Runs `f` on element `i` under the lock (the one-step operations). Panics where
+    /// they document it.
+    fn locked<R>(&self, op: &str, i: usize, f: impl FnOnce(&mut T) -> R) -> R {
         assert!(
             i < self.len,
             "index {i} out of bounds for an Array of length {}",
             self.len
         );
-        self.raw
-            .segment()
-            .map()
-            .atomic_at::<A>(data_offset::<T>() + i * size_of::<T>())
-            .expect("an Array's segment holds its elements")
+        match self.lock() {
+            Ok(mut g) => f(&mut g[i]),
+            Err(e @ Error::Deadlock { .. }) => {
+                panic!("Array::{op}: {e}; while a thread holds an ArrayGuard, use the guard")
+            }
+            Err(e) => panic!("Array::{op}: cannot take the array's lock: {e}"),
+        }
     }
 }
 
@@ -287,34 +301,35 @@ impl<T: Pod> DerefMut for ArrayGuard<'_, T> {
 }
 
 macro_rules! atomic_array {
-    ($($t:ty => $a:ty),*) => {$(
+    ($($t:ty),*) => {$(
         impl Array<$t> {
-            /// Atomically adds `v` to element `i` (wrapping), without the lock; returns the
-            /// previous value. Panics if `i >= len`.
+            /// Adds `v` to element `i` (wrapping) under the lock; returns the previous
+            /// value.
+            ///
+            /// # Panics
+            ///
+            /// If `i >= len`, this thread holds the lock already, or the lock is broken.
             pub fn fetch_add(&self, i: usize, v: $t) -> $t {
-                self.atomic::<$a>(i).fetch_add(v, std::sync::atomic::Ordering::SeqCst)
+                self.locked("fetch_add", i, |x| std::mem::replace(x, x.wrapping_add(v)))
             }
-            /// Atomically reads element `i`, without the lock. Panics if `i >= len`.
+            /// Reads element `i` under the lock.
+            ///
+            /// # Panics
+            ///
+            /// If `i >= len`, this thread holds the lock already, or the lock is broken.
             pub fn load(&self, i: usize) -> $t {
-                self.atomic::<$a>(i).load(std::sync::atomic::Ordering::SeqCst)
+                self.locked("load", i, |x| *x)
             }
-            /// Atomically writes element `i`, without the lock. Panics if `i >= len`.
+            /// Writes element `i` under the lock.
+            ///
+            /// # Panics
+            ///
+            /// If `i >= len`, this thread holds the lock already, or the lock is broken.
             pub fn store(&self, i: usize, v: $t) {
-                self.atomic::<$a>(i).store(v, std::sync::atomic::Ordering::SeqCst)
+                self.locked("store", i, |x| *x = v)
             }
         }
     )*};
 }
 
-atomic_array!(
-    u8 => std::sync::atomic::AtomicU8,
-    u16 => std::sync::atomic::AtomicU16,
-    u32 => std::sync::atomic::AtomicU32,
-    u64 => std::sync::atomic::AtomicU64,
-    usize => std::sync::atomic::AtomicUsize,
-    i8 => std::sync::atomic::AtomicI8,
-    i16 => std::sync::atomic::AtomicI16,
-    i32 => std::sync::atomic::AtomicI32,
-    i64 => std::sync::atomic::AtomicI64,
-    isize => std::sync::atomic::AtomicIsize
-);
+atomic_array!(u8, u16, u32, u64, usize, i8, i16, i32, i64, isize);

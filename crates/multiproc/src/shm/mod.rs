@@ -32,6 +32,24 @@ pub(crate) const fn data_offset<T>() -> usize {
     MUTEX_SIZE.next_multiple_of(align_of::<T>())
 }
 
+/// The width of the relaxed atomic pieces in which a `T` is copied to or from shared
+/// memory without a lock: its size where that is 1, 2, 4 or 8 (the width its atomic
+/// methods use, so that no two racing accesses differ in size), else the largest of
+/// those that divides its size. Elements sit at multiples of their size from a
+/// page-aligned start, so every piece is aligned.
+pub(crate) const fn piece_width<T>() -> usize {
+    let size = size_of::<T>();
+    if size % 8 == 0 {
+        8
+    } else if size % 4 == 0 {
+        4
+    } else if size % 2 == 0 {
+        2
+    } else {
+        1
+    }
+}
+
 /// Where a named `Value`/`Array` describes itself: in the lock's cache line, after the
 /// mutex. An unrelated process that attaches by name checks it.
 const HEADER: usize = 48;

@@ -7,8 +7,22 @@ use std::sync::Arc;
 use bytemuck::Pod;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use super::piece_width;
 use super::segment::Segment;
 use crate::error::{Error, Result};
+
+/// Reads `dst.len()` bytes at `offset` in pieces of `T`'s width (see
+/// [`piece_width`]).
+fn load<T>(seg: &Segment, offset: usize, dst: &mut [u8]) {
+    let done = seg.map().load_relaxed(offset, dst, piece_width::<T>());
+    assert!(done, "in bounds and aligned: checked when made or received");
+}
+
+/// Writes `src` at `offset` in pieces of `T`'s width.
+fn store<T>(seg: &Segment, offset: usize, src: &[u8]) {
+    let done = seg.map().store_relaxed(offset, src, piece_width::<T>());
+    assert!(done, "in bounds and aligned: checked when made or received");
+}
 
 fn too_small<T>(what: &str) -> Error {
     Error::SharedMemory {
@@ -22,9 +36,12 @@ fn too_small<T>(what: &str) -> Error {
 /// One value of plain data in shared memory, **without** a lock (Python's
 /// `RawValue`, or `Value(..., lock=False)`).
 ///
-/// [`get`](Self::get) and [`set`](Self::set) copy the bytes with no synchronization:
-/// a read racing a write in another process may see it half done (torn), never
-/// anything worse. For integer `T` the atomic operations ([`load`](RawValue::<u64>::load),
+/// [`get`](Self::get) and [`set`](Self::set) copy the value with no lock, in relaxed
+/// atomic pieces: for a `T` of 1, 2, 4 or 8 bytes one piece, so a read racing a write
+/// (in another process or another thread) sees the old or the new value whole; a
+/// larger `T` is copied in pieces of up to 8 bytes, and a racing read may see some
+/// pieces old and some new (torn), never anything worse. For integer `T` the atomic
+/// operations ([`load`](RawValue::<u64>::load),
 /// [`fetch_add`](RawValue::<u64>::fetch_add), ...) are exact. Use it where one writer
 /// owns the value at a time, or where atomics suffice; otherwise use [`Value`](crate::Value),
 /// whose lock makes a read-modify-write whole.
@@ -71,24 +88,24 @@ impl<T: Pod> RawValue<T> {
     /// A new value in a new shared segment.
     pub fn new(value: T) -> Result<Self> {
         let seg = Segment::anonymous("multiproc-rawvalue", size_of::<T>())?;
-        seg.map().copy_in(0, bytemuck::bytes_of(&value));
+        store::<T>(&seg, 0, bytemuck::bytes_of(&value));
         Ok(RawValue {
             seg: Arc::new(seg),
             _t: PhantomData,
         })
     }
 
-    /// A copy of the value (unsynchronized: may be torn by a concurrent `set`).
+    /// A copy of the value (no lock: a `T` of more than 8 bytes may be torn by a racing
+    /// `set`).
     pub fn get(&self) -> T {
         let mut v = T::zeroed();
-        // In bounds: checked when made or received.
-        self.seg.map().copy_out(0, bytemuck::bytes_of_mut(&mut v));
+        load::<T>(&self.seg, 0, bytemuck::bytes_of_mut(&mut v));
         v
     }
 
     /// Replaces the value (unsynchronized).
     pub fn set(&self, value: T) {
-        self.seg.map().copy_in(0, bytemuck::bytes_of(&value));
+        store::<T>(&self.seg, 0, bytemuck::bytes_of(&value));
     }
 
     fn atomic<A: crate::sys::shm::AtomicCell>(&self) -> &A {
@@ -122,8 +139,10 @@ impl<'de, T: Pod> Deserialize<'de> for RawValue<T> {
 /// A fixed-length array of plain data in shared memory, **without** a lock (Python's
 /// `RawArray`, or `Array(..., lock=False)`).
 ///
-/// Element and whole-array copies are unsynchronized, as for [`RawValue`]; integer
-/// elements also have exact atomic operations. Index out of bounds panics, as for a
+/// Element and whole-array copies take no lock, as for [`RawValue`]: each element of
+/// 1, 2, 4 or 8 bytes is read or written whole (a larger one may be torn by a racing
+/// write), but a copy of several elements may mix old and new ones. Integer elements
+/// also have exact atomic operations. Index out of bounds panics, as for a
 /// slice.
 ///
 /// ```
@@ -216,24 +235,20 @@ impl<T: Pod> RawArray<T> {
     pub fn get(&self, i: usize) -> T {
         self.check(i);
         let mut v = T::zeroed();
-        self.seg
-            .map()
-            .copy_out(i * size_of::<T>(), bytemuck::bytes_of_mut(&mut v));
+        load::<T>(&self.seg, i * size_of::<T>(), bytemuck::bytes_of_mut(&mut v));
         v
     }
 
     /// Writes element `i` (unsynchronized). Panics if `i >= len`.
     pub fn set(&self, i: usize, value: T) {
         self.check(i);
-        self.seg
-            .map()
-            .copy_in(i * size_of::<T>(), bytemuck::bytes_of(&value));
+        store::<T>(&self.seg, i * size_of::<T>(), bytemuck::bytes_of(&value));
     }
 
     /// A copy of the contents (unsynchronized).
     pub fn to_vec(&self) -> Vec<T> {
         let mut v = vec![T::zeroed(); self.len];
-        self.seg.map().copy_out(0, bytemuck::cast_slice_mut(&mut v));
+        load::<T>(&self.seg, 0, bytemuck::cast_slice_mut(&mut v));
         v
     }
 
@@ -247,7 +262,7 @@ impl<T: Pod> RawArray<T> {
             items.len(),
             self.len
         );
-        self.seg.map().copy_in(0, bytemuck::cast_slice(items));
+        store::<T>(&self.seg, 0, bytemuck::cast_slice(items));
     }
 
     fn atomic<A: crate::sys::shm::AtomicCell>(&self, i: usize) -> &A {

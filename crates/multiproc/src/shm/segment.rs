@@ -1,6 +1,6 @@
 //! Shared-memory segments: anonymous (memfd, passed by descriptor) or named
 
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::PathBuf;
@@ -204,15 +204,32 @@ impl Segment {
     }
 
     /// Attaches to the named segment `/dev/shm/<name>`, all of it, as a non-owner.
+    ///
+    /// Only a segment this user alone can write is accepted: not a symbolic link (it
+    /// is not followed), a regular file, owned by this effective user, with no access
+    /// for group or others. `/dev/shm` is writable by everyone, and a segment's bytes
+    /// hold robust pthread mutexes whose list pointers glibc follows on unlock: a file
+    /// another user planted or can write would let them corrupt this process's memory.
     pub(crate) fn open_named(name: &str) -> Result<Self> {
         let path = validate_name(name)?;
         let file = OpenOptions::new()
             .read(true)
             .write(true)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&path)
-            .map_err(|e| shm_error(format!("cannot open segment {name:?}: {e}")))?;
-        let len = sys_shm::file_len(file.as_fd())
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::ELOOP) => shm_error(format!(
+                    "segment {name:?} is a symbolic link; refusing to follow it \
+                     (attach to the segment it points to by that segment's own name)"
+                )),
+                _ => shm_error(format!("cannot open segment {name:?}: {e}")),
+            })?;
+        let meta = file
+            .metadata()
             .map_err(|e| shm_error(format!("cannot inspect segment {name:?}: {e}")))?;
+        check_trusted(name, &meta)?;
+        let len = usize::try_from(meta.len())
+            .map_err(|_| shm_error(format!("segment {name:?} is too large to map")))?;
         Self::map_fd(file.into(), len, None, Some(name.to_owned()))
     }
 
@@ -280,7 +297,9 @@ impl<'de> Deserialize<'de> for Segment {
 /// with a [`Lock`](crate::Lock) or use [`Value`](crate::Value) /
 /// [`Array`](crate::Array), which carry their own lock. An unsynchronized
 /// [`read_at`](Self::read_at) may see a write half done (torn), never anything
-/// worse.
+/// worse: the bytes are copied one by one with relaxed atomics (any offset may be
+/// read or written, so one width for all), which keeps racing threads of one process
+/// defined, at some cost in speed over `memcpy` for large copies.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 ///
 /// (`/dev/shm/<name>`, for unrelated processes).
@@ -308,8 +327,41 @@ impl<'de> Deserialize<'de> for Segment {
 /// removing it (see [`SharedMemoryBuilder::track`]). An untracked name left behind by a
 /// crashed owner is recognisable as stale — nobody holds its lock — and is removed by
 /// the next `create_named` of the same name or by [`SharedMemory::remove_stale`].
+///
+/// A named segment is trusted by every process attached to it: [`open_named`](Self::open_named)
+/// accepts only a file of this user's that nobody else can access, but any process of
+/// this user can still write it, or truncate it, which makes an attacher's access past
+/// the new end fault (`SIGBUS`, ending the process). Anonymous segments are sealed
+/// against resizing and cannot be truncated.
 pub struct SharedMemory {
     seg: Arc<Segment>,
+}
+
+/// Refuses a named segment that anyone but this user could have made or could write
+/// (see [`Segment::open_named`]).
+fn check_trusted(name: &str, meta: &std::fs::Metadata) -> Result<()> {
+    let euid = sys_shm::euid();
+    let refuse = |why: String| {
+        Err(shm_error(format!(
+            "refusing segment {name:?}: {why}; a named segment must be a regular file \
+             owned by this user with mode 0600 (as create_named makes it), since a \
+             writer of its bytes could corrupt the memory of every process attached"
+        )))
+    };
+    if !meta.file_type().is_file() {
+        return refuse("it is not a regular file".into());
+    }
+    if meta.uid() != euid {
+        return refuse(format!(
+            "it belongs to user {}, not to this process's user {euid}",
+            meta.uid()
+        ));
+    }
+    let mode = meta.mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return refuse(format!("other users have access to it (mode {mode:04o})"));
+    }
+    Ok(())
 }
 
 pub(crate) fn validate_name(name: &str) -> Result<PathBuf> {
@@ -372,6 +424,14 @@ impl SharedMemory {
 
     /// Attaches to the named segment `/dev/shm/<name>`, all of it. An attacher never
     /// removes the name.
+    ///
+    /// The segment must be a regular file owned by this process's effective user with
+    /// no access for group or others (mode `0600`, as [`create_named`](Self::create_named)
+    /// makes it); a symbolic link is not followed. Anything else is refused with
+    /// [`Error::SharedMemory`]: `/dev/shm` is writable by every user, and the bytes of
+    /// a named [`Value`](crate::Value), [`Array`](crate::Array) or lock hold mutex
+    /// state that a hostile writer could use to corrupt this process's memory. (Unlike
+    /// Python, which opens whatever the name refers to.)
     pub fn open_named(name: &str) -> Result<Self> {
         Ok(SharedMemory {
             seg: Arc::new(Segment::open_named(name)?),
@@ -383,7 +443,12 @@ impl SharedMemory {
     /// Attached processes keep their mappings either way.
     pub fn remove_stale(name: &str) -> Result<bool> {
         let path = validate_name(name)?;
-        let file = match File::open(&path) {
+        // A symbolic link is not followed: it is refused, not its target removed.
+        let file = match OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+        {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
             Err(e) => return Err(shm_error(format!("cannot open segment {name:?}: {e}"))),
@@ -395,7 +460,7 @@ impl SharedMemory {
         }
         // Remove the name only if it still refers to the file we found unowned.
         let ours = file.metadata().ok();
-        let now = std::fs::metadata(&path).ok();
+        let now = std::fs::symlink_metadata(&path).ok();
         match (ours, now) {
             (Some(a), Some(b)) if a.dev() == b.dev() && a.ino() == b.ino() => {
                 std::fs::remove_file(&path)
@@ -432,17 +497,22 @@ impl SharedMemory {
     }
 
     /// Copies `buf.len()` bytes starting at `offset` into `buf`.
+    ///
+    /// Each byte is read with a relaxed atomic load, so a read racing a write (in
+    /// another process, or another thread of this one) is defined but may see the
+    /// write half done.
     pub fn read_at(&self, offset: usize, buf: &mut [u8]) -> Result<()> {
-        if self.seg.map().copy_out(offset, buf) {
+        if self.seg.map().load_relaxed(offset, buf, 1) {
             Ok(())
         } else {
             Err(self.out_of_bounds(offset, buf.len()))
         }
     }
 
-    /// Copies `data` into the segment at `offset`.
+    /// Copies `data` into the segment at `offset`, each byte with a relaxed atomic
+    /// store (see [`read_at`](Self::read_at)).
     pub fn write_at(&self, offset: usize, data: &[u8]) -> Result<()> {
-        if self.seg.map().copy_in(offset, data) {
+        if self.seg.map().store_relaxed(offset, data, 1) {
             Ok(())
         } else {
             Err(self.out_of_bounds(offset, data.len()))

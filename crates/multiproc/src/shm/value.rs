@@ -19,11 +19,15 @@ const WHAT: &str = "Value's lock";
 ///
 /// - [`lock`](Self::lock) gives a guard that dereferences to `T`; a guard whose
 ///   previous holder died says so ([`ValueGuard::owner_died`]).
-/// - For integer `T`, the atomic operations ([`fetch_add`](Value::<u64>::fetch_add),
+/// - For integer `T`, the one-step operations ([`fetch_add`](Value::<u64>::fetch_add),
 ///   [`load`](Value::<u64>::load), [`store`](Value::<u64>::store),
-///   [`compare_exchange`](Value::<u64>::compare_exchange), ...) need no lock. Do not
-///   mix the two ways on one value at the same time: an atomic update racing a locked
-///   read-modify-write is lost, as it would be with threads.
+///   [`compare_exchange`](Value::<u64>::compare_exchange), ...) are shorthands that
+///   take the lock for that one step, as Python's `v.value` does. They cannot be
+///   lock-free: a guard hands out `&T`/`&mut T`, and a lock-free write racing one
+///   would be undefined behaviour. For lock-free atomics use
+///   [`RawValue`](crate::RawValue), which has no lock and no guard to race with.
+///   They panic if this thread already holds the lock (use the guard instead), or if
+///   the lock itself is broken (its bytes overwritten).
 ///
 /// Clones, and copies passed to children, all name the same memory.
 ///
@@ -112,7 +116,12 @@ impl<T: Pod> Value<T> {
         let extra = data_offset::<T>() - crate::sync::MUTEX_SIZE + size_of::<T>();
         let (raw, owner) = RawLock::named(name, extra, true, keep_owner, |map| {
             super::write_header(map, super::VALUE_MAGIC, size_of::<T>(), 1);
-            map.copy_in(data_offset::<T>(), bytemuck::bytes_of(&value));
+            // Nobody else maps the segment yet; any width would do.
+            map.store_relaxed(
+                data_offset::<T>(),
+                bytemuck::bytes_of(&value),
+                super::piece_width::<T>(),
+            );
             Ok(())
         })?;
         Ok((
@@ -183,13 +192,16 @@ impl<T: Pod> Value<T> {
         Ok(())
     }
 
-    fn atomic<A: crate::sys::shm::AtomicCell>(&self) -> &A {
-        // Value<T> with T of A's size and alignment: checked when made or received.
-        self.raw
-            .segment()
-            .map()
-            .atomic_at::<A>(data_offset::<T>())
-            .expect("a Value's segment holds its value")
+    /// Runs `f` on the value under the lock (the one-step operations). Panics where
+    /// they document it.
+    fn locked<R>(&self, op: &str, f: impl FnOnce(&mut T) -> R) -> R {
+        match self.lock() {
+            Ok(mut g) => f(&mut g),
+            Err(e @ Error::Deadlock { .. }) => {
+                panic!("Value::{op}: {e}; while a thread holds a ValueGuard, use the guard")
+            }
+            Err(e) => panic!("Value::{op}: cannot take the value's lock: {e}"),
+        }
     }
 }
 
@@ -265,51 +277,66 @@ impl<T: Pod + std::fmt::Debug> std::fmt::Debug for ValueGuard<'_, T> {
 }
 
 macro_rules! atomic_value {
-    ($($t:ty => $a:ty),*) => {$(
+    ($($t:ty),*) => {$(
         impl Value<$t> {
-            /// Atomically adds `v` (wrapping), without the lock; returns the previous value.
+            /// Adds `v` (wrapping) under the lock; returns the previous value.
+            ///
+            /// # Panics
+            ///
+            /// If this thread holds the lock already, or the lock is broken.
             pub fn fetch_add(&self, v: $t) -> $t {
-                self.atomic::<$a>().fetch_add(v, std::sync::atomic::Ordering::SeqCst)
+                self.locked("fetch_add", |x| std::mem::replace(x, x.wrapping_add(v)))
             }
-            /// Atomically subtracts `v` (wrapping), without the lock; returns the previous value.
+            /// Subtracts `v` (wrapping) under the lock; returns the previous value.
+            ///
+            /// # Panics
+            ///
+            /// If this thread holds the lock already, or the lock is broken.
             pub fn fetch_sub(&self, v: $t) -> $t {
-                self.atomic::<$a>().fetch_sub(v, std::sync::atomic::Ordering::SeqCst)
+                self.locked("fetch_sub", |x| std::mem::replace(x, x.wrapping_sub(v)))
             }
-            /// Atomically reads the value, without the lock.
+            /// Reads the value under the lock.
+            ///
+            /// # Panics
+            ///
+            /// If this thread holds the lock already, or the lock is broken.
             pub fn load(&self) -> $t {
-                self.atomic::<$a>().load(std::sync::atomic::Ordering::SeqCst)
+                self.locked("load", |x| *x)
             }
-            /// Atomically writes the value, without the lock.
+            /// Writes the value under the lock.
+            ///
+            /// # Panics
+            ///
+            /// If this thread holds the lock already, or the lock is broken.
             pub fn store(&self, v: $t) {
-                self.atomic::<$a>().store(v, std::sync::atomic::Ordering::SeqCst)
+                self.locked("store", |x| *x = v)
             }
-            /// Atomically replaces the value, without the lock; returns the previous one.
+            /// Replaces the value under the lock; returns the previous one.
+            ///
+            /// # Panics
+            ///
+            /// If this thread holds the lock already, or the lock is broken.
             pub fn swap(&self, v: $t) -> $t {
-                self.atomic::<$a>().swap(v, std::sync::atomic::Ordering::SeqCst)
+                self.locked("swap", |x| std::mem::replace(x, v))
             }
-            /// Atomically replaces `current` with `new`, without the lock: `Ok(previous)`
-            /// if it held `current`, `Err(actual)` otherwise.
+            /// Replaces `current` with `new` under the lock: `Ok(previous)` if it held
+            /// `current`, `Err(actual)` otherwise.
+            ///
+            /// # Panics
+            ///
+            /// If this thread holds the lock already, or the lock is broken.
             pub fn compare_exchange(&self, current: $t, new: $t) -> std::result::Result<$t, $t> {
-                self.atomic::<$a>().compare_exchange(
-                    current,
-                    new,
-                    std::sync::atomic::Ordering::SeqCst,
-                    std::sync::atomic::Ordering::SeqCst,
-                )
+                self.locked("compare_exchange", |x| {
+                    if *x == current {
+                        *x = new;
+                        Ok(current)
+                    } else {
+                        Err(*x)
+                    }
+                })
             }
         }
     )*};
 }
 
-atomic_value!(
-    u8 => std::sync::atomic::AtomicU8,
-    u16 => std::sync::atomic::AtomicU16,
-    u32 => std::sync::atomic::AtomicU32,
-    u64 => std::sync::atomic::AtomicU64,
-    usize => std::sync::atomic::AtomicUsize,
-    i8 => std::sync::atomic::AtomicI8,
-    i16 => std::sync::atomic::AtomicI16,
-    i32 => std::sync::atomic::AtomicI32,
-    i64 => std::sync::atomic::AtomicI64,
-    isize => std::sync::atomic::AtomicIsize
-);
+atomic_value!(u8, u16, u32, u64, usize, i8, i16, i32, i64, isize);

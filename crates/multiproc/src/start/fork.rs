@@ -21,6 +21,9 @@ pub(super) fn start(theirs: OwnedFd) -> io::Result<u32> {
         // the one thread it has) rather than perhaps held by a thread it lacks.
         let mut slot = runtime_slot();
         let mut children = super::children::lock();
+        // Likewise the shared-memory tracker's state (a thread may be starting a
+        // tracker under its lock).
+        let tracker = crate::shm::tracker::hold_for_fork();
         // A Ctrl-C must not kill the child before it sets a worker's SIGINT handling:
         // blocked across the fork, it stays pending until the child's handler takes it
         // (and drops it; an interrupt sent meanwhile is acted on then).
@@ -37,6 +40,7 @@ pub(super) fn start(theirs: OwnedFd) -> io::Result<u32> {
                 sys::proc::purge_inherited_c_stdio();
                 // Its own children start as it was started (Python's `fork` context).
                 super::set_start_method(super::StartMethod::Fork);
+                tracker.in_child();
                 forget_runtime_after_fork(&mut slot);
                 drop(slot);
                 children.clear();
@@ -53,6 +57,7 @@ pub(super) fn start(theirs: OwnedFd) -> io::Result<u32> {
                 crate::child::serve(theirs, crate::child::Origin::Forked)
             }
             Forked::Parent(pid) => {
+                drop(tracker);
                 drop(children);
                 drop(slot);
                 drop(theirs);

@@ -166,8 +166,9 @@ impl<'a> Held<'a> {
         let p = self.data_ptr::<T>(at, count)?;
         // SAFETY: `p` is in bounds and aligned for `count` values of T (checked); T is
         // Pod, so any bytes are a valid T. Every writer of this region holds the
-        // segment's mutex (crate invariant: Value and Array hand out their data only
-        // through a `Held`), and we hold it, so nothing changes the values while the
+        // segment's mutex (crate invariant: Value and Array reach their data only
+        // through a `Held`, their one-step operations included; no lock-free access
+        // to it exists), and we hold it, so nothing changes the values while the
         // shared borrow of `self` lasts; the mapping outlives `'a`.
         Some(unsafe { std::slice::from_raw_parts(p, count) })
     }

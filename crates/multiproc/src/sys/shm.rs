@@ -8,7 +8,7 @@ use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::ptr::NonNull;
-use std::sync::atomic::AtomicU32;
+use std::sync::atomic::{AtomicU8, AtomicU16, AtomicU32, AtomicU64, Ordering};
 
 /// Seals that freeze a memfd's size: a peer can then neither truncate it under our
 /// mapping (which would make our accesses fault with SIGBUS) nor grow it.
@@ -100,18 +100,22 @@ pub(crate) struct Mapping {
     len: usize,
 }
 
-// SAFETY: a Mapping is a range of process memory that lives until drop; the crate
-// accesses it only through atomics, through `copy_*` (whose callers hold the segment's
-// lock or accept torn bytes of plain data), or through guards that a process-shared
-// lock makes exclusive. Nothing about it is tied to one thread.
+// SAFETY: a Mapping is a range of process memory that lives until drop; through
+// `&Mapping` the crate accesses it only through atomics (`atomic_at`, `load_relaxed`,
+// `store_relaxed`) or through guards that a process-shared lock makes exclusive (every
+// access to a locked region holds the lock); plain copies need `&mut Mapping`. Nothing
+// about it is tied to one thread.
 unsafe impl Send for Mapping {}
-// SAFETY: as above; `&Mapping` offers only atomic or copying access.
+// SAFETY: as above; `&Mapping` offers only atomic access, or access under a lock.
 unsafe impl Sync for Mapping {}
 
 impl Mapping {
     /// Maps `len` bytes of `fd` shared, read-write (or read-only). The caller has
-    /// checked that the file is at least `len` bytes long and cannot shrink (sealed,
-    /// or a file only this program's handles resize), so no access faults.
+    /// checked that the file is at least `len` bytes long. A sealed memfd cannot
+    /// shrink; a named segment (a file of this user's, checked when opened) can be
+    /// truncated by a process of that user, and an access past its new end then raises
+    /// `SIGBUS`: named segments are trusted, as documented on `SharedMemory`. Either
+    /// way the memory stays mapped, so nothing here becomes a dangling reference.
     pub(crate) fn new(fd: BorrowedFd<'_>, len: usize, writable: bool) -> io::Result<Mapping> {
         if len == 0 {
             return Ok(Mapping {
@@ -236,25 +240,98 @@ impl Mapping {
         ((p as usize) % align == 0).then_some(p)
     }
 
-    /// Copies `dst.len()` bytes from `offset` into `dst`. `false` if out of bounds.
-    pub(crate) fn copy_out(&self, offset: usize, dst: &mut [u8]) -> bool {
-        let Some(p) = self.checked(offset, dst.len(), 1) else {
+    /// Copies `dst.len()` bytes from `offset` into `dst`, `width` bytes at a time, each
+    /// piece with one relaxed atomic load of that width (1, 2, 4 or 8). `false` if out
+    /// of bounds, misaligned for `width`, or `dst.len()` is not a multiple of `width`.
+    ///
+    /// Other threads of this process may write the same bytes at the same time (the
+    /// handles are `Sync`), so a plain copy would be a data race, undefined behaviour
+    /// even where a torn value would be acceptable. Relaxed atomics make each piece
+    /// whole and the race defined; a copy of several pieces may still mix old and new
+    /// ones. Callers use one `width` per location (an element's size where it is 1, 2,
+    /// 4 or 8, the width the element's atomic methods use), so no two racing accesses
+    /// differ in size.
+    pub(crate) fn load_relaxed(&self, offset: usize, dst: &mut [u8], width: usize) -> bool {
+        if dst.is_empty() {
+            return offset <= self.len;
+        }
+        let Some(p) = self.pieces(offset, dst.len(), width) else {
             return false;
         };
-        // SAFETY: the source range is inside the mapping (checked); `dst` is a distinct
-        // Rust buffer. Other processes may write concurrently: the bytes are plain data,
-        // so the worst outcome is a torn copy, which the API documents.
-        unsafe { std::ptr::copy_nonoverlapping(p, dst.as_mut_ptr(), dst.len()) };
+        macro_rules! copy {
+            ($a:ty, $i:ty, $n:literal) => {
+                for (k, out) in dst.chunks_exact_mut($n).enumerate() {
+                    // SAFETY: `pieces` checked that the range lies inside the mapping and
+                    // that `p` is aligned for `width == $n` with a length that is a
+                    // multiple of it, so `p + k * $n` is an in-bounds, aligned `$a`. Any
+                    // bit pattern is a valid integer, and atomic access to shared memory
+                    // is defined whatever else other threads or processes do there. The
+                    // mapping outlives the reference (it ends with this statement).
+                    let a = unsafe { &*p.add(k * $n).cast::<$a>() };
+                    out.copy_from_slice(&a.load(Ordering::Relaxed).to_ne_bytes());
+                }
+            };
+        }
+        match width {
+            8 => copy!(AtomicU64, u64, 8),
+            4 => copy!(AtomicU32, u32, 4),
+            2 => copy!(AtomicU16, u16, 2),
+            _ => copy!(AtomicU8, u8, 1),
+        }
         true
     }
 
-    /// Copies `src` to `offset`. `false` if out of bounds.
-    pub(crate) fn copy_in(&self, offset: usize, src: &[u8]) -> bool {
+    /// Copies `src` to `offset`, `width` bytes at a time, each piece with one relaxed
+    /// atomic store of that width; see [`load_relaxed`](Self::load_relaxed). `false` if
+    /// out of bounds or misaligned.
+    pub(crate) fn store_relaxed(&self, offset: usize, src: &[u8], width: usize) -> bool {
+        if src.is_empty() {
+            return offset <= self.len;
+        }
+        let Some(p) = self.pieces(offset, src.len(), width) else {
+            return false;
+        };
+        macro_rules! copy {
+            ($a:ty, $i:ty, $n:literal) => {
+                for (k, piece) in src.chunks_exact($n).enumerate() {
+                    let mut v = [0u8; $n];
+                    v.copy_from_slice(piece);
+                    // SAFETY: as in `load_relaxed`. Only writable mappings reach callers
+                    // that store; a store through an atomic is defined under any
+                    // concurrent atomic access.
+                    let a = unsafe { &*p.add(k * $n).cast::<$a>() };
+                    a.store(<$i>::from_ne_bytes(v), Ordering::Relaxed);
+                }
+            };
+        }
+        match width {
+            8 => copy!(AtomicU64, u64, 8),
+            4 => copy!(AtomicU32, u32, 4),
+            2 => copy!(AtomicU16, u16, 2),
+            _ => copy!(AtomicU8, u8, 1),
+        }
+        true
+    }
+
+    /// The address of `len` bytes at `offset` to be copied in pieces of `width`
+    /// (1, 2, 4 or 8), if in bounds and aligned.
+    fn pieces(&self, offset: usize, len: usize, width: usize) -> Option<*mut u8> {
+        if !matches!(width, 1 | 2 | 4 | 8) || len % width != 0 {
+            return None;
+        }
+        self.checked(offset, len, width)
+    }
+
+    /// Copies `src` to `offset` with a plain copy, for a mapping this caller has to
+    /// itself (hence `&mut`: no other reference to it exists in this process). `false`
+    /// if out of bounds.
+    pub(crate) fn copy_in(&mut self, offset: usize, src: &[u8]) -> bool {
         let Some(p) = self.checked(offset, src.len(), 1) else {
             return false;
         };
-        // SAFETY: the destination range is inside a writable mapping (only writable
-        // mappings are given out to callers of copy_in) and does not overlap `src`.
+        // SAFETY: the destination range is inside the mapping (checked) and does not
+        // overlap `src`; `&mut self` means no other thread of this process can reach
+        // the mapping during the copy. (Only writable mappings are handed to writers.)
         unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), p, src.len()) };
         true
     }
@@ -323,6 +400,13 @@ atomic_cells!(
     std::sync::atomic::AtomicIsize
 );
 
+/// The effective uid of this process: the owner of the files it creates, hence the
+/// owner a trusted named segment must have.
+pub(crate) fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
 /// Takes an advisory `flock` on `fd` without waiting: `shared` or exclusive.
 /// `Ok(false)` if another open file description holds a conflicting lock.
 pub(crate) fn try_flock(fd: BorrowedFd<'_>, shared: bool) -> io::Result<bool> {
@@ -351,12 +435,25 @@ mod tests {
         assert_eq!(file_len(fd.as_fd()).unwrap(), 8192);
         // Sealed: cannot shrink.
         assert!(set_len(fd.as_fd(), 10).is_err());
-        let m = Mapping::new(fd.as_fd(), 8192, true).unwrap();
+        let mut m = Mapping::new(fd.as_fd(), 8192, true).unwrap();
         assert!(m.copy_in(8190, &[1, 2]));
         assert!(!m.copy_in(8191, &[1, 2]));
         let mut b = [0u8; 2];
-        assert!(m.copy_out(8190, &mut b));
+        assert!(m.load_relaxed(8190, &mut b, 1));
         assert_eq!(b, [1, 2]);
+        assert!(m.load_relaxed(8190, &mut b, 2));
+        assert!(!m.load_relaxed(8191, &mut b, 1), "out of bounds");
+        assert!(!m.load_relaxed(8189, &mut b, 2), "misaligned");
+        assert!(!m.load_relaxed(8184, &mut b, 8), "not whole pieces");
+        let v = 0x0102_0304_0506_0708u64.to_ne_bytes();
+        for width in [1, 2, 4, 8] {
+            let mut out = [0u8; 16];
+            assert!(m.store_relaxed(16, &[v, v].concat(), width));
+            assert!(m.load_relaxed(16, &mut out, width));
+            assert_eq!(out, *[v, v].concat(), "{width}");
+        }
+        assert!(m.load_relaxed(8192, &mut [], 8));
+        assert!(!m.store_relaxed(8193, &[], 1));
         assert!(m.atomic_u32(2).is_none());
         assert!(m.atomic_u32(8192).is_none());
         assert!(m.atomic_u32(4).is_some());
