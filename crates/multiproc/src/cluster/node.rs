@@ -227,7 +227,9 @@ pub fn serve(url: &str, options: ServeOptions) -> Result<()> {
     let stop = crate::sys::term::catch_terminate()
         .map_err(|e| Error::io("installing the node's SIGTERM handler", e))?;
     let slots = options.slots.unwrap_or_else(crate::cpu_count);
-    let mut pool = Pool::builder().processes(slots);
+    // Only this pool's own workers leave SIGTERM to the node; processes and pools
+    // that tasks start keep the default.
+    let mut pool = Pool::builder().processes(slots).workers_leave_sigterm();
     if let Some(m) = options.method {
         pool = pool.start_method(m);
     }
