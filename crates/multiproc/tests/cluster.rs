@@ -1229,3 +1229,35 @@ fn a_process_started_by_a_task_on_a_node_can_be_terminated() {
     let got = pool.apply(terminate_a_child, 0).unwrap();
     assert!(got.iter().all(|m| m.contains("SIGTERM")), "{got:?}");
 }
+
+/// libfaketime, if installed (Debian's `faketime` package): it shifts a process's
+/// wall clock.
+const FAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+
+/// Nodes whose wall clocks are 10 minutes ahead of the caller's, or behind it (far
+/// more than the leases): they still see the caller and it sees them, since every
+/// timestamp in Redis is on Redis's clock.
+#[test]
+fn nodes_whose_clocks_are_off_by_minutes_still_serve() {
+    if !std::path::Path::new(FAKETIME).exists() {
+        eprintln!("skipped: no libfaketime ({FAKETIME}); apt-get install faketime");
+        return;
+    }
+    let redis = Redis::start();
+    for shift in ["+600", "-600"] {
+        let _node = Node::start_with(
+            &redis,
+            KEY,
+            1,
+            &[
+                ("LD_PRELOAD", FAKETIME),
+                ("FAKETIME", shift),
+                ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+            ],
+        );
+        let pool = pool(&redis);
+        let call = pool.apply_async(double, 21).unwrap();
+        let got = call.get_timeout(Duration::from_secs(20));
+        assert_eq!(got.unwrap(), 42, "a node with its clock at {shift} s");
+    }
+}
