@@ -23,5 +23,4 @@ pub(crate) mod proc;
 pub(crate) mod shm;
 pub(crate) mod spawn;
 pub(crate) mod tracker;
-#[cfg(feature = "cluster")]
 pub(crate) mod term;

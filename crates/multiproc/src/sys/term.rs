@@ -1,7 +1,9 @@
 //! SIGTERM as a request: a cluster node finishes or hands back its work and exits
 //! cleanly when a batch system or an orchestrator asks it to stop.
 
+#[cfg(feature = "cluster")]
 use std::sync::OnceLock;
+#[cfg(feature = "cluster")]
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use nix::sys::signal::{
@@ -9,8 +11,10 @@ use nix::sys::signal::{
 };
 
 /// Set by the SIGTERM handler.
+#[cfg(feature = "cluster")]
 static TERMINATE: AtomicBool = AtomicBool::new(false);
 
+#[cfg(feature = "cluster")]
 extern "C" fn on_term(_: libc::c_int) {
     // Only an atomic store: async-signal-safe.
     TERMINATE.store(true, Ordering::SeqCst);
@@ -53,6 +57,7 @@ pub(crate) fn settle_terminate(leave: bool) {
 }
 
 /// Installs the SIGTERM handler (once) and returns the flag it sets.
+#[cfg(feature = "cluster")]
 pub(crate) fn catch_terminate() -> std::io::Result<&'static AtomicBool> {
     static INSTALLED: OnceLock<std::result::Result<(), i32>> = OnceLock::new();
     let installed = INSTALLED.get_or_init(|| {
