@@ -257,18 +257,6 @@ pub(crate) fn set_name(name: String) {
     }
 }
 
-/// A cluster node's worker leaves SIGTERM to its node: systemd (`KillMode` left at
-/// `control-group`) and Slurm send it to every process of the service or job, and the
-/// node, told to stop, lets running calls finish for its drain time, then stops its
-/// workers itself. A handler, not `SIG_IGN`: programs the task execs get the default
-/// disposition back.
-#[cfg(feature = "cluster")]
-fn node_worker_signals() {
-    if std::env::var_os(crate::cluster::CLUSTER_ENV).is_some() {
-        let _ = sys::term::catch_terminate();
-    }
-}
-
 /// The worker loop over the socket to the parent. Never returns.
 ///
 /// The process ends with `_exit` once the parent says so: what the task printed is
@@ -278,9 +266,10 @@ fn node_worker_signals() {
 /// parent's (they would run twice), and every start method ends the same way (as
 /// Python's fork and forkserver children end with `os._exit`).
 pub(crate) fn serve(sock: OwnedFd, origin: Origin) -> ! {
+    // SIGTERM waits until the parent's hello says whether this worker leaves it to the
+    // parent (a cluster node's pool: see `sys::term::settle_terminate`).
+    sys::term::hold_terminate();
     sys::proc::worker_signals(true);
-    #[cfg(feature = "cluster")]
-    node_worker_signals();
     PARENT_PID.store(nix::unistd::getppid().as_raw() as u32, Ordering::Relaxed);
     install_panic_hook();
     let mut link = crate::worker::SocketLink::new(sock);

@@ -203,6 +203,7 @@ impl<R: DeserializeOwned> Process<R> {
             build_id: ByteBuf::from(task::build_id().to_vec()),
             name: self.name.clone(),
             max_frame: max as u64,
+            leave_term: false,
         };
         let (inline, shared) = match args {
             Data::Inline(v) => (v, false),

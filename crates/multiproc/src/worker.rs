@@ -200,7 +200,11 @@ pub(crate) fn serve(link: &mut impl Link, origin: Origin) -> i32 {
                 build_id,
                 name,
                 max_frame,
+                leave_term,
             } => {
+                // Until now a SIGTERM waited (see `child::serve`): one sent meanwhile
+                // is acted on now, with the disposition the parent asked for.
+                crate::sys::term::settle_terminate(leave_term);
                 let refused = refusal(version, &build_id, origin);
                 let ok = refused.is_none();
                 match link.greeted(refused) {

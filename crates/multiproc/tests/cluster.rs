@@ -1118,3 +1118,146 @@ fn sigterm_to_the_nodes_whole_process_group_still_drains() {
     assert_eq!(code, Some(0));
     assert!(exited < answered + Duration::from_secs(2), "{exited:?}");
 }
+
+/// Not a test: a node started by calling `cluster::serve` directly (no
+/// `MULTIPROC_CLUSTER` in its environment), its pool started with the method in
+/// `MULTIPROC_TEST_NODE_METHOD`.
+#[test]
+fn cluster_direct_node_entry() {
+    let Ok(url) = std::env::var("MULTIPROC_TEST_DIRECT_NODE") else {
+        return;
+    };
+    multiproc::init();
+    let method: multiproc::StartMethod = std::env::var("MULTIPROC_TEST_NODE_METHOD")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let options = multiproc::cluster::ServeOptions::from_env()
+        .key(key())
+        .start_method(method);
+    let code = match multiproc::cluster::serve(&url, options) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("direct node: {e}");
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+/// SIGTERM to the whole process group of a node that `cluster::serve` started (no
+/// `MULTIPROC_CLUSTER` set), whose pool forks or spawns its workers: they leave the
+/// signal to the node, which drains.
+#[test]
+fn sigterm_to_the_group_of_a_node_started_by_serve_drains_under_fork_and_spawn() {
+    use std::os::unix::process::CommandExt;
+    let redis = Redis::start();
+    let dir = common::TempDir::new("cluster-direct-term");
+    for method in ["fork", "spawn"] {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "cluster_direct_node_entry",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env_remove("MULTIPROC_CLUSTER")
+            .env("MULTIPROC_TEST_DIRECT_NODE", redis.url())
+            .env("MULTIPROC_TEST_NODE_METHOD", method)
+            .env("MULTIPROC_CLUSTER_SLOTS", "1")
+            .env("MULTIPROC_CLUSTER_LEASE_MS", LEASE.as_millis().to_string())
+            .env("MULTIPROC_CLUSTER_DRAIN_MS", "20000")
+            .process_group(0)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let pool = Pool::builder(&redis.url())
+            .key(key())
+            .lease(LEASE)
+            .retries(0)
+            .build()
+            .unwrap();
+        let mark = dir.path().join(format!("started-{method}"));
+        let call = pool
+            .apply_async(started, (1500, mark.to_string_lossy().into_owned()))
+            .unwrap();
+        wait_for_file(&mark, Duration::from_secs(20));
+        // SAFETY: kill(2) on the process group of our own child, which leads it.
+        let _ = unsafe { libc::kill(-(child.id() as i32), libc::SIGTERM) };
+        let got = call.get_timeout(Duration::from_secs(30));
+        let code = child.wait().unwrap().code();
+        eprintln!("{method}: SIGTERM to the group: {got:?}, exit {code:?}");
+        assert_eq!(got.unwrap(), 1500, "{method}");
+        assert_eq!(code, Some(0), "{method}");
+    }
+}
+
+fn sleep_long(_: ()) {
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+/// On a node: starts a process with each start method, terminates it, and says how
+/// each ended.
+fn terminate_a_child(_: u32) -> Vec<String> {
+    multiproc::StartMethod::ALL
+        .iter()
+        .map(|&m| {
+            let mut p = multiproc::Process::builder()
+                .start_method(m)
+                .start(sleep_long, ())
+                .unwrap();
+            // Once it runs the task (its hello read): a SIGTERM before would end it too.
+            std::thread::sleep(Duration::from_millis(300));
+            p.terminate().unwrap();
+            match p.join_timeout(Duration::from_secs(5)) {
+                Err(Error::Killed { signal, .. }) => format!("{m}: killed by {signal}"),
+                other => {
+                    let _ = p.kill();
+                    format!("{m}: not terminated: {other:?}")
+                }
+            }
+        })
+        .collect()
+}
+
+/// A process a task on a node starts has SIGTERM's default: `terminate` ends it.
+#[test]
+fn a_process_started_by_a_task_on_a_node_can_be_terminated() {
+    let redis = Redis::start();
+    let _node = Node::start(&redis, KEY, 1);
+    let pool = pool(&redis);
+    let got = pool.apply(terminate_a_child, 0).unwrap();
+    assert!(got.iter().all(|m| m.contains("SIGTERM")), "{got:?}");
+}
+
+/// libfaketime, if installed (Debian's `faketime` package): it shifts a process's
+/// wall clock.
+const FAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+
+/// Nodes whose wall clocks are 10 minutes ahead of the caller's, or behind it (far
+/// more than the leases): they still see the caller and it sees them, since every
+/// timestamp in Redis is on Redis's clock.
+#[test]
+fn nodes_whose_clocks_are_off_by_minutes_still_serve() {
+    if !std::path::Path::new(FAKETIME).exists() {
+        eprintln!("skipped: no libfaketime ({FAKETIME}); apt-get install faketime");
+        return;
+    }
+    let redis = Redis::start();
+    for shift in ["+600", "-600"] {
+        let _node = Node::start_with(
+            &redis,
+            KEY,
+            1,
+            &[
+                ("LD_PRELOAD", FAKETIME),
+                ("FAKETIME", shift),
+                ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+            ],
+        );
+        let pool = pool(&redis);
+        let call = pool.apply_async(double, 21).unwrap();
+        let got = call.get_timeout(Duration::from_secs(20));
+        assert_eq!(got.unwrap(), 42, "a node with its clock at {shift} s");
+    }
+}

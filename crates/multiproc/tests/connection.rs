@@ -5,6 +5,7 @@ mod common;
 
 use std::io::{Read, Seek, Write};
 use std::os::fd::OwnedFd;
+use std::os::linux::net::SocketAddrExt;
 use std::time::{Duration, Instant};
 
 use multiproc::connection::{Address, AuthKey, Client, Connection, Listener};
@@ -502,4 +503,229 @@ fn no_descriptor_leaks() {
         let _ = l.accept_timeout::<u8, u8>(Duration::from_millis(1));
     }
     assert_eq!(common::fd_count(), before);
+}
+
+/// A Unix listener that never accepts, with a backlog of 0: the kernel queues one
+/// connection, and a second `connect(2)` waits for room.
+fn stuck_listener(name: &str) -> OwnedFd {
+    use nix::sys::socket::{
+        AddressFamily, Backlog, SockFlag, SockType, UnixAddr, bind, listen, socket,
+    };
+    use std::os::fd::AsRawFd;
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .unwrap();
+    bind(
+        fd.as_raw_fd(),
+        &UnixAddr::new_abstract(name.as_bytes()).unwrap(),
+    )
+    .unwrap();
+    listen(&fd, Backlog::new(0).unwrap()).unwrap();
+    fd
+}
+
+/// Runs `f` on a thread and waits at most 20 s for it: a hang fails the test.
+fn within<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(Duration::from_secs(20))
+        .expect("the call hung (it should have timed out)")
+}
+
+#[test]
+fn connecting_to_a_listener_that_does_not_accept_times_out() {
+    let name = format!("multiproc-test-stuck-{}", std::process::id());
+    let _stuck = stuck_listener(&name);
+    let address = format!("@{name}");
+    // Fills the backlog.
+    let sa = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+    let filler = std::os::unix::net::UnixStream::connect_addr(&sa).unwrap();
+    let a = address.clone();
+    let (err, took) = within(move || {
+        let t = Instant::now();
+        let r = Client::builder(&a)
+            .timeout(Duration::from_millis(300))
+            .connect::<u8, u8>();
+        (r.unwrap_err(), t.elapsed())
+    });
+    assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
+    assert!(err.to_string().contains("backlog"), "{err}");
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    drop(filler);
+}
+
+#[test]
+fn one_deadline_covers_connecting_and_the_handshake() {
+    use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
+    let name = format!("multiproc-test-deadline-{}", std::process::id());
+    let stuck = UnixListener::from(stuck_listener(&name));
+    let sa = SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+    let _filler = UnixStream::connect_addr(&sa).unwrap();
+    let address = format!("@{name}");
+    let client = std::thread::spawn(move || {
+        let t = Instant::now();
+        let r = Client::builder(&address)
+            .timeout(Duration::from_millis(1000))
+            .connect::<u8, u8>();
+        (r.unwrap_err(), t.elapsed())
+    });
+    // Room for the client after 600 ms; then it waits for a greeting that never comes.
+    std::thread::sleep(Duration::from_millis(600));
+    let _taken = stuck.accept().unwrap();
+    let (err, took) = client.join().unwrap();
+    assert!(matches!(err, Error::AuthenticationFailed { .. }), "{err:?}");
+    // Two deadlines (one for connect, a fresh one for the handshake) would take 1.6 s.
+    assert!(took < Duration::from_millis(1400), "{took:?}: {err}");
+}
+
+#[test]
+fn no_deadline_at_all_is_a_duration_max_timeout() {
+    let listener = Listener::builder("@")
+        .key(&key())
+        .handshake_timeout(Duration::MAX)
+        .bind()
+        .unwrap();
+    let address = listener.address().clone();
+    let t = std::thread::spawn(move || {
+        let mut c: Connection<u8> = Client::builder(&address)
+            .key(&key())
+            .timeout(Duration::MAX)
+            .connect()
+            .unwrap();
+        c.send(&9).unwrap();
+    });
+    let mut conn: Connection<u8> = listener.accept().unwrap();
+    assert_eq!(conn.recv().unwrap(), 9);
+    t.join().unwrap();
+}
+
+#[test]
+fn binding_a_live_listeners_path_does_not_disturb_it() {
+    let dir = common::TempDir::new("conn-live");
+    let path = dir.path().join("s.sock");
+    let live = Listener::bind(&path, Some(&key())).unwrap();
+    for _ in 0..3 {
+        let err = Listener::bind(&path, Some(&key())).unwrap_err();
+        assert!(err.to_string().contains("in use"), "{err}");
+    }
+    // The failed binds reached nothing: no client is waiting to be accepted.
+    match live.accept_timeout::<u8, u8>(Duration::from_millis(200)) {
+        Err(Error::Timeout { .. }) => {}
+        other => panic!("expected no client, got {other:?}"),
+    }
+    drop(live);
+    assert!(!path.exists());
+    assert!(!dir.path().join("s.sock.lock").exists());
+}
+
+fn hold_listener(path: String) {
+    let _l = Listener::bind(path.as_str(), None).unwrap();
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+#[test]
+fn a_listener_killed_in_its_process_leaves_a_path_that_can_be_bound_again() {
+    let dir = common::TempDir::new("conn-killed");
+    let path = dir.path().join("s.sock");
+    let holder = Process::start(hold_listener, path.to_string_lossy().into_owned()).unwrap();
+    let until = Instant::now() + Duration::from_secs(20);
+    while !path.exists() {
+        assert!(Instant::now() < until, "the child never bound");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(Listener::bind(&path, None).is_err(), "it is live");
+    holder.kill().unwrap();
+    assert!(holder.join().is_err());
+    assert!(path.exists(), "killed: its socket file stays");
+    let l = Listener::bind(&path, None).unwrap();
+    drop(l);
+    assert!(!path.exists());
+}
+
+#[test]
+fn tcp_connections_probe_a_silent_peer() {
+    use std::os::fd::AsFd;
+    let (a, b) = pair::<u8, u8>("127.0.0.1:0", Some(&key()));
+    for conn in [a.as_fd(), b.as_fd()] {
+        use nix::sys::socket::{getsockopt, sockopt};
+        assert!(getsockopt(&conn, sockopt::KeepAlive).unwrap());
+        assert_eq!(getsockopt(&conn, sockopt::TcpKeepIdle).unwrap(), 10);
+        assert_eq!(getsockopt(&conn, sockopt::TcpKeepInterval).unwrap(), 5);
+        assert_eq!(getsockopt(&conn, sockopt::TcpKeepCount).unwrap(), 3);
+        assert_eq!(getsockopt(&conn, sockopt::TcpUserTimeout).unwrap(), 30_000);
+    }
+}
+
+/// As user `nobody`: connects to `address` without a key, `allow` saying whether to
+/// accept a listener of another user; then sends 1. The error as text.
+fn connect_as_nobody((address, allow): (String, bool)) -> Result<(), String> {
+    nix::unistd::setgid(nix::unistd::Gid::from_raw(65534)).map_err(|e| e.to_string())?;
+    nix::unistd::setuid(nix::unistd::Uid::from_raw(65534)).map_err(|e| e.to_string())?;
+    let mut b = Client::builder(address.as_str());
+    if allow {
+        b = b.allow_other_users();
+    }
+    let mut c: Connection<u8> = b.connect().map_err(|e| e.to_string())?;
+    c.send(&1).map_err(|e| e.to_string())
+}
+
+#[test]
+fn a_keyless_unix_listener_accepts_only_its_own_user() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root to run a client as another user");
+        return;
+    }
+    let strict = Listener::bind("@", None).unwrap();
+    // The client allows us, but we do not allow it.
+    let c = Process::start(connect_as_nobody, (strict.address().to_string(), true)).unwrap();
+    let err = strict.accept::<u8, u8>().unwrap_err();
+    assert!(matches!(err, Error::AuthenticationFailed { .. }), "{err:?}");
+    assert!(err.to_string().contains("allow_other_users"), "{err}");
+    let _ = c.join();
+    // A client of another user refuses our listener unless it allows it.
+    let open = Listener::builder("@").allow_other_users().bind().unwrap();
+    let address = open.address().to_string();
+    let c = Process::start(connect_as_nobody, (address.clone(), false)).unwrap();
+    let _ = open.accept::<u8, u8>(); // the client leaves during the handshake
+    let err = c.join().unwrap().unwrap_err();
+    assert!(err.contains("allow_other_users"), "{err}");
+    let c = Process::start(connect_as_nobody, (address, true)).unwrap();
+    let mut conn: Connection<u8> = open.accept().unwrap();
+    assert_eq!(conn.recv().unwrap(), 1);
+    c.join().unwrap().unwrap();
+}
+
+#[test]
+fn a_frame_over_the_limit_breaks_the_connection_for_good() {
+    use std::os::fd::AsFd;
+    fn garbage_then_a_message(fd: std::os::fd::BorrowedFd<'_>) {
+        // A header announcing far more than the limit, then what looks like a whole
+        // frame (a postcard `5u8`): after the refused header, it is the refused
+        // frame's body, never a message.
+        let mut bytes = u64::MAX.to_le_bytes().to_vec();
+        bytes.extend(1u64.to_le_bytes());
+        bytes.push(5);
+        nix::unistd::write(fd, &bytes).unwrap();
+    }
+    let (a, mut b) = pair::<u8, u8>("@", Some(&key()));
+    garbage_then_a_message(a.as_fd());
+    for _ in 0..3 {
+        let err = b.recv().unwrap_err();
+        assert!(matches!(err, Error::FrameTooLarge { .. }), "{err:?}");
+    }
+    assert!(matches!(b.recv_bytes(), Err(Error::FrameTooLarge { .. })));
+    // The same on a pipe.
+    let (p, mut q) = Pipe::<u8>::new().unwrap();
+    garbage_then_a_message(p.as_fd());
+    for _ in 0..3 {
+        let err = q.recv().unwrap_err();
+        assert!(matches!(err, Error::FrameTooLarge { .. }), "{err:?}");
+    }
+    drop(a);
 }

@@ -234,6 +234,13 @@ impl<'de, T: Serialize + DeserializeOwned> Deserialize<'de> for PipeEnd<T> {
 pub struct PipeReader<T>(PipeEnd<T>);
 
 /// The sending end of a one-way pipe ([`Pipe::one_way`]).
+///
+/// Unlike the reader, a writer does not implement [`AsFd`], so it cannot be given to
+/// [`crate::wait_ready`]: its socket's receiving side is shut, so it would always look
+/// ready, and what a writer waits for (room to write) is not what `wait_ready` waits
+/// for. A [`send`](Self::send) blocks while the reader's buffer is full, and fails
+/// with [`Error::Closed`] once the reader is gone. (Python's `wait` on a write-only
+/// `Connection` is not meaningful either.)
 pub struct PipeWriter<T>(PipeEnd<T>);
 
 impl<T: Serialize + DeserializeOwned> PipeReader<T> {
@@ -277,13 +284,6 @@ macro_rules! one_way_end {
             }
         }
 
-        /// The end's socket (see [`PipeEnd`]'s `AsFd`).
-        impl<T> AsFd for $ty<T> {
-            fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
-                self.0.as_fd()
-            }
-        }
-
         impl<T> Serialize for $ty<T> {
             fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
                 self.0.serialize(s)
@@ -296,6 +296,14 @@ macro_rules! one_way_end {
             }
         }
     };
+}
+
+/// The reader's socket (see [`PipeEnd`]'s `AsFd`): readable when a message is arriving
+/// or the writer closed, which is how [`crate::wait_ready`] waits for it.
+impl<T> AsFd for PipeReader<T> {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.0.as_fd()
+    }
 }
 
 one_way_end!(PipeReader, "PipeReader");

@@ -17,8 +17,13 @@
 //!
 //! A caller's keys expire [`EXPIRY_LEASES`] leases after its last heartbeat, so
 //! nothing of a caller that died stays in Redis.
+//!
+//! Every timestamp stored in Redis or compared with one (heartbeats, the registry's
+//! expiry times) is on the Redis server's clock ([`now_ms`]), so machines whose clocks
+//! disagree still see each other's nodes and callers.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use redis::streams::{StreamId, StreamPendingCountReply, StreamReadReply};
 use redis::{Connection, FromRedisValue, Value};
@@ -64,7 +69,7 @@ impl Keys {
 
     /// The registry of every build's nodes (the one key outside a build's namespace):
     /// a sorted set of `<build id>/<node>`, scored by when the entry expires (ms since
-    /// the epoch, the node's clock). Not signed: it carries no work, and a forged entry
+    /// the epoch, on the Redis server's clock: see [`now_ms`]). Not signed: it carries no work, and a forged entry
     /// changes only the words of the error of a caller that no node serves.
     pub(crate) fn registry() -> String {
         "multiproc:nodes".to_owned()
@@ -75,11 +80,26 @@ impl Keys {
     }
 }
 
-/// Milliseconds since the Unix epoch.
-pub(crate) fn now_ms() -> u64 {
+/// Milliseconds since the Unix epoch, on this machine's clock.
+fn local_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The Redis server's clock minus this machine's, in ms, as last measured (see
+/// [`Broker::sync_clock`]). One for the process: a process talks to one cluster.
+static CLOCK_OFFSET_MS: AtomicI64 = AtomicI64::new(0);
+
+/// How often a broker measures the offset again (clocks drift, NTP steps them).
+const CLOCK_SYNC_EVERY: Duration = Duration::from_secs(10);
+
+/// Milliseconds since the Unix epoch on the Redis server's clock (this machine's
+/// clock, corrected by the offset last measured with `TIME`), for every timestamp that
+/// other machines compare with theirs.
+pub(crate) fn now_ms() -> u64 {
+    let offset = CLOCK_OFFSET_MS.load(Ordering::Relaxed);
+    u64::try_from((local_ms() as i64).saturating_add(offset)).unwrap_or(0)
 }
 
 /// One connection to the Redis server, with the address errors name (the URL without
@@ -87,6 +107,8 @@ pub(crate) fn now_ms() -> u64 {
 pub(crate) struct Broker {
     con: Connection,
     pub(crate) address: String,
+    /// When this broker last measured the clock offset.
+    synced: Option<Instant>,
 }
 
 /// The address in errors: host and port (and database), never the password.
@@ -118,7 +140,33 @@ impl Broker {
             .map_err(|e| fail("cannot set a read timeout", e))?;
         con.set_write_timeout(Some(timeout))
             .map_err(|e| fail("cannot set a write timeout", e))?;
-        Ok(Broker { con, address })
+        let mut b = Broker {
+            con,
+            address,
+            synced: None,
+        };
+        b.sync_clock();
+        Ok(b)
+    }
+
+    /// Measures how far the Redis server's clock is from ours (`TIME`), unless done in
+    /// the last [`CLOCK_SYNC_EVERY`]; [`now_ms`] applies it. A failure keeps the
+    /// offset measured before: the command that follows reports the connection's
+    /// trouble.
+    pub(crate) fn sync_clock(&mut self) {
+        if self.synced.is_some_and(|t| t.elapsed() < CLOCK_SYNC_EVERY) {
+            return;
+        }
+        let before = local_ms();
+        let Ok((secs, micros)) = redis::cmd("TIME").query::<(u64, u64)>(&mut self.con) else {
+            return;
+        };
+        let after = local_ms();
+        self.synced = Some(Instant::now());
+        // The server read its clock about halfway through the round trip.
+        let server = secs.saturating_mul(1000).saturating_add(micros / 1000);
+        let here = before + after.saturating_sub(before) / 2;
+        CLOCK_OFFSET_MS.store(server as i64 - here as i64, Ordering::Relaxed);
     }
 
     fn fail(&self, what: &str, e: redis::RedisError) -> Error {

@@ -281,6 +281,7 @@ impl Settings {
 
 /// Keeps the caller's keys alive and listed.
 fn heartbeat(b: &mut Broker, s: &Settings) -> Result<()> {
+    b.sync_clock();
     let ttl = s.ttl_ms();
     let now = broker::now_ms();
     let mut p = redis::pipe();

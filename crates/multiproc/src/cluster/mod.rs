@@ -43,6 +43,12 @@
 //!   and the cause after [`PoolBuilder::unreachable_after`] (default 5 s), never a hang;
 //!   nodes retry the connection with backoff and log it.
 //!
+//! **Clocks need not agree.** Heartbeats and the registry of nodes are timestamped
+//! on the Redis server's clock (each process measures its offset from it with `TIME`
+//! every 10 seconds), so a machine whose clock is minutes off still sees, and is seen
+//! by, the others. Leases and timeouts are measured on each machine's monotonic clock.
+//! A node's SIGTERM handling: see [`serve`].
+//!
 //! **Only the same build.** Calls name their task by code offsets, so every key lives
 //! under the build id: a node sees only work of its own build, and says so when it
 //! sees none. One key is shared by every build, a registry of nodes and their build ids

@@ -203,6 +203,13 @@ struct Node {
 /// hands back its chunks) or an error that cannot be retried (no key, a bad URL).
 /// Lost connections are retried with backoff.
 ///
+/// The node's own pool workers leave SIGTERM to the node (whichever start method
+/// starts them, and whether the node was started by `MULTIPROC_CLUSTER` or by calling
+/// this), so a SIGTERM sent to the node's whole process group (systemd's default
+/// `KillMode=control-group`, Slurm) still lets running calls finish within the drain
+/// time. Processes and pools that tasks start keep SIGTERM's default:
+/// [`Process::terminate`](crate::Process::terminate) ends them.
+///
 /// A node logs to stderr: if the program installed no `tracing` subscriber, `serve`
 /// installs one that prints warnings, errors and the node's start and stop
 /// (`RUST_LOG` overrides the filter, e.g. `RUST_LOG=multiproc=debug`; `RUST_LOG=off`
@@ -227,7 +234,9 @@ pub fn serve(url: &str, options: ServeOptions) -> Result<()> {
     let stop = crate::sys::term::catch_terminate()
         .map_err(|e| Error::io("installing the node's SIGTERM handler", e))?;
     let slots = options.slots.unwrap_or_else(crate::cpu_count);
-    let mut pool = Pool::builder().processes(slots);
+    // Only this pool's own workers leave SIGTERM to the node; processes and pools
+    // that tasks start keep the default.
+    let mut pool = Pool::builder().processes(slots).workers_leave_sigterm();
     if let Some(m) = options.method {
         pool = pool.start_method(m);
     }
@@ -881,6 +890,7 @@ fn heartbeat_loop(node: &Node, url: &str) {
 }
 
 fn beat(node: &Node, b: &mut Broker) -> Result<()> {
+    b.sync_clock();
     let now = Instant::now();
     let mut by_stream: HashMap<String, Vec<String>> = HashMap::new();
     let mut timed_out = Vec::new();

@@ -215,14 +215,14 @@ fn failed(peer: &str, detail: impl Into<String>) -> Error {
 /// `if_closed` what a close before it means, if more can be said than that it closed.
 fn read(
     sock: BorrowedFd<'_>,
-    deadline: Instant,
+    deadline: Option<Instant>,
     timeout: Duration,
     peer: &str,
     waiting_for: &str,
     if_closed: Option<&str>,
 ) -> Result<Vec<u8>> {
     let mut decoder = FrameDecoder::new(MAX_HANDSHAKE_FRAME);
-    match wire::recv_frame(sock, &mut decoder, Some(deadline)) {
+    match wire::recv_frame(sock, &mut decoder, deadline) {
         Ok(Received::Frame(bytes, _fds)) => Ok(bytes),
         Ok(Received::TimedOut) => Err(failed(
             peer,
@@ -250,6 +250,12 @@ fn write(sock: BorrowedFd<'_>, msg: &[u8]) -> Result<()> {
     wire::send_frame_with_fds(sock, msg, &[], MAX_HANDSHAKE_FRAME)
 }
 
+/// The deadline `timeout` from now; `None` (no deadline) for a timeout too long to
+/// add to the clock, such as `Duration::MAX`.
+pub(crate) fn deadline_after(timeout: Duration) -> Option<Instant> {
+    Instant::now().checked_add(timeout)
+}
+
 /// The listener's side. Returns the session key (`None` without a key).
 pub(crate) fn drive_listener(
     sock: BorrowedFd<'_>,
@@ -257,7 +263,7 @@ pub(crate) fn drive_listener(
     timeout: Duration,
     peer: &str,
 ) -> Result<Option<SessionKey>> {
-    let deadline = Instant::now() + timeout;
+    let deadline = deadline_after(timeout);
     let Some(key) = key else {
         write(sock, &encode_hello(&Hello::Open))
             .map_err(|e| failed(peer, format!("could not send the greeting: {e}")))?;
@@ -305,14 +311,16 @@ pub(crate) fn drive_listener(
     Ok(Some(session_key(key, &l, &c)))
 }
 
-/// The client's side. Returns the session key (`None` without a key).
+/// The client's side, by `deadline` (set before connecting: one deadline covers the
+/// connect and the handshake; `timeout` is what it was, for errors). Returns the
+/// session key (`None` without a key).
 pub(crate) fn drive_client(
     sock: BorrowedFd<'_>,
     key: Option<&AuthKey>,
+    deadline: Option<Instant>,
     timeout: Duration,
     peer: &str,
 ) -> Result<Option<SessionKey>> {
-    let deadline = Instant::now() + timeout;
     let hello = read(sock, deadline, timeout, peer, "greeting", None)?;
     let hello = decode_hello(&hello).map_err(|detail| Error::Connection {
         address: peer.to_owned(),

@@ -2,12 +2,17 @@
 
 use std::io;
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::linux::net::SocketAddrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::os::unix::net::{SocketAddr as UnixSocketAddr, UnixListener, UnixStream};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::net::{SocketAddr as UnixSocketAddr, UnixListener};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
+use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, UnixAddr, sockopt};
+use nix::sys::time::TimeVal;
 
 use super::{Address, AuthKey, Connection, DEFAULT_HANDSHAKE_TIMEOUT, IntoAddress, handshake};
 use crate::error::{Error, Result};
@@ -48,8 +53,14 @@ enum Socket {
 /// listener goes on listening.
 ///
 /// A listener on a Unix socket file removes the file when dropped (if it is still the
-/// one it made). Binding a path where a dead listener left its file (nobody accepts on
-/// it) replaces that file; a live one is an error.
+/// one it made). Beside it, it holds a lock on `<path>.lock` (an empty file, removed
+/// with the socket file): binding a path whose lock a live listener holds is an error
+/// ([`AddrInUse`](std::io::ErrorKind::AddrInUse)), found without connecting to it;
+/// a socket file left by a dead listener (its lock is free and nothing accepts on the
+/// socket) is replaced.
+///
+/// Without a key, a listener on a Unix socket accepts only processes of its own user
+/// (see [`ListenerBuilder::allow_other_users`]).
 ///
 /// ```
 /// use std::time::Duration;
@@ -72,9 +83,13 @@ pub struct Listener {
     address: Address,
     key: Option<AuthKey>,
     handshake_timeout: Duration,
+    /// Accept Unix clients of other users without a key.
+    allow_other_users: bool,
     /// The socket file to remove on drop, with its device and inode (so that a file
     /// someone else put there since is left alone).
     file: Option<(PathBuf, u64, u64)>,
+    /// The lock on the socket file's `.lock` file, held while the listener lives.
+    _lock: Option<PathLock>,
 }
 
 impl std::fmt::Debug for Listener {
@@ -92,6 +107,7 @@ pub struct ListenerBuilder {
     address: Result<Address>,
     key: Option<AuthKey>,
     allow_open: bool,
+    allow_other_users: bool,
     handshake_timeout: Duration,
 }
 
@@ -109,6 +125,19 @@ impl ListenerBuilder {
         self
     }
 
+    /// Accepts Unix-socket clients of any user when there is no key.
+    ///
+    /// By default a keyless listener on a Unix socket accepts only processes running as
+    /// its own (effective) user, as the kernel reports them (`SO_PEERCRED`); a client
+    /// of another user fails the `accept` with [`Error::AuthenticationFailed`]. That
+    /// matters most for an abstract name, which every user of the machine can see (in
+    /// `/proc/net/unix`) and connect to; a socket file's permissions already limit who
+    /// connects. With a key, the key decides and this does nothing.
+    pub fn allow_other_users(mut self) -> Self {
+        self.allow_other_users = true;
+        self
+    }
+
     /// How long a client may take over the handshake (default
     /// [`DEFAULT_HANDSHAKE_TIMEOUT`]).
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
@@ -120,6 +149,7 @@ impl ListenerBuilder {
     pub fn bind(self) -> Result<Listener> {
         let address = self.address?;
         check_key(&address, self.key.as_ref(), self.allow_open, "listener")?;
+        let mut lock = None;
         let (socket, address, file) = match address {
             Address::Tcp(a) => {
                 let l = TcpListener::bind(a).map_err(|e| bind_error(&address, e))?;
@@ -138,7 +168,8 @@ impl ListenerBuilder {
                 (Socket::Unix(l), Address::Abstract(name), None)
             }
             Address::Unix(ref path) => {
-                let l = bind_path(&address, path)?;
+                let (l, held) = bind_path(&address, path)?;
+                lock = Some(held);
                 let meta = std::fs::symlink_metadata(path)
                     .map_err(|e| Error::io("reading the socket file just bound", e))?;
                 // Absolute, so that the file is found on drop whatever the working
@@ -160,7 +191,9 @@ impl ListenerBuilder {
             address,
             key: self.key,
             handshake_timeout: self.handshake_timeout,
+            allow_other_users: self.allow_other_users,
             file,
+            _lock: lock,
         })
     }
 }
@@ -181,26 +214,120 @@ fn fresh_abstract_name() -> Result<Vec<u8>> {
     Ok(format!("multiproc-{}-{:016x}", std::process::id(), u64::from_le_bytes(r)).into_bytes())
 }
 
-/// Binds a socket file; a file left by a dead listener (a socket nobody accepts on) is
-/// replaced, anything else is an error.
-fn bind_path(address: &Address, path: &Path) -> Result<UnixListener> {
+/// The lock a listener holds beside its socket file, so that another bind learns that
+/// the path is in use without connecting to it (a connection would reach the live
+/// listener's `accept` and fail its handshake there).
+struct PathLock {
+    path: PathBuf,
+    file: Flock<std::fs::File>,
+}
+
+impl PathLock {
+    /// `<socket path>.lock`, locked (`flock`, without waiting), or `Ok(None)` if a live
+    /// listener holds it.
+    fn take(socket: &Path) -> io::Result<Option<PathLock>> {
+        let mut path = socket.as_os_str().to_owned();
+        path.push(".lock");
+        let path = std::path::absolute(PathBuf::from(path))?;
+        // A listener that is closing removes the file, then unlocks: a lock taken on a
+        // file no longer at the path is worth nothing, so open the path again.
+        for _ in 0..100 {
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(&path)?;
+            let (locked, file) = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                Ok(f) => (true, LockedOrNot::Locked(f)),
+                Err((f, Errno::EWOULDBLOCK)) => (false, LockedOrNot::Not(f)),
+                Err((_, e)) => return Err(e.into()),
+            };
+            let here = file.as_file().metadata()?;
+            let current = std::fs::metadata(&path)
+                .is_ok_and(|m| m.dev() == here.dev() && m.ino() == here.ino());
+            if !current {
+                continue;
+            }
+            return Ok(match file {
+                LockedOrNot::Locked(file) if locked => Some(PathLock { path, file }),
+                _ => None,
+            });
+        }
+        Err(io::Error::other("the lock file keeps changing under us"))
+    }
+}
+
+enum LockedOrNot {
+    Locked(Flock<std::fs::File>),
+    Not(std::fs::File),
+}
+
+impl LockedOrNot {
+    fn as_file(&self) -> &std::fs::File {
+        match self {
+            LockedOrNot::Locked(f) => f,
+            LockedOrNot::Not(f) => f,
+        }
+    }
+}
+
+impl Drop for PathLock {
+    fn drop(&mut self) {
+        // Removed before it is unlocked (when `file` drops after this): whoever opens
+        // the path next creates a fresh file, and whoever still holds the old one sees
+        // it is no longer at the path.
+        let here = self.file.metadata();
+        let ours = std::fs::metadata(&self.path).is_ok_and(|m| {
+            here.as_ref()
+                .is_ok_and(|h| h.dev() == m.dev() && h.ino() == m.ino())
+        });
+        if ours {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Whether a Unix socket file is one nothing listens on: a connection attempt, without
+/// waiting (a listener whose backlog is full does not hold us), is refused. Only made
+/// when no multiproc listener holds the path's lock, so it can reach only a listener of
+/// another program (or of an older multiproc), which sees a client that leaves at once.
+fn nobody_listens(path: &Path) -> bool {
+    let Ok(sock) = socket::socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    ) else {
+        return false;
+    };
+    let Ok(addr) = UnixAddr::new(path) else {
+        return false;
+    };
+    matches!(socket::connect(sock.as_raw_fd(), &addr), Err(Errno::ECONNREFUSED))
+}
+
+/// Binds a socket file, holding its lock; a file left by a dead listener is replaced,
+/// anything else there is an error.
+fn bind_path(address: &Address, path: &Path) -> Result<(UnixListener, PathLock)> {
+    let lock = PathLock::take(path)
+        .map_err(|e| config_error(address, format!("cannot take the lock file beside it: {e}")))?
+        .ok_or_else(|| bind_error(address, Errno::EADDRINUSE.into()))?;
     match UnixListener::bind(path) {
-        Ok(l) => Ok(l),
+        Ok(l) => Ok((l, lock)),
         Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+            // We hold the lock, so no multiproc listener is live there.
             let is_socket = std::fs::symlink_metadata(path)
                 .map(|m| m.file_type().is_socket())
                 .unwrap_or(false);
-            let dead = is_socket
-                && matches!(
-                    UnixStream::connect(path),
-                    Err(ref c) if c.kind() == io::ErrorKind::ConnectionRefused
-                );
-            if !dead {
+            if !(is_socket && nobody_listens(path)) {
                 return Err(bind_error(address, e));
             }
             std::fs::remove_file(path)
                 .map_err(|e| config_error(address, format!("cannot remove a stale socket: {e}")))?;
-            UnixListener::bind(path).map_err(|e| bind_error(address, e))
+            let l = UnixListener::bind(path).map_err(|e| bind_error(address, e))?;
+            Ok((l, lock))
         }
         Err(e) => Err(bind_error(address, e)),
     }
@@ -222,6 +349,7 @@ impl Listener {
             address: address.into_address(),
             key: None,
             allow_open: false,
+            allow_other_users: false,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
         }
     }
@@ -265,18 +393,22 @@ impl Listener {
         deadline: Option<Instant>,
         timeout: Option<Duration>,
     ) -> Result<Pending> {
-        let (sock, unix, peer) = loop {
+        let (sock, unix, peer, other_user) = loop {
             let accepted = match &self.socket {
                 Socket::Unix(l) => l.accept().map(|(s, _)| {
-                    let peer = match crate::sys::fd::peer(s.as_fd()) {
-                        Ok((pid, _)) => format!("process {pid} on {}", self.address),
-                        Err(_) => self.address.to_string(),
+                    let (peer, other_user) = match crate::sys::fd::peer(s.as_fd()) {
+                        Ok((pid, uid)) => (
+                            format!("process {pid} on {}", self.address),
+                            (uid != nix::unistd::geteuid().as_raw()).then_some(uid),
+                        ),
+                        Err(_) => (self.address.to_string(), Some(u32::MAX)),
                     };
-                    (OwnedFd::from(s), true, peer)
+                    (OwnedFd::from(s), true, peer, other_user)
                 }),
                 Socket::Tcp(l) => l.accept().map(|(s, a)| {
                     let _ = s.set_nodelay(true);
-                    (OwnedFd::from(s), false, a.to_string())
+                    let _ = keep_alive(&s);
+                    (OwnedFd::from(s), false, a.to_string(), None)
                 }),
             };
             match accepted {
@@ -300,6 +432,20 @@ impl Listener {
                 Err(e) => return Err(Error::io("accepting a connection", e)),
             }
         };
+        if let Some(uid) = other_user
+            && self.key.is_none()
+            && !self.allow_other_users
+        {
+            return Err(Error::AuthenticationFailed {
+                peer,
+                detail: format!(
+                    "the client runs as user {uid}, not as this listener's user {}; a \
+                     listener without a key accepts only its own user (give it a key, or \
+                     say Listener::builder(address).allow_other_users())",
+                    nix::unistd::geteuid()
+                ),
+            });
+        }
         set_blocking(&sock)?;
         Ok(Pending {
             sock,
@@ -351,6 +497,25 @@ impl AsFd for Listener {
     }
 }
 
+/// Keep-alive probes and a bound on unacknowledged data, so that a connection to a
+/// machine that vanished fails (see the module docs, "Dead peers").
+fn keep_alive(sock: &impl AsFd) -> nix::Result<()> {
+    socket::setsockopt(sock, sockopt::KeepAlive, &true)?;
+    socket::setsockopt(sock, sockopt::TcpKeepIdle, &KEEPALIVE_IDLE_SECS)?;
+    socket::setsockopt(sock, sockopt::TcpKeepInterval, &KEEPALIVE_INTERVAL_SECS)?;
+    socket::setsockopt(sock, sockopt::TcpKeepCount, &KEEPALIVE_PROBES)?;
+    socket::setsockopt(sock, sockopt::TcpUserTimeout, &USER_TIMEOUT_MS)
+}
+
+/// Seconds of silence before the first keep-alive probe.
+const KEEPALIVE_IDLE_SECS: u32 = 10;
+/// Seconds between unanswered probes.
+const KEEPALIVE_INTERVAL_SECS: u32 = 5;
+/// Unanswered probes that end the connection.
+const KEEPALIVE_PROBES: u32 = 3;
+/// How long sent data may stay unacknowledged before the connection ends.
+const USER_TIMEOUT_MS: u32 = 30_000;
+
 impl Drop for Listener {
     fn drop(&mut self) {
         if let Some((path, dev, ino)) = &self.file {
@@ -389,6 +554,7 @@ impl Client {
             address: address.into_address(),
             key: None,
             allow_open: false,
+            allow_other_users: false,
             timeout: DEFAULT_HANDSHAKE_TIMEOUT,
         }
     }
@@ -401,6 +567,7 @@ pub struct ClientBuilder {
     address: Result<Address>,
     key: Option<AuthKey>,
     allow_open: bool,
+    allow_other_users: bool,
     timeout: Duration,
 }
 
@@ -410,6 +577,7 @@ impl Clone for ClientBuilder {
             address: self.address.as_ref().map_err(Error::clone_shallow).cloned(),
             key: self.key.clone(),
             allow_open: self.allow_open,
+            allow_other_users: self.allow_other_users,
             timeout: self.timeout,
         }
     }
@@ -429,8 +597,21 @@ impl ClientBuilder {
         self
     }
 
-    /// How long connecting and the handshake may take (default
-    /// [`DEFAULT_HANDSHAKE_TIMEOUT`]); the listener must accept within it.
+    /// Without a key, connects to a Unix-socket listener of any user.
+    ///
+    /// By default a keyless client on a Unix socket talks only to a listener running
+    /// as its own (effective) user, as the kernel reports it (`SO_PEERCRED`): another
+    /// user could have bound the abstract name first. With a key, the key decides and
+    /// this does nothing.
+    pub fn allow_other_users(mut self) -> Self {
+        self.allow_other_users = true;
+        self
+    }
+
+    /// How long connecting and the handshake together may take (default
+    /// [`DEFAULT_HANDSHAKE_TIMEOUT`]): one deadline, which also covers a listener
+    /// whose backlog is full (it is not accepting), so a stuck listener fails
+    /// `connect` with [`Error::Timeout`] instead of hanging it.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
@@ -453,22 +634,114 @@ impl ClientBuilder {
             };
             config_error(&address, format!("cannot connect: {e}{hint}"))
         };
+        let deadline = handshake::deadline_after(self.timeout);
         let sock: OwnedFd = match &address {
             Address::Tcp(a) => {
                 let s = TcpStream::connect_timeout(a, self.timeout).map_err(refused)?;
                 let _ = s.set_nodelay(true);
+                let _ = keep_alive(&s);
                 s.into()
             }
-            Address::Unix(p) => UnixStream::connect(p).map_err(refused)?.into(),
+            Address::Unix(p) => {
+                let sa = UnixAddr::new(p.as_path()).map_err(|e| refused(e.into()))?;
+                self.connect_unix(&address, &sa, deadline).map_err(|e| e.map_io(refused))?
+            }
             Address::Abstract(name) => {
-                let sa = UnixSocketAddr::from_abstract_name(name).map_err(refused)?;
-                UnixStream::connect_addr(&sa).map_err(refused)?.into()
+                let sa = UnixAddr::new_abstract(name).map_err(|e| refused(e.into()))?;
+                self.connect_unix(&address, &sa, deadline).map_err(|e| e.map_io(refused))?
             }
         };
         let peer = address.to_string();
-        let session = handshake::drive_client(sock.as_fd(), self.key.as_ref(), self.timeout, &peer)?;
+        if address.is_unix() && self.key.is_none() && !self.allow_other_users {
+            let uid = crate::sys::fd::peer(sock.as_fd()).map_or(u32::MAX, |(_, uid)| uid);
+            let me = nix::unistd::geteuid();
+            if uid != me.as_raw() {
+                return Err(Error::AuthenticationFailed {
+                    peer,
+                    detail: format!(
+                        "the listener runs as user {uid}, not as our user {me}; a client \
+                         without a key talks only to its own user's listeners (give both a \
+                         key, or say Client::builder(address).allow_other_users())"
+                    ),
+                });
+            }
+        }
+        let session =
+            handshake::drive_client(sock.as_fd(), self.key.as_ref(), deadline, self.timeout, &peer)?;
         Ok(Connection::new(sock, address.is_unix(), peer, session))
     }
+
+    /// A Unix connect that gives up at `deadline`: `connect(2)` on a Unix socket waits
+    /// while the listener's backlog is full, for as long as the socket's send timeout.
+    fn connect_unix(
+        &self,
+        address: &Address,
+        sa: &UnixAddr,
+        deadline: Option<Instant>,
+    ) -> std::result::Result<OwnedFd, ConnectError> {
+        let sock = socket::socket(
+            AddressFamily::Unix,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .map_err(|e| ConnectError::Io(e.into()))?;
+        let timed_out = || {
+            ConnectError::Other(Error::Timeout {
+                what: format!(
+                    "{address} to take the connection (its backlog is full: the listener is \
+                     not accepting)"
+                ),
+                timeout: self.timeout,
+            })
+        };
+        loop {
+            if let Some(deadline) = deadline {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(timed_out());
+                }
+                socket::setsockopt(&sock, sockopt::SendTimeout, &timeval(left))
+                    .map_err(|e| ConnectError::Io(e.into()))?;
+            }
+            match socket::connect(sock.as_raw_fd(), sa) {
+                Ok(()) => break,
+                // A Unix socket is still unconnected after an interrupted connect.
+                Err(Errno::EINTR) => {}
+                Err(Errno::EAGAIN) => return Err(timed_out()),
+                Err(e) => return Err(ConnectError::Io(e.into())),
+            }
+        }
+        if deadline.is_some() {
+            // Sends block without limit by design (as on a pipe).
+            socket::setsockopt(&sock, sockopt::SendTimeout, &TimeVal::new(0, 0))
+                .map_err(|e| ConnectError::Io(e.into()))?;
+        }
+        Ok(sock)
+    }
+}
+
+/// Why a connect failed: the OS said no (reported with the address and a hint), or
+/// something already worded.
+enum ConnectError {
+    Io(io::Error),
+    Other(Error),
+}
+
+impl ConnectError {
+    fn map_io(self, f: impl FnOnce(io::Error) -> Error) -> Error {
+        match self {
+            ConnectError::Io(e) => f(e),
+            ConnectError::Other(e) => e,
+        }
+    }
+}
+
+/// `d` as a socket timeout; never zero, which would mean no timeout.
+fn timeval(d: Duration) -> TimeVal {
+    let secs = libc::time_t::try_from(d.as_secs()).unwrap_or(libc::time_t::MAX);
+    let micros = libc::suseconds_t::from(d.subsec_micros()).max(if secs == 0 { 1 } else { 0 });
+    TimeVal::new(secs, micros)
 }
 
 #[cfg(test)]

@@ -43,17 +43,40 @@
 //! does not answer fails after the handshake timeout (10 seconds unless set on the
 //! builder), so a silent peer never hangs `accept` or `connect`.
 //!
-//! The key authenticates the peer; it does **not** encrypt. Anyone on the network path
-//! can read (but not forge a handshake for) the traffic of a TCP connection; use a
-//! private network, or a TLS tunnel, for data that must stay secret. It does not defend
-//! against other processes of the same user on the same host either, which can read the
-//! key from memory.
+//! What the key proves, precisely: that the process which answered the handshake
+//! holds it. That is all a plain [`Connection`] gets from it. The key does **not**
+//! encrypt, and the frames after the handshake carry no MAC: an attacker who can
+//! read *and rewrite* a TCP connection's traffic (on the network path) can let a
+//! genuine handshake through, then read, drop, reorder, alter or inject later
+//! messages of a plain `Connection`, undetected. A passive listener on the path reads
+//! everything but cannot forge a handshake. Over Unix sockets there is no network
+//! path; only processes of this machine take part. Managers
+//! ([`crate::managers`]) build on connections and authenticate *every* message
+//! (HMAC-SHA256 under a per-connection session key, with sequence numbers), so they
+//! stand up to an active attacker; for plain connections over an untrusted network,
+//! use a TLS tunnel, a VPN or SSH port forwarding. Neither defends against other
+//! processes of the same user on the same host, which can read the key from memory.
 //!
 //! Over TCP a key is required: a listener or client without one is refused unless the
 //! builder says [`allow_unauthenticated`](ListenerBuilder::allow_unauthenticated)
-//! (Python accepts such connections silently). A Unix socket may go without a key,
-//! its file permissions (or, for an abstract name, the network namespace) decide who can
-//! connect.
+//! (Python accepts such connections silently). A Unix socket may go without a key:
+//! then a socket file's permissions decide who can connect, and, because an abstract
+//! name is visible to every user of the machine (in `/proc/net/unix`), a keyless Unix
+//! listener accepts only processes running as its own user (the kernel's
+//! `SO_PEERCRED` says who connected), and a keyless Unix client talks only to a
+//! listener of its own user; [`ListenerBuilder::allow_other_users`] and
+//! [`ClientBuilder::allow_other_users`] lift that.
+//!
+//! ## Dead peers
+//!
+//! A peer that exits or crashes closes its socket, and the other end learns at once
+//! ([`Error::Closed`]). A TCP peer whose *machine* vanishes (power loss, a cable pulled)
+//! sends nothing more; every TCP connection therefore has keep-alive probes on (first
+//! after 10 seconds of silence, then every 5 seconds, 3 unanswered ones end it) and a
+//! 30-second `TCP_USER_TIMEOUT` for data sent but not acknowledged. A receive on a
+//! connection whose host vanished fails within about 25 seconds, a blocked send
+//! within about 30, instead of waiting for the kernel's defaults (hours, and about
+//! 15 minutes).
 //!
 //! ## Framing
 //!
@@ -65,6 +88,8 @@
 //! ## Differences from Python
 //!
 //! - A key must have at least 16 bytes ([`AuthKey::random`] makes 32); Python takes any.
+//! - A keyless Unix listener accepts only its own user (see above); Python's leaves that
+//!   to the socket file's permissions, and has no abstract-name listeners to guard.
 //! - `connect` returns once the listener has accepted (it greets every client, keyed or
 //!   not, so that a key mismatch is an error rather than garbage later); with a busy
 //!   listener that takes longer than the handshake timeout to accept, raise it.
@@ -104,8 +129,21 @@ pub const MIN_KEY_LEN: usize = 16;
 /// assert_eq!(AuthKey::random()?.as_bytes().len(), 32);
 /// # Ok::<(), multiproc::Error>(())
 /// ```
-#[derive(Clone, PartialEq, Eq)]
+///
+/// Two keys compare equal (`==`) in constant time: the comparison's duration does not
+/// tell how many leading bytes matched.
+#[derive(Clone)]
 pub struct AuthKey(Vec<u8>);
+
+impl PartialEq for AuthKey {
+    fn eq(&self, other: &AuthKey) -> bool {
+        use subtle::ConstantTimeEq;
+        // Lengths are not secret; `ct_eq` on slices of unequal length is false.
+        self.0.ct_eq(&other.0).into()
+    }
+}
+
+impl Eq for AuthKey {}
 
 impl std::fmt::Debug for AuthKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -120,6 +120,7 @@ fn greet(world: &SimpleCommunicator, size: Rank, timeout: Duration) -> Result<Ve
         build_id: ByteBuf::from(task::build_id().to_vec()),
         name: String::new(),
         max_frame: link::max_value() as u64,
+        leave_term: false,
     };
     let mut head = Vec::new();
     message::frame_head(&hello, 0, &mut head)?;

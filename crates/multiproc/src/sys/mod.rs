@@ -10,7 +10,8 @@
 //! - [`futex`]: futex wait/wake on shared words.
 //! - [`pmutex`]: robust process-shared pthread mutexes.
 //! - [`tracker`]: starting the shared-memory tracker (no parent-death signal).
-//! - `term`: SIGTERM as a request to stop (cluster nodes).
+//! - `term`: SIGTERM as a request to stop (cluster nodes), and whether a worker leaves
+//!   SIGTERM to its parent (a node's pool).
 //! - `bootstrap`: the load-time constructor that turns a re-executed child into a worker.
 
 mod bootstrap;
@@ -23,5 +24,4 @@ pub(crate) mod proc;
 pub(crate) mod shm;
 pub(crate) mod spawn;
 pub(crate) mod tracker;
-#[cfg(feature = "cluster")]
 pub(crate) mod term;

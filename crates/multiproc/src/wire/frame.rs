@@ -88,6 +88,8 @@ pub struct FrameDecoder {
     recycled: Vec<u8>,
     /// Descriptors that arrived with the current frame.
     fds: Vec<OwnedFd>,
+    /// Why the stream behind this decoder can no longer be read (see `recv_frame`).
+    broken: Option<Error>,
 }
 
 impl FrameDecoder {
@@ -102,6 +104,7 @@ impl FrameDecoder {
             body_filled: 0,
             recycled: Vec::new(),
             fds: Vec::new(),
+            broken: None,
         }
     }
 
@@ -217,7 +220,28 @@ pub(crate) fn wait_readable(fd: BorrowedFd<'_>, deadline: Option<Instant>) -> io
 }
 
 /// Reads one frame from a stream socket, waiting at most until `deadline`.
+///
+/// A frame over the limit (its body stays unread on the socket) or one with more
+/// descriptors than a frame may carry (the bytes that brought them were not counted)
+/// leaves the stream at an unknown place inside a frame: whatever came next would be
+/// read as garbage. So the decoder is marked broken, and this and every later call on
+/// it returns the same error.
 pub(crate) fn recv_frame(
+    fd: BorrowedFd<'_>,
+    decoder: &mut FrameDecoder,
+    deadline: Option<Instant>,
+) -> Result<Received> {
+    if let Some(e) = &decoder.broken {
+        return Err(e.clone_shallow());
+    }
+    let r = recv_frame_once(fd, decoder, deadline);
+    if let Err(e @ (Error::FrameTooLarge { .. } | Error::Protocol { .. })) = &r {
+        decoder.broken = Some(e.clone_shallow());
+    }
+    r
+}
+
+fn recv_frame_once(
     fd: BorrowedFd<'_>,
     decoder: &mut FrameDecoder,
     deadline: Option<Instant>,

@@ -42,6 +42,9 @@ pub(crate) enum Request {
         build_id: ByteBuf,
         name: String,
         max_frame: u64,
+        /// The worker leaves SIGTERM to its parent (a cluster node's pool: the node
+        /// drains on SIGTERM and stops its workers itself).
+        leave_term: bool,
     },
     /// `calls` calls of the task at `entry`; their arguments are the data.
     Run {

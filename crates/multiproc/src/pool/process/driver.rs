@@ -44,6 +44,8 @@ pub(crate) struct Settings {
     /// The initializer, its encoded argument, and the handles in it (dup'ed for
     /// each worker).
     pub(crate) initializer: Option<(TaskRef, Vec<u8>, Vec<std::os::fd::OwnedFd>)>,
+    /// The workers leave SIGTERM to this process (a cluster node's pool).
+    pub(crate) leave_term: bool,
 }
 
 pub(crate) struct State {
@@ -470,7 +472,7 @@ impl Shared {
         for _ in live..self.settings.processes {
             st.spawned += 1;
             let name = format!("PoolWorker-{}", st.spawned);
-            match Proc::launch(self.settings.method, name) {
+            match Proc::launch(self.settings.method, name, self.settings.leave_term) {
                 Ok(mut p) => {
                     tracing::debug!(pid = p.pid, name = %p.name, "pool worker started");
                     let id = st.next_id;

@@ -84,9 +84,20 @@ pub struct PoolBuilder {
     retries: u32,
     chunk: ChunkSize,
     progress: Progress,
+    leave_term: bool,
 }
 
 impl PoolBuilder {
+    /// The workers leave SIGTERM to this process: a cluster node's own pool, whose
+    /// workers must outlive a SIGTERM sent to the node's whole process group (the node
+    /// drains, then stops them). Only for that pool, never inherited: a process or
+    /// pool a task starts has the default SIGTERM.
+    #[cfg(feature = "cluster")]
+    pub(crate) fn workers_leave_sigterm(mut self) -> Self {
+        self.leave_term = true;
+        self
+    }
+
     /// Number of worker processes; default [`cpu_count`](crate::cpu_count). 0 makes
     /// [`build`](PoolBuilder::build) fail with [`Error::InvalidArgument`] (as Python's
     /// `Pool(0)` raises `ValueError`): a pool without workers would never answer.
@@ -204,6 +215,7 @@ impl PoolBuilder {
             processes,
             method: self.method.unwrap_or_else(crate::get_start_method),
             initializer: self.initializer,
+            leave_term: self.leave_term,
         };
         let shared = Arc::new(Shared::new(core, settings)?);
         let bg = shared.clone();

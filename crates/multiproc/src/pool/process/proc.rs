@@ -83,8 +83,8 @@ pub(crate) struct Proc {
 }
 
 impl Proc {
-    /// Starts a worker and queues its hello.
-    pub(crate) fn launch(method: StartMethod, name: String) -> Result<Proc> {
+    /// Starts a worker and queues its hello; `leave_term`: it leaves SIGTERM to us.
+    pub(crate) fn launch(method: StartMethod, name: String, leave_term: bool) -> Result<Proc> {
         let launched = start::launch(method, None)?;
         let max = wire::max_frame_size();
         let mut proc = Proc {
@@ -108,6 +108,7 @@ impl Proc {
             build_id: ByteBuf::from(task::build_id().to_vec()),
             name,
             max_frame: max as u64,
+            leave_term,
         };
         proc.queue(&hello, Vec::new(), Vec::new())?;
         // Without a slot (no memory file to be had) the pool still works; a death
