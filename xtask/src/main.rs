@@ -48,6 +48,11 @@ const NEEDS: &[Need] = &[
         packages: &["iproute2"],
         program: Some("ip"),
     },
+    Need {
+        why: "a cluster test runs nodes whose clocks are minutes off (libfaketime)",
+        packages: &["faketime"],
+        program: Some("faketime"),
+    },
 ];
 
 /// Open MPI as these tests run it: as root, more ranks than cores, no UCX probing (it
