@@ -181,12 +181,12 @@ impl Panic {
             .as_deref()
             .map(|b| format!("\nstack backtrace:\n{b}"))
             .unwrap_or_default();
-        let _ = writeln!(
-            std::io::stderr(),
-            "process {} ({name}) panicked{at}:\n{}{bt}",
+        let text = format!(
+            "process {} ({name}) panicked{at}:\n{}{bt}\n",
             std::process::id(),
             self.message
         );
+        write_stderr_unlocked(text.as_bytes());
     }
 
     fn of(info: &std::panic::PanicHookInfo<'_>) -> Panic {
@@ -275,7 +275,47 @@ pub(crate) fn serve(sock: OwnedFd, origin: Origin) -> ! {
     let mut link = crate::worker::SocketLink::new(sock);
     let code = crate::worker::serve(&mut link, origin);
     drop(link);
-    let _ = std::io::stdout().flush();
+    flush_stdout(origin);
     sys::proc::flush_c_stdio(origin == Origin::Execd);
     sys::proc::exit_now(code)
+}
+
+/// Flushes what the task wrote to Rust's `stdout` before the process ends.
+///
+/// A `Fork` child is a copy of a program that may have other threads: if one of them
+/// held `stdout`'s lock at the instant of the fork, the copy of that lock stays held
+/// forever in the child, and a plain flush would hang the child at its very end (a
+/// test harness printing "test ... ok" while a test forks is enough). So a `Fork`
+/// child flushes on a thread of its own and waits for it a short while; if the lock
+/// never comes, the child ends anyway (its task, had it printed, would have hung on
+/// the same lock: the hazard `StartMethod::Fork` documents).
+fn flush_stdout(origin: Origin) {
+    if origin != Origin::Forked {
+        let _ = std::io::stdout().flush();
+        return;
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let flusher = std::thread::Builder::new().spawn(move || {
+        let _ = std::io::stdout().flush();
+        let _ = tx.send(());
+    });
+    if flusher.is_ok() {
+        let _ = rx.recv_timeout(std::time::Duration::from_millis(200));
+    }
+}
+
+/// Writes to file descriptor 2 directly, without `std::io::stderr()`'s lock: in a
+/// `Fork` child that lock may be a copy of one another thread of the parent held at
+/// the fork, held forever (see [`flush_stdout`]). Stderr is unbuffered anyway.
+fn write_stderr_unlocked(mut bytes: &[u8]) {
+    use std::os::fd::AsFd;
+    let stderr = std::io::stderr();
+    while !bytes.is_empty() {
+        match nix::unistd::write(stderr.as_fd(), bytes) {
+            Ok(0) => return,
+            Ok(n) => bytes = &bytes[n..],
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => return,
+        }
+    }
 }

@@ -227,3 +227,27 @@ fn an_inherited_handle_is_closed_in_a_fork_child_not_reused() {
     );
     HANDLE.lock().unwrap().take();
 }
+
+fn forty_two(_: ()) -> u32 {
+    42
+}
+
+fn panics(_: ()) -> u32 {
+    panic!("on purpose")
+}
+
+/// The thread that starts a `Fork` child holds `stdout`'s and `stderr`'s locks (any
+/// thread printing at that instant does the same to the child: the fork is made by
+/// multiproc's launcher thread): the child inherits them held forever, and must still
+/// end, and report a panic, without waiting for them.
+#[test]
+fn a_fork_child_ends_even_if_stdout_and_stderr_were_locked_at_the_fork() {
+    let _one = serial();
+    let _out = std::io::stdout().lock();
+    let _err = std::io::stderr().lock();
+    let mut ok = start(StartMethod::Fork, forty_two, ());
+    let mut bad = start(StartMethod::Fork, panics, ());
+    let limit = Duration::from_secs(10);
+    assert_eq!(ok.join_timeout(limit).unwrap(), 42);
+    assert!(bad.join_timeout(limit).unwrap_err().is_panic());
+}
