@@ -86,7 +86,9 @@ mod at {
     /// [`OPEN`](super::OPEN), [`DRAINING`](super::DRAINING) or
     /// [`STOPPED`](super::STOPPED).
     pub(super) const STATE: usize = MUTEX_SIZE + 8;
-    /// 1 while the spill log holds items (kept equal to `head < tail` under the lock).
+    /// 1 while the spill log holds items, and the eventfd readable with it. Both
+    /// change only under the lock, in an order that a death at any step leaves
+    /// harmless; the next holder after a death sets them from `head < tail` again.
     pub(super) const SPILLED: usize = MUTEX_SIZE + 12;
     /// Producers waiting for a bounded queue to have room.
     pub(super) const PUT_WAITERS: usize = MUTEX_SIZE + 16;
@@ -414,6 +416,13 @@ impl Ends {
                 },
             );
         }
+        if len > INLINE_MIN as u64
+            && sys_shm::file_len(self.log.as_fd()).is_ok_and(|size| next > size as u64)
+        {
+            // A tail a peer moved past the file's end: do not allocate for a record
+            // that cannot be there.
+            return skip(t, bad("a spilled item past the spill log's end"));
+        }
         let mut bytes = vec![0u8; len as usize];
         if let Err(err) = read_exact_at(&self.log, &mut bytes, h + 4) {
             return skip(next, err);
@@ -610,10 +619,14 @@ fn read_exact_at(fd: &OwnedFd, mut buf: &mut [u8], mut at: u64) -> Result<()> {
 /// robust process-shared lock, and commits it with one store, so a producer killed
 /// mid-append leaves nothing behind and no lock held. From then until the log is
 /// drained, every put goes to the log, and consumers, having emptied the socket (whose
-/// items are older), take from the log in order: each producer's items arrive in the
-/// order it put them, as in Python. The log gives its memory back as consumers drain
-/// it. The socket buffer is thus an implementation detail; the limit is memory (and
-/// `maxsize`, if given).
+/// items are older; they look at it again under the lock before they take from the
+/// log), take from the log in order: each producer's items arrive in the order it put
+/// them, as in Python. The log gives its memory back as consumers drain it. The socket
+/// buffer is thus an implementation detail; the limit is memory (and `maxsize`, if
+/// given). The log is shared memory that any handle holder can write: a record a
+/// consumer cannot read (malformed, or over its
+/// [`max_frame_size`](crate::max_frame_size)) is skipped, counted as taken, and that
+/// `get` answers the error; the items after it are not affected.
 ///
 /// An item that carries descriptors (a [`PipeEnd`](crate::PipeEnd), a [`Value`](crate::Value),
 /// another queue...) cannot be written to memory: it waits for room in the socket
@@ -705,6 +718,9 @@ impl<T> Queue<T> {
     ///
     /// Consumers count too: a consumer's handle could put, so it keeps the queue open
     /// for itself. A consumer that reads until `Closed` must close its own handle first.
+    ///
+    /// `close` does not wait for, nor interrupt, a put already under way in another
+    /// thread (one waiting for room, say): that put finishes, or times out, on its own.
     pub fn close(&self) {
         let mut tx = self.ends.tx.write().unwrap_or_else(|p| p.into_inner());
         *tx = None;
