@@ -246,3 +246,65 @@ fn items_with_descriptors_still_travel_when_the_queue_spills() {
     let w = Value::new(1u32).unwrap();
     assert!(matches!(q.try_put(&(0, Some(w))), Err(Error::Full { .. })));
 }
+
+#[test]
+fn close_does_not_wait_for_a_put_waiting_for_room() {
+    let q = Queue::<u32>::with_maxsize(1).unwrap();
+    q.put(&1).unwrap();
+    let waiting = std::thread::spawn({
+        let q = q.clone();
+        move || q.put(&2)
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let closer = std::thread::spawn({
+        let q = q.clone();
+        move || {
+            q.close();
+            tx.send(()).unwrap();
+        }
+    });
+    let closed = rx.recv_timeout(Duration::from_secs(3)).is_ok();
+    // Make room either way, so that nothing stays blocked.
+    assert_eq!(q.get().unwrap(), 1);
+    closer.join().unwrap();
+    assert!(closed, "close waited for a blocked put");
+    // The put that was waiting went through; new ones find the queue closed.
+    waiting.join().unwrap().unwrap();
+    assert!(matches!(q.try_put(&3), Err(Error::Closed { .. })));
+    assert_eq!(q.get().unwrap(), 2);
+}
+
+fn take_with_a_small_limit((q, fillers): (Queue<Vec<u8>>, usize)) -> Vec<String> {
+    multiproc::set_max_frame_size(1 << 20);
+    for _ in 0..fillers {
+        q.get().unwrap();
+    }
+    (0..3)
+        .map(|_| match q.get_timeout(Duration::from_secs(2)) {
+            Ok(v) => format!("{} bytes", v.len()),
+            Err(Error::FrameTooLarge { .. }) => "too large".into(),
+            Err(e) => e.to_string(),
+        })
+        .collect()
+}
+
+#[test]
+fn a_spilled_item_over_a_consumer_s_frame_limit_costs_only_that_item() {
+    // Enough small items to fill the socket: what follows is spilled.
+    const FILLERS: usize = 20_000;
+    let q = Queue::<Vec<u8>>::new().unwrap();
+    for _ in 0..FILLERS {
+        q.put(&Vec::new()).unwrap();
+    }
+    q.put(&vec![1; 10]).unwrap();
+    q.put(&vec![2; 2 << 20]).unwrap();
+    q.put(&vec![3; 20]).unwrap();
+    let got = Process::start(take_with_a_small_limit, (q.clone(), FILLERS))
+        .unwrap()
+        .join()
+        .unwrap();
+    assert_eq!(got, ["10 bytes", "too large", "20 bytes"]);
+    assert_eq!(q.qsize(), 0);
+    assert!(q.is_empty());
+}

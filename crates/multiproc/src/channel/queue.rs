@@ -41,6 +41,41 @@ const SPILL_RELEASE: u64 = 1 << 20;
 /// looks again at the spill and the queue's state.
 const ROOM_POLL: Duration = Duration::from_millis(10);
 
+/// Test-only: a one-shot action at a named point of a put or a get, to reproduce an
+/// interleaving, or a death at that exact point, deterministically.
+#[cfg(test)]
+mod hook {
+    use std::cell::RefCell;
+
+    type Action = Box<dyn FnOnce()>;
+
+    thread_local! {
+        static AT: RefCell<Vec<(&'static str, Action)>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// Runs `action` (on this thread) the next time it reaches `point`.
+    pub(super) fn set(point: &'static str, action: impl FnOnce() + 'static) {
+        AT.with(|a| a.borrow_mut().push((point, Box::new(action))));
+    }
+
+    pub(super) fn run(point: &'static str) {
+        let action = AT.with(|a| {
+            let mut a = a.borrow_mut();
+            let i = a.iter().position(|(p, _)| *p == point)?;
+            Some(a.remove(i).1)
+        });
+        if let Some(f) = action {
+            f();
+        }
+    }
+}
+
+#[cfg(not(test))]
+mod hook {
+    #[inline(always)]
+    pub(super) fn run(_point: &'static str) {}
+}
+
 /// The shared state of one queue: words after the spill lock in its segment.
 mod at {
     use super::MUTEX_SIZE;
@@ -51,10 +86,15 @@ mod at {
     /// [`OPEN`](super::OPEN), [`DRAINING`](super::DRAINING) or
     /// [`STOPPED`](super::STOPPED).
     pub(super) const STATE: usize = MUTEX_SIZE + 8;
-    /// 1 while the spill log holds items (kept equal to `head < tail` under the lock).
+    /// 1 while the spill log holds items, and the eventfd readable with it. Both
+    /// change only under the lock, in an order that a death at any step leaves
+    /// harmless; the next holder after a death sets them from `head < tail` again.
     pub(super) const SPILLED: usize = MUTEX_SIZE + 12;
     /// Producers waiting for a bounded queue to have room.
     pub(super) const PUT_WAITERS: usize = MUTEX_SIZE + 16;
+    /// Bumped whenever a waiting producer should look again (an item taken, a
+    /// shutdown): the word such producers sleep on.
+    pub(super) const ROOM: usize = MUTEX_SIZE + 20;
     /// Spill log: offset of the oldest record (u64).
     pub(super) const HEAD: usize = MUTEX_SIZE + 24;
     /// Spill log: offset after the newest committed record (u64).
@@ -88,8 +128,10 @@ fn inline_limit(tx: &OwnedFd) -> usize {
 /// own epoll set over them.
 #[derive(Debug)]
 struct Ends {
-    /// Producers send here. `None` after `close`.
-    tx: RwLock<Option<OwnedFd>>,
+    /// Producers send here. `None` after `close`. A put clones the `Arc` and lets go
+    /// of the lock before it waits, so that `close` never waits for a put (a put
+    /// already under way finishes on its own reference).
+    tx: RwLock<Option<Arc<OwnedFd>>>,
     /// Consumers receive here.
     rx: OwnedFd,
     /// Encoded messages up to this size go inline (see [`inline_limit`]).
@@ -127,13 +169,18 @@ impl Ends {
             .map_err(fail)?;
         Ok(Ends {
             inline_max: tx.as_ref().map_or(INLINE_MIN, inline_limit),
-            tx: RwLock::new(tx),
+            tx: RwLock::new(tx.map(Arc::new)),
             rx,
             shared,
             log,
             spill_ready,
             ready,
         })
+    }
+
+    /// This process's put side, if it did not close it.
+    fn sender(&self) -> Option<Arc<OwnedFd>> {
+        self.tx.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     fn word(&self, offset: usize) -> &AtomicU32 {
@@ -175,10 +222,17 @@ impl Ends {
     }
 
     /// Counts one more item, waiting until `deadline` for room in a bounded queue.
+    ///
+    /// A waiting producer sleeps on the `ROOM` word, read *before* it looks at the state
+    /// and the count: a release or a shutdown that comes after that look bumps `ROOM`
+    /// first, so the wait returns at once instead of missing the wake-up (the count
+    /// alone is no good: a shutdown does not change it).
     fn reserve(&self, deadline: Option<Instant>) -> Result<()> {
         let count = self.word(at::COUNT);
+        let room = self.word(at::ROOM);
         let max = self.maxsize();
         loop {
+            let seen = room.load(Ordering::SeqCst);
             if self.state() != OPEN {
                 return Err(Error::ShutDown { what: WHAT });
             }
@@ -195,9 +249,10 @@ impl Ends {
             if deadline.is_some_and(|d| d <= Instant::now()) {
                 return Err(Error::Full { what: WHAT });
             }
+            hook::run("reserve:full");
             let waiters = self.word(at::PUT_WAITERS);
             waiters.fetch_add(1, Ordering::SeqCst);
-            let woke = futex::wait(count, c, deadline);
+            let woke = futex::wait(room, seen, deadline);
             waiters.fetch_sub(1, Ordering::SeqCst);
             if woke == futex::Wait::TimedOut && count.load(Ordering::SeqCst) >= max {
                 return Err(Error::Full { what: WHAT });
@@ -210,22 +265,44 @@ impl Ends {
         let count = self.word(at::COUNT);
         // Never below zero, even if a peer's counting went wrong.
         let _ = count.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |c| c.checked_sub(1));
+        let room = self.word(at::ROOM);
+        room.fetch_add(1, Ordering::SeqCst);
         if self.word(at::PUT_WAITERS).load(Ordering::SeqCst) != 0 {
-            futex::wake(count, u32::MAX);
+            futex::wake(room, u32::MAX);
         }
     }
 
-    /// Takes the spill lock and makes the log's words agree with each other (a holder
-    /// may have died between two of its stores).
+    /// Wakes every producer waiting for room, to look at the queue's state again.
+    fn wake_producers(&self) {
+        let room = self.word(at::ROOM);
+        room.fetch_add(1, Ordering::SeqCst);
+        futex::wake(room, u32::MAX);
+    }
+
+    /// Takes the spill lock and makes the log's words, its flag and its eventfd agree
+    /// (a holder may have died between two of its steps).
     fn lock_spill(&self) -> Result<crate::sync::LockGuard<'_>> {
         let guard = self.shared.lock(SPILL_LOCK, None)?;
         let (head, tail) = (self.word64(at::HEAD), self.word64(at::TAIL));
         let spilled = self.word(at::SPILLED);
-        if head.load(Ordering::Acquire) >= tail.load(Ordering::Acquire) {
-            // Empty: reset to the start. Tail first, so that a death between the two
-            // stores still leaves an empty log.
+        let empty = head.load(Ordering::Acquire) >= tail.load(Ordering::Acquire);
+        if empty {
+            // Reset to the start. Tail first, so that a death between the two stores
+            // still leaves an empty log.
             tail.store(0, Ordering::Release);
             head.store(0, Ordering::Release);
+        }
+        if guard.owner_died() {
+            // The flag and the eventfd may disagree with the log and with each other,
+            // whatever step the dead holder reached: set both from the log.
+            if empty {
+                self.disarm();
+                spilled.store(0, Ordering::Release);
+            } else {
+                spilled.store(1, Ordering::Release);
+                self.arm();
+            }
+        } else if empty {
             if spilled.swap(0, Ordering::AcqRel) != 0 {
                 self.disarm();
             }
@@ -247,6 +324,11 @@ impl Ends {
     }
 
     /// Appends one encoded item to the spill log (the spill lock held).
+    ///
+    /// Every step leaves a state the next holder of the lock can repair if this process
+    /// dies right after it: the flag and the eventfd first (a death then leaves at
+    /// worst a getter woken for a log that turns out empty), the record next, and the
+    /// one store that commits it last (a death before it wrote nothing).
     fn spill(&self, bytes: &[u8]) -> Result<()> {
         let tail = self.word64(at::TAIL);
         let start = tail.load(Ordering::Acquire);
@@ -255,44 +337,117 @@ impl Ends {
             len: bytes.len() as u64,
             max: u32::MAX as u64,
         })?;
-        write_all_at(&self.log, &len.to_le_bytes(), start)?;
-        write_all_at(&self.log, bytes, start + 4)?;
-        let total = 4 + bytes.len();
-        // Committed only now: a producer that dies before this store wrote nothing.
-        tail.store(start + total as u64, Ordering::Release);
+        // The tail is shared memory: a peer may have left any value there.
+        let end = start
+            .checked_add(4 + u64::from(len))
+            .ok_or_else(|| Error::io("spilling a queue item to memory", Errno::EFBIG))?;
         if self.word(at::SPILLED).swap(1, Ordering::AcqRel) == 0 {
+            hook::run("spill:flagged");
             self.arm();
         }
+        hook::run("spill:armed");
+        write_all_at(&self.log, &len.to_le_bytes(), start)?;
+        write_all_at(&self.log, bytes, start + 4)?;
+        hook::run("spill:written");
+        tail.store(end, Ordering::Release);
+        hook::run("spill:committed");
         Ok(())
     }
 
-    /// Takes the oldest item out of the spill log, if there is one.
-    fn unspill(&self) -> Result<Option<Vec<u8>>> {
+    /// Takes the next item for a consumer that found the socket empty and the spill
+    /// flag set: the socket's oldest datagram if one came in meanwhile, otherwise the
+    /// spill log's oldest record.
+    ///
+    /// Why the socket is tried again, under the lock: between a consumer's look at
+    /// the socket and its look at the flag, a producer may have filled the socket with
+    /// its item X and then spilled its next item Y; taking Y then X would break that
+    /// producer's order. The invariant that makes the look under the lock enough: *the
+    /// socket never holds an item put after a producer's item still in the log.* A
+    /// producer sends to the socket only when it saw the flag clear, and the flag is
+    /// set, under this lock, before any record is written and cleared only once the
+    /// log is empty; a spill (also under this lock) comes only after the producer found
+    /// the socket full or the log not empty. So when the socket is empty under the
+    /// lock, every item older than the log's head, from any producer that also has
+    /// items in the log, has been taken.
+    ///
+    /// The log is shared memory any handle holder can write: a malformed record costs
+    /// only itself (or, if its length cannot be trusted, the rest of the log), is
+    /// reported as [`Unspilled::Skipped`] and counted as taken, and never wedges the
+    /// log or panics.
+    fn unspill(&self, buf: &mut [u8]) -> Result<Option<Unspilled>> {
         let _guard = self.lock_spill()?;
-        let (head, tail) = (self.word64(at::HEAD), self.word64(at::TAIL));
-        let (h, t) = (head.load(Ordering::Acquire), tail.load(Ordering::Acquire));
+        if let Received::Item(n, fds) = self.recv_now(buf)? {
+            return Ok(Some(Unspilled::Datagram(n, fds)));
+        }
+        let (h, t) = (
+            self.word64(at::HEAD).load(Ordering::Acquire),
+            self.word64(at::TAIL).load(Ordering::Acquire),
+        );
         if h >= t {
             return Ok(None);
         }
+        let skip = |to: u64, err: Error| {
+            self.consumed(h, to, t);
+            Ok(Some(Unspilled::Skipped(err)))
+        };
+        let Some(body) = (t - h).checked_sub(4) else {
+            return skip(t, bad("a spilled item cut short"));
+        };
         let mut header = [0u8; 4];
-        read_exact_at(&self.log, &mut header, h)?;
-        let len = u32::from_le_bytes(header) as u64;
-        if len > t - h - 4 || len > wire::max_frame_size() as u64 {
-            // Only a peer writing to the log behind the queue's back gets here: drop
-            // the log rather than wedge every consumer on it.
-            head.store(t, Ordering::Release);
-            return Err(bad("a malformed spilled item"));
+        if let Err(err) = read_exact_at(&self.log, &mut header, h) {
+            // Where the next record starts is unknown: the rest goes.
+            return skip(t, err);
+        }
+        let len = u64::from(u32::from_le_bytes(header));
+        if len > body {
+            return skip(t, bad("a spilled item longer than the spill log"));
+        }
+        let next = h + 4 + len;
+        let max = wire::max_frame_size() as u64;
+        if len > max {
+            // Another process may allow larger frames than this one: only this item
+            // is lost to this consumer.
+            return skip(
+                next,
+                Error::FrameTooLarge {
+                    what: "a frame".into(),
+                    len,
+                    max,
+                },
+            );
+        }
+        if len > INLINE_MIN as u64
+            && sys_shm::file_len(self.log.as_fd()).is_ok_and(|size| next > size as u64)
+        {
+            // A tail a peer moved past the file's end: do not allocate for a record
+            // that cannot be there.
+            return skip(t, bad("a spilled item past the spill log's end"));
         }
         let mut bytes = vec![0u8; len as usize];
-        read_exact_at(&self.log, &mut bytes, h + 4)?;
-        let next = h + 4 + len;
+        if let Err(err) = read_exact_at(&self.log, &mut bytes, h + 4) {
+            return skip(next, err);
+        }
+        self.consumed(h, next, t);
+        Ok(Some(Unspilled::Record(bytes)))
+    }
+
+    /// Moves the log's head from `h` to `next` (`t` the tail; the spill lock held),
+    /// emptying the log when that was its last record.
+    fn consumed(&self, h: u64, next: u64, t: u64) {
+        let (head, tail) = (self.word64(at::HEAD), self.word64(at::TAIL));
         head.store(next, Ordering::Release);
+        hook::run("unspill:advanced");
         if next >= t {
             tail.store(0, Ordering::Release);
             head.store(0, Ordering::Release);
             let _ = nix::unistd::ftruncate(&self.log, 0);
-            self.word(at::SPILLED).store(0, Ordering::Release);
+            hook::run("unspill:reset");
+            // Disarm before clearing the flag: a consumer that dies in between leaves
+            // the flag set (the next holder of the lock repairs it), never a readable
+            // eventfd over an empty log, which would make every waiting getter spin.
             self.disarm();
+            hook::run("unspill:disarmed");
+            self.word(at::SPILLED).store(0, Ordering::Release);
         } else if h / SPILL_RELEASE != next / SPILL_RELEASE {
             // Give the consumed whole steps back to the system; the file keeps its size.
             let upto = next / SPILL_RELEASE * SPILL_RELEASE;
@@ -301,11 +456,67 @@ impl Ends {
                 nix::fcntl::FallocateFlags::FALLOC_FL_PUNCH_HOLE
                     | nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE,
                 0,
-                upto as libc::off_t,
+                libc::off_t::try_from(upto).unwrap_or(libc::off_t::MAX),
             );
         }
-        Ok(Some(bytes))
     }
+
+    /// One receive from the socket, without waiting.
+    fn recv_now(&self, buf: &mut [u8]) -> Result<Received> {
+        loop {
+            match crate::sys::fd::recv_fds(self.rx.as_fd(), buf, true) {
+                Ok((0, _)) => {
+                    if self.hung_up() {
+                        return Ok(Received::Ended);
+                    }
+                    // An empty datagram: not one of ours (ours are never empty) and not
+                    // the end of the stream. Drop it.
+                }
+                Ok((n, fds)) => return Ok(Received::Item(n, fds)),
+                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
+                    return Ok(Received::Nothing);
+                }
+                Err(err) => return Err(Error::io("taking a message from a queue", err)),
+            }
+        }
+    }
+
+    /// After a receive of 0 bytes: whether that was the end of the stream (every put
+    /// side closed, or the queue shut down, and no item left in the socket) rather
+    /// than an empty datagram some handle holder sent.
+    fn hung_up(&self) -> bool {
+        let mut fds = [libc::pollfd {
+            fd: self.rx.as_raw_fd(),
+            events: libc::POLLRDHUP,
+            revents: 0,
+        }];
+        let hangup = match crate::sys::fd::poll_raw(&mut fds, 0) {
+            Ok(_) => fds[0].revents & (libc::POLLRDHUP | libc::POLLHUP) != 0,
+            Err(_) => true,
+        };
+        // After a hangup, empty datagrams may still sit before real items.
+        hangup && crate::sys::fd::unread_bytes(self.rx.as_fd()).unwrap_or(0) == 0
+    }
+}
+
+/// What one non-waiting receive from a queue's socket found.
+enum Received {
+    /// A datagram of this many bytes, with its descriptors.
+    Item(usize, Vec<OwnedFd>),
+    /// Nothing now.
+    Nothing,
+    /// The end of the stream, and nothing left in the socket.
+    Ended,
+}
+
+/// What [`Ends::unspill`] took (every kind counts as one item taken).
+enum Unspilled {
+    /// A datagram from the socket: this many bytes of the buffer, with descriptors.
+    Datagram(usize, Vec<OwnedFd>),
+    /// A record from the spill log.
+    Record(Vec<u8>),
+    /// A malformed record, skipped.
+    Skipped(Error),
 }
 
 fn write_all_at(fd: &OwnedFd, mut bytes: &[u8], mut at: u64) -> Result<()> {
@@ -408,10 +619,14 @@ fn read_exact_at(fd: &OwnedFd, mut buf: &mut [u8], mut at: u64) -> Result<()> {
 /// robust process-shared lock, and commits it with one store, so a producer killed
 /// mid-append leaves nothing behind and no lock held. From then until the log is
 /// drained, every put goes to the log, and consumers, having emptied the socket (whose
-/// items are older), take from the log in order: each producer's items arrive in the
-/// order it put them, as in Python. The log gives its memory back as consumers drain
-/// it. The socket buffer is thus an implementation detail; the limit is memory (and
-/// `maxsize`, if given).
+/// items are older; they look at it again under the lock before they take from the
+/// log), take from the log in order: each producer's items arrive in the order it put
+/// them, as in Python. The log gives its memory back as consumers drain it. The socket
+/// buffer is thus an implementation detail; the limit is memory (and `maxsize`, if
+/// given). The log is shared memory that any handle holder can write: a record a
+/// consumer cannot read (malformed, or over its
+/// [`max_frame_size`](crate::max_frame_size)) is skipped, counted as taken, and that
+/// `get` answers the error; the items after it are not affected.
 ///
 /// An item that carries descriptors (a [`PipeEnd`](crate::PipeEnd), a [`Value`](crate::Value),
 /// another queue...) cannot be written to memory: it waits for room in the socket
@@ -491,17 +706,9 @@ impl<T> Queue<T> {
     /// take an item at once). A queue that is closed or shut down and holds nothing is
     /// empty.
     pub fn is_empty(&self) -> bool {
-        let mut b = [0u8; 1];
-        // Our datagrams are never empty, so a peek of 0 bytes is the end of the
-        // stream: closed, which is empty too.
-        let queued = matches!(
-            nix::sys::socket::recv(
-                self.ends.rx.as_raw_fd(),
-                &mut b,
-                MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT
-            ),
-            Ok(n) if n > 0
-        );
+        // Our datagrams are never empty: any unread byte is an item (an empty datagram
+        // a peer sent, or the end of the stream, is not).
+        let queued = crate::sys::fd::unread_bytes(self.ends.rx.as_fd()).is_ok_and(|n| n > 0);
         !queued && !self.ends.spilled()
     }
 
@@ -511,6 +718,9 @@ impl<T> Queue<T> {
     ///
     /// Consumers count too: a consumer's handle could put, so it keeps the queue open
     /// for itself. A consumer that reads until `Closed` must close its own handle first.
+    ///
+    /// `close` does not wait for, nor interrupt, a put already under way in another
+    /// thread (one waiting for room, say): that put finishes, or times out, on its own.
     pub fn close(&self) {
         let mut tx = self.ends.tx.write().unwrap_or_else(|p| p.into_inner());
         *tx = None;
@@ -548,18 +758,15 @@ impl<T> Queue<T> {
         // process fail, lets receivers take what is queued and then see the end of
         // the stream, and wakes everyone polling it.
         let _ = nix::sys::socket::shutdown(e.rx.as_raw_fd(), nix::sys::socket::Shutdown::Read);
-        futex::wake(e.word(at::COUNT), u32::MAX);
+        e.wake_producers();
         let mut discarded = 0;
         if immediate {
             let mut buf = vec![0u8; INLINE_MAX + 2];
-            while let Ok((n, _fds)) = crate::sys::fd::recv_fds(e.rx.as_fd(), &mut buf, true) {
-                if n == 0 {
-                    break;
-                }
+            while let Ok(Received::Item(..)) = e.recv_now(&mut buf) {
                 e.release();
                 discarded += 1;
             }
-            while let Ok(Some(_)) = e.unspill() {
+            while let Ok(Some(_)) = e.unspill(&mut buf) {
                 e.release();
                 discarded += 1;
             }
@@ -653,13 +860,13 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
                 max: max as u64,
             });
         }
-        let guard = self.ends.tx.read().unwrap_or_else(|p| p.into_inner());
-        let Some(tx) = guard.as_ref() else {
+        // No lock held from here on: the waits below must not hold up `close`.
+        let Some(tx) = self.ends.sender() else {
             return Err(Error::Closed { what: WHAT });
         };
         let user: Vec<RawFd> = user_fds.iter().map(|f| f.as_raw_fd()).collect();
         self.ends.reserve(deadline)?;
-        self.deliver(tx, bytes, &user, deadline)
+        self.deliver(&tx, bytes, &user, deadline)
             .inspect_err(|_| self.ends.release())
     }
 
@@ -783,32 +990,40 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
 
     fn get_into(&self, buf: &mut [u8], deadline: Option<Instant>) -> Result<Option<T>> {
         let e = &self.ends;
-        let rx = e.rx.as_fd();
         loop {
             if e.state() == STOPPED {
                 return Err(Error::ShutDown { what: WHAT });
             }
-            // The socket first: while the spill log holds items, what the socket
-            // holds is older.
-            let ended = match crate::sys::fd::recv_fds(rx, buf, true) {
-                Ok((0, _)) => true,
-                Ok((n, received)) => {
+            // The socket first, without the lock: while the spill log holds items,
+            // what the socket holds is older.
+            let ended = match e.recv_now(buf)? {
+                Received::Item(n, received) => {
                     e.release();
                     return self.decode_datagram(&buf[..n], received).map(Some);
                 }
-                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => false,
-                Err(err) => return Err(Error::io("taking a message from a queue", err)),
+                Received::Nothing => false,
+                Received::Ended => true,
             };
+            hook::run("get:socket-empty");
             if e.spilled()
-                && let Some(bytes) = e.unspill()?
+                && let Some(taken) = e.unspill(buf)?
             {
                 e.release();
-                return wire::decode(&bytes).map(Some);
+                return match taken {
+                    Unspilled::Datagram(n, received) => {
+                        self.decode_datagram(&buf[..n], received).map(Some)
+                    }
+                    Unspilled::Record(bytes) => wire::decode(&bytes).map(Some),
+                    Unspilled::Skipped(err) => Err(err),
+                };
             }
             if ended {
                 // End of stream: every producer side is closed (or the queue was shut
                 // down) and nothing is left.
                 return Err(e.gone());
+            }
+            if deadline.is_some_and(|d| d <= Instant::now()) {
+                return Ok(None);
             }
             if !wire::wait_readable(e.ready.0.as_fd(), deadline)
                 .map_err(|err| Error::io("waiting for a queue item", err))?
@@ -952,9 +1167,8 @@ impl<T> Serialize for Queue<T> {
                 .map(fds::PassFd::new)
                 .map_err(|e| S::Error::custom(format!("cannot duplicate a queue handle: {e}")))
         };
-        let tx = self.ends.tx.read().unwrap_or_else(|p| p.into_inner());
         WireQueue {
-            tx: tx.as_ref().map(dup).transpose()?,
+            tx: self.ends.sender().as_deref().map(dup).transpose()?,
             rx: dup(&self.ends.rx)?,
             shared: self.ends.shared.clone(),
             log: dup(&self.ends.log)?,
@@ -1274,5 +1488,235 @@ mod tests {
             q.put(&pattern(len)).unwrap();
             assert!(q.get().unwrap() == pattern(len));
         }
+    }
+
+    /// Runs `f` in a forked child that dies (`_exit`, holding whatever locks it holds,
+    /// as a killed process would) when it reaches `point`; whether it got there.
+    fn dies_at(point: &'static str, f: impl FnOnce()) -> bool {
+        use crate::sys::proc::{self, Forked};
+        match proc::fork().unwrap() {
+            Forked::Child => {
+                hook::set(point, || proc::exit_now(0));
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+                proc::exit_now(1)
+            }
+            Forked::Parent(pid) => {
+                let fd = proc::pidfd_open(pid).unwrap();
+                let status = proc::wait_pidfd(&fd, true).unwrap();
+                matches!(status, Some(crate::error::ExitStatus::Code(0)))
+            }
+        }
+    }
+
+    fn log_is_empty<T>(q: &Queue<T>) -> bool {
+        q.ends.word64(at::HEAD).load(Ordering::Acquire)
+            >= q.ends.word64(at::TAIL).load(Ordering::Acquire)
+    }
+
+    /// Takes what is there now; then checks that nothing is stuck in the log, that the
+    /// queue does not look ready when it is empty (a getter would spin), and that it
+    /// still works.
+    fn settle(q: &Queue<u64>) -> Vec<u64> {
+        let mut got = Vec::new();
+        loop {
+            match q.try_get() {
+                Ok(v) => got.push(v),
+                Err(Error::Empty { .. }) => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert!(log_is_empty(q), "an item is stuck in the spill log");
+        assert!(
+            crate::wait_ready(&[q], Some(Duration::from_millis(100)))
+                .unwrap()
+                .is_empty(),
+            "an empty queue looks ready: getters would spin"
+        );
+        assert!(got.windows(2).all(|w| w[0] < w[1]), "in order");
+        q.put(&u64::MAX).unwrap();
+        assert_eq!(q.get_timeout(Duration::from_secs(2)).unwrap(), u64::MAX);
+        got
+    }
+
+    #[test]
+    fn a_producer_killed_anywhere_in_a_spill_leaves_the_queue_consistent() {
+        for point in [
+            "spill:flagged",
+            "spill:armed",
+            "spill:written",
+            "spill:committed",
+        ] {
+            let q = Queue::<u64>::new().unwrap();
+            let p = q.clone();
+            assert!(
+                dies_at(point, move || {
+                    for i in 0.. {
+                        p.put(&i).unwrap();
+                    }
+                }),
+                "{point}"
+            );
+            let got = settle(&q);
+            assert!(!got.is_empty() && got[0] == 0, "{point}");
+        }
+    }
+
+    #[test]
+    fn a_consumer_killed_anywhere_in_an_unspill_leaves_the_queue_consistent() {
+        for point in [
+            "unspill:advanced",
+            "unspill:reset",
+            "unspill:disarmed",
+        ] {
+            let q = Queue::<u64>::new().unwrap();
+            let mut n = 0;
+            while !q.ends.spilled() {
+                q.put(&n).unwrap();
+                n += 1;
+            }
+            for _ in 0..2 {
+                q.put(&n).unwrap();
+                n += 1;
+            }
+            let c = q.clone();
+            assert!(
+                dies_at(point, move || {
+                    loop {
+                        c.get().unwrap();
+                    }
+                }),
+                "{point}"
+            );
+            let got = settle(&q);
+            assert!(got.last().is_none_or(|l| *l == n - 1), "{point}");
+        }
+    }
+
+    #[test]
+    fn a_consumer_that_found_the_socket_empty_still_takes_older_socket_items_first() {
+        let q = Queue::<u64>::new().unwrap();
+        let p = q.clone();
+        // Between the consumer's look at the (empty) socket and its look at the spill
+        // log, a producer fills the socket and spills its next item.
+        hook::set("get:socket-empty", move || {
+            let mut i = 0;
+            while !p.ends.spilled() {
+                p.put(&i).unwrap();
+                i += 1;
+            }
+        });
+        assert_eq!(q.try_get().unwrap(), 0);
+        let mut next = 1;
+        while let Ok(v) = q.try_get() {
+            assert_eq!(v, next);
+            next += 1;
+        }
+        assert!(q.is_empty() && q.qsize() == 0);
+    }
+
+    #[test]
+    fn shutdown_between_a_producer_s_look_and_its_wait_still_wakes_it() {
+        let q = Queue::<u32>::with_maxsize(1).unwrap();
+        q.put(&1).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let t = std::thread::spawn({
+            let q = q.clone();
+            move || {
+                let s = q.clone();
+                hook::set("reserve:full", move || s.shutdown(false));
+                tx.send(q.put(&2)).unwrap();
+            }
+        });
+        let got = rx.recv_timeout(Duration::from_secs(3));
+        if got.is_err() {
+            // Let the stuck producer go before failing.
+            let _ = q.get();
+        }
+        t.join().unwrap();
+        assert!(matches!(got, Ok(Err(Error::ShutDown { .. }))), "{got:?}");
+    }
+
+    #[test]
+    fn an_empty_datagram_is_not_the_end_of_the_stream() {
+        let q = Queue::<u32>::new().unwrap();
+        {
+            let tx = q.ends.tx.read().unwrap();
+            let tx = tx.as_ref().unwrap();
+            nix::sys::socket::send(tx.as_raw_fd(), &[], MsgFlags::MSG_DONTWAIT).unwrap();
+        }
+        assert!(matches!(q.try_get(), Err(Error::Empty { .. })));
+        q.put(&5).unwrap();
+        assert_eq!(q.try_get().unwrap(), 5);
+        assert_eq!(q.qsize(), 0);
+    }
+
+    /// Fills the socket, then spills `[first, second, third]`.
+    fn spill_three(q: &Queue<u64>) -> u64 {
+        let mut n = 0;
+        while !q.ends.spilled() {
+            q.put(&n).unwrap();
+            n += 1;
+        }
+        // `n - 1` is the first spilled item.
+        q.put(&n).unwrap();
+        q.put(&(n + 1)).unwrap();
+        n - 1
+    }
+
+    fn drain_socket(q: &Queue<u64>, upto: u64) {
+        for i in 0..upto {
+            assert_eq!(q.try_get().unwrap(), i);
+        }
+    }
+
+    #[test]
+    fn a_log_shorter_than_a_record_header_is_refused_without_panic() {
+        let q = Queue::<u64>::new().unwrap();
+        let first = spill_three(&q);
+        drain_socket(&q, first);
+        // A peer leaves three bytes after the last record: no room for a header.
+        let tail = q.ends.word64(at::TAIL);
+        let end = tail.load(Ordering::Acquire);
+        write_all_at(&q.ends.log, &[1, 2, 3], end).unwrap();
+        tail.store(end + 3, Ordering::Release);
+        for i in first..first + 3 {
+            assert_eq!(q.try_get().unwrap(), i);
+        }
+        assert!(q.try_get().is_err());
+        assert!(matches!(q.try_get(), Err(Error::Empty { .. })));
+        assert!(log_is_empty(&q));
+    }
+
+    #[test]
+    fn a_record_longer_than_the_log_is_skipped_and_released() {
+        let q = Queue::<u64>::new().unwrap();
+        let first = spill_three(&q);
+        drain_socket(&q, first);
+        assert_eq!(q.try_get().unwrap(), first);
+        // The second record claims more bytes than the log holds.
+        let head = q.ends.word64(at::HEAD).load(Ordering::Acquire);
+        write_all_at(&q.ends.log, &u32::MAX.to_le_bytes(), head).unwrap();
+        let before = q.qsize();
+        assert!(q.try_get().is_err());
+        // Where the next record starts is unknowable: the rest goes, counted once.
+        assert_eq!(q.qsize(), before - 1);
+        assert!(matches!(q.try_get(), Err(Error::Empty { .. })));
+        assert!(log_is_empty(&q));
+        q.put(&7).unwrap();
+        assert_eq!(q.try_get().unwrap(), 7);
+    }
+
+    #[test]
+    fn a_truncated_log_is_skipped_not_wedged() {
+        let q = Queue::<u64>::new().unwrap();
+        let first = spill_three(&q);
+        drain_socket(&q, first);
+        // A peer truncates the log under the queue.
+        nix::unistd::ftruncate(&q.ends.log, 0).unwrap();
+        assert!(q.try_get().is_err());
+        assert!(matches!(q.try_get(), Err(Error::Empty { .. })));
+        assert!(log_is_empty(&q));
+        q.put(&7).unwrap();
+        assert_eq!(q.try_get().unwrap(), 7);
     }
 }

@@ -114,6 +114,19 @@ pub(crate) fn recv_fds(
     }
 }
 
+/// Bytes queued for reading on a Unix socket (`SIOCINQ`): for a seqpacket socket, the
+/// sum of the lengths of all queued messages, so an empty message adds nothing.
+pub(crate) fn unread_bytes(sock: BorrowedFd<'_>) -> io::Result<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: SIOCINQ (FIONREAD) writes one int through the pointer, which points to a
+    // live local of that type; on a descriptor that is not a socket it fails instead.
+    let r = unsafe { libc::ioctl(sock.as_raw_fd(), libc::FIONREAD, &mut n) };
+    if r == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n.max(0) as usize)
+}
+
 /// Receives one seqpacket message into `buf`, with at most one attached descriptor
 /// (extras are closed). Returns the message length (0 at end of stream).
 pub(crate) fn recv_with_fd(
