@@ -207,6 +207,8 @@ def wordcount_seq(pool, t, args, stdin):
             raise ValueError("wrong word counts")
         return ns
 
+    return rep
+
 
 def manager_get(pool, t, args, stdin):
     trips = int(args[0])
