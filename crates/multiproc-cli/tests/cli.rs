@@ -343,3 +343,42 @@ fn rust_log_shows_the_pool_workers_starting() {
     let quiet = run(None);
     assert!(!quiet.contains("pool worker started"), "{quiet}");
 }
+
+/// Every case of the word count and managers workloads runs once, Python's included
+/// (where `python3` is), with a first-call figure for each: a broken Python job or a
+/// first-call child that fails ends the bench with an error, so this catches both.
+#[test]
+fn bench_word_count_and_managers_run_every_case_with_first_calls() {
+    let out = multiproc(&[
+        "bench",
+        "--iters",
+        "1",
+        "--warmup",
+        "0",
+        "--first-call",
+        "1",
+        "--json",
+        "--only",
+        "word count",
+        "--only",
+        "managers",
+    ]);
+    assert!(out.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("valid JSON");
+    let workloads = report["workloads"].as_array().expect("workloads");
+    assert_eq!(workloads.len(), 2, "{report}");
+    let python = Command::new("python3").arg("--version").output().is_ok();
+    for w in workloads {
+        let rows = w["rows"].as_array().unwrap();
+        assert!(
+            rows.iter().any(|r| r["kind"] == "python") == python,
+            "{}: Python rows iff python3 exists",
+            w["name"]
+        );
+        if w["name"] == "word count" {
+            for r in rows {
+                assert!(r["first_call"]["median_us"].as_f64().unwrap() > 0.0, "{r}");
+            }
+        }
+    }
+}

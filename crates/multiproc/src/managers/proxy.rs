@@ -263,6 +263,9 @@ impl Chan {
         crate::wire::encode_into(req, &mut self.buf)?;
         self.seal.seal(&mut self.buf);
         self.conn.send_bytes(&self.buf).map_err(|e| link.gone(e))?;
+        // Most replies come within a few µs: take them without sleeping (see
+        // `Connection::spin_for_message`).
+        self.conn.spin_for_message(super::SPIN);
         let frame = self.conn.recv_bytes().map_err(|e| link.gone(e))?;
         let body = self.seal.open(&frame).map_err(|f| {
             link.error(format!(

@@ -633,6 +633,9 @@ fn serve_requests(
     peer: &str,
 ) {
     loop {
+        // A client's next request often follows its last reply within µs: wait for
+        // it awake a little while, then sleep (see `Connection::spin_for_message`).
+        conn.spin_for_message(super::SPIN);
         let Ok(frame) = conn.recv_bytes() else {
             return; // the client closed, or its process died
         };
