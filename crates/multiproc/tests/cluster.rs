@@ -1243,6 +1243,31 @@ fn nodes_whose_clocks_are_off_by_minutes_still_serve() {
         eprintln!("skipped: no libfaketime ({FAKETIME}); apt-get install faketime");
         return;
     }
+    // libfaketime makes a shared-memory segment and a semaphore in /dev/shm for each
+    // process it is loaded in, and removes them only when that process exits normally
+    // (nodes and their workers do not): remove what this test's processes made.
+    struct FaketimeLeftovers(std::collections::BTreeSet<std::ffi::OsString>);
+    fn faketime_entries() -> std::collections::BTreeSet<std::ffi::OsString> {
+        std::fs::read_dir("/dev/shm")
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name())
+                    .filter(|n| {
+                        let n = n.to_string_lossy();
+                        n.starts_with("faketime_shm_") || n.starts_with("sem.faketime_sem_")
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+    impl Drop for FaketimeLeftovers {
+        fn drop(&mut self) {
+            for name in faketime_entries().difference(&self.0) {
+                let _ = std::fs::remove_file(std::path::Path::new("/dev/shm").join(name));
+            }
+        }
+    }
+    let _leftovers = FaketimeLeftovers(faketime_entries());
     let redis = Redis::start();
     for shift in ["+600", "-600"] {
         let _node = Node::start_with(

@@ -53,6 +53,42 @@ pub(crate) trait Source: Send {
     }
 }
 
+/// Moves values from the front of `items` into `buf` while each has its bytes ready
+/// (`bytes_of`) and `put` takes them: at most `max` values, stopping once `buf` holds
+/// `budget` bytes or a value would pass its limit (that value stays, for the next
+/// chunk or its own error). Records where each value ends if `ends` asks. The number
+/// moved.
+#[inline(always)]
+fn append_run<T>(
+    items: &mut VecDeque<T>,
+    (max, budget): (usize, usize),
+    buf: &mut ValueBuf,
+    mut ends: Option<&mut Vec<usize>>,
+    bytes_of: impl Fn(&T) -> Option<&[u8]>,
+    put: impl Fn(&mut ValueBuf, &[u8]) -> bool,
+) -> usize {
+    let mut n = 0;
+    while n < max {
+        let Some(bytes) = items.front().and_then(&bytes_of) else {
+            break;
+        };
+        let mark = buf.len();
+        if !put(buf, bytes) {
+            buf.truncate(mark);
+            break;
+        }
+        items.pop_front();
+        n += 1;
+        if let Some(ends) = ends.as_deref_mut() {
+            ends.push(buf.len());
+        }
+        if buf.len() >= budget {
+            break;
+        }
+    }
+    n
+}
+
 /// Arguments of one submission, typed until a chunk takes them.
 pub(crate) struct Items<A>(VecDeque<A>);
 
@@ -71,32 +107,16 @@ impl<A: serde::Serialize + Send> Items<A> {
         max: usize,
         buf: &mut ValueBuf,
         budget: usize,
-        mut ends: Option<&mut Vec<usize>>,
+        ends: Option<&mut Vec<usize>>,
     ) -> usize {
-        let mut n = 0;
-        while n < max {
-            let Some(item) = self.0.front() else {
-                break;
-            };
-            let Some(bytes) = crate::sys::plain::bytes_of(item) else {
-                break;
-            };
-            let mark = buf.len();
-            if !buf.append_plain(bytes) {
-                // Past the limit: left for the next chunk (or `encode_first`'s error).
-                buf.truncate(mark);
-                break;
-            }
-            self.0.pop_front();
-            n += 1;
-            if let Some(ends) = ends.as_deref_mut() {
-                ends.push(buf.len());
-            }
-            if buf.len() >= budget {
-                break;
-            }
-        }
-        n
+        append_run(
+            &mut self.0,
+            (max, budget),
+            buf,
+            ends,
+            crate::sys::plain::bytes_of::<A>,
+            ValueBuf::append_plain,
+        )
     }
 }
 
@@ -177,28 +197,16 @@ impl Source for Encoded {
         max: usize,
         buf: &mut ValueBuf,
         budget: usize,
-        mut ends: Option<&mut Vec<usize>>,
+        ends: Option<&mut Vec<usize>>,
     ) -> usize {
-        let mut n = 0;
-        while n < max {
-            let Some(bytes) = self.0.front() else {
-                break;
-            };
-            let mark = buf.len();
-            if !buf.append(bytes) {
-                buf.truncate(mark);
-                break;
-            }
-            self.0.pop_front();
-            n += 1;
-            if let Some(ends) = ends.as_deref_mut() {
-                ends.push(buf.len());
-            }
-            if buf.len() >= budget {
-                break;
-            }
-        }
-        n
+        append_run(
+            &mut self.0,
+            (max, budget),
+            buf,
+            ends,
+            |v: &Vec<u8>| Some(v.as_slice()),
+            ValueBuf::append,
+        )
     }
 
     fn pop(&mut self) {
