@@ -27,6 +27,23 @@ fn cluster_node_entry() {
 
 use common::redis::Redis;
 
+/// The command that runs `exe` (this test binary, or a copy of another build) as a
+/// node of `redis` with `slots` slots; stdout discarded, stderr left to the caller.
+fn node_command(exe: &std::path::Path, redis: &Redis, key: &[u8], slots: usize) -> Command {
+    let mut cmd = Command::new(exe);
+    cmd.args([
+        "--exact",
+        "cluster_node_entry",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env("MULTIPROC_CLUSTER", redis.url())
+    .env("MULTIPROC_CLUSTER_KEY", std::str::from_utf8(key).unwrap())
+    .env("MULTIPROC_CLUSTER_SLOTS", slots.to_string())
+    .stdout(Stdio::null());
+    cmd
+}
+
 /// A worker node: this test binary, re-run.
 struct Node {
     child: Child,
@@ -50,21 +67,11 @@ impl Node {
         slots: usize,
         env: &[(&str, &str)],
     ) -> Node {
-        let mut cmd = Command::new(exe);
-        cmd.args([
-            "--exact",
-            "cluster_node_entry",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("MULTIPROC_CLUSTER", redis.url())
-        .env("MULTIPROC_CLUSTER_KEY", std::str::from_utf8(key).unwrap())
-        .env("MULTIPROC_CLUSTER_SLOTS", slots.to_string())
-        .env("MULTIPROC_CLUSTER_LEASE_MS", LEASE.as_millis().to_string())
-        .env("MULTIPROC_CLUSTER_DRAIN_MS", "200")
-        .envs(env.iter().copied())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
+        let mut cmd = node_command(exe, redis, key, slots);
+        cmd.env("MULTIPROC_CLUSTER_LEASE_MS", LEASE.as_millis().to_string())
+            .env("MULTIPROC_CLUSTER_DRAIN_MS", "200")
+            .envs(env.iter().copied())
+            .stderr(Stdio::inherit());
         let child = cmd.spawn().unwrap();
         Node { child }
     }
@@ -1040,19 +1047,8 @@ fn sigterm_during_the_first_call_of_a_node_on_another_host() {
 #[test]
 fn a_node_logs_to_stderr_by_default() {
     let redis = Redis::start();
-    let exe = std::env::current_exe().unwrap();
-    let mut child = Command::new(exe)
-        .args([
-            "--exact",
-            "cluster_node_entry",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("MULTIPROC_CLUSTER", redis.url())
-        .env("MULTIPROC_CLUSTER_KEY", std::str::from_utf8(KEY).unwrap())
-        .env("MULTIPROC_CLUSTER_SLOTS", "1")
+    let mut child = node_command(&std::env::current_exe().unwrap(), &redis, KEY, 1)
         .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();

@@ -186,11 +186,8 @@ impl<'de> Values<'de> {
         if self.broken {
             return Err(fail("it follows a value that could not be decoded".into()));
         }
-        if let Some(r) = crate::sys::plain::read::<T>(&mut self.rest) {
-            return r.map_err(|why| {
-                self.broken = true;
-                fail(why.into())
-            });
+        if let Some(r) = self.next_plain::<T>() {
+            return r;
         }
         let mut de = postcard::Deserializer::from_bytes(self.rest);
         match T::deserialize(&mut de) {
