@@ -117,6 +117,10 @@ impl Invocation<'_, '_> {
     /// Runs calls of a plain-data task until the chunk, or the time before the next
     /// answer is due, runs out, or a call fails (then `outcome` says how).
     fn run_plain<A: DeserializeOwned, R: Serialize>(&mut self, f: fn(A) -> R, bulk: &Bulk<'_>) {
+        if crate::sys::plain::is_plain::<R>() {
+            self.out
+                .reserve((bulk.calls as usize).saturating_mul(std::mem::size_of::<R>()));
+        }
         for k in 0..bulk.calls {
             if k > 0 {
                 if k % BULK_CLOCK_EVERY == 0 && std::time::Instant::now() >= bulk.until {

@@ -497,11 +497,13 @@ fn give_up(
 }
 
 /// The numbers of `calls` for a log line, the first few of them.
-fn call_list(calls: &[usize]) -> String {
+fn call_list(calls: impl IntoIterator<Item = usize>) -> String {
     const SHOWN: usize = 10;
-    let mut out: Vec<String> = calls.iter().take(SHOWN).map(|i| i.to_string()).collect();
-    if calls.len() > SHOWN {
-        out.push(format!("… ({} in all)", calls.len()));
+    let mut calls = calls.into_iter();
+    let mut out: Vec<String> = calls.by_ref().take(SHOWN).map(|i| i.to_string()).collect();
+    let more = calls.count();
+    if more > 0 {
+        out.push(format!("… ({} in all)", SHOWN + more));
     }
     format!("[{}]", out.join(", "))
 }
@@ -750,7 +752,7 @@ impl Driver<'_> {
                         tag,
                         entry: chunk.entry,
                         data: ByteBuf::from(data),
-                        ends: chunk.ends.iter().map(|&e| e as u64).collect(),
+                        ends: chunk.ends.offsets().map(|e| e as u64).collect(),
                         retries: self.s.retries,
                         timeout_ms,
                     };
@@ -849,7 +851,7 @@ impl Driver<'_> {
                         tracing::warn!(
                             address = %s.address, %node, run,
                             "calls {} run again on node {node} (run {run} of at most {}): {previous}",
-                            call_list(calls),
+                            call_list(calls.iter()),
                             u64::from(s.retries) + 1
                         );
                     }
@@ -891,11 +893,11 @@ fn others_note(others: usize) -> String {
 /// Files the answers of chunk `sent` in the core, naming calls in errors and logs as
 /// the caller numbers them.
 fn file_answer(core: &mut Core, s: &Settings, sent: Sent, a: AnswerMsg) {
-    let indices: Vec<usize> = core
+    let indices = core
         .chunk_indices(sent.lane, sent.seq)
-        .map(<[usize]>::to_vec)
+        .cloned()
         .unwrap_or_default();
-    let index_of = |pos: u32| indices.get(pos as usize).copied().unwrap_or(pos as usize);
+    let index_of = |pos: u32| indices.get(pos as usize).unwrap_or(pos as usize);
     let mut gave_up = Vec::new();
     let mut why = None;
     let host: Arc<str> = Arc::from(a.node.as_str());
@@ -933,7 +935,7 @@ fn file_answer(core: &mut Core, s: &Settings, sent: Sent, a: AnswerMsg) {
         tracing::warn!(
             address = %s.address,
             "calls {} gave up after {runs} run(s), no retry left (PoolBuilder::retries): {why}",
-            call_list(&gave_up),
+            call_list(gave_up.iter().copied()),
         );
     }
     if let Err(why) = core.on_chunk(sent.lane, sent.seq, parts, a.nanos, Some(host)) {

@@ -773,7 +773,7 @@ impl Sink for Collector {
                 data,
                 ..
             } => {
-                let positions: Vec<u32> = indices.iter().map(|&i| i as u32).collect();
+                let positions: Vec<u32> = indices.iter().map(|i| i as u32).collect();
                 let part = WirePart::Values {
                     pid,
                     positions: positions.clone(),

@@ -425,7 +425,7 @@ fn map_until<P: Backend + ?Sized, A: Arg, R: Ret>(
     timeout: Option<Duration>,
 ) -> Result<Vec<R>> {
     let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
-    let items: Vec<A> = items.into_iter().collect();
+    let items = collect_items(items);
     let n = items.len();
     let (job, mut rx) = run_all(pool, f, items, pool.chunk_size(), true)?;
     let mut cancel = CancelOnDrop {
@@ -433,7 +433,7 @@ fn map_until<P: Backend + ?Sized, A: Arg, R: Ret>(
         job,
         armed: true,
     };
-    let mut out: Vec<Option<R>> = (0..n).map(|_| None).collect();
+    let mut out = super::ordered::Ordered::new(n);
     let mut bar = pool.progress().start(Some(n as u64));
     let mut received = 0;
     while received < n {
@@ -459,17 +459,25 @@ fn map_until<P: Backend + ?Sized, A: Arg, R: Ret>(
         if let Some((_, e)) = batch.errors.into_iter().next() {
             return Err(e);
         }
-        for (i, v) in batch.values {
-            if let Some(slot) = out.get_mut(i) {
-                *slot = Some(v);
-            }
-        }
+        out.add(batch.at, batch.values);
     }
     bar.finish();
     cancel.armed = false;
-    out.into_iter()
-        .collect::<Option<Vec<R>>>()
-        .ok_or(Error::PoolTerminated)
+    out.finish().ok_or(Error::PoolTerminated)
+}
+
+/// The arguments of a job in a vector (as they are, if they are one already), its
+/// pages mapped up front (see `sys::mem`).
+fn collect_items<A, I: IntoIterator<Item = A>>(items: I) -> Vec<A> {
+    let items = items.into_iter();
+    if typeid::of::<I::IntoIter>() == typeid::of::<std::vec::IntoIter<A>>() {
+        // Collecting a vector's own iterator reuses its buffer: nothing to map.
+        return items.collect();
+    }
+    let mut v = Vec::with_capacity(items.size_hint().0);
+    crate::sys::mem::prefault_spare(&mut v);
+    v.extend(items);
+    v
 }
 
 /// Opens a job for `f` whose results go to `sink`, submits all of `items` and seals

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use super::api::sealed::Control;
 use super::core::{Batch, BatchSink};
+use super::ordered::Ordered;
 use crate::error::{Error, Result};
 
 type Callback<T> = Box<dyn FnOnce(&Result<T>) + Send>;
@@ -293,14 +294,15 @@ impl<R: Send> BatchSink<R> for One<R> {
 /// Gathers the ordered results of a `map_async`; the first failure is its result.
 struct Many<R> {
     c: Arc<Completion<Vec<R>>>,
-    slots: Mutex<(Vec<Option<R>>, usize)>,
+    /// `None` once complete.
+    slots: Mutex<Option<Ordered<R>>>,
 }
 
 impl<R: Send> Many<R> {
-    fn complete_if_full(&self, slots: &mut (Vec<Option<R>>, usize)) {
-        if slots.1 == slots.0.len() {
-            let values = std::mem::take(&mut slots.0).into_iter().flatten().collect();
-            self.c.complete(Ok(values), false);
+    fn complete_if_full(&self, slots: &mut Option<Ordered<R>>) {
+        if slots.as_ref().is_some_and(Ordered::is_full) {
+            let values = slots.take().and_then(Ordered::finish);
+            self.c.complete(values.ok_or(Error::PoolTerminated), false);
         }
     }
 }
@@ -316,13 +318,8 @@ impl<R: Send> BatchSink<R> for ManySink<R> {
             return;
         }
         let mut slots = many.slots.lock().unwrap_or_else(|p| p.into_inner());
-        for (i, v) in batch.values {
-            if let Some(slot) = slots.0.get_mut(i)
-                && slot.is_none()
-            {
-                *slot = Some(v);
-                slots.1 += 1;
-            }
+        if let Some(slots) = slots.as_mut() {
+            slots.add(batch.at, batch.values);
         }
         many.complete_if_full(&mut slots);
     }
@@ -353,7 +350,7 @@ pub(crate) fn many<R: Send + 'static>(n: usize) -> StateAndSink<Vec<R>, R> {
     }
     let many = Arc::new(Many {
         c: c.clone(),
-        slots: Mutex::new(((0..n).map(|_| None).collect(), 0)),
+        slots: Mutex::new(Some(Ordered::new(n))),
     });
     (c, Arc::new(ManySink(many)))
 }

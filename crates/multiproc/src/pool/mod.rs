@@ -72,6 +72,7 @@ pub(crate) mod api;
 pub(crate) mod core;
 pub(crate) mod future;
 mod imap;
+mod ordered;
 mod process;
 mod progress;
 mod reduce;

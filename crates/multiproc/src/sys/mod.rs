@@ -5,6 +5,7 @@
 //!   the parent-death signal.
 //! - [`image`]: this executable's code range, and calling a task by its offset.
 //! - [`spawn`]: fork + exec of this executable with an inherited socket.
+//! - [`mem`]: faulting in a big buffer's pages in one call.
 //! - [`fd`]: passing descriptors over Unix sockets; what a forked child keeps.
 //! - [`shm`]: memfd and named segments, mappings, bounds-checked access.
 //! - [`futex`]: futex wait/wake on shared words.
@@ -18,6 +19,7 @@ mod bootstrap;
 pub(crate) mod fd;
 pub(crate) mod futex;
 pub(crate) mod image;
+pub(crate) mod mem;
 pub(crate) mod plain;
 pub(crate) mod pmutex;
 pub(crate) mod proc;

@@ -95,6 +95,68 @@ pub(crate) fn read<T>(bytes: &mut &[u8]) -> Option<Result<T, &'static str>> {
     Some(Ok(value))
 }
 
+/// The bytes of a run of plain values, end to end (what [`bytes_of`] gives for each,
+/// in one slice), or `None` if `T` is not plain data.
+#[inline(always)]
+pub(crate) fn slice_bytes<T>(values: &[T]) -> Option<&[u8]> {
+    kind::<T>()?;
+    // SAFETY: `T` is one of the primitive types above: no padding, no pointers, and its
+    // size is a multiple of its alignment, so the `values.len()` values lie end to end
+    // with every byte initialized; the bytes are borrowed for as long as `values` is.
+    Some(unsafe {
+        std::slice::from_raw_parts(values.as_ptr().cast::<u8>(), std::mem::size_of_val(values))
+    })
+}
+
+/// Reads `n` plain values from the start of `bytes` onto the end of `out` and advances
+/// past them: one check and one copy, not one call per value. `None` if `T` is not
+/// plain data; `Some(Err(..))` (and `out` and `bytes` unchanged) if the bytes are too
+/// few or one of them is not a valid `T`.
+pub(crate) fn read_run<T>(
+    bytes: &mut &[u8],
+    n: usize,
+    out: &mut Vec<T>,
+) -> Option<Result<(), &'static str>> {
+    let kind = kind::<T>()?;
+    let Some(len) = n.checked_mul(size_of::<T>()) else {
+        return Some(Err("the message ends inside a value"));
+    };
+    let Some((head, rest)) = bytes.split_at_checked(len) else {
+        return Some(Err("the message ends inside a value"));
+    };
+    match kind {
+        Kind::AnyBits => {}
+        Kind::Bool => {
+            if head.iter().any(|&b| b > 1) {
+                return Some(Err("a bool that is neither 0 nor 1"));
+            }
+        }
+        Kind::Char => {
+            let scalar = |w: &[u8]| {
+                let mut word = [0u8; 4];
+                word.copy_from_slice(w);
+                char::from_u32(u32::from_ne_bytes(word)).is_some()
+            };
+            if !head.chunks_exact(4).all(scalar) {
+                return Some(Err("a char that is not a Unicode scalar value"));
+            }
+        }
+    }
+    out.reserve(n);
+    // SAFETY: `T` is one of the primitive types above and `head` holds exactly `n`
+    // values of it, each just checked to be valid (any bits for integers and floats; 0
+    // or 1 for bool; a scalar value for char). `reserve` made room for `n` more values
+    // after `out.len()`; the copy writes all their bytes (a byte copy has no alignment
+    // needs on the source), so the first `out.len() + n` values are initialized.
+    unsafe {
+        let end = out.as_mut_ptr().add(out.len());
+        std::ptr::copy_nonoverlapping(head.as_ptr(), end.cast::<u8>(), len);
+        out.set_len(out.len() + n);
+    }
+    *bytes = rest;
+    Some(Ok(()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,6 +182,38 @@ mod tests {
         assert!(!is_plain::<Option<u64>>());
         assert!(bytes_of(&String::new()).is_none());
         assert!(read::<Vec<u8>>(&mut &[][..]).is_none());
+    }
+
+    #[test]
+    fn runs_round_trip_and_append() {
+        let values = [1u64, u64::MAX, 7];
+        let bytes = slice_bytes(&values).unwrap().to_vec();
+        assert_eq!(bytes.len(), 24);
+        let mut at = &bytes[..];
+        let mut out = vec![5u64];
+        read_run(&mut at, 3, &mut out).unwrap().unwrap();
+        assert_eq!(out, [5, 1, u64::MAX, 7]);
+        assert!(at.is_empty());
+        let chars = ['a', 'ß', '\u{10FFFF}'];
+        let bytes = slice_bytes(&chars).unwrap().to_vec();
+        let mut out = Vec::new();
+        read_run::<char>(&mut &bytes[..], 3, &mut out).unwrap().unwrap();
+        assert_eq!(out, chars);
+        assert!(slice_bytes(&[String::new()]).is_none());
+        assert!(read_run::<String>(&mut &[][..], 0, &mut Vec::new()).is_none());
+    }
+
+    #[test]
+    fn hostile_runs_are_refused_whole() {
+        let mut out = vec![true];
+        let mut at = &[1u8, 0, 2][..];
+        assert!(read_run::<bool>(&mut at, 3, &mut out).unwrap().is_err());
+        assert_eq!((out.len(), at.len()), (1, 3));
+        let mut bytes = ('x' as u32).to_ne_bytes().to_vec();
+        bytes.extend(0xD800u32.to_ne_bytes());
+        assert!(read_run::<char>(&mut &bytes[..], 2, &mut Vec::new()).unwrap().is_err());
+        assert!(read_run::<u64>(&mut &[0u8; 15][..], 2, &mut Vec::new()).unwrap().is_err());
+        assert!(read_run::<u64>(&mut &[0u8; 8][..], usize::MAX, &mut Vec::new()).unwrap().is_err());
     }
 
     #[test]

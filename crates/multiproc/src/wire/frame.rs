@@ -453,7 +453,9 @@ impl FrameReader {
                 let len = len as usize;
                 if have >= HEADER_LEN + len {
                     let at = self.start + HEADER_LEN;
-                    let body = self.buf[at..at + len].to_vec();
+                    let mut body = Vec::with_capacity(len);
+                    crate::sys::mem::prefault_spare(&mut body);
+                    body.extend_from_slice(&self.buf[at..at + len]);
                     self.start = at + len;
                     return Ok(Next::Frame(body));
                 }

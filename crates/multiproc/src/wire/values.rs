@@ -110,7 +110,21 @@ impl ValueBuf {
     /// goes past the limit (the buffer then holds a partial value: truncate it).
     #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
     pub(crate) fn append(&mut self, bytes: &[u8]) -> bool {
+        if bytes.len() > 16 {
+            // A run of values at once (plain data): room for exactly them.
+            self.reserve(bytes.len());
+        }
         self.write(bytes)
+    }
+
+    /// Makes room for `n` more bytes that will stay in memory (not spill), mapped in
+    /// one call (see `sys::mem`): a chunk's run of plain values is about to be written.
+    pub(crate) fn reserve(&mut self, n: usize) {
+        let stays = self.heap.len().saturating_add(n) <= SPILL_AT.min(self.limit);
+        if self.spill.is_none() && stays && self.heap.capacity() - self.heap.len() < n {
+            self.heap.reserve_exact(n);
+            crate::sys::mem::prefault_spare(&mut self.heap);
+        }
     }
 
     /// Appends the bytes of one plain value (`sys::plain`): a few bytes whose count is

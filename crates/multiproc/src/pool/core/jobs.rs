@@ -18,6 +18,7 @@ use std::os::fd::OwnedFd;
 
 use std::sync::Arc;
 
+use super::ends::Ends;
 use super::{Answers, Sink};
 use crate::error::Result;
 use crate::pool::ChunkSize;
@@ -40,7 +41,7 @@ pub(crate) trait Source: Send {
         max: usize,
         buf: &mut ValueBuf,
         budget: usize,
-        ends: Option<&mut Vec<usize>>,
+        ends: Option<&mut Ends>,
     ) -> usize;
     /// Drops the first argument (it was sent, or answered with its encoding error).
     fn pop(&mut self);
@@ -63,7 +64,7 @@ fn append_run<T>(
     items: &mut VecDeque<T>,
     (max, budget): (usize, usize),
     buf: &mut ValueBuf,
-    mut ends: Option<&mut Vec<usize>>,
+    mut ends: Option<&mut Ends>,
     bytes_of: impl Fn(&T) -> Option<&[u8]>,
     put: impl Fn(&mut ValueBuf, &[u8]) -> bool,
 ) -> usize {
@@ -99,24 +100,49 @@ impl<A> Items<A> {
 }
 
 impl<A: serde::Serialize + Send> Items<A> {
-    /// [`Source::encode_run`] for plain data: each argument's bytes, no serde, no
-    /// handle bookkeeping (plain data holds none).
+    /// [`Source::encode_run`] for plain data: the arguments' bytes as they lie in
+    /// memory, a slice at a time (no serde, no per-value call, no handle bookkeeping:
+    /// plain data holds none). A slice that would pass the buffer's limit goes value
+    /// by value, to stop at the limit exactly.
     #[inline(never)]
     fn encode_plain_run(
         &mut self,
         max: usize,
         buf: &mut ValueBuf,
         budget: usize,
-        ends: Option<&mut Vec<usize>>,
+        mut ends: Option<&mut Ends>,
     ) -> usize {
-        append_run(
-            &mut self.0,
-            (max, budget),
-            buf,
-            ends,
-            crate::sys::plain::bytes_of::<A>,
-            ValueBuf::append_plain,
-        )
+        let size = std::mem::size_of::<A>().max(1);
+        let mut n = 0;
+        while n < max && buf.len() < budget {
+            let (front, _) = self.0.as_slices();
+            // Enough values to reach the budget (the last may cross it, as one
+            // value at a time would).
+            let room = (budget - buf.len()).div_ceil(size);
+            let k = front.len().min(max - n).min(room);
+            let Some(bytes) = crate::sys::plain::slice_bytes(&front[..k]).filter(|_| k > 0)
+            else {
+                break;
+            };
+            let mark = buf.len();
+            if !buf.append(bytes) {
+                buf.truncate(mark);
+                return n + append_run(
+                    &mut self.0,
+                    (max - n, budget),
+                    buf,
+                    ends,
+                    crate::sys::plain::bytes_of::<A>,
+                    ValueBuf::append_plain,
+                );
+            }
+            self.0.drain(..k);
+            if let Some(ends) = ends.as_deref_mut() {
+                ends.push_run(k, size);
+            }
+            n += k;
+        }
+        n
     }
 }
 
@@ -133,7 +159,7 @@ impl<A: serde::Serialize + Send> Source for Items<A> {
         max: usize,
         buf: &mut ValueBuf,
         budget: usize,
-        mut ends: Option<&mut Vec<usize>>,
+        mut ends: Option<&mut Ends>,
     ) -> usize {
         if crate::sys::plain::is_plain::<A>() {
             return self.encode_plain_run(max, buf, budget, ends);
@@ -197,7 +223,7 @@ impl Source for Encoded {
         max: usize,
         buf: &mut ValueBuf,
         budget: usize,
-        ends: Option<&mut Vec<usize>>,
+        ends: Option<&mut Ends>,
     ) -> usize {
         append_run(
             &mut self.0,
@@ -239,7 +265,7 @@ impl Source for HandedBack {
         max: usize,
         buf: &mut ValueBuf,
         budget: usize,
-        ends: Option<&mut Vec<usize>>,
+        ends: Option<&mut Ends>,
     ) -> usize {
         self.args.encode_run(max, buf, budget, ends)
     }

@@ -24,6 +24,8 @@
 //! call slots ([`LastStart::Unknown`], MPI) answers every held call with the death.
 
 pub(crate) mod chunking;
+pub(crate) mod ends;
+pub(crate) mod indices;
 pub(crate) mod jobs;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -38,6 +40,8 @@ use crate::pool::ChunkSize;
 use crate::task;
 use crate::wire::message::{Failure, TaskRef};
 use crate::wire::values::{Data, Received, ValueBuf};
+use ends::Ends;
+pub(crate) use indices::Indices;
 use jobs::{Encoded, HandedBack, Job, Retry, Source};
 
 /// Deaths with no call running after which a call they handed back is no longer handed
@@ -81,7 +85,7 @@ pub(crate) enum Answers {
     /// in `data`, with `fds` (numbered across the whole frame).
     Values {
         pid: u32,
-        indices: Vec<usize>,
+        indices: Indices,
         failures: Vec<(u32, Failure)>,
         data: Received,
         fds: Vec<OwnedFd>,
@@ -94,7 +98,7 @@ pub(crate) enum Answers {
 
 impl Answers {
     /// The calls answered, by index.
-    fn indices(&self) -> Vec<usize> {
+    fn indices(&self) -> Indices {
         match self {
             Answers::Values { indices, .. } => indices.clone(),
             Answers::Failed(v) => v.iter().map(|(i, _)| *i).collect(),
@@ -163,9 +167,8 @@ pub(crate) fn decoding<R: DeserializeOwned + 'static>(
             }))
             .unwrap_or_else(|payload| {
                 let why = crate::error::panic_message(payload.as_ref());
-                Batch {
-                    values: Vec::new(),
-                    errors: indices
+                Batch::failed(
+                    indices
                         .into_iter()
                         .map(|i| {
                             let e = Error::Decode {
@@ -175,7 +178,7 @@ pub(crate) fn decoding<R: DeserializeOwned + 'static>(
                             (i, e)
                         })
                         .collect(),
-                }
+                )
             });
             self.0.add(batch);
         }
@@ -184,22 +187,39 @@ pub(crate) fn decoding<R: DeserializeOwned + 'static>(
 }
 
 /// Some results of a job: values and failures apart, so that a batch of many
-/// small values is not a vector of large `Result`s.
+/// small values is not a vector of large `Result`s, and the calls answered with a
+/// value as runs of call numbers ([`Indices`]), so that a chunk's values can be
+/// moved as one block into the caller's result.
 pub struct Batch<R> {
-    pub(crate) values: Vec<(usize, R)>,
+    /// The calls answered with a value, in the order of `values`.
+    pub(crate) at: Indices,
+    pub(crate) values: Vec<R>,
     pub(crate) errors: Vec<(usize, Error)>,
 }
 
 impl<R> Batch<R> {
+    /// A batch of errors only.
+    pub(crate) fn failed(errors: Vec<(usize, Error)>) -> Self {
+        Batch {
+            at: Indices::new(),
+            values: Vec::new(),
+            errors,
+        }
+    }
+
     /// Results in one vector (channel-fed pools produce them so).
     pub(crate) fn from_results(results: Vec<(usize, Result<R>)>) -> Self {
         let mut b = Batch {
+            at: Indices::new(),
             values: Vec::with_capacity(results.len()),
             errors: Vec::new(),
         };
         for (i, r) in results {
             match r {
-                Ok(v) => b.values.push((i, v)),
+                Ok(v) => {
+                    b.at.push(i);
+                    b.values.push(v);
+                }
                 Err(e) => b.errors.push((i, e)),
             }
         }
@@ -215,12 +235,23 @@ impl<R> Batch<R> {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// The values with their call numbers.
+    pub(crate) fn ok(
+        at: Indices,
+        values: Vec<R>,
+    ) -> std::iter::Zip<<Indices as IntoIterator>::IntoIter, std::vec::IntoIter<R>> {
+        at.into_iter().zip(values)
+    }
 }
 
 impl<R> IntoIterator for Batch<R> {
     type Item = (usize, Result<R>);
     type IntoIter = std::iter::Chain<
-        std::iter::Map<std::vec::IntoIter<(usize, R)>, fn((usize, R)) -> (usize, Result<R>)>,
+        std::iter::Map<
+            std::iter::Zip<<Indices as IntoIterator>::IntoIter, std::vec::IntoIter<R>>,
+            fn((usize, R)) -> (usize, Result<R>),
+        >,
         std::iter::Map<
             std::vec::IntoIter<(usize, Error)>,
             fn((usize, Error)) -> (usize, Result<R>),
@@ -230,8 +261,7 @@ impl<R> IntoIterator for Batch<R> {
     fn into_iter(self) -> Self::IntoIter {
         let ok: fn((usize, R)) -> (usize, Result<R>) = |(i, v)| (i, Ok(v));
         let err: fn((usize, Error)) -> (usize, Result<R>) = |(i, e)| (i, Err(e));
-        self.values
-            .into_iter()
+        Batch::ok(self.at, self.values)
             .map(ok)
             .chain(self.errors.into_iter().map(err))
     }
@@ -241,10 +271,7 @@ impl<R> IntoIterator for Batch<R> {
 /// gives errors, never a panic.
 pub(crate) fn decode_answers<R: DeserializeOwned>(answers: Answers) -> Batch<R> {
     match answers {
-        Answers::Failed(errors) => Batch {
-            values: Vec::new(),
-            errors,
-        },
+        Answers::Failed(errors) => Batch::failed(errors),
         Answers::Values {
             pid,
             indices,
@@ -253,11 +280,28 @@ pub(crate) fn decode_answers<R: DeserializeOwned>(answers: Answers) -> Batch<R> 
             fds,
             host,
         } => crate::wire::fds::provide(fds, || {
+            let mut values = crate::wire::Values::new(data.bytes());
+            if failures.is_empty() {
+                // Plain data, every call answered: the chunk's values in one copy.
+                let mut out = Vec::new();
+                match values.next_plain_run::<R>(indices.len(), &mut out) {
+                    Some(Ok(())) => {
+                        return Batch {
+                            at: indices,
+                            values: out,
+                            errors: Vec::new(),
+                        };
+                    }
+                    // Which value is wrong, the value-by-value reading below says.
+                    Some(Err(_)) => values = crate::wire::Values::new(data.bytes()),
+                    None => {}
+                }
+            }
             let mut out = Batch {
+                at: Indices::new(),
                 values: Vec::with_capacity(indices.len() - failures.len().min(indices.len())),
                 errors: Vec::new(),
             };
-            let mut values = crate::wire::Values::new(data.bytes());
             let mut failures = failures.into_iter().peekable();
             let mut broken: Option<String> = None;
             for (k, index) in indices.into_iter().enumerate() {
@@ -277,7 +321,10 @@ pub(crate) fn decode_answers<R: DeserializeOwned>(answers: Answers) -> Batch<R> 
                 } else {
                     let next = values.next_plain::<R>();
                     match next.unwrap_or_else(|| values.next::<R>()) {
-                        Ok(v) => out.values.push((index, v)),
+                        Ok(v) => {
+                            out.at.push(index);
+                            out.values.push(v);
+                        }
                         Err(e) => {
                             // Values are self-delimiting: after one that does not
                             // decode, the rest of the batch cannot be found.
@@ -328,7 +375,7 @@ pub(crate) type WorkerId = u64;
 struct Held {
     seq: u64,
     job: u64,
-    indices: Vec<usize>,
+    indices: Indices,
     /// Calls of it answered so far (answers come in order).
     answered: usize,
     deadline: Option<Instant>,
@@ -347,7 +394,7 @@ struct Held {
 struct Kept {
     data: KeptData,
     /// Where each call's argument ends in `data`.
-    ends: Vec<usize>,
+    ends: Ends,
     /// Copies of the chunk's descriptors (its arguments number them).
     fds: Vec<OwnedFd>,
 }
@@ -375,9 +422,7 @@ impl Kept {
         positions
             .iter()
             .map(|&p| {
-                let start = if p == 0 { 0 } else { *self.ends.get(p - 1)? };
-                let end = *self.ends.get(p)?;
-                all.get(start..end).map(<[u8]>::to_vec)
+                all.get(self.ends.span(p)?).map(<[u8]>::to_vec)
             })
             .collect()
     }
@@ -436,7 +481,7 @@ pub(crate) struct Chunk {
     pub(crate) fds: Vec<OwnedFd>,
     /// Where each call's argument ends in `data`, if [`Limits::ends`] asked.
     #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
-    pub(crate) ends: Vec<usize>,
+    pub(crate) ends: Ends,
 }
 
 /// Some answers of a chunk, for [`Core::on_chunk`]: calls named by their position in
@@ -818,7 +863,7 @@ impl Core {
             data,
             shared,
             fds: built.fds,
-            ends: if limits.ends { built.ends } else { Vec::new() },
+            ends: if limits.ends { built.ends } else { Ends::default() },
         })
     }
 
@@ -849,7 +894,7 @@ impl Core {
                 held.answered
             ));
         }
-        let indices = held.indices[first..first + answered].to_vec();
+        let indices = held.indices.slice(first, first + answered);
         let mut shifted = Vec::with_capacity(failures.len());
         for (at, f) in failures {
             let k = (at as usize)
@@ -912,7 +957,7 @@ impl Core {
             match seen.get_mut(p) {
                 Some(s) if !*s => {
                     *s = true;
-                    Ok(held.indices[p])
+                    Ok(held.indices.at(p))
                 }
                 Some(_) => Err(format!("call {p} of chunk {seq} answered twice")),
                 None => Err(format!("an answer to call {p} of a chunk of {len}")),
@@ -933,7 +978,7 @@ impl Core {
                     let indices = positions
                         .into_iter()
                         .map(&mut mark)
-                        .collect::<std::result::Result<Vec<_>, _>>()?;
+                        .collect::<std::result::Result<Indices, _>>()?;
                     Answers::Values {
                         pid,
                         indices,
@@ -970,7 +1015,7 @@ impl Core {
     /// worker `id`, by position in the chunk: for errors and logs of a pool whose
     /// answers name calls by position.
     #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
-    pub(crate) fn chunk_indices(&self, id: WorkerId, seq: u64) -> Option<&[usize]> {
+    pub(crate) fn chunk_indices(&self, id: WorkerId, seq: u64) -> Option<&Indices> {
         let slot = self.slots.get(&id)?;
         let held = slot.held.iter().find(|h| h.seq == seq)?;
         Some(&held.indices)
@@ -1046,7 +1091,7 @@ impl Core {
                     .map(|k| (k, pos))
             }
         };
-        let running_index = running.map(|(k, pos)| slot.held[k].indices[pos]);
+        let running_index = running.map(|(k, pos)| slot.held[k].indices.at(pos));
         let cause = match &slot.aborting {
             _ if slot.timed_out => Error::Timeout {
                 what: format!("a call of a pool job on worker {pid}"),
@@ -1070,7 +1115,7 @@ impl Core {
             let mut failed = Vec::new();
             let mut back = Vec::new();
             for p in held.answered..held.indices.len() {
-                let index = held.indices[p];
+                let index = held.indices.at(p);
                 match running {
                     Some(r) if r == (k, p) => {}
                     // Calls before the running one had run; their answers died with it.
@@ -1122,7 +1167,7 @@ impl Core {
         }
         let kept = held.kept.as_ref()?;
         Some(Retry {
-            index: held.indices[p],
+            index: held.indices.at(p),
             bytes: kept.arguments(&[p])?.pop()?,
             fds: kept.fds(),
             attempts: held.attempts + 1,
@@ -1157,7 +1202,7 @@ impl Core {
                     running: lost.running,
                     started,
                 };
-                (held.indices[p], e)
+                (held.indices.at(p), e)
             }));
             return;
         };
@@ -1167,7 +1212,7 @@ impl Core {
             // all of them (as a retry does).
             for (bytes, &p) in args.into_iter().zip(&positions).rev() {
                 job.retries.push_front(Retry {
-                    index: held.indices[p],
+                    index: held.indices.at(p),
                     bytes,
                     fds: kept.fds(),
                     attempts: held.attempts,
@@ -1179,7 +1224,7 @@ impl Core {
         // Runs of consecutive calls, each a source of its own, first run first.
         let mut runs: Vec<(usize, VecDeque<Vec<u8>>)> = Vec::new();
         for (bytes, &p) in args.into_iter().zip(&positions) {
-            let index = held.indices[p];
+            let index = held.indices.at(p);
             match runs.last_mut() {
                 Some((first, run)) if *first + run.len() == index => run.push_back(bytes),
                 _ => runs.push((index, VecDeque::from([bytes]))),
@@ -1204,7 +1249,7 @@ impl Core {
             }
             let mut failed = Vec::new();
             for p in held.answered..held.indices.len() {
-                let index = held.indices[p];
+                let index = held.indices.at(p);
                 let error = if slot.timed_out {
                     Error::Timeout {
                         what: format!("call {index} of a pool job on worker {pid}"),
@@ -1235,9 +1280,11 @@ impl Core {
             return;
         };
         for held in slot.held {
-            let failed = held.indices[held.answered..]
-                .iter()
-                .map(|&i| (i, clone_error(error)))
+            let failed = held
+                .indices
+                .slice(held.answered, held.indices.len())
+                .into_iter()
+                .map(|i| (i, clone_error(error)))
                 .collect();
             self.deliver(held.job, Answers::Failed(failed));
             self.remove_if_finished(held.job);
@@ -1283,7 +1330,7 @@ fn note_due(due: &mut Vec<u64>, id: u64, job: &mut Job) {
 
 /// A chunk being built.
 struct Built {
-    indices: Vec<usize>,
+    indices: Indices,
     data: Data,
     fds: Vec<OwnedFd>,
     failed: Vec<(usize, Error)>,
@@ -1291,14 +1338,14 @@ struct Built {
     handbacks: u32,
     /// Where each argument ends in `data` (recorded when the chunk is kept, or when
     /// [`Limits::ends`] asks).
-    ends: Vec<usize>,
+    ends: Ends,
 }
 
 impl Built {
     fn retry(r: Retry) -> Built {
         Built {
-            ends: vec![r.bytes.len()],
-            indices: vec![r.index],
+            ends: Ends::one(r.bytes.len()),
+            indices: Indices::run(r.index..r.index + 1),
             data: Data::Inline(r.bytes),
             fds: r.fds,
             failed: Vec::new(),
@@ -1312,7 +1359,7 @@ impl Built {
 /// data is shared with the message (`share`) or copied.
 fn keep_chunk(
     data: Data,
-    ends: Vec<usize>,
+    ends: Ends,
     fds: &[OwnedFd],
     share: bool,
 ) -> (Data, Option<Arc<Vec<u8>>>, Option<Kept>) {
@@ -1349,8 +1396,8 @@ fn keep_chunk(
 fn build(job: &mut Job, n: usize, limits: &Limits, keep: bool) -> Built {
     let mut buf = ValueBuf::new(limits.max_value, limits.may_spill);
     let mut fds: Vec<OwnedFd> = Vec::new();
-    let mut indices = Vec::with_capacity(n.min(job.pending()));
-    let mut ends: Vec<usize> = Vec::new();
+    let mut indices = Indices::new();
+    let mut ends = Ends::default();
     let mut failed = Vec::new();
     let mut handbacks = 0;
     // One capture for the whole chunk: the descriptors of every argument are numbered
@@ -1371,7 +1418,7 @@ fn build(job: &mut Job, n: usize, limits: &Limits, keep: bool) -> Built {
             );
             if took > 0 {
                 handbacks = handbacks.max(source_handbacks);
-                indices.extend(start..start + took);
+                indices.push_run(start..start + took);
                 *first += took;
                 if buf.len() >= chunking::CHUNK_BYTES {
                     break;
@@ -1437,7 +1484,7 @@ fn build(job: &mut Job, n: usize, limits: &Limits, keep: bool) -> Built {
     let data = match buf.finish() {
         Ok(d) => d,
         Err(e) => {
-            failed.extend(indices.drain(..).map(|i| (i, clone_error(&e))));
+            failed.extend(std::mem::take(&mut indices).into_iter().map(|i| (i, clone_error(&e))));
             Data::Inline(Vec::new())
         }
     };
