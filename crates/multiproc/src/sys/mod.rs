@@ -6,6 +6,7 @@
 //! - [`image`]: this executable's code range, and calling a task by its offset.
 //! - [`spawn`]: fork + exec of this executable with an inherited socket.
 //! - [`fd`]: passing descriptors over Unix sockets; what a forked child keeps.
+//! - [`poll`]: a `poll(2)` set with tokens, and deadlines as `poll` timeouts.
 //! - [`shm`]: memfd and named segments, mappings, bounds-checked access.
 //! - [`futex`]: futex wait/wake on shared words.
 //! - [`pmutex`]: robust process-shared pthread mutexes.
@@ -20,6 +21,7 @@ pub(crate) mod futex;
 pub(crate) mod image;
 pub(crate) mod plain;
 pub(crate) mod pmutex;
+pub(crate) mod poll;
 pub(crate) mod proc;
 pub(crate) mod shm;
 pub(crate) mod spawn;

@@ -16,7 +16,7 @@
 //! without holding the lock.
 
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -25,6 +25,7 @@ use super::proc::{Body, Proc};
 use crate::error::{Error, Result};
 use crate::pool::core::{Answers, Core, LastStart, Limits, WorkerId};
 use crate::start::StartMethod;
+use crate::sys::poll::{Interest, PollSet};
 use crate::task;
 use crate::wire::message::{self, Reply, Request, TaskRef};
 use crate::wire::values::{Data, Received, map_sealed};
@@ -71,6 +72,9 @@ pub(crate) struct State {
     /// inside the hand-over) finds that handle's answers here, not stuck further up its
     /// own stack.
     due: std::collections::VecDeque<crate::pool::core::Delivery>,
+    /// The leader's poll set, kept between turns for its buffers (taken out while it
+    /// waits without the lock).
+    poll: PollSet<Source>,
 }
 
 thread_local! {
@@ -116,6 +120,7 @@ impl Shared {
                 init_ok: false,
                 cancel_killed: Vec::new(),
                 due: std::collections::VecDeque::new(),
+                poll: PollSet::default(),
             }),
             follow: Condvar::new(),
             background: Condvar::new(),
@@ -404,43 +409,36 @@ impl Shared {
                 .flatten()
                 .min()
         };
-        let mut fds = Vec::with_capacity(1 + 2 * st.procs.len());
-        fds.push(pollfd(self.wake_rx.as_raw_fd(), libc::POLLIN));
-        for (_, p) in &st.procs {
-            fds.push(pollfd(p.pidfd.as_raw_fd(), libc::POLLIN));
-            let mut events = libc::POLLIN;
-            if p.has_output() {
-                events |= libc::POLLOUT;
-            }
-            // A negative descriptor is ignored by poll: keeps the indices regular.
-            fds.push(pollfd(
-                p.sock.as_ref().map_or(-1, |s| s.as_raw_fd()),
-                events,
-            ));
-        }
+        let mut set = std::mem::take(&mut st.poll);
+        set.clear();
+        set.add(self.wake_rx.as_fd(), Interest::Read, Source::Wake);
+        watch_procs(&st.procs, &mut set);
         st.polling = true;
         drop(st);
-        let _ = crate::sys::fd::poll_raw(&mut fds, timeout_ms(until));
+        let _ = set.wait(until);
         let mut st = self.lock();
         st.polling = false;
-        let mut buf = [0u8; 64];
-        while matches!((&self.wake_rx).read(&mut buf), Ok(n) if n > 0) {}
-
-        let n = st.procs.len();
         let mut dead = Vec::new();
-        for i in 0..n {
-            let died = fds[1 + 2 * i].revents != 0;
-            let sock = fds[2 + 2 * i].revents;
-            if sock & libc::POLLOUT != 0 {
-                write_proc(&mut st, i);
-            }
-            if sock != 0 || died {
-                read_proc(&mut st, i);
-            }
-            if died {
-                dead.push(i);
+        for (source, ready) in set.ready() {
+            match source {
+                Source::Wake => {
+                    let mut buf = [0u8; 64];
+                    while matches!((&self.wake_rx).read(&mut buf), Ok(n) if n > 0) {}
+                }
+                Source::Stream(i) => {
+                    if ready.writable() {
+                        write_proc(&mut st, i);
+                    }
+                    read_proc(&mut st, i);
+                }
+                Source::Exit(i) => {
+                    // What it sent before it died counts: read it before the reaping.
+                    read_proc(&mut st, i);
+                    dead.push(i);
+                }
             }
         }
+        st.poll = set;
         for &i in dead.iter().rev() {
             self.reap(&mut st, i);
         }
@@ -556,21 +554,30 @@ impl Shared {
     }
 }
 
-fn pollfd(fd: i32, events: libc::c_short) -> libc::pollfd {
-    libc::pollfd {
-        fd,
-        events,
-        revents: 0,
-    }
+/// What a descriptor in the leader's poll set is. Indices are into `State::procs`,
+/// which only the leader changes, and only after it has handled what the poll found.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Source {
+    /// The wake-up socket: new work or a request.
+    Wake,
+    /// Worker `i`'s stream: answers to read, or room to write.
+    Stream(usize),
+    /// Worker `i`'s pidfd: it exited.
+    Exit(usize),
 }
 
-fn timeout_ms(until: Option<Instant>) -> i32 {
-    match until {
-        None => -1,
-        Some(d) => {
-            let left = d.saturating_duration_since(Instant::now());
-            left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32
+/// Adds every worker's stream (if not cut) and pidfd to `set`, the stream first.
+fn watch_procs(procs: &[(WorkerId, Proc)], set: &mut PollSet<Source>) {
+    for (i, (_, p)) in procs.iter().enumerate() {
+        if let Some(sock) = p.sock.as_ref() {
+            let interest = if p.has_output() {
+                Interest::ReadWrite
+            } else {
+                Interest::Read
+            };
+            set.add(sock.as_fd(), interest, Source::Stream(i));
         }
+        set.add(p.pidfd.as_fd(), Interest::Read, Source::Exit(i));
     }
 }
 
@@ -812,29 +819,20 @@ fn shut_down(st: &mut State) {
             }
             break;
         }
-        let mut fds = Vec::with_capacity(2 * st.procs.len());
-        for (_, p) in &st.procs {
-            fds.push(pollfd(p.pidfd.as_raw_fd(), libc::POLLIN));
-            let events = if p.has_output() {
-                libc::POLLIN | libc::POLLOUT
-            } else {
-                libc::POLLIN
-            };
-            fds.push(pollfd(
-                p.sock.as_ref().map_or(-1, |s| s.as_raw_fd()),
-                events,
-            ));
-        }
-        let _ = crate::sys::fd::poll_raw(&mut fds, timeout_ms(Some(deadline)));
-        for i in 0..st.procs.len() {
-            let sock = fds[2 * i + 1].revents;
-            if sock & libc::POLLOUT != 0 {
-                write_proc(st, i);
-            }
-            if sock != 0 {
+        let mut set = std::mem::take(&mut st.poll);
+        set.clear();
+        watch_procs(&st.procs, &mut set);
+        let _ = set.wait(Some(deadline));
+        for (source, ready) in set.ready() {
+            // An exit is found by the reaping above.
+            if let Source::Stream(i) = source {
+                if ready.writable() {
+                    write_proc(st, i);
+                }
                 read_proc(st, i);
             }
         }
+        st.poll = set;
     }
     st.cancel_killed.clear();
     st.stopped = true;
