@@ -1,233 +1,37 @@
-//! The local process pool's event loop, run by whichever thread needs it.
+//! One turn of the pool's event loop, run by the thread that leads (see `lead`):
+//! start workers, send them chunks, wait on their streams and pidfds, read and file
+//! their answers, reap and replace the dead; and the two ways a pool ends
+//! ([`shut_down`], [`terminate_now`]).
 //!
-//! There is no manager thread on the data path. A thread that waits for answers
-//! (`map`, `apply`, `AsyncResult::get`, an `Imap`) becomes the *leader* if nobody is:
-//! it sends the chunks, polls the workers' sockets and pidfds, reads the replies and
-//! files them in the core, so a round trip costs the same wake-ups as two processes
-//! talking over a pipe (every thread hop would add one, tens of µs on an idle vCPU).
-//! Other waiting threads are *followers*: the leader files their answers and wakes
-//! them; when the leader has what it came for it hands the lead on.
-//!
-//! Work nobody is waiting for right away (`apply_async`, `map_async`, an `Imap`
-//! between two `next` calls) is driven by a background thread that leads only while
-//! such work is outstanding and no caller leads.
-//!
-//! Only the leader starts, reaps or removes workers, so it can poll their descriptors
-//! without holding the lock.
+//! Everything here runs with the lock held, except the wait in `poll(2)`, during which
+//! the workers' descriptors are read without it: only the leader adds, removes or
+//! closes them, so they stay open.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::fd::AsFd;
-use std::os::unix::net::UnixStream;
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::MutexGuard;
 use std::time::{Duration, Instant};
 
-use super::proc::{Body, Proc};
-use crate::error::{Error, Result};
-use crate::pool::core::{Answers, Core, LastStart, Limits, WorkerId};
-use crate::start::StartMethod;
+use super::lead::Shared;
+use super::proc::{Body, Proc, Stage};
+use super::state::{Life, State};
+use crate::error::Error;
+use crate::pool::core::{LastStart, Limits, WorkerId};
 use crate::sys::poll::{Interest, PollSet};
 use crate::task;
-use crate::wire::message::{self, Reply, Request, TaskRef};
+use crate::wire::message::{self, Reply, Request};
 use crate::wire::values::{Data, Received, map_sealed};
 use crate::wire::{self, Next};
 
 /// The chunk number of the initializer's run (the core numbers chunks from 0).
 const INIT_SEQ: u64 = u64::MAX;
-/// Consecutive initializer failures, with none succeeding, after which the pool stops
-/// trying and fails its work instead of forking forever.
-const MAX_INIT_FAILURES: u32 = 3;
 /// How long a closing pool waits for its workers to exit before killing them.
 const EXIT_GRACE: Duration = Duration::from_secs(5);
 
-pub(crate) struct Settings {
-    pub(crate) processes: usize,
-    pub(crate) method: StartMethod,
-    /// The initializer, its encoded argument, and the handles in it (dup'ed for
-    /// each worker).
-    pub(crate) initializer: Option<(TaskRef, Vec<u8>, Vec<std::os::fd::OwnedFd>)>,
-    /// The workers leave SIGTERM to this process (a cluster node's pool).
-    pub(crate) leave_term: bool,
-}
-
-pub(crate) struct State {
-    pub(crate) core: Core,
-    procs: Vec<(WorkerId, Proc)>,
-    next_id: WorkerId,
-    spawned: usize,
-    leader: bool,
-    polling: bool,
-    /// Followers waiting for answers.
-    waiting: usize,
-    pub(crate) closed: bool,
-    terminate: bool,
-    pub(crate) stopped: bool,
-    pub(crate) stop_background: bool,
-    init_failures: u32,
-    init_ok: bool,
-    /// Workers killed to stop a cancelled call, not yet reaped: someone must lead
-    /// until they are (and replaced).
-    cancel_killed: Vec<WorkerId>,
-    /// Deliveries taken from the core and not yet handed over: handed over one at a
-    /// time, so that a callback that waits on another handle (leading the pool from
-    /// inside the hand-over) finds that handle's answers here, not stuck further up its
-    /// own stack.
-    due: std::collections::VecDeque<crate::pool::core::Delivery>,
-    /// The leader's poll set, kept between turns for its buffers (taken out while it
-    /// waits without the lock).
-    poll: PollSet<Source>,
-}
-
-thread_local! {
-    /// The pools this thread leads now (by address). A callback run while handing
-    /// answers over may call into the same pool (`map`, `get`): it must go on leading,
-    /// not wait for a leader that is itself.
-    static LEADING: std::cell::RefCell<Vec<usize>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-pub(crate) struct Shared {
-    st: Mutex<State>,
-    follow: Condvar,
-    background: Condvar,
-    wake_tx: UnixStream,
-    wake_rx: UnixStream,
-    settings: Settings,
-}
-
 impl Shared {
-    pub(crate) fn new(mut core: Core, settings: Settings) -> Result<Shared> {
-        // Workers have call slots: a death costs only the running call, the others
-        // go back to the queue, from the arguments the core keeps.
-        core.set_requeue(true);
-        let (wake_tx, wake_rx) = UnixStream::pair().map_err(|e| Error::io("creating a pool", e))?;
-        for s in [&wake_tx, &wake_rx] {
-            s.set_nonblocking(true)
-                .map_err(|e| Error::io("creating a pool", e))?;
-        }
-        Ok(Shared {
-            st: Mutex::new(State {
-                core,
-                procs: Vec::new(),
-                next_id: 0,
-                spawned: 0,
-                leader: false,
-                polling: false,
-                waiting: 0,
-                closed: false,
-                terminate: false,
-                stopped: false,
-                stop_background: false,
-                init_failures: 0,
-                init_ok: false,
-                cancel_killed: Vec::new(),
-                due: std::collections::VecDeque::new(),
-                poll: PollSet::default(),
-            }),
-            follow: Condvar::new(),
-            background: Condvar::new(),
-            wake_tx,
-            wake_rx,
-            settings,
-        })
-    }
-
-    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
-        self.st.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Interrupts a leader that polls, so that it sees new work or a request.
-    fn wake(&self) {
-        // A full socket already has a wake-up pending.
-        let _ = (&self.wake_tx).write(&[1]);
-    }
-
-    /// New calls or a state change: make sure someone acts on it.
-    pub(crate) fn notify(&self, st: &State, caller_driven: bool) {
-        if st.leader {
-            if st.polling {
-                self.wake();
-            }
-        } else if !caller_driven {
-            self.background.notify_one();
-        }
-    }
-
-    /// Wakes the background thread (to stop, or to lead).
-    pub(crate) fn notify_background(&self) {
-        self.background.notify_all();
-    }
-
-    fn key(&self) -> usize {
-        self as *const Shared as usize
-    }
-
-    /// Whether this thread leads the pool now (further up its stack).
-    fn led_here(&self) -> bool {
-        let key = self.key();
-        LEADING.with(|l| l.borrow().contains(&key))
-    }
-
-    /// Takes the lead (the caller set `st.leader`).
-    fn lead(&self) {
-        let key = self.key();
-        LEADING.with(|l| l.borrow_mut().push(key));
-    }
-
-    /// Gives up the lead taken by [`Shared::lead`].
-    fn unlead(&self) {
-        let key = self.key();
-        LEADING.with(|l| {
-            let mut l = l.borrow_mut();
-            if let Some(at) = l.iter().rposition(|&k| k == key) {
-                l.remove(at);
-            }
-        });
-    }
-
-    /// Hands over what is due to the jobs' sinks (async handles), outside the lock:
-    /// a sink decodes, and may run callbacks that call into the pool.
-    pub(crate) fn settle<'a>(&'a self, st: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
-        self.settle_counted(st).0
-    }
-
-    /// [`Shared::settle`], saying whether anything was handed over.
-    fn settle_counted<'a>(
-        &'a self,
-        mut st: MutexGuard<'a, State>,
-    ) -> (MutexGuard<'a, State>, bool) {
-        let mut handed = false;
-        loop {
-            let fresh = st.core.take_deliveries();
-            st.due.extend(fresh);
-            let Some(d) = st.due.pop_front() else {
-                break;
-            };
-            drop(st);
-            d.hand_over();
-            handed = true;
-            st = self.lock();
-        }
-        if handed && st.waiting > 0 {
-            // A follower may wait on a handle just completed.
-            self.follow.notify_all();
-        }
-        (st, handed)
-    }
-
-    /// A handle completed outside the pool's own answers (a cancel): whoever waits on
-    /// it by leading or following the pool must look again.
-    pub(crate) fn wake_waiters(&self) {
-        let st = self.lock();
-        if st.leader && st.polling {
-            self.wake();
-        }
-        if st.waiting > 0 {
-            self.follow.notify_all();
-        }
-    }
-
     /// Stops the running calls of a cancelled job: kills the workers that hold only
     /// its chunks (the leader reaps and replaces them).
-    pub(crate) fn kill_for_cancel(&self, st: &mut State, workers: Vec<WorkerId>) {
+    pub(super) fn kill_for_cancel(&self, st: &mut State, workers: Vec<WorkerId>) {
         if workers.is_empty() {
             return;
         }
@@ -244,150 +48,22 @@ impl Shared {
         self.notify(st, false);
     }
 
-    /// Drives the pool (as leader, or as follower of another thread) until `check`
-    /// returns something, or `deadline` passes (`None` then).
-    pub(crate) fn drive<T>(
-        &self,
-        deadline: Option<Instant>,
-        mut check: impl FnMut(&mut State) -> Option<T>,
-    ) -> Option<T> {
-        let mut st = self.lock();
-        loop {
-            if let Some(t) = check(&mut st) {
-                return Some(t);
-            }
-            let now = Instant::now();
-            if deadline.is_some_and(|d| now >= d) {
-                return None;
-            }
-            if st.leader && self.led_here() {
-                // Called back from this thread's own hand-over: lead on, nested.
-                loop {
-                    st = self.turn(st, deadline);
-                    if let Some(t) = check(&mut st) {
-                        return Some(t);
-                    }
-                    if deadline.is_some_and(|d| Instant::now() >= d) {
-                        return None;
-                    }
-                }
-            }
-            if st.leader {
-                st.waiting += 1;
-                st = match deadline {
-                    None => self.follow.wait(st).unwrap_or_else(|p| p.into_inner()),
-                    Some(d) => {
-                        self.follow
-                            .wait_timeout(st, d - now)
-                            .unwrap_or_else(|p| p.into_inner())
-                            .0
-                    }
-                };
-                st.waiting -= 1;
-                continue;
-            }
-            st.leader = true;
-            self.lead();
-            let lead = Lead(self);
-            let found = loop {
-                st = self.turn(st, deadline);
-                if let Some(t) = check(&mut st) {
-                    break Some(t);
-                }
-                if deadline.is_some_and(|d| Instant::now() >= d) {
-                    break None;
-                }
-            };
-            std::mem::forget(lead);
-            self.unlead();
-            st.leader = false;
-            self.hand_off(&st);
-            if found.is_some() {
-                return found;
-            }
-        }
-    }
-
-    /// The leader is leaving: a follower takes over, or the background thread.
-    fn hand_off(&self, st: &State) {
-        if st.waiting > 0 {
-            self.follow.notify_all();
-        } else if st.core.needs_background() || st.terminate || !st.cancel_killed.is_empty() {
-            self.background.notify_one();
-        }
-    }
-
-    /// The background thread: leads while work nobody waits for is outstanding.
-    pub(crate) fn background(&self) {
-        let mut st = self.lock();
-        loop {
-            if st.stop_background {
-                return;
-            }
-            let wanted = !st.leader
-                && (st.core.needs_background() || st.terminate || !st.cancel_killed.is_empty());
-            if !wanted {
-                st = self.background.wait(st).unwrap_or_else(|p| p.into_inner());
-                continue;
-            }
-            st.leader = true;
-            self.lead();
-            let lead = Lead(self);
-            while !st.stop_background
-                && (st.core.outstanding() > 0 || st.terminate || !st.cancel_killed.is_empty())
-            {
-                st = self.turn(st, None);
-                if st.stopped {
-                    break;
-                }
-            }
-            std::mem::forget(lead);
-            self.unlead();
-            st.leader = false;
-            if st.waiting > 0 {
-                self.follow.notify_all();
-            }
-        }
-    }
-
-    /// Asks the pool to stop at once; returns when it has.
-    pub(crate) fn terminate(&self) {
-        {
-            let mut st = self.lock();
-            st.terminate = true;
-            st.closed = true;
-            self.notify(&st, false);
-        }
-        self.drive(None, |st| st.stopped.then_some(()));
-    }
-
-    /// Drives until every submitted call was answered, then lets the workers exit.
-    pub(crate) fn finish(&self) {
-        self.drive(None, |st| {
-            (st.stopped || st.core.outstanding() == 0).then_some(())
-        });
-        let mut st = self.lock();
-        // Nobody else leads once all work is done (a caller that submits now finds the
-        // pool closed).
-        if !st.stopped {
-            shut_down(&mut st);
-        }
-    }
 
     /// One round of the event loop: start workers, send chunks, wait (at most until
     /// `deadline` or a task deadline) for something to happen, handle it.
-    fn turn<'a>(
+    pub(super) fn turn<'a>(
         &'a self,
         mut st: MutexGuard<'a, State>,
         deadline: Option<Instant>,
     ) -> MutexGuard<'a, State> {
-        if st.terminate {
-            terminate_now(&mut st);
-            self.follow.notify_all();
-            return self.settle(st);
-        }
-        if st.stopped {
-            return st;
+        match st.life {
+            Life::Terminating => {
+                terminate_now(&mut st);
+                self.follow.notify_all();
+                return self.settle(st);
+            }
+            Life::Joined | Life::Terminated => return st,
+            Life::Running | Life::Closed => {}
         }
         // Deliveries still due (a callback of this thread's hand-over may lead here,
         // waiting on one of them): hand them over before waiting on anything.
@@ -413,11 +89,11 @@ impl Shared {
         set.clear();
         set.add(self.wake_rx.as_fd(), Interest::Read, Source::Wake);
         watch_procs(&st.procs, &mut set);
-        st.polling = true;
+        st.lead.poll();
         drop(st);
         let _ = set.wait(until);
         let mut st = self.lock();
-        st.polling = false;
+        st.lead.polled();
         let mut dead = Vec::new();
         for (source, ready) in set.ready() {
             match source {
@@ -450,7 +126,7 @@ impl Shared {
         }
         for i in 0..st.procs.len() {
             let id = st.procs[i].0;
-            if !st.procs[i].1.retiring && st.core.spent(id) {
+            if st.procs[i].1.is_live() && st.core.spent(id) {
                 st.core.set_paused(id, true);
                 st.procs[i].1.retire();
             }
@@ -463,10 +139,10 @@ impl Shared {
 
     /// Starts workers until the pool has its number (unless it is closing or broken).
     fn fill(&self, st: &mut State) {
-        if (st.closed && st.core.outstanding() == 0) || st.core.is_broken() {
+        if (st.life.is_closed() && st.core.outstanding() == 0) || st.core.is_broken() {
             return;
         }
-        let live = st.procs.iter().filter(|(_, p)| !p.retiring).count();
+        let live = st.procs.iter().filter(|(_, p)| p.is_live()).count();
         for _ in live..self.settings.processes {
             st.spawned += 1;
             let name = format!("PoolWorker-{}", st.spawned);
@@ -490,8 +166,7 @@ impl Shared {
                             fds: fds.len() as u32,
                             shared: false,
                         };
-                        let _ = p.queue(&run, args.clone(), fds);
-                        p.initializing = true;
+                        let _ = p.initialize(&run, args.clone(), fds);
                     }
                     let _ = p.write();
                     st.procs.push((id, p));
@@ -515,14 +190,15 @@ impl Shared {
         let (id, mut p) = st.procs.swap_remove(i);
         let cancelled = st.cancel_killed.contains(&id);
         st.cancel_killed.retain(|&w| w != id);
+        let stage = p.stage();
         let death = p.death();
-        if p.initializing {
+        if stage == Stage::Initializing {
             init_failed(st, death.to_string());
         }
         let cause = death.to_string();
         let last = p.last_start();
         let cost = st.core.on_death(id, p.pid, death, last);
-        if !p.retiring || cost.lost > 0 || cost.handed_back > 0 {
+        if stage != Stage::Retiring || cost.lost > 0 || cost.handed_back > 0 {
             tracing::debug!(
                 pid = p.pid,
                 lost = cost.lost,
@@ -535,11 +211,11 @@ impl Shared {
     }
 
     /// The pool's live workers, for `Pool::workers`.
-    pub(crate) fn workers(&self) -> Vec<super::WorkerInfo> {
+    pub(super) fn workers(&self) -> Vec<super::WorkerInfo> {
         let st = self.lock();
         st.procs
             .iter()
-            .filter(|(_, p)| !p.retiring)
+            .filter(|(_, p)| p.is_live())
             .map(|(id, p)| {
                 let (calls, busy) = st.core.worker_state(*id).unwrap_or((0, false));
                 super::WorkerInfo {
@@ -569,7 +245,7 @@ pub(super) enum Source {
 /// Adds every worker's stream (if not cut) and pidfd to `set`, the stream first.
 fn watch_procs(procs: &[(WorkerId, Proc)], set: &mut PollSet<Source>) {
     for (i, (_, p)) in procs.iter().enumerate() {
-        if let Some(sock) = p.sock.as_ref() {
+        if let Some(sock) = p.sock() {
             let interest = if p.has_output() {
                 Interest::ReadWrite
             } else {
@@ -602,7 +278,7 @@ fn dispatch(st: &mut State) {
             .set_max(crate::worker::frame_limit(limits.max_value));
     }
     let mut wanting: Vec<usize> = (0..st.procs.len())
-        .filter(|&i| !st.procs[i].1.retiring && st.procs[i].1.sock.is_some())
+        .filter(|&i| st.procs[i].1.may_take_work())
         .collect();
     while !wanting.is_empty() {
         wanting.retain(|&i| {
@@ -636,7 +312,7 @@ fn dispatch(st: &mut State) {
                 return false;
             }
             write_proc(st, i);
-            st.procs[i].1.sock.is_some()
+            st.procs[i].1.sock().is_some()
         });
     }
 }
@@ -649,12 +325,12 @@ fn write_proc(st: &mut State, i: usize) {
         Ok(()) => {}
         // The worker is gone; its pidfd tells how, and its death answers its calls.
         Err(e) if matches!(e.raw_os_error(), Some(libc::EPIPE | libc::ECONNRESET)) => {
-            p.sock = None;
+            p.cut();
         }
         Err(e) => {
             let pid = p.pid;
             p.kill();
-            p.sock = None;
+            p.cut();
             // Not a crash: what failed is the sending, and sending again would fail
             // again; the calls the worker held answer why.
             let e = Error::io("sending work to a pool worker", e);
@@ -667,20 +343,17 @@ fn write_proc(st: &mut State, i: usize) {
 fn read_proc(st: &mut State, i: usize) {
     loop {
         let (id, p) = &mut st.procs[i];
-        let Some(sock) = p.sock.as_ref() else {
-            return;
-        };
-        let body = match p.reader.next(sock.as_fd()) {
-            Ok(Next::Frame(body)) => body,
-            Ok(Next::Empty) => return,
-            Ok(Next::Closed) => {
-                p.sock = None;
+        let body = match p.next_frame() {
+            None | Some(Ok(Next::Empty)) => return,
+            Some(Ok(Next::Frame(body))) => body,
+            Some(Ok(Next::Closed)) => {
+                p.cut();
                 return;
             }
-            Err(_) => {
+            Some(Err(_)) => {
                 // A worker that speaks garbage is ended; its death answers its calls.
                 p.kill();
-                p.sock = None;
+                p.cut();
                 return;
             }
         };
@@ -689,7 +362,7 @@ fn read_proc(st: &mut State, i: usize) {
             let p = &mut st.procs[i].1;
             tracing::debug!(pid = p.pid, "pool worker broke the protocol: {why}");
             p.kill();
-            p.sock = None;
+            p.cut();
             return;
         }
     }
@@ -708,19 +381,16 @@ fn handle_frame(
             seq: INIT_SEQ,
             mut failures,
             ..
-        } if st.procs[i].1.initializing => {
-            st.procs[i].1.initializing = false;
+        } if st.procs[i].1.stage() == Stage::Initializing => {
             match failures.pop() {
                 None => {
-                    st.init_ok = true;
-                    st.init_failures = 0;
+                    st.procs[i].1.initialized();
+                    st.init.succeeded();
                     st.core.set_paused(id, false);
                 }
                 Some((_, f)) => {
                     init_failed(st, task::failure_error(f, pid, 0).to_string());
-                    let p = &mut st.procs[i].1;
-                    p.kill();
-                    p.retiring = true;
+                    st.procs[i].1.reject_initializer();
                 }
             }
             Ok(())
@@ -776,9 +446,8 @@ fn handle_frame(
 }
 
 fn init_failed(st: &mut State, why: String) {
-    st.init_failures += 1;
-    if !st.init_ok && st.init_failures >= MAX_INIT_FAILURES {
-        let message = format!("{why} (in {} workers in a row)", st.init_failures);
+    if let Some(in_a_row) = st.init.failed() {
+        let message = format!("{why} (in {in_a_row} workers in a row)");
         st.core.break_pool(Error::Initializer { message });
     }
 }
@@ -790,7 +459,7 @@ fn init_failed(st: &mut State, why: String) {
 /// cannot read its `Exit` before that answer is read. Answers that come are filed as
 /// usual (the core drops those of cancelled calls). A worker not gone after
 /// [`EXIT_GRACE`] is killed.
-fn shut_down(st: &mut State) {
+pub(super) fn shut_down(st: &mut State) {
     for (_, p) in &mut st.procs {
         p.retire();
     }
@@ -835,9 +504,10 @@ fn shut_down(st: &mut State) {
         st.poll = set;
     }
     st.cancel_killed.clear();
-    st.stopped = true;
+    st.life.joined();
 }
 
+/// Terminating: kill the workers, reap them, answer what is left `PoolTerminated`.
 fn terminate_now(st: &mut State) {
     for (_, p) in &st.procs {
         p.kill();
@@ -847,27 +517,5 @@ fn terminate_now(st: &mut State) {
     }
     st.core.terminate();
     st.cancel_killed.clear();
-    st.stopped = true;
-    st.terminate = false;
-}
-
-/// Gives the lead up if the leader unwinds (a panic in a user's `Deserialize` while
-/// answers are handed over): the pool must not be left with a leader that is gone.
-/// Forgotten on the normal way out, which gives the lead up itself.
-struct Lead<'a>(&'a Shared);
-
-impl Drop for Lead<'_> {
-    fn drop(&mut self) {
-        self.0.unlead();
-        let mut st = self.0.lock();
-        st.leader = false;
-        st.polling = false;
-        self.0.hand_off(&st);
-    }
-}
-
-/// What a job's handle drains: answers as they come, then the end.
-pub(crate) enum Polled {
-    Got(Answers),
-    Ended,
+    st.life.terminated();
 }
