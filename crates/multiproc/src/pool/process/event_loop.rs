@@ -94,6 +94,12 @@ impl Shared {
         let _ = set.wait(until);
         let mut st = self.lock();
         st.lead.polled();
+        if st.life.is_stopped() {
+            // `finish` shut the pool down meanwhile (under the lock, without the lead):
+            // the workers the poll set named are gone.
+            st.poll = set;
+            return st;
+        }
         let mut dead = Vec::new();
         for (source, ready) in set.ready() {
             match source {
