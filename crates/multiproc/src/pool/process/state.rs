@@ -20,7 +20,7 @@ use crate::sys::poll::PollSet;
 
 /// Consecutive initializer failures, with none succeeding, after which the pool stops
 /// trying and fails its work instead of forking forever.
-pub(super) const MAX_INIT_FAILURES: u32 = 3;
+const MAX_INIT_FAILURES: u32 = 3;
 
 /// The pool's life cycle.
 ///
