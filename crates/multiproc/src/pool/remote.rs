@@ -22,6 +22,8 @@ use crate::task;
 /// The core and the flags both sides read.
 pub(crate) struct State {
     pub(crate) core: Core,
+    /// New jobs are refused (stored here only: the caller's side reads it under the
+    /// lock it takes anyway).
     pub(crate) closed: bool,
     pub(crate) terminate: bool,
     /// The driving thread has ended: no answer will come any more.
@@ -71,13 +73,12 @@ impl Shared {
     /// Opens a job whose results the caller pulls.
     pub(crate) fn open<A: Arg, R: Ret>(
         self: &Arc<Self>,
-        closed: bool,
         f: fn(A) -> R,
         chunk: ChunkSize,
         caller_driven: bool,
     ) -> Result<(u64, Results<R>)> {
         let mut st = self.lock();
-        if closed || st.closed {
+        if st.closed {
             return Err(Error::PoolClosed);
         }
         let job = st.core.open(task::task_ref(f), chunk, caller_driven);
@@ -93,13 +94,12 @@ impl Shared {
     /// Opens a job whose results go to `sink`.
     pub(crate) fn open_async<A: Arg, R: Ret>(
         self: &Arc<Self>,
-        closed: bool,
         f: fn(A) -> R,
         chunk: ChunkSize,
         sink: Arc<dyn BatchSink<R>>,
     ) -> Result<(u64, Arc<dyn Control>)> {
         let mut st = self.lock();
-        if closed || st.closed {
+        if st.closed {
             return Err(Error::PoolClosed);
         }
         let job = st.core.open_sunk(task::task_ref(f), chunk, decoding(sink));
@@ -179,7 +179,6 @@ impl<R: Ret> ResultSource<R> for Pulled<R> {
 pub(crate) struct RemotePool {
     pub(crate) shared: Arc<Shared>,
     driver: Mutex<Option<std::thread::JoinHandle<()>>>,
-    closed: std::sync::atomic::AtomicBool,
     pub(crate) chunk: ChunkSize,
     pub(crate) progress: super::Progress,
 }
@@ -194,28 +193,25 @@ impl RemotePool {
         RemotePool {
             shared,
             driver: Mutex::new(Some(driver)),
-            closed: std::sync::atomic::AtomicBool::new(false),
             chunk,
             progress,
         }
     }
 
     pub(crate) fn is_closed(&self) -> bool {
-        self.closed.load(std::sync::atomic::Ordering::Acquire)
+        self.shared.lock().closed
     }
 
     /// Takes no new work; the driving thread ends once the work submitted is done.
     pub(crate) fn close(&self) {
-        if !self.closed.swap(true, std::sync::atomic::Ordering::AcqRel) {
-            self.shared.lock().closed = true;
+        let newly = !std::mem::replace(&mut self.shared.lock().closed, true);
+        if newly {
             self.shared.notify();
         }
     }
 
     /// Stops at once; returns when the driving thread has ended.
     pub(crate) fn terminate(&self) {
-        self.closed
-            .store(true, std::sync::atomic::Ordering::Release);
         {
             let mut st = self.shared.lock();
             st.closed = true;
@@ -263,8 +259,7 @@ macro_rules! remote_pool_impls {
                 chunk: $crate::ChunkSize,
                 caller_driven: bool,
             ) -> $crate::Result<(u64, $crate::pool::api::sealed::Results<R>)> {
-                let closed = self.remote.is_closed();
-                self.remote.shared.open(closed, f, chunk, caller_driven)
+                self.remote.shared.open(f, chunk, caller_driven)
             }
 
             fn open_async<A: $crate::pool::Arg, R: $crate::pool::Ret>(
@@ -274,8 +269,7 @@ macro_rules! remote_pool_impls {
                 sink: std::sync::Arc<dyn $crate::pool::api::sealed::BatchSink<R>>,
             ) -> $crate::Result<(u64, std::sync::Arc<dyn $crate::pool::api::sealed::Control>)>
             {
-                let closed = self.remote.is_closed();
-                self.remote.shared.open_async(closed, f, chunk, sink)
+                self.remote.shared.open_async(f, chunk, sink)
             }
 
             fn submit<A: $crate::pool::Arg, R: $crate::pool::Ret>(

@@ -7,6 +7,7 @@
 //! - [`spawn`]: fork + exec of this executable with an inherited socket.
 //! - [`mem`]: faulting in a big buffer's pages in one call.
 //! - [`fd`]: passing descriptors over Unix sockets; what a forked child keeps.
+//! - [`poll`]: a `poll(2)` set with tokens, and deadlines as `poll` timeouts.
 //! - [`shm`]: memfd and named segments, mappings, bounds-checked access.
 //! - [`futex`]: futex wait/wake on shared words.
 //! - [`pmutex`]: robust process-shared pthread mutexes.
@@ -22,6 +23,7 @@ pub(crate) mod image;
 pub(crate) mod mem;
 pub(crate) mod plain;
 pub(crate) mod pmutex;
+pub(crate) mod poll;
 pub(crate) mod proc;
 pub(crate) mod shm;
 pub(crate) mod spawn;

@@ -189,16 +189,12 @@ pub(crate) enum Received {
     TimedOut,
 }
 
-/// The `poll` timeout that ends at `deadline` (none: wait forever). Rounded up, so that
-/// a sub-millisecond remainder still waits instead of spinning.
+/// The `poll` timeout that ends at `deadline` (none: wait forever), as nix takes it;
+/// the conversion itself is [`crate::sys::poll::timeout_ms`].
 pub(crate) fn poll_timeout(deadline: Option<Instant>) -> PollTimeout {
-    match deadline {
-        None => PollTimeout::NONE,
-        Some(d) => {
-            let left = d.saturating_duration_since(Instant::now());
-            let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
-            PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
-        }
+    match crate::sys::poll::timeout_ms(deadline) {
+        ms if ms < 0 => PollTimeout::NONE,
+        ms => PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
     }
 }
 

@@ -1,11 +1,17 @@
-//! The local process pool: [`Pool`] and its builder, over the pool core, with the
-//! event loop in `driver` and each worker's parent-side state in `proc`.
+//! The local process pool: [`Pool`] and its builder, over the pool core.
+//!
+//! - `lead`: how the threads that wait take turns driving the pool (its README, beside
+//!   it, tells the protocol);
+//! - `event_loop`: one turn of the loop the leader runs, and how a pool ends;
+//! - `state`: what the threads share under the lock, with the pool's life cycle;
+//! - `proc`: one worker process as the parent sees it.
 
-mod driver;
+mod event_loop;
+mod lead;
 mod proc;
+mod state;
 
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -24,7 +30,7 @@ use crate::start::StartMethod;
 use crate::task;
 use crate::wire;
 use crate::wire::message::TaskRef;
-use driver::{Polled, Settings, Shared};
+use lead::{Polled, Settings, Shared};
 
 /// A pool of worker processes.
 ///
@@ -46,7 +52,6 @@ use driver::{Polled, Settings, Shared};
 pub struct Pool {
     shared: Arc<Shared>,
     background: Mutex<Option<JoinHandle<()>>>,
-    closed: AtomicBool,
     processes: usize,
     chunk: ChunkSize,
     progress: Progress,
@@ -226,7 +231,6 @@ impl PoolBuilder {
         Ok(Pool {
             shared,
             background: Mutex::new(Some(background)),
-            closed: AtomicBool::new(false),
             processes,
             chunk: self.chunk,
             progress: self.progress,
@@ -280,7 +284,7 @@ impl Pool {
         sink: Arc<dyn super::core::Sink>,
     ) -> Result<(u64, Arc<dyn Control>)> {
         let mut st = self.shared.lock();
-        if self.closed.load(Ordering::Acquire) || st.closed {
+        if st.life.is_closed() {
             return Err(Error::PoolClosed);
         }
         let job = st.core.open_sunk(entry, self.chunk, sink);
@@ -292,8 +296,9 @@ impl Pool {
         Ok((job, self.shared.clone()))
     }
 
+    /// Ends the background thread, once the pool has stopped (it ends then).
     fn stop_background(&self) {
-        self.shared.lock().stop_background = true;
+        debug_assert!(self.shared.lock().life.is_stopped());
         self.shared.notify_background();
         let handle = self
             .background
@@ -322,7 +327,7 @@ pub struct WorkerInfo {
 }
 
 /// A job's results, read by the thread that waits for them (which drives the pool
-/// meanwhile, see `driver`).
+/// meanwhile, see `lead`).
 struct PoolResults<R> {
     shared: Arc<Shared>,
     job: u64,
@@ -357,7 +362,7 @@ impl Backend for Pool {
         caller_driven: bool,
     ) -> Result<(u64, Results<R>)> {
         let mut st = self.shared.lock();
-        if self.closed.load(Ordering::Acquire) || st.closed {
+        if st.life.is_closed() {
             return Err(Error::PoolClosed);
         }
         let job = st.core.open(task::task_ref(f), chunk, caller_driven);
@@ -377,7 +382,7 @@ impl Backend for Pool {
         sink: Arc<dyn BatchSink<R>>,
     ) -> Result<(u64, Arc<dyn Control>)> {
         let mut st = self.shared.lock();
-        if self.closed.load(Ordering::Acquire) || st.closed {
+        if st.life.is_closed() {
             return Err(Error::PoolClosed);
         }
         let job = st.core.open_sunk(task::task_ref(f), chunk, decoding(sink));
@@ -447,19 +452,16 @@ impl Control for Shared {
 
 impl TaskPool for Pool {
     fn close(&self) {
-        if !self.closed.swap(true, Ordering::AcqRel) {
-            self.shared.lock().closed = true;
-        }
+        self.shared.lock().life.close();
     }
 
     fn terminate(&self) {
-        self.closed.store(true, Ordering::Release);
         self.shared.terminate();
         self.stop_background();
     }
 
     fn join(&self) -> Result<()> {
-        if !self.closed.load(Ordering::Acquire) {
+        if !self.shared.lock().life.is_closed() {
             return Err(Error::PoolNotClosed);
         }
         self.shared.finish();
@@ -483,7 +485,7 @@ impl std::fmt::Debug for Pool {
         f.debug_struct("Pool")
             .field("processes", &self.processes)
             .field("chunk", &self.chunk)
-            .field("closed", &self.closed.load(Ordering::Relaxed))
+            .field("closed", &self.shared.lock().life.is_closed())
             .finish()
     }
 }

@@ -1,5 +1,5 @@
 //! One worker process of a pool, as the pool sees it from the parent's side: its pid,
-//! pidfd and socket, frames waiting to be written, frames read ahead.
+//! pidfd and socket, its [`Stage`], frames waiting to be written, frames read ahead.
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
@@ -31,7 +31,7 @@ struct Outgoing {
 /// A frame's data: its own, or shared with the pool's core, which keeps a chunk's
 /// arguments until the chunk is answered (to run its calls again should the worker
 /// die), without a copy.
-pub(crate) enum Body {
+pub(super) enum Body {
     Owned(Vec<u8>),
     Shared(Arc<Vec<u8>>),
 }
@@ -63,28 +63,51 @@ const GATHER: usize = 64 << 10;
 /// Data this small is copied into a gathered buffer rather than queued on its own.
 const GATHER_DATA: usize = 4 << 10;
 
-pub(crate) struct Proc {
-    pub(crate) pid: u32,
-    pub(crate) pidfd: OwnedFd,
-    pub(crate) sock: Option<OwnedFd>,
-    pub(crate) reader: FrameReader,
+/// Where a worker is in its life, as the pool sees it.
+///
+/// ```text
+/// Ready ──initialize──▶ Initializing ──initialized──▶ Ready
+///   │                       │
+///   │                       └──reject_initializer (killed)──┐
+///   └──retire (Exit sent)──────────────────────────▶ Retiring
+/// any ──reap──▶ Reaped
+/// ```
+///
+/// Orthogonal to the stage is the worker's stream, cut (`None`) once it closes or
+/// fails, which can happen in any stage: the worker is then dead or about to be, and
+/// its pidfd says when and how.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Stage {
+    /// Running the pool's initializer; the core holds its work back until it answers.
+    Initializing,
+    /// One of the pool's workers, taking work.
+    Ready,
+    /// Told to exit (or killed after its initializer failed): takes no more work, but
+    /// its stream is still read until it is gone.
+    Retiring,
+    /// Waited for: its pid may be reused; only the pidfd (which cannot be) remains.
+    Reaped,
+}
+
+pub(super) struct Proc {
+    pub(super) pid: u32,
+    pub(super) pidfd: OwnedFd,
+    /// The stream to the worker; `None` once cut.
+    sock: Option<OwnedFd>,
+    pub(super) reader: FrameReader,
     outbox: VecDeque<Outgoing>,
     /// Reused for the heads of frames that join a queued one.
     scratch: Vec<u8>,
-    /// Told to exit; takes no more work.
-    pub(crate) retiring: bool,
-    /// Running the pool's initializer (its answer is chunk 0).
-    pub(crate) initializing: bool,
-    reaped: bool,
-    pub(crate) name: String,
-    pub(crate) started: std::time::SystemTime,
+    stage: Stage,
+    pub(super) name: String,
+    pub(super) started: std::time::SystemTime,
     /// The worker's call slot (see `worker::call_word`), if it could be made.
     slot: Option<sys::shm::Mapping>,
 }
 
 impl Proc {
     /// Starts a worker and queues its hello; `leave_term`: it leaves SIGTERM to us.
-    pub(crate) fn launch(method: StartMethod, name: String, leave_term: bool) -> Result<Proc> {
+    pub(super) fn launch(method: StartMethod, name: String, leave_term: bool) -> Result<Proc> {
         let launched = start::launch(method, None)?;
         let max = wire::max_frame_size();
         let mut proc = Proc {
@@ -94,9 +117,7 @@ impl Proc {
             reader: FrameReader::new(crate::worker::frame_limit(max)),
             outbox: VecDeque::new(),
             scratch: Vec::new(),
-            retiring: false,
-            initializing: false,
-            reaped: false,
+            stage: Stage::Ready,
             name: name.clone(),
             started: std::time::SystemTime::now(),
             slot: None,
@@ -124,16 +145,77 @@ impl Proc {
     }
 
     /// What the worker's call slot says it started last, read after its death.
-    pub(crate) fn last_start(&self) -> LastStart {
+    pub(super) fn last_start(&self) -> LastStart {
+        debug_assert_eq!(self.stage, Stage::Reaped, "the call slot is read after death");
         match self.slot.as_ref().and_then(|m| m.atomic_at::<AtomicU64>(0)) {
             None => LastStart::Unknown,
-            // Relaxed: the worker is dead and reaped; its last store is visible.
+            // Relaxed: the worker is dead and reaped, so no store to the word can race
+            // with this load, and the kernel's wait for its exit (a system call in this
+            // thread that observed the exit) orders its last store before it.
             Some(word) => LastStart::of_word(word.load(Ordering::Relaxed)),
         }
     }
 
+    pub(super) fn stage(&self) -> Stage {
+        self.stage
+    }
+
+    /// Whether it counts as one of the pool's workers (listed, and not replaced): it
+    /// initializes or is ready. The core decides whether it is given work.
+    pub(super) fn is_live(&self) -> bool {
+        matches!(self.stage, Stage::Initializing | Stage::Ready)
+    }
+
+    /// Whether chunks may be sent to it: live, with its stream.
+    pub(super) fn may_take_work(&self) -> bool {
+        self.is_live() && self.sock.is_some()
+    }
+
+    /// Its stream, while not cut.
+    pub(super) fn sock(&self) -> Option<&OwnedFd> {
+        self.sock.as_ref()
+    }
+
+    /// The stream closed or failed: nothing more is read or written; its pidfd tells
+    /// when the worker is gone.
+    pub(super) fn cut(&mut self) {
+        self.sock = None;
+    }
+
+    /// The next frame it sent, if its stream is not cut.
+    pub(super) fn next_frame(&mut self) -> Option<Result<wire::Next>> {
+        let sock = self.sock.as_ref()?;
+        Some(self.reader.next(sock.as_fd()))
+    }
+
+    /// Queues the initializer's run: `Ready -> Initializing`.
+    pub(super) fn initialize(
+        &mut self,
+        run: &Request,
+        args: Vec<u8>,
+        fds: Vec<OwnedFd>,
+    ) -> Result<()> {
+        debug_assert_eq!(self.stage, Stage::Ready, "a worker initializes once, first");
+        self.queue(run, args, fds)?;
+        self.stage = Stage::Initializing;
+        Ok(())
+    }
+
+    /// Its initializer succeeded: `Initializing -> Ready`.
+    pub(super) fn initialized(&mut self) {
+        debug_assert_eq!(self.stage, Stage::Initializing);
+        self.stage = Stage::Ready;
+    }
+
+    /// Its initializer failed: it is killed (`Initializing -> Retiring`) and replaced.
+    pub(super) fn reject_initializer(&mut self) {
+        debug_assert_eq!(self.stage, Stage::Initializing);
+        self.kill();
+        self.stage = Stage::Retiring;
+    }
+
     /// Queues a frame: `envelope`, then `data`, with `fds`.
-    pub(crate) fn queue(
+    pub(super) fn queue(
         &mut self,
         envelope: &Request,
         data: impl Into<Body>,
@@ -169,14 +251,14 @@ impl Proc {
     }
 
     /// Whether frames wait to be written.
-    pub(crate) fn has_output(&self) -> bool {
+    pub(super) fn has_output(&self) -> bool {
         !self.outbox.is_empty()
     }
 
     /// Writes queued frames until the socket is full. Frames without descriptors go
     /// out together in one `sendmsg`. Errors are the socket's own (`EPIPE` when the
     /// worker died: its pidfd says how).
-    pub(crate) fn write(&mut self) -> std::io::Result<()> {
+    pub(super) fn write(&mut self) -> std::io::Result<()> {
         let Some(sock) = self.sock.as_ref() else {
             self.outbox.clear();
             return Ok(());
@@ -235,28 +317,32 @@ impl Proc {
         Ok(())
     }
 
-    /// Asks the worker to finish and exit.
-    pub(crate) fn retire(&mut self) {
-        self.retiring = true;
-        let _ = self.queue(&Request::Exit, Vec::new(), Vec::new());
-        let _ = self.write();
+    /// Asks the worker to finish and exit: `Initializing | Ready -> Retiring`. One
+    /// already retiring is left as it is (it was told, or killed).
+    pub(super) fn retire(&mut self) {
+        debug_assert_ne!(self.stage, Stage::Reaped, "a reaped worker is gone");
+        if self.is_live() {
+            self.stage = Stage::Retiring;
+            let _ = self.queue(&Request::Exit, Vec::new(), Vec::new());
+            let _ = self.write();
+        }
     }
 
-    pub(crate) fn kill(&self) {
+    /// Sends SIGKILL (through the pidfd: never to a reused pid).
+    pub(super) fn kill(&self) {
         let _ = sys::proc::pidfd_signal(self.pidfd.as_fd(), crate::Signal::KILL);
     }
 
-    /// Reaps the worker (its pidfd was readable, or it was killed).
-    pub(crate) fn reap(&mut self) -> Option<ExitStatus> {
-        if !self.reaped {
-            start::children::remove(self.pidfd.as_fd());
-        }
-        self.reaped = true;
+    /// Reaps the worker (its pidfd was readable, or it was killed): `any -> Reaped`.
+    pub(super) fn reap(&mut self) -> Option<ExitStatus> {
+        debug_assert_ne!(self.stage, Stage::Reaped, "a worker is reaped once");
+        start::children::remove(self.pidfd.as_fd());
+        self.stage = Stage::Reaped;
         sys::proc::wait_pidfd(&self.pidfd, true).ok().flatten()
     }
 
     /// The error for calls this worker held when it died.
-    pub(crate) fn death(&mut self) -> Error {
+    pub(super) fn death(&mut self) -> Error {
         let status = self.reap();
         task::death_error(status, self.pid)
     }
@@ -278,7 +364,7 @@ fn call_slot() -> std::io::Result<(OwnedFd, sys::shm::Mapping)> {
 impl Drop for Proc {
     fn drop(&mut self) {
         // A worker leaves the pool reaped; this covers early exits.
-        if !self.reaped {
+        if self.stage != Stage::Reaped {
             start::children::remove(self.pidfd.as_fd());
             self.kill();
             let _ = sys::proc::wait_pidfd(&self.pidfd, true);
