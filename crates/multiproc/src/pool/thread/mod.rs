@@ -80,7 +80,7 @@ pub struct ThreadPoolBuilder {
 impl ThreadPoolBuilder {
     /// Number of threads; default [`cpu_count`](crate::cpu_count). 0 makes
     /// [`build`](ThreadPoolBuilder::build) fail with
-    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument), as Python's
+    /// [`Error::InvalidArgument`], as Python's
     /// `ThreadPoolExecutor(0)` raises `ValueError`.
     pub fn threads(mut self, n: usize) -> Self {
         self.threads = Some(n);
