@@ -97,3 +97,38 @@ fn thread_pool_sizes_chunks_automatically_as_python_does() {
     expected.insert(0, 9);
     assert_eq!(thread_pool_chunks(2, ChunkSize::Auto, 100, 13), expected);
 }
+
+static NAPS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Fails on 0; otherwise naps 20 ms and counts itself.
+fn nap_or_fail(i: u64) -> u64 {
+    assert!(i != 0, "call 0 fails");
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    NAPS.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+}
+
+#[test]
+fn a_failed_or_late_thread_pool_map_cancels_its_queued_calls() {
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+    let pool = ThreadPool::builder()
+        .threads(1)
+        .chunk_size(ChunkSize::Fixed(1))
+        .build()
+        .unwrap();
+    // The first call fails: the 40 queued behind it never run.
+    assert!(pool.map(nap_or_fail, 0..41).is_err());
+    std::thread::sleep(Duration::from_millis(100));
+    let ran = NAPS.load(Ordering::SeqCst);
+    assert!(ran <= 2, "{ran} calls ran after the map failed");
+    // Out of time after a few calls: the rest never run.
+    let e = pool
+        .map_timeout(nap_or_fail, 1..41, Duration::from_millis(60))
+        .unwrap_err();
+    assert!(e.is_timeout());
+    std::thread::sleep(Duration::from_millis(150));
+    let ran = NAPS.load(Ordering::SeqCst);
+    assert!(ran <= 10, "{ran} calls ran after the map timed out");
+    // The pool goes on.
+    assert_eq!(pool.map(nap_or_fail, [1, 2]).unwrap().len(), 2);
+}

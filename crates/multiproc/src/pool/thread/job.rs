@@ -17,6 +17,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak, mpsc};
 
+use super::Shared;
 use crate::error::{Error, Result};
 use crate::pool::api::sealed::{Batch, BatchSink, JobId};
 use crate::pool::{Arg, ChunkSize, Ret};
@@ -79,23 +80,13 @@ impl Flags {
 
 /// One job's typed state.
 pub(super) struct Job<R> {
+    id: u64,
+    /// The pool, told when the job is over (it keeps an entry per live job).
+    pool: Weak<Shared>,
     chunk: ChunkSize,
     workers: usize,
     out: Out<R>,
     flags: Arc<Flags>,
-}
-
-/// The pool's hold on an open job, whatever its type: the pool cancels it, and drops
-/// it when the job is sealed.
-pub(super) trait Open: Send + Sync {
-    /// Its queued calls will not run, its running ones' answers are thrown away.
-    fn cancel(&self);
-}
-
-impl<R: Ret> Open for Job<R> {
-    fn cancel(&self) {
-        self.flags.cancel();
-    }
 }
 
 /// What the opener of a job holds to add calls to it (the pool's
@@ -120,19 +111,32 @@ impl<R> JobRef<R> {
 }
 
 impl<R: Ret> Job<R> {
-    /// A job whose answers go to a channel the caller reads.
-    pub(super) fn channel(chunk: ChunkSize, workers: usize) -> (Arc<Self>, Answers<R>) {
+    /// Job `id` of `pool`, whose answers go to a channel the caller reads.
+    pub(super) fn channel(
+        id: u64,
+        pool: Weak<Shared>,
+        chunk: ChunkSize,
+        workers: usize,
+    ) -> (Arc<Self>, Answers<R>) {
         let (tx, rx) = mpsc::channel();
-        (Self::new(chunk, workers, Out::Channel(tx)), rx)
+        (Self::new(id, pool, chunk, workers, Out::Channel(tx)), rx)
     }
 
-    /// A job whose answers go to `sink`.
-    pub(super) fn sink(chunk: ChunkSize, workers: usize, sink: Arc<dyn BatchSink<R>>) -> Arc<Self> {
-        Self::new(chunk, workers, Out::Sink(sink))
+    /// Job `id` of `pool`, whose answers go to `sink`.
+    pub(super) fn sink(
+        id: u64,
+        pool: Weak<Shared>,
+        chunk: ChunkSize,
+        workers: usize,
+        sink: Arc<dyn BatchSink<R>>,
+    ) -> Arc<Self> {
+        Self::new(id, pool, chunk, workers, Out::Sink(sink))
     }
 
-    fn new(chunk: ChunkSize, workers: usize, out: Out<R>) -> Arc<Self> {
+    fn new(id: u64, pool: Weak<Shared>, chunk: ChunkSize, workers: usize, out: Out<R>) -> Arc<Self> {
         Arc::new(Job {
+            id,
+            pool,
             chunk,
             workers,
             out,
@@ -144,10 +148,10 @@ impl<R: Ret> Job<R> {
         &self.flags
     }
 
-    /// The opener's handle on this job, known to the pool as `id`.
-    pub(super) fn handle(self: &Arc<Self>, id: u64) -> JobRef<R> {
+    /// The opener's handle on this job.
+    pub(super) fn handle(self: &Arc<Self>) -> JobRef<R> {
         JobRef {
-            id,
+            id: self.id,
             job: Arc::downgrade(self),
         }
     }
@@ -204,8 +208,12 @@ impl<R: Ret> Job<R> {
 }
 
 impl<R> Drop for Job<R> {
-    /// The last reference is gone: the job gives no more answers.
+    /// The last reference is gone: the job gives no more answers. Never runs under
+    /// the pool's lock (every reference is dropped outside it), so it may take it.
     fn drop(&mut self) {
+        if let Some(pool) = self.pool.upgrade() {
+            pool.forget(self.id);
+        }
         if let Out::Sink(sink) = &self.out {
             sink.end();
         }
@@ -249,7 +257,7 @@ mod tests {
 
     #[test]
     fn chunks_number_their_calls_and_answer_in_order() {
-        let (job, rx) = Job::<u32>::channel(ChunkSize::Fixed(3), 2);
+        let (job, rx) = Job::<u32>::channel(0, Weak::new(), ChunkSize::Fixed(3), 2);
         let works = job.chunks(double, 10, (0..8).collect());
         assert_eq!(works.len(), 3);
         drop(job);
@@ -272,8 +280,8 @@ mod tests {
 
     #[test]
     fn a_cancelled_job_runs_nothing_and_ends() {
-        let (job, rx) = Job::<u32>::channel(ChunkSize::Fixed(1), 2);
-        let handle = job.handle(5);
+        let (job, rx) = Job::<u32>::channel(5, Weak::new(), ChunkSize::Fixed(1), 2);
+        let handle = job.handle();
         assert_eq!(handle.id(), 5);
         let works = job.chunks(double, 0, vec![1, 2]);
         job.flags().cancel();

@@ -9,20 +9,28 @@ mod job;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::thread::JoinHandle;
 
-use self::job::{Flags, Job, JobRef, Open, Work};
+use self::job::{Flags, Job, JobRef, Work};
 use crate::error::{Error, Result};
-use crate::pool::api::sealed::{Backend, BatchSink, Control, Results};
+use crate::pool::api::sealed::{Backend, BatchSink, Control, JobId, Results};
 use crate::pool::{Arg, ChunkSize, Progress, Ret, TaskPool};
 
 struct State {
     /// Chunks of every job, in submission order.
     queue: VecDeque<Work>,
     closed: bool,
-    /// The pool's hold on each open job (dropped when it is sealed or cancelled).
-    jobs: HashMap<u64, Arc<dyn Open>>,
+    /// Every job not over yet.
+    jobs: HashMap<u64, Entry>,
+}
+
+/// The pool's entry for a job, from its open until it is over (its last reference
+/// gone): how to cancel it by its id, even once sealed (a `map` that failed cancels
+/// the rest of its calls), and until it is sealed, a reference that keeps it open.
+struct Entry {
+    flags: Arc<Flags>,
+    hold: Option<Arc<dyn Send + Sync>>,
 }
 
 struct Shared {
@@ -35,15 +43,30 @@ impl Shared {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Drops the pool's hold on `job`, cancelling it first if asked.
-    fn release(&self, job: u64, cancel: bool) {
-        let removed = self.lock().jobs.remove(&job);
-        if let (true, Some(job)) = (cancel, &removed) {
-            job.cancel();
-        }
+    /// No more calls for `job`: the pool lets go of it, so it is over once its
+    /// queued chunks have run.
+    fn seal(&self, job: u64) {
+        let hold = self.lock().jobs.get_mut(&job).and_then(|e| e.hold.take());
         // Dropped after the lock: the last reference to a job ends its sink, which
-        // may run callbacks that use this pool.
-        drop(removed);
+        // may run callbacks that use this pool (and it takes the lock to `forget`).
+        drop(hold);
+    }
+
+    /// Nobody wants `job`'s answers: its queued chunks will not run, and the answers
+    /// of those running are thrown away (a thread cannot be stopped).
+    fn cancel(&self, job: u64) {
+        let entry = self.lock().jobs.remove(&job);
+        if let Some(e) = &entry {
+            e.flags.cancel();
+        }
+        // Dropped after the lock (see `seal`).
+        drop(entry);
+    }
+
+    /// `job` is over (its last reference is gone).
+    fn forget(&self, job: u64) {
+        let entry = self.lock().jobs.remove(&job);
+        drop(entry); // it holds no job by now: nothing runs on this drop
     }
 }
 
@@ -208,7 +231,7 @@ impl Control for AsyncJob {
     /// thrown away.
     fn cancel(&self, job: u64, _stop_running: bool) {
         self.flags.cancel();
-        self.shared.release(job, true);
+        self.shared.cancel(job);
     }
 
     fn running(&self, _job: u64) -> bool {
@@ -218,17 +241,26 @@ impl Control for AsyncJob {
 
 impl ThreadPool {
     /// Registers a new job, unless the pool is closed.
-    fn open_job<R: Ret>(&self, job: Arc<Job<R>>) -> Result<JobRef<R>> {
+    fn register<R: Ret>(&self, job: Arc<Job<R>>) -> Result<JobRef<R>> {
         let mut st = self.shared.lock();
         if st.closed {
             drop(st);
-            drop(job); // outside the lock (see `Shared::release`)
+            drop(job); // outside the lock (see `Shared::seal`)
             return Err(Error::PoolClosed);
         }
-        let id = self.next_job.fetch_add(1, Ordering::Relaxed);
-        let handle = job.handle(id);
-        st.jobs.insert(id, job);
+        let handle = job.handle();
+        let entry = Entry {
+            flags: job.flags().clone(),
+            hold: Some(job),
+        };
+        st.jobs.insert(handle.id(), entry);
         Ok(handle)
+    }
+
+    /// A new job's id, and the pool it tells when it is over.
+    fn next_id(&self) -> (u64, Weak<Shared>) {
+        let id = self.next_job.fetch_add(1, Ordering::Relaxed);
+        (id, Arc::downgrade(&self.shared))
     }
 }
 
@@ -241,8 +273,9 @@ impl Backend for ThreadPool {
         chunk: ChunkSize,
         _caller_driven: bool,
     ) -> Result<(JobRef<R>, Results<R>)> {
-        let (job, rx) = Job::channel(chunk, self.n);
-        Ok((self.open_job(job)?, Results::channel(rx)))
+        let (id, pool) = self.next_id();
+        let (job, rx) = Job::channel(id, pool, chunk, self.n);
+        Ok((self.register(job)?, Results::channel(rx)))
     }
 
     fn open_async<A: Arg, R: Ret>(
@@ -251,12 +284,13 @@ impl Backend for ThreadPool {
         chunk: ChunkSize,
         sink: Arc<dyn BatchSink<R>>,
     ) -> Result<(JobRef<R>, Arc<dyn Control>)> {
-        let job = Job::sink(chunk, self.n, sink);
+        let (id, pool) = self.next_id();
+        let job = Job::sink(id, pool, chunk, self.n, sink);
         let control = AsyncJob {
             shared: self.shared.clone(),
             flags: job.flags().clone(),
         };
-        Ok((self.open_job(job)?, Arc::new(control)))
+        Ok((self.register(job)?, Arc::new(control)))
     }
 
     fn submit<A: Arg, R: Ret>(
@@ -274,7 +308,7 @@ impl Backend for ThreadPool {
         let mut st = self.shared.lock();
         if st.closed {
             drop(st);
-            // Outside the lock (see `Shared::release`).
+            // Outside the lock (see `Shared::seal`).
             drop((works, job));
             return Err(Error::PoolClosed);
         }
@@ -286,11 +320,11 @@ impl Backend for ThreadPool {
     }
 
     fn seal(&self, job: u64) {
-        self.shared.release(job, false);
+        self.shared.seal(job);
     }
 
     fn cancel(&self, job: u64, _stop_running: bool) {
-        self.shared.release(job, true);
+        self.shared.cancel(job);
     }
 
     fn parallelism(&self) -> usize {
@@ -317,7 +351,7 @@ impl TaskPool for ThreadPool {
     fn terminate(&self) {
         let mut st = self.shared.lock();
         st.closed = true;
-        // Dropped after the lock (see `Shared::release`).
+        // Dropped after the lock (see `Shared::seal`).
         let queued = std::mem::take(&mut st.queue);
         let jobs = std::mem::take(&mut st.jobs);
         drop(st);
