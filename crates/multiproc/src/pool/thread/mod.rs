@@ -4,6 +4,18 @@
 //! Calls run in this process: no encoding, no fork, no isolation. A panicking call
 //! answers [`Error::Panicked`]; there are no per-call timeouts or worker replacement,
 //! since a thread cannot be killed.
+//!
+//! ## Chunks
+//!
+//! Calls go to the threads in chunks, one queue entry each: a chunk's calls run in
+//! order on one thread and their answers reach the caller together.
+//! [`ThreadPoolBuilder::chunk_size`] sets the size: `Fixed(n)` is `n` calls, as in the
+//! process pool; `Auto` is Python's rule for `map`, `ceil(len / (4 × threads))` of the
+//! calls submitted at once, but at most 1024, so that `imap` and progress see answers
+//! while a long map runs (Python's `imap` defaults to 1 call a chunk instead, and its
+//! `map` has no cap). A job is typed by its result ([`job`]): a chunk is a closure
+//! that owns its arguments and hands its answers to its own job, so no answer can
+//! reach a job of another type.
 
 mod job;
 
