@@ -122,7 +122,6 @@ mod sync;
 #[allow(unsafe_code)]
 mod sys;
 mod task;
-mod thread;
 // The frame layer, public only for the fuzz target and the wire tests: not part of
 // the API (the frame limit is, re-exported at the crate root).
 #[doc(hidden)]
@@ -133,8 +132,8 @@ pub use channel::{JoinableQueue, Pipe, PipeEnd, PipeReader, PipeWriter, Queue, S
 pub use error::{Error, ExitStatus, Result, Signal};
 pub use handle::Handle;
 pub use pool::{
-    AsCompleted, AsyncResult, ChunkSize, Pool, PoolBuilder, Progress, TaskPool, Wait, Waitable,
-    WorkerInfo, as_completed, wait,
+    AsCompleted, AsyncResult, ChunkSize, Pool, PoolBuilder, Progress, TaskPool, ThreadPool,
+    ThreadPoolBuilder, Wait, Waitable, WorkerInfo, as_completed, wait,
 };
 pub use process::{Builder, Process, active_children};
 pub use sentinel::wait_ready;
@@ -144,7 +143,6 @@ pub use shm::{
 };
 pub use start::{StartMethod, get_start_method, set_start_method};
 pub use sync::{Barrier, BoundedSemaphore, Condition, Event, Lock, LockGuard, RLock, Semaphore};
-pub use thread::{ThreadPool, ThreadPoolBuilder};
 pub use wire::{DEFAULT_MAX_FRAME_SIZE, max_frame_size, set_max_frame_size};
 
 /// Everything a program using pools needs in scope, the [`TaskPool`] trait included.

@@ -114,8 +114,29 @@ pub(crate) mod sealed {
         }
     }
 
+    /// How an [`AsyncResult`] holds its pool's [`Control`].
+    pub type ControlRef = Arc<dyn Control>;
+
+    /// The id of an open job, as a [`Backend::Job`] gives it.
+    pub trait JobId {
+        /// The id [`Backend::seal`] and [`Backend::cancel`] take.
+        fn id(&self) -> u64;
+    }
+
+    impl JobId for u64 {
+        fn id(&self) -> u64 {
+            *self
+        }
+    }
+
     /// What a pool must do for [`TaskPool`](super::TaskPool)'s methods to work.
     pub trait Backend {
+        /// What the opener of a job holds to add calls to it. A pool whose core is
+        /// untyped (it encodes the calls) needs only the id (`u64`); a pool that runs
+        /// the calls in this process holds the job's typed state in it, so that calls
+        /// of one type cannot reach another job's results: the compiler refuses them,
+        /// nothing is checked at run time.
+        type Job<A: Arg, R: Ret>: JobId;
         /// Opens a job running `f`; its results arrive on the returned channel.
         /// `caller_driven`: the caller waits for the results right away (a pool may
         /// then let the caller's thread do the I/O instead of another thread).
@@ -124,7 +145,7 @@ pub(crate) mod sealed {
             f: fn(A) -> R,
             chunk: ChunkSize,
             caller_driven: bool,
-        ) -> Result<(u64, Results<R>)>;
+        ) -> Result<(Self::Job<A, R>, Results<R>)>;
         /// Opens a job running `f` whose results go to `sink` as they arrive (an
         /// [`AsyncResult`]'s); nobody waits on it right away.
         fn open_async<A: Arg, R: Ret>(
@@ -132,11 +153,11 @@ pub(crate) mod sealed {
             f: fn(A) -> R,
             chunk: ChunkSize,
             sink: Arc<dyn BatchSink<R>>,
-        ) -> Result<(u64, Arc<dyn Control>)>;
+        ) -> Result<(Self::Job<A, R>, ControlRef)>;
         /// Adds calls `first, first+1, ...` to a job.
         fn submit<A: Arg, R: Ret>(
             &self,
-            job: u64,
+            job: &Self::Job<A, R>,
             f: fn(A) -> R,
             first: usize,
             items: Vec<A>,
@@ -154,7 +175,7 @@ pub(crate) mod sealed {
     }
 }
 
-use sealed::{Backend, Step};
+use sealed::{Backend, JobId, Step};
 
 /// The pool interface shared by [`Pool`](crate::Pool) (processes),
 /// [`ThreadPool`](crate::ThreadPool) (threads) and, with feature `mpi`, the MPI pool.
@@ -490,12 +511,12 @@ fn submit_async<P: Backend + ?Sized, A: Arg, R: Ret>(
     sink: Arc<dyn sealed::BatchSink<R>>,
 ) -> Result<(u64, Arc<dyn sealed::Control>)> {
     let (job, control) = pool.open_async(f, chunk, sink)?;
-    if let Err(e) = pool.submit(job, f, 0, items) {
-        pool.cancel(job, false);
+    if let Err(e) = pool.submit(&job, f, 0, items) {
+        pool.cancel(job.id(), false);
         return Err(e);
     }
-    pool.seal(job);
-    Ok((job, control))
+    pool.seal(job.id());
+    Ok((job.id(), control))
 }
 
 /// Opens a job for `f`, submits all of `items` and seals it: what every eager method
@@ -508,12 +529,12 @@ fn run_all<P: Backend + ?Sized, A: Arg, R: Ret>(
     caller_driven: bool,
 ) -> Result<(u64, sealed::Results<R>)> {
     let (job, rx) = pool.open(f, chunk, caller_driven)?;
-    if let Err(e) = pool.submit(job, f, 0, items) {
-        pool.cancel(job, false);
+    if let Err(e) = pool.submit(&job, f, 0, items) {
+        pool.cancel(job.id(), false);
         return Err(e);
     }
-    pool.seal(job);
-    Ok((job, rx))
+    pool.seal(job.id());
+    Ok((job.id(), rx))
 }
 
 /// Cancels a job if the call that owns it returns early (an error, or a panic).

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use super::api::sealed::{Backend, Results, Step};
+use super::api::sealed::{Backend, JobId, Results, Step};
 use super::api::{Arg, Ret};
 use super::progress::Bar;
 use crate::error::{Error, Result};
@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 pub struct Imap<'p, P: Backend + ?Sized, A: Arg, R: Ret, I: Iterator<Item = A>> {
     pool: &'p P,
     f: fn(A) -> R,
-    job: Option<(u64, Results<R>)>,
+    job: Option<(P::Job<A, R>, Results<R>)>,
     input: Option<I>,
     ordered: bool,
     window: usize,
@@ -65,7 +65,6 @@ impl<'p, P: Backend + ?Sized, A: Arg, R: Ret, I: Iterator<Item = A>> Imap<'p, P,
         let Some((job, _)) = &self.job else {
             return;
         };
-        let job = *job;
         let Some(input) = self.input.as_mut() else {
             return;
         };
@@ -86,7 +85,7 @@ impl<'p, P: Backend + ?Sized, A: Arg, R: Ret, I: Iterator<Item = A>> Imap<'p, P,
         }
         if exhausted {
             self.input = None;
-            self.pool.seal(job);
+            self.pool.seal(job.id());
         }
     }
 
@@ -206,7 +205,7 @@ impl<P: Backend + ?Sized, A: Arg, R: Ret, I: Iterator<Item = A>> Drop for Imap<'
         if let Some((job, _)) = &self.job
             && (self.input.is_some() || self.yielded < self.submitted)
         {
-            self.pool.cancel(*job, false);
+            self.pool.cancel(job.id(), false);
         }
     }
 }

@@ -78,6 +78,7 @@ mod progress;
 mod reduce;
 #[cfg(any(feature = "mpi", feature = "cluster"))]
 pub(crate) mod remote;
+mod thread;
 mod wait;
 
 pub use api::{Arg, Ret, TaskPool};
@@ -85,6 +86,7 @@ pub use future::AsyncResult;
 pub use imap::{Imap, Indexed};
 pub use process::{Pool, PoolBuilder, WorkerInfo};
 pub use progress::{Progress, ProgressFn};
+pub use thread::{ThreadPool, ThreadPoolBuilder};
 pub use wait::{AsCompleted, Wait, Waitable, as_completed, wait};
 
 /// How calls are grouped into chunks sent to one worker at a time.

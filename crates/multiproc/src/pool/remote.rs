@@ -253,6 +253,8 @@ impl Drop for RemotePool {
 macro_rules! remote_pool_impls {
     ($pool:ty) => {
         impl $crate::pool::api::sealed::Backend for $pool {
+            type Job<A: $crate::pool::Arg, R: $crate::pool::Ret> = u64;
+
             fn open<A: $crate::pool::Arg, R: $crate::pool::Ret>(
                 &self,
                 f: fn(A) -> R,
@@ -274,7 +276,7 @@ macro_rules! remote_pool_impls {
 
             fn submit<A: $crate::pool::Arg, R: $crate::pool::Ret>(
                 &self,
-                job: u64,
+                &job: &u64,
                 _f: fn(A) -> R,
                 first: usize,
                 items: Vec<A>,

@@ -355,6 +355,8 @@ impl<R: Ret> ResultSource<R> for PoolResults<R> {
 }
 
 impl Backend for Pool {
+    type Job<A: Arg, R: Ret> = u64;
+
     fn open<A: Arg, R: Ret>(
         &self,
         f: fn(A) -> R,
@@ -391,7 +393,7 @@ impl Backend for Pool {
 
     fn submit<A: Arg, R: Ret>(
         &self,
-        job: u64,
+        &job: &u64,
         _f: fn(A) -> R,
         first: usize,
         items: Vec<A>,

@@ -4,38 +4,45 @@
 //! Calls run in this process: no encoding, no fork, no isolation. A panicking call
 //! answers [`Error::Panicked`]; there are no per-call timeouts or worker replacement,
 //! since a thread cannot be killed.
+//!
+//! ## Chunks
+//!
+//! Calls go to the threads in chunks, one queue entry each: a chunk's calls run in
+//! order on one thread and their answers reach the caller together.
+//! [`ThreadPoolBuilder::chunk_size`] sets the size: `Fixed(n)` is `n` calls, as in the
+//! process pool; `Auto` is Python's rule for `map`, `ceil(len / (4 × threads))` of the
+//! calls submitted at once, but at most 1024, so that `imap` and progress see answers
+//! while a long map runs (Python's `imap` defaults to 1 call a chunk instead, and its
+//! `map` has no cap). A job is typed by its result ([`job`]): a chunk is a closure
+//! that owns its arguments and hands its answers to its own job, so no answer can
+//! reach a job of another type.
 
-use std::any::Any;
+mod job;
+
 use std::collections::{HashMap, VecDeque};
-use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, mpsc};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::thread::JoinHandle;
 
+use self::job::{Flags, Job, JobRef, Work};
 use crate::error::{Error, Result};
-use crate::pool::api::sealed::{Backend, Batch, BatchSink, Control, Results};
+use crate::pool::api::sealed::{Backend, BatchSink, Control, JobId, Results};
 use crate::pool::{Arg, ChunkSize, Progress, Ret, TaskPool};
 
-type Work = Box<dyn FnOnce() + Send>;
-
-/// Where a job's answers go: a channel (a caller pulls them) or an `AsyncResult`'s
-/// sink. Every queued chunk holds a clone; when the last is gone (run or dropped) and
-/// the job is sealed, the job is over (the channel disconnects, the sink hears `end`).
-type Deliver<R> = Arc<dyn Fn(Vec<(usize, Result<R>)>) + Send + Sync>;
-
-/// A job's state shared with its chunks and its handle.
-#[derive(Default)]
-struct JobFlags {
-    cancelled: AtomicBool,
-    running: AtomicUsize,
-}
-
 struct State {
+    /// Chunks of every job, in submission order.
     queue: VecDeque<Work>,
     closed: bool,
-    /// Each open job's `Deliver<R>` (as `Any`) and flags. Sealing drops this copy of
-    /// the `Deliver`.
-    jobs: HashMap<u64, (Box<dyn Any + Send>, Arc<JobFlags>)>,
+    /// Every job not over yet.
+    jobs: HashMap<u64, Entry>,
+}
+
+/// The pool's entry for a job, from its open until it is over (its last reference
+/// gone): how to cancel it by its id, even once sealed (a `map` that failed cancels
+/// the rest of its calls), and until it is sealed, a reference that keeps it open.
+struct Entry {
+    flags: Arc<Flags>,
+    hold: Option<Arc<dyn Send + Sync>>,
 }
 
 struct Shared {
@@ -46,6 +53,32 @@ struct Shared {
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// No more calls for `job`: the pool lets go of it, so it is over once its
+    /// queued chunks have run.
+    fn seal(&self, job: u64) {
+        let hold = self.lock().jobs.get_mut(&job).and_then(|e| e.hold.take());
+        // Dropped after the lock: the last reference to a job ends its sink, which
+        // may run callbacks that use this pool (and it takes the lock to `forget`).
+        drop(hold);
+    }
+
+    /// Nobody wants `job`'s answers: its queued chunks will not run, and the answers
+    /// of those running are thrown away (a thread cannot be stopped).
+    fn cancel(&self, job: u64) {
+        let entry = self.lock().jobs.remove(&job);
+        if let Some(e) = &entry {
+            e.flags.cancel();
+        }
+        // Dropped after the lock (see `seal`).
+        drop(entry);
+    }
+
+    /// `job` is over (its last reference is gone).
+    fn forget(&self, job: u64) {
+        let entry = self.lock().jobs.remove(&job);
+        drop(entry); // it holds no job by now: nothing runs on this drop
     }
 }
 
@@ -82,7 +115,7 @@ pub struct ThreadPoolBuilder {
 impl ThreadPoolBuilder {
     /// Number of threads; default [`cpu_count`](crate::cpu_count). 0 makes
     /// [`build`](ThreadPoolBuilder::build) fail with
-    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument), as Python's
+    /// [`Error::InvalidArgument`], as Python's
     /// `ThreadPoolExecutor(0)` raises `ValueError`.
     pub fn threads(mut self, n: usize) -> Self {
         self.threads = Some(n);
@@ -95,8 +128,20 @@ impl ThreadPoolBuilder {
         self
     }
 
-    /// Calls per queue entry; default [`ChunkSize::Auto`] (a quarter of each thread's
-    /// share of a map, at most 1024).
+    /// Calls per unit of work (a chunk: its calls run in order on one thread, and
+    /// their answers reach the caller together); default [`ChunkSize::Auto`].
+    /// `Fixed(n)`: `n` calls. `Auto`: a quarter of each thread's share of what is
+    /// submitted at once (`ceil(len / (4 × threads))`, Python's rule), at most 1024.
+    ///
+    /// ```
+    /// use multiproc::{ChunkSize, ThreadPool};
+    /// fn id(x: u32) -> u32 { x }
+    ///
+    /// # fn main() -> multiproc::Result<()> {
+    /// let pool = ThreadPool::builder().threads(2).chunk_size(ChunkSize::Fixed(64)).build()?;
+    /// assert_eq!(pool.map(id, 0..1000)?.len(), 1000);
+    /// # Ok(()) }
+    /// ```
     pub fn chunk_size(mut self, chunk: ChunkSize) -> Self {
         self.chunk = chunk;
         self
@@ -187,157 +232,111 @@ impl ThreadPool {
     }
 }
 
-fn panicked(payload: Box<dyn Any + Send>) -> Error {
-    Error::Panicked {
-        pid: std::process::id(),
-        message: crate::error::panic_message(payload.as_ref()),
-        backtrace: None,
-        location: None,
-    }
-}
-
 /// An `AsyncResult`'s view of its job: cancel it, see it run.
-struct ThreadJob {
+struct AsyncJob {
     shared: Arc<Shared>,
-    flags: Arc<JobFlags>,
+    flags: Arc<Flags>,
 }
 
-impl Control for ThreadJob {
+impl Control for AsyncJob {
     /// A thread cannot be killed: a running call runs to its end, its answer is
     /// thrown away.
     fn cancel(&self, job: u64, _stop_running: bool) {
-        self.flags.cancelled.store(true, Ordering::Relaxed);
-        // Dropped after the lock: the last `Deliver` ends its sink, which may run
-        // callbacks that use this pool.
-        let removed = self.shared.lock().jobs.remove(&job);
-        drop(removed);
+        self.flags.cancel();
+        self.shared.cancel(job);
     }
 
     fn running(&self, _job: u64) -> bool {
-        self.flags.running.load(Ordering::Relaxed) > 0
-    }
-}
-
-/// Tells a sink its job is over when the last chunk holding it is gone.
-struct EndOnDrop<R>(Arc<dyn BatchSink<R>>);
-
-impl<R> Drop for EndOnDrop<R> {
-    fn drop(&mut self) {
-        self.0.end();
+        self.flags.running()
     }
 }
 
 impl ThreadPool {
-    fn open_with<R: Ret>(&self, deliver: Deliver<R>) -> Result<(u64, Arc<JobFlags>)> {
+    /// Registers a new job, unless the pool is closed.
+    fn register<R: Ret>(&self, job: Arc<Job<R>>) -> Result<JobRef<R>> {
         let mut st = self.shared.lock();
         if st.closed {
             drop(st);
-            drop(deliver); // outside the lock (see `ThreadJob::cancel`)
+            drop(job); // outside the lock (see `Shared::seal`)
             return Err(Error::PoolClosed);
         }
+        let handle = job.handle();
+        let entry = Entry {
+            flags: job.flags().clone(),
+            hold: Some(job),
+        };
+        st.jobs.insert(handle.id(), entry);
+        Ok(handle)
+    }
+
+    /// A new job's id, and the pool it tells when it is over.
+    fn next_id(&self) -> (u64, Weak<Shared>) {
         let id = self.next_job.fetch_add(1, Ordering::Relaxed);
-        let flags = Arc::new(JobFlags::default());
-        st.jobs.insert(id, (Box::new(deliver), flags.clone()));
-        Ok((id, flags))
+        (id, Arc::downgrade(&self.shared))
     }
 }
 
 impl Backend for ThreadPool {
+    type Job<A: Arg, R: Ret> = JobRef<R>;
+
     fn open<A: Arg, R: Ret>(
         &self,
         _f: fn(A) -> R,
-        _chunk: ChunkSize,
+        chunk: ChunkSize,
         _caller_driven: bool,
-    ) -> Result<(u64, Results<R>)> {
-        let (tx, rx) = mpsc::channel::<Vec<(usize, Result<R>)>>();
-        let deliver: Deliver<R> = Arc::new(move |answers| {
-            let _ = tx.send(answers);
-        });
-        let (id, _) = self.open_with(deliver)?;
-        Ok((id, Results::channel(rx)))
+    ) -> Result<(JobRef<R>, Results<R>)> {
+        let (id, pool) = self.next_id();
+        let (job, rx) = Job::channel(id, pool, chunk, self.n);
+        Ok((self.register(job)?, Results::channel(rx)))
     }
 
     fn open_async<A: Arg, R: Ret>(
         &self,
         _f: fn(A) -> R,
-        _chunk: ChunkSize,
+        chunk: ChunkSize,
         sink: Arc<dyn BatchSink<R>>,
-    ) -> Result<(u64, Arc<dyn Control>)> {
-        let end = EndOnDrop(sink);
-        let deliver: Deliver<R> = Arc::new(move |answers| end.0.add(Batch::from_results(answers)));
-        let (id, flags) = self.open_with(deliver)?;
-        let control = ThreadJob {
+    ) -> Result<(JobRef<R>, Arc<dyn Control>)> {
+        let (id, pool) = self.next_id();
+        let job = Job::sink(id, pool, chunk, self.n, sink);
+        let control = AsyncJob {
             shared: self.shared.clone(),
-            flags,
+            flags: job.flags().clone(),
         };
-        Ok((id, Arc::new(control)))
+        Ok((self.register(job)?, Arc::new(control)))
     }
 
     fn submit<A: Arg, R: Ret>(
         &self,
-        job: u64,
+        job: &JobRef<R>,
         f: fn(A) -> R,
         first: usize,
         items: Vec<A>,
     ) -> Result<()> {
+        // Gone only after a cancel or terminate took the pool's hold on it.
+        let Some(job) = job.get() else {
+            return Err(Error::PoolClosed);
+        };
+        let works = job.chunks(f, first, items);
         let mut st = self.shared.lock();
         if st.closed {
+            drop(st);
+            // Outside the lock (see `Shared::seal`).
+            drop((works, job));
             return Err(Error::PoolClosed);
-        }
-        let Some((deliver, flags)) = st.jobs.get(&job) else {
-            return Err(Error::PoolClosed);
-        };
-        let Some(deliver) = deliver.downcast_ref::<Deliver<R>>() else {
-            return Err(Error::PoolClosed);
-        };
-        let chunk = match self.chunk {
-            ChunkSize::Fixed(n) => n.max(1),
-            ChunkSize::Auto => items.len().div_ceil(4 * self.n).clamp(1, 1024),
-        };
-        let mut items = items.into_iter().enumerate().peekable();
-        let mut works: Vec<Work> = Vec::new();
-        while items.peek().is_some() {
-            let batch: Vec<(usize, A)> = items.by_ref().take(chunk).collect();
-            let deliver = deliver.clone();
-            let flags = flags.clone();
-            works.push(Box::new(move || {
-                if flags.cancelled.load(Ordering::Relaxed) {
-                    return;
-                }
-                flags.running.fetch_add(1, Ordering::Relaxed);
-                let answers = batch
-                    .into_iter()
-                    .map(|(k, a)| {
-                        (
-                            first + k,
-                            catch_unwind(AssertUnwindSafe(|| f(a))).map_err(panicked),
-                        )
-                    })
-                    .collect();
-                flags.running.fetch_sub(1, Ordering::Relaxed);
-                if !flags.cancelled.load(Ordering::Relaxed) {
-                    deliver(answers);
-                }
-            }));
         }
         st.queue.extend(works);
         drop(st);
         self.shared.work.notify_all();
+        drop(job);
         Ok(())
     }
 
     fn seal(&self, job: u64) {
-        // Dropped after the lock (see `ThreadJob::cancel`).
-        let removed = self.shared.lock().jobs.remove(&job);
-        drop(removed);
+        self.shared.seal(job);
     }
 
     fn cancel(&self, job: u64, _stop_running: bool) {
-        let removed = self.shared.lock().jobs.remove(&job);
-        if let Some((_, flags)) = &removed {
-            flags.cancelled.store(true, Ordering::Relaxed);
-        }
-        drop(removed);
+        self.shared.cancel(job);
     }
 
     fn parallelism(&self) -> usize {
@@ -364,8 +363,7 @@ impl TaskPool for ThreadPool {
     fn terminate(&self) {
         let mut st = self.shared.lock();
         st.closed = true;
-        // Dropped after the lock: the last `Deliver` of a job ends its sink, which may
-        // run callbacks that use this pool.
+        // Dropped after the lock (see `Shared::seal`).
         let queued = std::mem::take(&mut st.queue);
         let jobs = std::mem::take(&mut st.jobs);
         drop(st);
