@@ -109,6 +109,7 @@ mod child;
 pub mod cluster;
 pub mod connection;
 mod error;
+mod failure;
 mod handle;
 pub mod managers;
 #[cfg(feature = "mpi")]

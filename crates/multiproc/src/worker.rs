@@ -170,9 +170,9 @@ pub(crate) fn refusal(version: u32, build_id: &[u8], origin: Origin) -> Option<R
         Some(Refusal::Version {
             child: PROTOCOL_VERSION,
         })
-    } else if origin == Origin::Execd && build_id != crate::task::build_id() {
+    } else if origin == Origin::Execd && build_id != crate::sys::build_id::build_id() {
         Some(Refusal::Build {
-            child: ByteBuf::from(crate::task::build_id().to_vec()),
+            child: ByteBuf::from(crate::sys::build_id::build_id().to_vec()),
         })
     } else {
         None

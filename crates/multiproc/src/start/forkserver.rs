@@ -115,7 +115,7 @@ pub(crate) fn serve(ctrl: OwnedFd) -> ! {
     let parent = nix::unistd::getppid().as_raw() as u32;
     let robust = sys::proc::robust_list();
     // Computed once here, inherited by every child, instead of re-read by each.
-    let _ = crate::task::build_id();
+    let _ = crate::sys::build_id::build_id();
     let mut buf = [0u8; 16];
     loop {
         let (n, fd) = match sys::fd::recv_with_fd(ctrl.as_fd(), &mut buf) {

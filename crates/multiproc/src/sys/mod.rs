@@ -4,6 +4,7 @@
 //! - [`proc`]: fork, clone, pidfd (and the exit status it keeps), wait, signals, `_exit`,
 //!   the parent-death signal.
 //! - [`image`]: this executable's code range, and calling a task by its offset.
+//! - [`build_id`]: this build's identity (safe code, beside `image`).
 //! - [`spawn`]: fork + exec of this executable with an inherited socket.
 //! - [`fd`]: passing descriptors over Unix sockets; what a forked child keeps.
 //! - [`shm`]: memfd and named segments, mappings, bounds-checked access.
@@ -15,6 +16,7 @@
 //! - `bootstrap`: the load-time constructor that turns a re-executed child into a worker.
 
 mod bootstrap;
+pub(crate) mod build_id;
 pub(crate) mod fd;
 pub(crate) mod futex;
 pub(crate) mod image;

@@ -67,6 +67,21 @@ pub(crate) enum Request {
     Slot,
 }
 
+impl Request {
+    /// The hello, a worker's first message: the protocol version and this build's id
+    /// (which the worker checks), the name it takes, its frame limit, and whether it
+    /// leaves SIGTERM to its parent.
+    pub(crate) fn hello(name: String, max_frame: u64, leave_term: bool) -> Request {
+        Request::Hello {
+            version: PROTOCOL_VERSION,
+            build_id: ByteBuf::from(crate::sys::build_id::build_id().to_vec()),
+            name,
+            max_frame,
+            leave_term,
+        }
+    }
+}
+
 /// Worker → parent.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum Reply {

@@ -25,7 +25,7 @@ use super::proc::{Body, Proc};
 use crate::error::{Error, Result};
 use crate::pool::core::{Answers, Core, LastStart, Limits, WorkerId};
 use crate::start::StartMethod;
-use crate::task;
+use crate::failure;
 use crate::wire::message::{self, Reply, Request, TaskRef};
 use crate::wire::values::{Data, Received, map_sealed};
 use crate::wire::{self, Next};
@@ -710,7 +710,7 @@ fn handle_frame(
                     st.core.set_paused(id, false);
                 }
                 Some((_, f)) => {
-                    init_failed(st, task::failure_error(f, pid, 0).to_string());
+                    init_failed(st, failure::failure_error(f, pid, 0).to_string());
                     let p = &mut st.procs[i].1;
                     p.kill();
                     p.retiring = true;
@@ -761,7 +761,7 @@ fn handle_frame(
             Ok(())
         }
         Reply::Refused { reason } => {
-            st.core.break_pool(task::refusal_error(reason, pid));
+            st.core.break_pool(failure::refusal_error(reason, pid));
             st.procs[i].1.kill();
             Ok(())
         }
