@@ -18,9 +18,11 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use nix::sys::socket::SockType;
 
 use super::spawn::SELF_EXE;
-use super::{ENV_CHILD, Runtime, runtime};
+use super::{Runtime, runtime};
 use crate::sys;
 use crate::sys::proc::Forked;
+use crate::sys::spawn::ENV_CHILD;
+use crate::worker::{self, EXIT_ORPHANED, EXIT_PROTOCOL, Origin};
 
 /// The parent's handle on its fork server.
 pub(crate) struct Server {
@@ -127,7 +129,7 @@ pub(crate) fn serve(ctrl: OwnedFd) -> ! {
         }
         let Some(child_sock) = fd.filter(|_| n == 1 && buf[0] == b'F') else {
             // Not our protocol: the parent is confused or not a multiproc parent.
-            sys::proc::exit_now(crate::child::EXIT_PROTOCOL);
+            sys::proc::exit_now(EXIT_PROTOCOL);
         };
         let reply = match sys::proc::fork_as_sibling() {
             Ok(Forked::Child) => {
@@ -136,9 +138,9 @@ pub(crate) fn serve(ctrl: OwnedFd) -> ! {
                 }
                 drop(ctrl);
                 if !sys::proc::die_with_parent(parent) {
-                    sys::proc::exit_now(crate::child::EXIT_ORPHANED);
+                    sys::proc::exit_now(EXIT_ORPHANED);
                 }
-                crate::child::serve(child_sock, crate::child::Origin::Execd)
+                worker::serve_socket(child_sock, Origin::Execd)
             }
             Ok(Forked::Parent(pid)) => {
                 let p = pid.to_le_bytes();

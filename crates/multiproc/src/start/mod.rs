@@ -128,10 +128,6 @@ pub fn get_start_method() -> StartMethod {
     }
 }
 
-/// The environment variable a parent sets on an exec'd child: `worker:<fd>` or
-/// `forkserver:<fd>`.
-pub(crate) const ENV_CHILD: &str = "MULTIPROC_CHILD";
-
 /// The environment variable a parent sets on a `Spawn` child (`spawn`): the start
 /// method that child's own children use by default.
 pub(crate) const ENV_START_METHOD: &str = "MULTIPROC_START_METHOD";

@@ -5,7 +5,8 @@
 //!   the parent-death signal.
 //! - [`image`]: this executable's code range, and calling a task by its offset.
 //! - [`build_id`]: this build's identity (safe code, beside `image`).
-//! - [`spawn`]: fork + exec of this executable with an inherited socket.
+//! - [`spawn`]: fork + exec of this executable with an inherited socket; the variable
+//!   that tells an exec'd child its role.
 //! - [`fd`]: passing descriptors over Unix sockets; what a forked child keeps.
 //! - [`shm`]: memfd and named segments, mappings, bounds-checked access.
 //! - [`futex`]: futex wait/wake on shared words.
@@ -13,9 +14,10 @@
 //! - [`tracker`]: starting the shared-memory tracker (no parent-death signal).
 //! - `term`: SIGTERM as a request to stop (cluster nodes), and whether a worker leaves
 //!   SIGTERM to its parent (a node's pool).
-//! - `bootstrap`: the load-time constructor that turns a re-executed child into a worker.
+//! - [`bootstrap`]: the load-time constructor, which runs the function the crate's
+//!   bootstrap hands it (`before_main!`).
 
-mod bootstrap;
+pub(crate) mod bootstrap;
 pub(crate) mod build_id;
 pub(crate) mod fd;
 pub(crate) mod futex;

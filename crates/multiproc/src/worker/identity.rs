@@ -1,0 +1,33 @@
+//! Who this process is as a multiproc child: its parent's pid and the name the
+//! parent gave it (for `current_process` and `parent_process`, and a panic's report).
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// The parent's pid, if this process is a multiproc child.
+static PARENT_PID: AtomicU32 = AtomicU32::new(0);
+/// The name the parent gave this process.
+static NAME: Mutex<Option<String>> = Mutex::new(None);
+
+pub(crate) fn parent_pid() -> Option<u32> {
+    match PARENT_PID.load(Ordering::Relaxed) {
+        0 => None,
+        p => Some(p),
+    }
+}
+
+pub(crate) fn name() -> Option<String> {
+    NAME.lock().map(|n| n.clone()).unwrap_or(None)
+}
+
+/// The name the parent gave this process.
+pub(super) fn set_name(name: String) {
+    if let Ok(mut n) = NAME.lock() {
+        *n = Some(name);
+    }
+}
+
+/// Remembers this process's parent: it serves one from now on.
+pub(super) fn remember_parent() {
+    PARENT_PID.store(nix::unistd::getppid().as_raw() as u32, Ordering::Relaxed);
+}
