@@ -18,6 +18,8 @@
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
+use super::codec::{decode, encode_into};
+use super::frame::HEADER_LEN;
 use crate::error::{Error, Result};
 
 /// Bumped whenever a message changes shape.
@@ -143,12 +145,12 @@ pub(crate) fn frame_head<T: Serialize>(
     out: &mut Vec<u8>,
 ) -> Result<()> {
     out.clear();
-    out.extend_from_slice(&[0; super::HEADER_LEN + ENVELOPE_LEN]);
-    super::encode_into(envelope, out)?;
-    let env = out.len() - super::HEADER_LEN - ENVELOPE_LEN;
+    out.extend_from_slice(&[0; HEADER_LEN + ENVELOPE_LEN]);
+    encode_into(envelope, out)?;
+    let env = out.len() - HEADER_LEN - ENVELOPE_LEN;
     let body = ENVELOPE_LEN + env + data_len;
-    out[..super::HEADER_LEN].copy_from_slice(&(body as u64).to_le_bytes());
-    out[super::HEADER_LEN..super::HEADER_LEN + ENVELOPE_LEN]
+    out[..HEADER_LEN].copy_from_slice(&(body as u64).to_le_bytes());
+    out[HEADER_LEN..HEADER_LEN + ENVELOPE_LEN]
         .copy_from_slice(&(env as u32).to_le_bytes());
     Ok(())
 }
@@ -168,7 +170,7 @@ pub(crate) fn open_frame<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<
         .checked_add(len as usize)
         .filter(|&e| e <= body.len())
         .ok_or_else(|| bad("an envelope longer than its frame"))?;
-    let envelope = super::decode(&body[ENVELOPE_LEN..end])?;
+    let envelope = decode(&body[ENVELOPE_LEN..end])?;
     Ok((envelope, end))
 }
 

@@ -12,7 +12,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use super::Link;
+use super::link::Link;
 use super::panic;
 use crate::error::Result;
 use crate::task::{Bulk, Invocation};

@@ -2,7 +2,7 @@
 
 use std::io::Write;
 
-use super::Origin;
+use super::identity::Origin;
 use crate::sys;
 
 /// Exit code of a child whose parent was gone before it could start.

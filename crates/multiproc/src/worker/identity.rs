@@ -1,8 +1,18 @@
-//! Who this process is as a multiproc child: its parent's pid and the name the
-//! parent gave it (for `current_process` and `parent_process`, and a panic's report).
+//! Who this process is as a multiproc child: how it came to be one (its [`Origin`],
+//! which decides what it may take on trust), its parent's pid and the name the parent
+//! gave it (for `current_process` and `parent_process`, and a panic's report).
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
+
+/// How this worker came to be; decides what it may take on trust.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Origin {
+    /// A fork of the parent: same memory, same build by construction.
+    Forked,
+    /// A fresh image of an executable (spawn, or a fork of the fork server).
+    Execd,
+}
 
 /// The parent's pid, if this process is a multiproc child.
 static PARENT_PID: AtomicU32 = AtomicU32::new(0);

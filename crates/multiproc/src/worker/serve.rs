@@ -14,7 +14,8 @@ use serde_bytes::ByteBuf;
 
 use super::chunk::ChunkRun;
 use super::exit::{EXIT_PROTOCOL, EXIT_REFUSED};
-use super::{Link, Origin, identity};
+use super::identity::{self, Origin};
+use super::link::Link;
 use crate::wire::message::{self, PROTOCOL_VERSION, Refusal, Request};
 use crate::wire::values::{Received, map_sealed};
 
