@@ -1,4 +1,10 @@
-//! Tasks: how a child finds the function to run and knows it may call it.
+//! Tasks: how a child finds the function to run and knows it may call it, and one
+//! invocation of it there.
+//!
+//! This module holds a task's reference ([`task_ref`]: what the parent sends) and its
+//! [`Invocation`] in a worker (decode the argument, call, encode the result; for plain
+//! data a run of calls). This build's id is `sys::build_id`'s; what a caller makes of
+//! a failed call is `failure`'s.
 //!
 //! A task is a plain `fn(A) -> R` (a non-capturing closure coerces to one). Such a
 //! function has no state, so "which function" is all a child needs, and in a child of
@@ -7,7 +13,7 @@
 //!
 //! 1. The parent's hello carries this build's id (the ELF `NT_GNU_BUILD_ID`, or a hash
 //!    of the executable if the linker wrote none); a child of any other build refuses
-//!    with [`Error::BuildMismatch`](crate::Error::BuildMismatch) and calls nothing.
+//!    with [`Error::BuildMismatch`] and calls nothing.
 //! 2. A re-executed child takes orders only from a socket whose peer is its own parent
 //!    with its own uid, and refuses child mode entirely in a privileged (setuid,
 //!    AT_SECURE) process — the hole that let a forged message jump anywhere in

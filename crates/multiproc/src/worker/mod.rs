@@ -1,11 +1,11 @@
 //! The worker side: what a process (or an MPI rank) does with the frames its parent
-//! sends. One loop over a small [`Link`] (frames in, frames out): answer the hello or
+//! sends. One loop over a small [`Link`](link::Link) (frames in, frames out): answer the hello or
 //! refuse it, run each chunk, answer it, exit on `Exit` or end of stream.
 //!
 //! - `child`: a child process's life as a worker, from its socket to `_exit`.
 //! - `serve`: the loop.
 //! - `chunk`: running one chunk, answering it in pieces; the call slot's word.
-//! - `link`: the [`Link`] trait, the socket to the parent, the frame limits.
+//! - `link`: the `Link` trait, the socket to the parent, the frame limits.
 //! - `panic`: the panic hook, and the running call's context it reads.
 //! - `identity`: how this process came to be a worker, its parent's pid and the name
 //!   it was given.
@@ -14,7 +14,8 @@
 //! The folder imports only what lies below it: `task` (one invocation), `wire`, `sys`,
 //! `error`; the start methods, the bootstrap and MPI, above it, enter it. Inside, each
 //! file imports its siblings directly (never through this file's re-exports), in one
-//! direction: `child` > `serve` > `chunk` > `link`, `panic`, `exit` > `identity`.
+//! direction: `child` uses `serve`, which uses `chunk`; these rest on `link`, `panic`
+//! and `exit`, and those on `identity`, which imports nothing.
 
 mod child;
 mod chunk;
