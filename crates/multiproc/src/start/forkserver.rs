@@ -25,7 +25,7 @@ use crate::sys::spawn::ENV_CHILD;
 use crate::worker::{self, EXIT_ORPHANED, EXIT_PROTOCOL, Origin};
 
 /// The parent's handle on its fork server.
-pub(crate) struct Server {
+pub(super) struct Server {
     ctrl: OwnedFd,
     pidfd: OwnedFd,
 }

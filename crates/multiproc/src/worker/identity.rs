@@ -19,6 +19,7 @@ static PARENT_PID: AtomicU32 = AtomicU32::new(0);
 /// The name the parent gave this process.
 static NAME: Mutex<Option<String>> = Mutex::new(None);
 
+/// The parent's pid, if this process is a multiproc child serving it.
 pub(crate) fn parent_pid() -> Option<u32> {
     match PARENT_PID.load(Ordering::Relaxed) {
         0 => None,
@@ -26,6 +27,7 @@ pub(crate) fn parent_pid() -> Option<u32> {
     }
 }
 
+/// The name the parent gave this process, if it is a multiproc child.
 pub(crate) fn name() -> Option<String> {
     NAME.lock().map(|n| n.clone()).unwrap_or(None)
 }
