@@ -103,12 +103,13 @@ macro_rules! linux_only {
 
 linux_only! {
 
+mod bootstrap;
 mod channel;
-mod child;
 #[cfg(feature = "cluster")]
 pub mod cluster;
 pub mod connection;
 mod error;
+mod failure;
 mod handle;
 pub mod managers;
 #[cfg(feature = "mpi")]
@@ -168,7 +169,7 @@ pub mod prelude {
 /// In a parent it starts the fork server if the default start method needs one, while
 /// the program is still young; it is idempotent and cheap after the first call.
 pub fn init() {
-    child::enter_if_child();
+    bootstrap::enter_if_child();
     #[cfg(feature = "mpi")]
     mpi::enter_if_worker();
     #[cfg(feature = "cluster")]
@@ -203,7 +204,7 @@ pub struct ProcessInfo {
 pub fn current_process() -> ProcessInfo {
     ProcessInfo {
         pid: std::process::id(),
-        name: child::name().unwrap_or_else(|| "MainProcess".to_owned()),
+        name: worker::name().unwrap_or_else(|| "MainProcess".to_owned()),
     }
 }
 
@@ -222,7 +223,7 @@ pub fn current_process() -> ProcessInfo {
 /// answer that, so multiproc offers none. To act before the end, let the parent tell
 /// the child (an [`Event`], a [`Queue`]).
 pub fn parent_process() -> Option<ProcessInfo> {
-    child::parent_pid().map(|pid| ProcessInfo {
+    worker::parent_pid().map(|pid| ProcessInfo {
         pid,
         name: "MainProcess".to_owned(),
     })

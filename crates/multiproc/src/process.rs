@@ -9,13 +9,12 @@ use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, poll};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde_bytes::ByteBuf;
 
 use crate::error::{Error, ExitStatus, Result};
 use crate::start::{self, StartMethod};
 use crate::sys;
-use crate::task;
-use crate::wire::message::{self, PROTOCOL_VERSION, Reply, Request, TaskRef};
+use crate::{failure, task};
+use crate::wire::message::{self, Reply, Request, TaskRef};
 use crate::wire::values::{Data, ValueBuf, map_sealed};
 use crate::wire::{self, FrameDecoder, Received, recv_frame, send_all};
 
@@ -198,13 +197,7 @@ impl<R: DeserializeOwned> Process<R> {
 
     fn send_task(&mut self, entry: TaskRef, args: Data, mut fds: Vec<OwnedFd>) -> Result<()> {
         let max = wire::max_frame_size();
-        let hello = Request::Hello {
-            version: PROTOCOL_VERSION,
-            build_id: ByteBuf::from(task::build_id().to_vec()),
-            name: self.name.clone(),
-            max_frame: max as u64,
-            leave_term: false,
-        };
+        let hello = Request::hello(self.name.clone(), max as u64, false);
         let (inline, shared) = match args {
             Data::Inline(v) => (v, false),
             Data::Shared(file) => {
@@ -421,7 +414,7 @@ impl<R: DeserializeOwned> Process<R> {
                 start,
                 mut fds,
             )) => match failures.pop() {
-                Some((_, failure)) => Err(task::failure_error(failure, pid, 0)),
+                Some((_, failure)) => Err(failure::failure_error(failure, pid, 0)),
                 None if shared => {
                     if fds.is_empty() {
                         return Err(Error::Protocol {
@@ -449,12 +442,12 @@ impl<R: DeserializeOwned> Process<R> {
                 location,
                 backtrace,
             }),
-            Some((Reply::Refused { reason }, ..)) => Err(task::refusal_error(reason, pid)),
+            Some((Reply::Refused { reason }, ..)) => Err(failure::refusal_error(reason, pid)),
             Some((Reply::Done { answered, .. }, ..)) => Err(Error::Protocol {
                 pid,
                 detail: format!("{answered} results for one task"),
             }),
-            None => Err(task::death_error(self.status, pid)),
+            None => Err(failure::death_error(self.status, pid)),
         }
     }
 }

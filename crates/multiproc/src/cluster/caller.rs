@@ -158,7 +158,7 @@ impl PoolBuilder {
         let address = redis.address.clone();
         let host = super::hostname();
         let caller = format!("{host}-{}-{:016x}", std::process::id(), random_u64());
-        let build = crate::task::hex(crate::task::build_id());
+        let build = crate::sys::build_id::hex(crate::sys::build_id::build_id());
         let keys = Keys::new(&build);
         redis.ensure_group(&keys.calls(&caller))?;
         // The answers stream must exist: nodes add to it only if it does (so that the

@@ -242,7 +242,7 @@ pub fn serve(url: &str, options: ServeOptions) -> Result<()> {
     }
     let pool = pool.build()?;
     let host = super::hostname();
-    let build = crate::task::hex(crate::task::build_id());
+    let build = crate::sys::build_id::hex(crate::sys::build_id::build_id());
     let node = Arc::new(Node {
         keys: Keys::new(&build),
         build,

@@ -141,7 +141,7 @@ impl Link {
         };
         let hello = Hello {
             version: VERSION,
-            build: ByteBuf::from(crate::task::build_id().to_vec()),
+            build: ByteBuf::from(crate::sys::build_id::build_id().to_vec()),
             session: self.session,
         };
         match chan.exchange::<_, Welcome>(self, &hello)? {
@@ -162,8 +162,8 @@ impl Link {
             }
             Welcome::OtherBuild { pid, build } => Err(Error::BuildMismatch {
                 pid,
-                parent: crate::task::hex(crate::task::build_id()),
-                child: crate::task::hex(&build),
+                parent: crate::sys::build_id::hex(crate::sys::build_id::build_id()),
+                child: crate::sys::build_id::hex(&build),
             }),
             Welcome::OtherVersion { version, .. } => Err(self.error(format!(
                 "the manager speaks protocol version {version}, this build speaks {VERSION}"

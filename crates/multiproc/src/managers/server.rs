@@ -572,7 +572,7 @@ fn serve_connection(core: &Core, pending: crate::connection::Pending) {
         Err(why) => return refuse(core, &peer, why),
     };
     let pid = std::process::id();
-    let build = crate::task::build_id();
+    let build = crate::sys::build_id::build_id();
     let welcome = if hello.version != VERSION {
         Welcome::OtherVersion {
             pid,

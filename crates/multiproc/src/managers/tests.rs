@@ -54,7 +54,7 @@ impl Raw {
     fn greeted(m: &Manager) -> Raw {
         let mut raw = Raw::connect(m);
         assert!(matches!(
-            raw.hello(crate::task::build_id()),
+            raw.hello(crate::sys::build_id::build_id()),
             Welcome::Ok { .. }
         ));
         raw
@@ -138,7 +138,7 @@ fn a_replayed_or_reflected_message_is_refused() {
     getrandom::getrandom(&mut session).unwrap();
     let hello = Hello {
         version: VERSION,
-        build: ByteBuf::from(crate::task::build_id().to_vec()),
+        build: ByteBuf::from(crate::sys::build_id::build_id().to_vec()),
         session,
     };
     let f = raw.sealed(&hello);
@@ -155,7 +155,7 @@ fn a_client_of_another_build_is_refused_before_any_request() {
     let m = manager();
     let mut raw = Raw::connect(&m);
     match raw.hello(b"another build") {
-        Welcome::OtherBuild { build, .. } => assert_eq!(build.as_slice(), crate::task::build_id()),
+        Welcome::OtherBuild { build, .. } => assert_eq!(build.as_slice(), crate::sys::build_id::build_id()),
         other => panic!("{other:?}"),
     }
     assert!(raw.closed());

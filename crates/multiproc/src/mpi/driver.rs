@@ -20,15 +20,14 @@ use std::time::{Duration, Instant};
 use mpi::Threading;
 use mpi::point_to_point::Source;
 use mpi::topology::{Communicator, Rank, SimpleCommunicator};
-use serde_bytes::ByteBuf;
 
 use super::link::{self, Greeting, TAG_GREETING, TAG_REPLY, TAG_REQUEST};
 use super::{EXIT_PROTOCOL, EXIT_TIMEOUT, RankInfo};
 use crate::error::{Error, Result};
 use crate::pool::core::{Core, LastStart, Limits, WorkerId};
 pub(crate) use crate::pool::remote::Shared;
-use crate::task;
-use crate::wire::message::{self, PROTOCOL_VERSION, Reply, Request};
+use crate::failure;
+use crate::wire::message::{self, Reply, Request};
 use crate::wire::values::{Data, Received};
 
 pub(crate) struct Config {
@@ -115,13 +114,7 @@ pub(crate) fn run(cfg: Config, shared: Arc<Shared>, ready: mpsc::Sender<Result<V
 
 /// Sends the hello to every worker rank and waits for each one's answer.
 fn greet(world: &SimpleCommunicator, size: Rank, timeout: Duration) -> Result<Vec<RankInfo>> {
-    let hello = Request::Hello {
-        version: PROTOCOL_VERSION,
-        build_id: ByteBuf::from(task::build_id().to_vec()),
-        name: String::new(),
-        max_frame: link::max_value() as u64,
-        leave_term: false,
-    };
+    let hello = Request::hello(String::new(), link::max_value() as u64, false);
     let mut head = Vec::new();
     message::frame_head(&hello, 0, &mut head)?;
     for r in 1..size {
@@ -172,7 +165,7 @@ fn greet(world: &SimpleCommunicator, size: Rank, timeout: Duration) -> Result<Ve
         match g {
             Greeting::Ready { pid, host } => infos.push(RankInfo { rank, pid, host }),
             Greeting::Refused { pid, host, reason } => {
-                let e = task::refusal_error(reason, pid);
+                let e = failure::refusal_error(reason, pid);
                 return Err(Error::Mpi {
                     detail: format!(
                         "MPI rank {rank} on {host} refused to serve: {e} (every rank must run \

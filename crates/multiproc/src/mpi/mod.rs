@@ -78,8 +78,8 @@ mod worker;
 
 pub use pool::{Pool, PoolBuilder};
 
-/// Exit code of a rank that broke or met a broken protocol.
-const EXIT_PROTOCOL: i32 = 71;
+/// Exit code of a rank that broke or met a broken protocol: a worker's.
+use crate::worker::EXIT_PROTOCOL;
 /// Exit code of the job when a worker rank panicked outside a task.
 const EXIT_PANIC: i32 = 101;
 /// Exit code of the job when a task stayed past twice its timeout.

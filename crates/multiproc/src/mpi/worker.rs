@@ -18,18 +18,17 @@ use mpi::topology::{Communicator, SimpleCommunicator};
 
 use super::link::{self, Greeting, TAG_GREETING, TAG_REPLY, TAG_REQUEST};
 use super::{EXIT_PANIC, EXIT_PROTOCOL};
-use crate::child::Origin;
 use crate::error::{Error, Result};
 use crate::wire::message::Refusal;
-use crate::worker::Link;
+use crate::worker::{Link, Origin};
 
 /// Panics in tasks are recorded for their reply; any other panic (or any panic under
 /// `panic = "abort"`) calls `MPI_Abort`, since unwinding into `MPI_Finalize` would hang
 /// the whole job waiting for this rank.
 fn install_panic_hook() {
     std::panic::set_hook(Box::new(|info| {
-        if crate::child::in_task() && !cfg!(panic = "abort") {
-            crate::child::record_panic(info);
+        if crate::worker::in_task() && !cfg!(panic = "abort") {
+            crate::worker::record_panic(info);
         } else {
             link::abort_job(EXIT_PANIC, &format!("panicked: {info}"));
         }

@@ -70,7 +70,7 @@ static TRACKER: Mutex<Option<Tracker>> = Mutex::new(None);
 fn start() -> io::Result<Running> {
     let (ours, theirs) = sys::fd::pair(SockType::SeqPacket)?;
     let env = [(
-        crate::start::ENV_CHILD,
+        sys::spawn::ENV_CHILD,
         format!("shmtracker:{}", theirs.as_raw_fd()),
     )];
     let pid = sys::tracker::spawn_tracker(Path::new("/proc/self/exe"), &env, theirs.as_fd())?;

@@ -7,7 +7,7 @@
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::sync::{Mutex, MutexGuard};
 
-pub(crate) struct Child {
+pub(super) struct Child {
     pid: u32,
     name: String,
     pidfd: RawFd,
@@ -18,7 +18,7 @@ static CHILDREN: Mutex<Vec<Child>> = Mutex::new(Vec::new());
 /// The list, locked. The Fork start method holds it across `fork()`, so that the child
 /// finds it in a known state, and empties it there: the parent's children are not the
 /// child's.
-pub(crate) fn lock() -> MutexGuard<'static, Vec<Child>> {
+pub(super) fn lock() -> MutexGuard<'static, Vec<Child>> {
     CHILDREN.lock().unwrap_or_else(|p| p.into_inner())
 }
 

@@ -6,6 +6,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use super::{forget_runtime_after_fork, runtime, runtime_slot};
 use crate::sys;
 use crate::sys::proc::{Forked, die_with_parent, exit_now, fork};
+use crate::worker::{self, EXIT_ORPHANED, Origin};
 
 pub(super) fn start(theirs: OwnedFd) -> io::Result<u32> {
     let parent = std::process::id();
@@ -16,7 +17,7 @@ pub(super) fn start(theirs: OwnedFd) -> io::Result<u32> {
     let _ = std::io::Write::flush(&mut std::io::stdout());
     runtime().on_launcher(move || {
         // Before the fork, so that the child need not (see the function's notes).
-        crate::child::install_panic_hook();
+        worker::install_panic_hook();
         // Held across fork so that the child finds this lock in a known state (held by
         // the one thread it has) rather than perhaps held by a thread it lacks.
         let mut slot = runtime_slot();
@@ -35,7 +36,7 @@ pub(super) fn start(theirs: OwnedFd) -> io::Result<u32> {
         match forked? {
             Forked::Child => {
                 // SIGINT stays blocked until the worker's handler is in place
-                // (`child::serve`, which unblocks it).
+                // (`worker::serve_socket`, which unblocks it).
                 // What C's stdio buffered is the parent's to write (see `flush_c_stdio`).
                 sys::proc::purge_inherited_c_stdio();
                 // Its own children start as it was started (Python's `fork` context).
@@ -52,9 +53,9 @@ pub(super) fn start(theirs: OwnedFd) -> io::Result<u32> {
                 // own descriptors arrive with the task.
                 sys::fd::disown_inherited(theirs.as_raw_fd());
                 if !die_with_parent(parent) {
-                    exit_now(crate::child::EXIT_ORPHANED);
+                    exit_now(EXIT_ORPHANED);
                 }
-                crate::child::serve(theirs, crate::child::Origin::Forked)
+                worker::serve_socket(theirs, Origin::Forked)
             }
             Forked::Parent(pid) => {
                 drop(tracker);

@@ -18,12 +18,14 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use nix::sys::socket::SockType;
 
 use super::spawn::SELF_EXE;
-use super::{ENV_CHILD, Runtime, runtime};
+use super::{Runtime, runtime};
 use crate::sys;
 use crate::sys::proc::Forked;
+use crate::sys::spawn::ENV_CHILD;
+use crate::worker::{self, EXIT_ORPHANED, EXIT_PROTOCOL, Origin};
 
 /// The parent's handle on its fork server.
-pub(crate) struct Server {
+pub(super) struct Server {
     ctrl: OwnedFd,
     pidfd: OwnedFd,
 }
@@ -115,7 +117,7 @@ pub(crate) fn serve(ctrl: OwnedFd) -> ! {
     let parent = nix::unistd::getppid().as_raw() as u32;
     let robust = sys::proc::robust_list();
     // Computed once here, inherited by every child, instead of re-read by each.
-    let _ = crate::task::build_id();
+    let _ = crate::sys::build_id::build_id();
     let mut buf = [0u8; 16];
     loop {
         let (n, fd) = match sys::fd::recv_with_fd(ctrl.as_fd(), &mut buf) {
@@ -127,7 +129,7 @@ pub(crate) fn serve(ctrl: OwnedFd) -> ! {
         }
         let Some(child_sock) = fd.filter(|_| n == 1 && buf[0] == b'F') else {
             // Not our protocol: the parent is confused or not a multiproc parent.
-            sys::proc::exit_now(crate::child::EXIT_PROTOCOL);
+            sys::proc::exit_now(EXIT_PROTOCOL);
         };
         let reply = match sys::proc::fork_as_sibling() {
             Ok(Forked::Child) => {
@@ -136,9 +138,9 @@ pub(crate) fn serve(ctrl: OwnedFd) -> ! {
                 }
                 drop(ctrl);
                 if !sys::proc::die_with_parent(parent) {
-                    sys::proc::exit_now(crate::child::EXIT_ORPHANED);
+                    sys::proc::exit_now(EXIT_ORPHANED);
                 }
-                crate::child::serve(child_sock, crate::child::Origin::Execd)
+                worker::serve_socket(child_sock, Origin::Execd)
             }
             Ok(Forked::Parent(pid)) => {
                 let p = pid.to_le_bytes();

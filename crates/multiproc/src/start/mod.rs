@@ -128,10 +128,6 @@ pub fn get_start_method() -> StartMethod {
     }
 }
 
-/// The environment variable a parent sets on an exec'd child: `worker:<fd>` or
-/// `forkserver:<fd>`.
-pub(crate) const ENV_CHILD: &str = "MULTIPROC_CHILD";
-
 /// The environment variable a parent sets on a `Spawn` child (`spawn`): the start
 /// method that child's own children use by default.
 pub(crate) const ENV_START_METHOD: &str = "MULTIPROC_START_METHOD";
@@ -165,10 +161,10 @@ type Job = Box<dyn FnOnce() + Send>;
 
 /// Per-process state of the parent side. A forked child must not inherit it (the
 /// launcher thread does not exist there), so it is keyed by pid and rebuilt after fork.
-pub(crate) struct Runtime {
+struct Runtime {
     pid: u32,
     launcher: mpsc::Sender<Job>,
-    pub(crate) forkserver: Mutex<Option<forkserver::Server>>,
+    forkserver: Mutex<Option<forkserver::Server>>,
 }
 
 static RUNTIME: Mutex<Option<Arc<Runtime>>> = Mutex::new(None);
@@ -178,7 +174,7 @@ fn lock_runtime() -> MutexGuard<'static, Option<Arc<Runtime>>> {
 }
 
 /// This process's runtime, created on first use.
-pub(crate) fn runtime() -> Arc<Runtime> {
+fn runtime() -> Arc<Runtime> {
     let mut slot = lock_runtime();
     let me = std::process::id();
     if let Some(rt) = slot.as_ref().filter(|rt| rt.pid == me) {
@@ -211,7 +207,7 @@ pub(crate) fn runtime() -> Arc<Runtime> {
 
 impl Runtime {
     /// Runs `job` on the launcher thread and returns its result.
-    pub(crate) fn on_launcher<T: Send + 'static>(
+    fn on_launcher<T: Send + 'static>(
         &self,
         job: impl FnOnce() -> T + Send + 'static,
     ) -> T {
@@ -227,13 +223,13 @@ impl Runtime {
 
 /// Forgets the parent's runtime in a forked child. Called with the runtime lock held
 /// across the fork, so the lock itself is in a known state.
-pub(crate) fn forget_runtime_after_fork(slot: &mut Option<Arc<Runtime>>) {
+fn forget_runtime_after_fork(slot: &mut Option<Arc<Runtime>>) {
     if let Some(stale) = slot.take() {
         std::mem::forget(stale);
     }
 }
 
 /// Locks the runtime slot; the Fork start method holds it across `fork()`.
-pub(crate) fn runtime_slot() -> MutexGuard<'static, Option<Arc<Runtime>>> {
+fn runtime_slot() -> MutexGuard<'static, Option<Arc<Runtime>>> {
     lock_runtime()
 }

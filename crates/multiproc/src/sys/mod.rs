@@ -4,7 +4,9 @@
 //! - [`proc`]: fork, clone, pidfd (and the exit status it keeps), wait, signals, `_exit`,
 //!   the parent-death signal.
 //! - [`image`]: this executable's code range, and calling a task by its offset.
-//! - [`spawn`]: fork + exec of this executable with an inherited socket.
+//! - [`build_id`]: this build's identity (safe code, beside `image`).
+//! - [`spawn`]: fork + exec of this executable with an inherited socket; the variable
+//!   that tells an exec'd child its role.
 //! - [`mem`]: faulting in a big buffer's pages in one call.
 //! - [`fd`]: passing descriptors over Unix sockets; what a forked child keeps.
 //! - [`poll`]: a `poll(2)` set with tokens, and deadlines as `poll` timeouts.
@@ -14,9 +16,11 @@
 //! - [`tracker`]: starting the shared-memory tracker (no parent-death signal).
 //! - `term`: SIGTERM as a request to stop (cluster nodes), and whether a worker leaves
 //!   SIGTERM to its parent (a node's pool).
-//! - `bootstrap`: the load-time constructor that turns a re-executed child into a worker.
+//! - [`bootstrap`]: the load-time constructor, which runs the function the crate's
+//!   bootstrap hands it (`before_main!`).
 
-mod bootstrap;
+pub(crate) mod bootstrap;
+pub(crate) mod build_id;
 pub(crate) mod fd;
 pub(crate) mod futex;
 pub(crate) mod image;

@@ -6,6 +6,11 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
 
+/// The environment variable a parent sets on a child it execs: `<role>:<fd>`, the role
+/// being `worker`, `forkserver` or `shmtracker` and `fd` the inherited socket to the
+/// parent (read by the crate's bootstrap).
+pub(crate) const ENV_CHILD: &str = "MULTIPROC_CHILD";
+
 /// Starts `exe` with `env` set and `sock` inherited (under the same descriptor
 /// number). The child dies with the calling thread. Returns its pid.
 pub(crate) fn spawn_with_socket(

@@ -18,6 +18,8 @@
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
+use super::codec::{decode, encode_into};
+use super::frame::HEADER_LEN;
 use crate::error::{Error, Result};
 
 /// Bumped whenever a message changes shape.
@@ -65,6 +67,21 @@ pub(crate) enum Request {
     /// it and, as it starts each call, stores which call (see `worker::call_word`), so
     /// that the parent knows, after the worker's death, which call was running.
     Slot,
+}
+
+impl Request {
+    /// The hello, a worker's first message: the protocol version and this build's id
+    /// (which the worker checks), the name it takes, its frame limit, and whether it
+    /// leaves SIGTERM to its parent.
+    pub(crate) fn hello(name: String, max_frame: u64, leave_term: bool) -> Request {
+        Request::Hello {
+            version: PROTOCOL_VERSION,
+            build_id: ByteBuf::from(crate::sys::build_id::build_id().to_vec()),
+            name,
+            max_frame,
+            leave_term,
+        }
+    }
 }
 
 /// Worker → parent.
@@ -128,12 +145,12 @@ pub(crate) fn frame_head<T: Serialize>(
     out: &mut Vec<u8>,
 ) -> Result<()> {
     out.clear();
-    out.extend_from_slice(&[0; super::HEADER_LEN + ENVELOPE_LEN]);
-    super::encode_into(envelope, out)?;
-    let env = out.len() - super::HEADER_LEN - ENVELOPE_LEN;
+    out.extend_from_slice(&[0; HEADER_LEN + ENVELOPE_LEN]);
+    encode_into(envelope, out)?;
+    let env = out.len() - HEADER_LEN - ENVELOPE_LEN;
     let body = ENVELOPE_LEN + env + data_len;
-    out[..super::HEADER_LEN].copy_from_slice(&(body as u64).to_le_bytes());
-    out[super::HEADER_LEN..super::HEADER_LEN + ENVELOPE_LEN]
+    out[..HEADER_LEN].copy_from_slice(&(body as u64).to_le_bytes());
+    out[HEADER_LEN..HEADER_LEN + ENVELOPE_LEN]
         .copy_from_slice(&(env as u32).to_le_bytes());
     Ok(())
 }
@@ -153,7 +170,7 @@ pub(crate) fn open_frame<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<
         .checked_add(len as usize)
         .filter(|&e| e <= body.len())
         .ok_or_else(|| bad("an envelope longer than its frame"))?;
-    let envelope = super::decode(&body[ENVELOPE_LEN..end])?;
+    let envelope = decode(&body[ENVELOPE_LEN..end])?;
     Ok((envelope, end))
 }
 

@@ -37,7 +37,7 @@ use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Result};
 use crate::pool::ChunkSize;
-use crate::task;
+use crate::failure;
 use crate::wire::message::{Failure, TaskRef};
 use crate::wire::values::{Data, Received, ValueBuf};
 use ends::Ends;
@@ -306,7 +306,7 @@ pub(crate) fn decode_answers<R: DeserializeOwned>(answers: Answers) -> Batch<R> 
             let mut broken: Option<String> = None;
             for (k, index) in indices.into_iter().enumerate() {
                 if let Some((_, f)) = failures.next_if(|(at, _)| *at as usize == k) {
-                    let e = task::failure_error(f, pid, index);
+                    let e = failure::failure_error(f, pid, index);
                     let e = match &host {
                         Some(h) => Error::OnNode {
                             host: h.to_string(),

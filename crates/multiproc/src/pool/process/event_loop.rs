@@ -18,7 +18,7 @@ use super::state::{Life, State};
 use crate::error::Error;
 use crate::pool::core::{LastStart, Limits, WorkerId};
 use crate::sys::poll::{Interest, PollSet};
-use crate::task;
+use crate::failure;
 use crate::wire::message::{self, Reply, Request};
 use crate::wire::values::{Data, Received, map_sealed};
 use crate::wire::{self, Next};
@@ -395,7 +395,7 @@ fn handle_frame(
                     st.core.set_paused(id, false);
                 }
                 Some((_, f)) => {
-                    init_failed(st, task::failure_error(f, pid, 0).to_string());
+                    init_failed(st, failure::failure_error(f, pid, 0).to_string());
                     st.procs[i].1.reject_initializer();
                 }
             }
@@ -444,7 +444,7 @@ fn handle_frame(
             Ok(())
         }
         Reply::Refused { reason } => {
-            st.core.break_pool(task::refusal_error(reason, pid));
+            st.core.break_pool(failure::refusal_error(reason, pid));
             st.procs[i].1.kill();
             Ok(())
         }

@@ -9,14 +9,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use nix::errno::Errno;
 use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
-use serde_bytes::ByteBuf;
 
 use crate::error::{Error, ExitStatus, Result};
 use crate::pool::core::LastStart;
 use crate::start::{self, StartMethod};
 use crate::sys;
-use crate::task;
-use crate::wire::message::{self, PROTOCOL_VERSION, Request};
+use crate::failure;
+use crate::wire::message::{self, Request};
 use crate::wire::{self, FrameReader};
 
 /// A frame not yet fully written: its parts, the descriptors that go with its first
@@ -124,13 +123,7 @@ impl Proc {
         };
         // Listed for `active_children`, as Python lists pool workers.
         start::children::add(proc.pid, &name, proc.pidfd.as_fd());
-        let hello = Request::Hello {
-            version: PROTOCOL_VERSION,
-            build_id: ByteBuf::from(task::build_id().to_vec()),
-            name,
-            max_frame: max as u64,
-            leave_term,
-        };
+        let hello = Request::hello(name, max as u64, leave_term);
         proc.queue(&hello, Vec::new(), Vec::new())?;
         // Without a slot (no memory file to be had) the pool still works; a death
         // then costs every call the worker held, as when the slot names no call.
@@ -344,7 +337,7 @@ impl Proc {
     /// The error for calls this worker held when it died.
     pub(super) fn death(&mut self) -> Error {
         let status = self.reap();
-        task::death_error(status, self.pid)
+        failure::death_error(status, self.pid)
     }
 }
 
