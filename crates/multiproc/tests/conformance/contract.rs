@@ -1,0 +1,514 @@
+//! The pool contract, written once: each check takes a [`Flavour`] (how to build its pool,
+//! what it differs in on purpose) and runs against the pool it builds. `conformance.rs`
+//! instantiates every check for every flavour with [`conformance!`].
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use multiproc::{Error, TaskPool, Wait, as_completed, wait};
+
+/// Workers of every flavour's pool (the cluster's: its nodes' slots in all).
+pub const WORKERS: usize = 2;
+
+/// What a flavour documents as its own (see each pool's docs).
+#[derive(Clone, Copy, Debug)]
+pub struct Caps {
+    /// `AsyncResult::cancel` stops a running call (the process pool kills its worker);
+    /// elsewhere the call runs to its end and its answer is thrown away.
+    pub cancel_stops_running: bool,
+    /// `terminate` stops running calls at once; elsewhere they run to their end (a
+    /// thread cannot be killed; a node far away is not reached).
+    pub terminate_stops_running: bool,
+}
+
+/// One kind of pool under the contract.
+pub trait Flavour {
+    /// The pool.
+    type P: TaskPool;
+    /// What it differs in on purpose.
+    const CAPS: Caps;
+    /// Builds a pool of [`WORKERS`] workers, runs `f` on it, drops it, and checks that
+    /// nothing of it is left behind.
+    fn with_pool(f: impl FnOnce(&Self::P));
+    /// Workers the pool reports now (`Pool::workers`, the cluster's slots, threads).
+    fn workers(p: &Self::P) -> usize;
+}
+
+pub fn double(x: u64) -> u64 {
+    x * 2
+}
+
+/// Panics on 3, with a message that names the input.
+pub fn boom(x: u64) -> u64 {
+    if x == 3 {
+        panic!("boom at {x}");
+    }
+    x
+}
+
+pub fn nap(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+/// Creates the file `path` (so the test sees that the call ran); returns 1.
+pub fn touch(path: String) -> u64 {
+    std::fs::write(path, b"ran").unwrap();
+    1
+}
+
+/// A directory of the test's own, removed on drop.
+pub struct Dir(PathBuf);
+
+impl Dir {
+    pub fn new(tag: &str) -> Dir {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let d = std::env::temp_dir().join(format!(
+            "multiproc-conformance-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        Dir(d)
+    }
+    pub fn file(&self, i: usize) -> String {
+        self.0.join(i.to_string()).to_string_lossy().into_owned()
+    }
+    pub fn count(&self) -> usize {
+        std::fs::read_dir(&self.0).unwrap().count()
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn panic_named(e: &Error, what: &str) {
+    assert!(e.is_panic(), "not a panic error: {e:?}");
+    let m = e.panic_message().unwrap_or_default();
+    assert!(
+        m.contains(what),
+        "panic message {m:?} does not name {what:?}"
+    );
+    assert!(
+        e.to_string().contains(what),
+        "error {e} does not name {what:?}"
+    );
+}
+
+// ---- the checks -------------------------------------------------------------------
+
+pub fn map_keeps_input_order<F: Flavour>() {
+    F::with_pool(|p| {
+        let n = 2_000u64;
+        assert_eq!(
+            p.map(double, 0..n).unwrap(),
+            (0..n).map(double).collect::<Vec<_>>()
+        );
+        // Slow first inputs do not reorder the results.
+        assert_eq!(p.map(nap, [60, 30, 0, 0]).unwrap(), vec![60, 30, 0, 0]);
+        // A tuple argument is Python's starmap.
+        fn add((a, b): (u64, u64)) -> u64 {
+            a + b
+        }
+        assert_eq!(p.map(add, [(1, 2), (3, 4)]).unwrap(), vec![3, 7]);
+    });
+}
+
+pub fn map_results_keeps_every_call<F: Flavour>() {
+    F::with_pool(|p| {
+        let out = p.map_results(boom, 0..8u64).unwrap();
+        assert_eq!(out.len(), 8);
+        for (i, r) in out.iter().enumerate() {
+            match r {
+                Ok(v) => assert!(i != 3 && *v == i as u64, "call {i}: {v}"),
+                Err(e) => {
+                    assert_eq!(i, 3, "call {i} failed: {e}");
+                    panic_named(e, "boom at 3");
+                }
+            }
+        }
+    });
+}
+
+pub fn a_panicking_task_names_its_panic_and_spares_the_others<F: Flavour>() {
+    F::with_pool(|p| {
+        let e = p.map(boom, 0..8u64).unwrap_err();
+        panic_named(&e, "boom at 3");
+        let e = p.apply(boom, 3).unwrap_err();
+        panic_named(&e, "boom at 3");
+        // The pool goes on: the same workers (or their replacements) answer.
+        assert_eq!(p.apply(boom, 4).unwrap(), 4);
+        assert_eq!(p.map(double, 0..100u64).unwrap().len(), 100);
+        let h = p.apply_async(boom, 3).unwrap();
+        panic_named(&h.get().unwrap_err(), "boom at 3");
+    });
+}
+
+pub fn imap_yields_in_order_and_stays_a_bounded_window_ahead<F: Flavour>() {
+    F::with_pool(|p| {
+        assert_eq!(
+            p.imap(nap, [60, 30, 0, 0])
+                .collect::<Result<Vec<_>, _>>()
+                .unwrap(),
+            vec![60, 30, 0, 0]
+        );
+        // An endless input: read only a window ahead of the consumer (the docs: "reads
+        // items only as results are consumed (a bounded window ahead)"; the window is at
+        // most 16,384 calls).
+        let read = Arc::new(AtomicUsize::new(0));
+        let counter = read.clone();
+        let input = (0u64..).inspect(move |_| {
+            counter.fetch_add(1, Ordering::Relaxed);
+        });
+        let mut it = p.imap(double, input);
+        for i in 0..10u64 {
+            assert_eq!(it.next().unwrap().unwrap(), 2 * i);
+        }
+        let ahead = read.load(Ordering::Relaxed);
+        assert!(ahead <= 16_384 + 10, "read {ahead} inputs for 10 results");
+        // Nothing reads on while the consumer waits.
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(
+            read.load(Ordering::Relaxed),
+            ahead,
+            "imap read on by itself"
+        );
+        drop(it); // cancels the window
+        assert_eq!(p.apply(double, 21).unwrap(), 42);
+    });
+}
+
+pub fn imap_unordered_yields_every_result_once<F: Flavour>() {
+    F::with_pool(|p| {
+        let mut back = vec![None; 500];
+        for (i, r) in p.imap_unordered(double, 0..500u64).indexed() {
+            assert!(back[i].replace(r.unwrap()).is_none(), "index {i} twice");
+        }
+        assert!(
+            back.iter()
+                .enumerate()
+                .all(|(i, v)| *v == Some(2 * i as u64))
+        );
+        let mut sum = 0;
+        for r in p.imap_unordered(boom, 0..6u64) {
+            match r {
+                Ok(v) => sum += v,
+                Err(e) => panic_named(&e, "boom at 3"),
+            }
+        }
+        assert_eq!(sum, 1 + 2 + 4 + 5);
+    });
+}
+
+pub fn apply_async_gives_its_result_and_cancel_stops_it<F: Flavour>() {
+    F::with_pool(|p| {
+        let h = p.apply_async(double, 21).unwrap();
+        assert_eq!(h.get().unwrap(), 42);
+        let many = p.map_async(double, 0..10u64).unwrap();
+        many.wait();
+        assert!(many.ready() && many.successful() == Some(true));
+        assert_eq!(many.get().unwrap(), (0..10).map(double).collect::<Vec<_>>());
+
+        // A running call: cancelled, answers Cancelled at once, and the pool goes on.
+        let ms = if F::CAPS.cancel_stops_running {
+            60_000
+        } else {
+            300
+        };
+        let slow = p.apply_async(nap, ms).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !slow.running() {
+            assert!(Instant::now() < deadline, "the call never ran");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let t = Instant::now();
+        assert!(slow.cancel());
+        assert!(slow.cancel(), "cancel again: still cancelled");
+        assert!(slow.cancelled() && slow.ready());
+        assert!(matches!(
+            slow.get_timeout(Duration::from_secs(5)),
+            Err(Error::Cancelled)
+        ));
+        assert_eq!(p.apply(double, 1).unwrap(), 2);
+        assert!(t.elapsed() < Duration::from_secs(30));
+
+        // A completed call cannot be cancelled.
+        let done = p.apply_async(double, 2).unwrap();
+        done.wait();
+        assert!(!done.cancel() && !done.cancelled());
+        assert_eq!(done.get().unwrap(), 4);
+    });
+}
+
+pub fn a_dropped_handle_cancels_its_queued_calls<F: Flavour>() {
+    F::with_pool(|p| {
+        let dir = Dir::new("drop");
+        // Every worker busy for a while, then 20 calls queued behind them, dropped.
+        let busy: Vec<_> = (0..WORKERS)
+            .map(|_| p.apply_async(nap, 400).unwrap())
+            .collect();
+        let handles: Vec<_> = (0..20)
+            .map(|i| p.apply_async(touch, dir.file(i)).unwrap())
+            .collect();
+        drop(handles);
+        for b in busy {
+            assert_eq!(b.get().unwrap(), 400);
+        }
+        // Whatever was still queued never runs (a worker may already hold a few).
+        assert_eq!(p.map(nap, vec![0; 2 * WORKERS]).unwrap().len(), 2 * WORKERS);
+        std::thread::sleep(Duration::from_millis(100));
+        let ran = dir.count();
+        assert!(ran < 20, "all 20 dropped calls ran");
+        // A detached handle's call runs to its end.
+        p.apply_async(touch, dir.file(100)).unwrap().detach();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !dir.path().join("100").exists() {
+            assert!(Instant::now() < deadline, "the detached call never ran");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    });
+}
+
+pub fn wait_and_as_completed_see_completion_order<F: Flavour>() {
+    F::with_pool(|p| {
+        let handles = vec![
+            p.apply_async(nap, 800).unwrap(),
+            p.apply_async(nap, 0).unwrap(),
+        ];
+        let (done, pending) = wait(&handles, Wait::FirstCompleted, None);
+        assert_eq!((done, pending), (vec![1], vec![0]));
+        let (done, pending) = wait(&handles, Wait::AllCompleted, Some(Duration::from_secs(30)));
+        assert_eq!((done, pending), (vec![0, 1], vec![]));
+
+        let failing = vec![
+            p.apply_async(nap, 800).unwrap(),
+            p.apply_async(boom, 3).unwrap(),
+        ];
+        let (done, _) = wait(&failing, Wait::FirstError, None);
+        assert_eq!(done, vec![1]);
+        drop(failing);
+
+        let handles = vec![
+            p.apply_async(nap, 800).unwrap(),
+            p.apply_async(nap, 0).unwrap(),
+        ];
+        let order: Vec<(usize, u64)> = as_completed(handles)
+            .map(|(i, r)| (i, r.unwrap()))
+            .collect();
+        assert_eq!(order, vec![(1, 0), (0, 800)]);
+    });
+}
+
+pub fn callbacks_run_with_the_result<F: Flavour>() {
+    F::with_pool(|p| {
+        let (tx, rx) = mpsc::channel();
+        let ok = tx.clone();
+        p.apply_async(double, 21)
+            .unwrap()
+            .callback(move |v| ok.send(format!("value {v}")).unwrap())
+            .detach();
+        assert_eq!(
+            rx.recv_timeout(Duration::from_secs(20)).unwrap(),
+            "value 42"
+        );
+
+        let err = tx.clone();
+        let h = p
+            .apply_async(boom, 3)
+            .unwrap()
+            .callback(|_| panic!("callback on a failure"))
+            .error_callback(move |e| err.send(format!("error {e}")).unwrap());
+        let got = rx.recv_timeout(Duration::from_secs(20)).unwrap();
+        assert!(
+            got.starts_with("error ") && got.contains("boom at 3"),
+            "{got}"
+        );
+        assert!(h.get().is_err());
+
+        let done = tx;
+        let h = p.apply_async(double, 1).unwrap();
+        h.on_done(move |r| done.send(format!("done {:?}", r.as_ref().ok())).unwrap());
+        assert_eq!(h.get().unwrap(), 2);
+        assert_eq!(
+            rx.recv_timeout(Duration::from_secs(20)).unwrap(),
+            "done Some(2)"
+        );
+
+        // A callback that panics does not harm the pool.
+        let h = p
+            .apply_async(double, 5)
+            .unwrap()
+            .callback(|_| panic!("callback boom"));
+        h.wait();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while h.callback_panic().is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "the callback's panic was not reported"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(h.callback_panic().unwrap().contains("callback boom"));
+        assert_eq!(p.apply(double, 3).unwrap(), 6);
+    });
+}
+
+pub fn close_then_join_finishes_the_work<F: Flavour>() {
+    F::with_pool(|p| {
+        assert!(matches!(p.join(), Err(Error::PoolNotClosed)));
+        let pending = p.map_async(nap, [100, 100, 100]).unwrap();
+        p.close();
+        p.close(); // idempotent
+        let e = p.map(double, [1]).unwrap_err();
+        assert!(matches!(e, Error::PoolClosed), "{e:?}");
+        assert!(matches!(p.apply_async(double, 1), Err(Error::PoolClosed)));
+        p.join().unwrap();
+        assert_eq!(pending.get().unwrap(), vec![100, 100, 100]);
+        p.join().unwrap(); // again
+    });
+}
+
+pub fn terminate_answers_what_is_unfinished<F: Flavour>() {
+    F::with_pool(|p| {
+        assert_eq!(p.apply(double, 1).unwrap(), 2); // workers up
+        let ms = if F::CAPS.terminate_stops_running {
+            60_000
+        } else {
+            300
+        };
+        let running: Vec<_> = (0..WORKERS)
+            .map(|_| p.apply_async(nap, ms).unwrap())
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !running.iter().all(|h| h.running()) {
+            assert!(Instant::now() < deadline, "the calls never ran");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let queued = p.map_async(nap, [0, 0, 0]).unwrap();
+        let t = Instant::now();
+        p.terminate();
+        assert!(matches!(queued.get(), Err(Error::PoolTerminated)));
+        for h in running {
+            match h.get_timeout(Duration::from_secs(10)) {
+                Err(Error::PoolTerminated) => {}
+                // Running calls that cannot be stopped may still answer.
+                Ok(v) if !F::CAPS.terminate_stops_running => assert_eq!(v, ms),
+                other => panic!("a running call after terminate: {other:?}"),
+            }
+        }
+        assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
+        let e = p.map(double, [1]).unwrap_err();
+        assert!(matches!(e, Error::PoolClosed), "{e:?}");
+        p.join().unwrap();
+    });
+}
+
+pub fn workers_reports_the_workers<F: Flavour>() {
+    F::with_pool(|p| {
+        assert_eq!(p.map(double, 0..100u64).unwrap().len(), 100);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while F::workers(p) != WORKERS {
+            assert!(
+                Instant::now() < deadline,
+                "{} workers, not {WORKERS}",
+                F::workers(p)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+}
+
+pub fn empty_input_gives_empty_output<F: Flavour>() {
+    F::with_pool(|p| {
+        let none: Vec<u64> = Vec::new();
+        assert_eq!(p.map(double, none.clone()).unwrap(), Vec::<u64>::new());
+        assert!(p.map_results(double, none.clone()).unwrap().is_empty());
+        assert!(
+            p.map_async(double, none.clone())
+                .unwrap()
+                .get()
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(p.imap(double, none.clone()).count(), 0);
+        assert_eq!(p.imap_unordered(double, none.clone()).count(), 0);
+        fn add(a: u64, b: u64) -> u64 {
+            a + b
+        }
+        assert_eq!(p.map_reduce(double, none, add).unwrap(), None);
+        assert_eq!(p.map_reduce(double, 1..=3u64, add).unwrap(), Some(12));
+    });
+}
+
+/// Instantiates every check of the contract for one flavour, as a module of tests.
+macro_rules! conformance {
+    ($module:ident, $flavour:ty) => {
+        mod $module {
+            use super::*;
+
+            #[test]
+            fn map_keeps_input_order() {
+                contract::map_keeps_input_order::<$flavour>();
+            }
+            #[test]
+            fn map_results_keeps_every_call() {
+                contract::map_results_keeps_every_call::<$flavour>();
+            }
+            #[test]
+            fn a_panicking_task_names_its_panic_and_spares_the_others() {
+                contract::a_panicking_task_names_its_panic_and_spares_the_others::<$flavour>();
+            }
+            #[test]
+            fn imap_yields_in_order_and_stays_a_bounded_window_ahead() {
+                contract::imap_yields_in_order_and_stays_a_bounded_window_ahead::<$flavour>();
+            }
+            #[test]
+            fn imap_unordered_yields_every_result_once() {
+                contract::imap_unordered_yields_every_result_once::<$flavour>();
+            }
+            #[test]
+            fn apply_async_gives_its_result_and_cancel_stops_it() {
+                contract::apply_async_gives_its_result_and_cancel_stops_it::<$flavour>();
+            }
+            #[test]
+            fn a_dropped_handle_cancels_its_queued_calls() {
+                contract::a_dropped_handle_cancels_its_queued_calls::<$flavour>();
+            }
+            #[test]
+            fn wait_and_as_completed_see_completion_order() {
+                contract::wait_and_as_completed_see_completion_order::<$flavour>();
+            }
+            #[test]
+            fn callbacks_run_with_the_result() {
+                contract::callbacks_run_with_the_result::<$flavour>();
+            }
+            #[test]
+            fn close_then_join_finishes_the_work() {
+                contract::close_then_join_finishes_the_work::<$flavour>();
+            }
+            #[test]
+            fn terminate_answers_what_is_unfinished() {
+                contract::terminate_answers_what_is_unfinished::<$flavour>();
+            }
+            #[test]
+            fn workers_reports_the_workers() {
+                contract::workers_reports_the_workers::<$flavour>();
+            }
+            #[test]
+            fn empty_input_gives_empty_output() {
+                contract::empty_input_gives_empty_output::<$flavour>();
+            }
+        }
+    };
+}
+pub(crate) use conformance;
