@@ -4,7 +4,12 @@
 //! tests). Where a pool differs on purpose (what `cancel` and `terminate` can stop), its
 //! [`Caps`](contract::Caps) say so; anything else that differs is a bug.
 //!
-//! The MPI pool keeps the same contract under `mpirun`: see `mpi.rs`.
+//! With feature `mpi`, the MPI pool too: each of its tests re-runs this binary under
+//! `mpirun -n 3` (one pool per process: MPI is initialized once), rank 0 running the
+//! check and ranks 1 and 2 serving as its workers.
+
+// The cluster flavour stops its shared servers in an atexit handler.
+#![allow(unsafe_code)]
 
 mod common;
 #[path = "conformance/contract.rs"]
@@ -71,3 +76,9 @@ conformance!(threads, Threads);
 mod cluster_flavour;
 #[cfg(feature = "cluster")]
 conformance!(cluster, cluster_flavour::Cluster);
+
+#[cfg(feature = "mpi")]
+#[path = "conformance/mpi_flavour.rs"]
+mod mpi_flavour;
+#[cfg(feature = "mpi")]
+conformance!(mpi, mpi_flavour::Mpi);

@@ -1,8 +1,9 @@
 //! The cluster flavour: one `redis-server` and two nodes of one slot each, started once
-//! for all of this binary's cluster tests (by a thread of their own that lives until the
-//! binary exits, so that their parent-death signal stops them then: a static is never
-//! dropped). Each test builds its own caller's pool on them, one test at a time (so that
-//! the keys each pool leaves can be counted: none).
+//! for all of this binary's cluster tests. A static is never dropped, so they are stopped
+//! (and reaped) by an `atexit` handler; and in case the binary dies without exiting, they
+//! have a parent-death signal, sent when the thread that started them ends: a thread of
+//! their own that lives until the binary exits. Each test builds its own caller's pool on
+//! them, one test at a time (so that the keys each pool leaves can be counted: none).
 
 use std::sync::{Mutex, OnceLock, mpsc};
 use std::time::{Duration, Instant};
@@ -38,6 +39,21 @@ fn the_fixture_spells_the_node_variables_as_the_library() {
     );
 }
 
+/// The nodes and Redis, for `stop_servers`.
+static SERVERS: Mutex<Option<(Vec<Node>, Redis)>> = Mutex::new(None);
+
+/// At exit: stops the nodes (SIGTERM: they drain and exit), then Redis, and reaps them.
+extern "C" fn stop_servers() {
+    let servers = SERVERS.lock().ok().and_then(|mut s| s.take());
+    if let Some((nodes, redis)) = servers {
+        for n in &nodes {
+            n.signal(libc::SIGTERM);
+        }
+        drop(nodes); // each: waits (at most its stop wait), then SIGKILL; reaped
+        drop(redis);
+    }
+}
+
 struct Fixture {
     url: String,
     /// One cluster test at a time.
@@ -67,12 +83,16 @@ fn fixture() -> &'static Fixture {
                         cmd.env("MULTIPROC_CLUSTER_LEASE_MS", LEASE.as_millis().to_string())
                             .env("MULTIPROC_CLUSTER_DRAIN_MS", "200");
                         multiproc_testkit::die_with_parent(&mut cmd, libc::SIGTERM);
-                        Node::spawn(cmd).unwrap()
+                        Node::spawn(cmd).unwrap().stop_wait(Duration::from_secs(5))
                     })
                     .collect();
                 tx.send(redis.url()).unwrap();
-                // Lives (and so do Redis and the nodes) until the binary exits.
-                let _keep = (redis, nodes);
+                *SERVERS.lock().unwrap() = Some((nodes, redis));
+                // SAFETY: atexit registers a plain `extern "C" fn()` that unwinds never
+                // (`stop_servers` catches nothing that could panic: it only drops).
+                unsafe { libc::atexit(stop_servers) };
+                // Lives until the binary exits, so that the parent-death signal comes
+                // only then.
                 loop {
                     std::thread::park();
                 }
