@@ -456,6 +456,85 @@ pub fn empty_input_gives_empty_output<F: Flavour>() {
     });
 }
 
+pub fn map_timeout_gives_up_and_the_pool_goes_on<F: Flavour>() {
+    F::with_pool(|p| {
+        let ms = if F::CAPS.cancel_stops_running {
+            60_000
+        } else {
+            1_500
+        };
+        let t = Instant::now();
+        let e = p
+            .map_timeout(nap, [0, ms], Duration::from_millis(300))
+            .unwrap_err();
+        assert!(e.is_timeout(), "{e:?}");
+        assert!(
+            t.elapsed() < Duration::from_millis(1_400),
+            "{:?}",
+            t.elapsed()
+        );
+        let out = p
+            .map_timeout(double, [1, 2], Duration::from_secs(30))
+            .unwrap();
+        assert_eq!(out, vec![2, 4]);
+    });
+}
+
+pub fn imap_yields_a_failed_call_in_its_place<F: Flavour>() {
+    F::with_pool(|p| {
+        let out: Vec<_> = p.imap(boom, 0..6u64).collect();
+        assert_eq!(out.len(), 6);
+        for (i, r) in out.into_iter().enumerate() {
+            match r {
+                Ok(v) => assert!(i != 3 && v == i as u64),
+                Err(e) => {
+                    assert_eq!(i, 3, "{e}");
+                    panic_named(&e, "boom at 3");
+                }
+            }
+        }
+        // map_async and map_reduce: the panic is the result.
+        let e = p.map_async(boom, 0..6u64).unwrap().get().unwrap_err();
+        panic_named(&e, "boom at 3");
+        fn add(a: u64, b: u64) -> u64 {
+            a + b
+        }
+        let e = p.map_reduce(boom, 0..6u64, add).unwrap_err();
+        panic_named(&e, "boom at 3");
+    });
+}
+
+pub fn a_handle_can_be_waited_on_with_a_timeout_and_awaited<F: Flavour>() {
+    F::with_pool(|p| {
+        let h = p.apply_async(nap, 400).unwrap();
+        assert_eq!(h.successful(), None);
+        let e = h.get_timeout(Duration::from_millis(10)).unwrap_err();
+        assert!(e.is_timeout(), "{e:?}");
+        assert!(!h.wait_timeout(Duration::from_millis(10)));
+        assert_eq!(h.get_timeout(Duration::from_secs(30)).unwrap(), 400);
+        // Handed out once.
+        assert!(matches!(
+            h.get_timeout(Duration::from_secs(1)),
+            Err(Error::PoolTerminated)
+        ));
+        // A future without a runtime of its own.
+        let h = p.apply_async(double, 8).unwrap();
+        assert_eq!(futures::executor::block_on(h).unwrap(), 16);
+    });
+}
+
+pub fn handles_outlive_their_pool<F: Flavour>() {
+    // Dropping a pool closes it and waits for the work already submitted (the process
+    // pool's docs; every pool's Drop).
+    let mut out = None;
+    F::with_pool(|p| {
+        out = Some(p.map_async(nap, [200, 100]).unwrap());
+    });
+    let h = out.unwrap();
+    assert!(h.ready(), "the pool's drop returned before its work");
+    assert_eq!(h.get().unwrap(), vec![200, 100]);
+}
+
 /// Instantiates every check of the contract for one flavour, as a module of tests.
 macro_rules! conformance {
     ($module:ident, $flavour:ty) => {
@@ -572,6 +651,43 @@ macro_rules! conformance {
                 <$flavour as Flavour>::run(
                     concat!(stringify!($module), "::empty_input_gives_empty_output"),
                     contract::empty_input_gives_empty_output::<$flavour>,
+                );
+            }
+            #[test]
+            fn map_timeout_gives_up_and_the_pool_goes_on() {
+                <$flavour as Flavour>::run(
+                    concat!(
+                        stringify!($module),
+                        "::map_timeout_gives_up_and_the_pool_goes_on"
+                    ),
+                    contract::map_timeout_gives_up_and_the_pool_goes_on::<$flavour>,
+                );
+            }
+            #[test]
+            fn imap_yields_a_failed_call_in_its_place() {
+                <$flavour as Flavour>::run(
+                    concat!(
+                        stringify!($module),
+                        "::imap_yields_a_failed_call_in_its_place"
+                    ),
+                    contract::imap_yields_a_failed_call_in_its_place::<$flavour>,
+                );
+            }
+            #[test]
+            fn a_handle_can_be_waited_on_with_a_timeout_and_awaited() {
+                <$flavour as Flavour>::run(
+                    concat!(
+                        stringify!($module),
+                        "::a_handle_can_be_waited_on_with_a_timeout_and_awaited"
+                    ),
+                    contract::a_handle_can_be_waited_on_with_a_timeout_and_awaited::<$flavour>,
+                );
+            }
+            #[test]
+            fn handles_outlive_their_pool() {
+                <$flavour as Flavour>::run(
+                    concat!(stringify!($module), "::handles_outlive_their_pool"),
+                    contract::handles_outlive_their_pool::<$flavour>,
                 );
             }
         }
