@@ -9,7 +9,7 @@ use std::any::Any;
 use std::collections::{HashMap, VecDeque};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, mpsc};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak, mpsc};
 use std::thread::JoinHandle;
 
 use crate::error::{Error, Result};
@@ -36,6 +36,12 @@ struct State {
     /// Each open job's `Deliver<R>` (as `Any`) and flags. Sealing drops this copy of
     /// the `Deliver`.
     jobs: HashMap<u64, (Box<dyn Any + Send>, Arc<JobFlags>)>,
+    /// Each sealed job's flags while a chunk of it is queued or running (the chunks
+    /// hold them): so that a job cancelled after its seal (a map's timeout or error, a
+    /// dropped `imap`) still drops its queued chunks.
+    sealed: HashMap<u64, Weak<JobFlags>>,
+    /// `sealed`'s length after its last pruning of finished jobs.
+    sealed_pruned: usize,
 }
 
 struct Shared {
@@ -123,6 +129,8 @@ impl ThreadPoolBuilder {
                 queue: VecDeque::new(),
                 closed: false,
                 jobs: HashMap::new(),
+                sealed: HashMap::new(),
+                sealed_pruned: 0,
             }),
             work: Condvar::new(),
         });
@@ -327,16 +335,32 @@ impl Backend for ThreadPool {
     }
 
     fn seal(&self, job: u64) {
+        let mut st = self.shared.lock();
+        let removed = st.jobs.remove(&job);
+        if let Some((_, flags)) = &removed {
+            st.sealed.insert(job, Arc::downgrade(flags));
+            // Finished jobs' entries go now and then: amortized O(1) per seal.
+            if st.sealed.len() > 2 * st.sealed_pruned + 64 {
+                st.sealed.retain(|_, f| f.strong_count() > 0);
+                st.sealed_pruned = st.sealed.len();
+            }
+        }
         // Dropped after the lock (see `ThreadJob::cancel`).
-        let removed = self.shared.lock().jobs.remove(&job);
+        drop(st);
         drop(removed);
     }
 
     fn cancel(&self, job: u64, _stop_running: bool) {
-        let removed = self.shared.lock().jobs.remove(&job);
-        if let Some((_, flags)) = &removed {
+        let mut st = self.shared.lock();
+        let removed = st.jobs.remove(&job);
+        let flags = match &removed {
+            Some((_, flags)) => Some(flags.clone()),
+            None => st.sealed.remove(&job).and_then(|f| f.upgrade()),
+        };
+        if let Some(flags) = flags {
             flags.cancelled.store(true, Ordering::Relaxed);
         }
+        drop(st);
         drop(removed);
     }
 

@@ -480,6 +480,48 @@ pub fn map_timeout_gives_up_and_the_pool_goes_on<F: Flavour>() {
     });
 }
 
+/// Sleeps `ms`, then creates the file `path`; returns `ms`.
+pub fn nap_touch((ms, path): (u64, String)) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    std::fs::write(path, b"ran").unwrap();
+    ms
+}
+
+/// A call given up (a map's timeout, a dropped imap) takes its queued calls with it.
+pub fn a_map_given_up_drops_its_queued_calls<F: Flavour>() {
+    F::with_pool(|p| {
+        let dir = Dir::new("given-up");
+        let n = 40;
+        // Every worker's first call is long; the rest queue behind them.
+        let items = |dir: &Dir| -> Vec<(u64, String)> {
+            (0..n)
+                .map(|i| (if i < WORKERS { 400 } else { 30 }, dir.file(i)))
+                .collect()
+        };
+        let e = p
+            .map_timeout(nap_touch, items(&dir), Duration::from_millis(100))
+            .unwrap_err();
+        assert!(e.is_timeout(), "{e:?}");
+        std::thread::sleep(Duration::from_millis(1_000));
+        let ran = dir.count();
+        assert!(
+            ran < n / 2,
+            "map_timeout: {ran} of {n} calls ran after the timeout"
+        );
+
+        let dir = Dir::new("imap-dropped");
+        let mut it = p.imap(nap_touch, items(&dir));
+        let _ = it.next_timeout(Duration::from_millis(100));
+        drop(it);
+        std::thread::sleep(Duration::from_millis(1_000));
+        let ran = dir.count();
+        assert!(
+            ran < n / 2,
+            "imap dropped: {ran} of {n} calls ran after the drop"
+        );
+    });
+}
+
 pub fn imap_yields_a_failed_call_in_its_place<F: Flavour>() {
     F::with_pool(|p| {
         let out: Vec<_> = p.imap(boom, 0..6u64).collect();
@@ -681,6 +723,16 @@ macro_rules! conformance {
                         "::a_handle_can_be_waited_on_with_a_timeout_and_awaited"
                     ),
                     contract::a_handle_can_be_waited_on_with_a_timeout_and_awaited::<$flavour>,
+                );
+            }
+            #[test]
+            fn a_map_given_up_drops_its_queued_calls() {
+                <$flavour as Flavour>::run(
+                    concat!(
+                        stringify!($module),
+                        "::a_map_given_up_drops_its_queued_calls"
+                    ),
+                    contract::a_map_given_up_drops_its_queued_calls::<$flavour>,
                 );
             }
             #[test]
