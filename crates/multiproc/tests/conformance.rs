@@ -25,6 +25,7 @@ impl Flavour for Processes {
     const CAPS: Caps = Caps {
         cancel_stops_running: true,
         terminate_stops_running: true,
+        terminate_delivers_running: false,
     };
 
     fn with_pool(f: impl FnOnce(&Self::P)) {
@@ -47,7 +48,9 @@ impl Flavour for Processes {
 }
 
 /// The thread pool: a thread cannot be killed, so neither cancel nor terminate stops a
-/// running call (documented on `ThreadPool`'s `terminate` and `AsyncResult::cancel`).
+/// running call (documented on `ThreadPool`'s `terminate` and `AsyncResult::cancel`);
+/// after `terminate` a running call's answer still arrives ("calls already running on
+/// a thread finish"), where the remote pools answer `PoolTerminated` at once.
 struct Threads;
 
 impl Flavour for Threads {
@@ -55,6 +58,7 @@ impl Flavour for Threads {
     const CAPS: Caps = Caps {
         cancel_stops_running: false,
         terminate_stops_running: false,
+        terminate_delivers_running: true,
     };
 
     fn with_pool(f: impl FnOnce(&Self::P)) {

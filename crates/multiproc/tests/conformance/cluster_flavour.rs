@@ -126,6 +126,7 @@ impl Flavour for Cluster {
     const CAPS: Caps = Caps {
         cancel_stops_running: false,
         terminate_stops_running: false,
+        terminate_delivers_running: false,
     };
 
     fn with_pool(f: impl FnOnce(&Self::P)) {
