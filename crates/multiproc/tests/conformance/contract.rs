@@ -270,6 +270,7 @@ pub fn a_dropped_handle_cancels_its_queued_calls<F: Flavour>() {
         let handles: Vec<_> = (0..20)
             .map(|i| p.apply_async(touch, dir.file(i)).unwrap())
             .collect();
+        assert!(!handles[19].running(), "a queued call reported running");
         drop(handles);
         for b in busy {
             assert_eq!(b.get().unwrap(), 400);
@@ -590,6 +591,41 @@ pub fn handles_outlive_their_pool<F: Flavour>() {
     assert_eq!(h.get().unwrap(), vec![200, 100]);
 }
 
+/// A value of several shapes, returned as it came.
+type Shapes = (
+    String,
+    Vec<Option<i64>>,
+    std::collections::BTreeMap<String, (u8, bool)>,
+    Result<char, String>,
+);
+
+pub fn echo_shapes(v: Shapes) -> Shapes {
+    v
+}
+
+pub fn echo_bytes(v: serde_bytes::ByteBuf) -> serde_bytes::ByteBuf {
+    v
+}
+
+pub fn unit(_: ()) {}
+
+pub fn values_of_every_shape_and_size_round_trip<F: Flavour>() {
+    F::with_pool(|p| {
+        let shapes: Shapes = (
+            "héllo".into(),
+            vec![Some(-1), None, Some(i64::MAX)],
+            [("a".to_string(), (1, true))].into_iter().collect(),
+            Err("no".into()),
+        );
+        assert_eq!(p.apply(echo_shapes, shapes.clone()).unwrap(), shapes);
+        p.apply(unit, ()).unwrap();
+        // Bigger than the process pool's 1 MiB inline limit (a memfd there).
+        let big = serde_bytes::ByteBuf::from((0..3 << 20).map(|i| i as u8).collect::<Vec<u8>>());
+        let back = p.map(echo_bytes, vec![big.clone(), big.clone()]).unwrap();
+        assert!(back.iter().all(|b| *b == big));
+    });
+}
+
 /// Instantiates every check of the contract for one flavour, as a module of tests.
 macro_rules! conformance {
     ($module:ident, $flavour:ty) => {
@@ -746,6 +782,16 @@ macro_rules! conformance {
                         "::a_map_given_up_drops_its_queued_calls"
                     ),
                     contract::a_map_given_up_drops_its_queued_calls::<$flavour>,
+                );
+            }
+            #[test]
+            fn values_of_every_shape_and_size_round_trip() {
+                <$flavour as Flavour>::run(
+                    concat!(
+                        stringify!($module),
+                        "::values_of_every_shape_and_size_round_trip"
+                    ),
+                    contract::values_of_every_shape_and_size_round_trip::<$flavour>,
                 );
             }
             #[test]
