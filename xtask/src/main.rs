@@ -172,7 +172,7 @@ fn test(extra: &[String]) -> Result<(), String> {
         return Ok(());
     }
 
-    step("the MPI pool (feature mpi): its checks on 3 ranks, then its tests");
+    step("the MPI pool (feature mpi): its checks on 3 ranks, its tests, its conformance");
     run(Command::new(&cargo).current_dir(&root).args([
         "build",
         "-p",
@@ -199,6 +199,20 @@ fn test(extra: &[String]) -> Result<(), String> {
             "mpi",
             "--test",
             "mpi",
+        ])
+        .envs(MPI_ENV.iter().copied()))?;
+    // The conformance suite's MPI flavour (its other flavours ran above).
+    run(Command::new(&cargo)
+        .current_dir(&root)
+        .args([
+            "test",
+            "-p",
+            "multiproc",
+            "--features",
+            "mpi",
+            "--test",
+            "conformance",
+            "mpi::",
         ])
         .envs(MPI_ENV.iter().copied()))?;
     println!("xtask: every test passed");

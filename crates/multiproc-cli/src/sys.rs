@@ -1,6 +1,6 @@
 //! Raw process creation for the benchmark floors. Every `unsafe` of this crate is here.
-//! (Also the two process controls the cluster workloads need for their servers: a
-//! parent-death signal, and a signal to a child.)
+//! (The cluster workloads' process controls, a parent-death signal and a signal to a
+//! child, are in crate `multiproc-testkit` with the Redis and nodes they start.)
 //!
 //! These measure what the kernel charges, with nothing of multiproc in the way:
 //! `fork()` + `waitpid()`, bytes through pipes between two processes, a child building
@@ -322,38 +322,6 @@ fn reap(pid: libc::pid_t) -> io::Result<()> {
             "raw child {pid} ended with wait status {status:#x}"
         )))
     }
-}
-
-/// Makes the child that `cmd` starts receive `signal` when the thread that starts it
-/// ends (this program's main thread starts the bench's servers: so, when this program
-/// ends, even by SIGKILL), and not outlive it.
-pub fn die_with_parent(cmd: &mut std::process::Command, signal: i32) {
-    use std::os::unix::process::CommandExt;
-    let parent = std::process::id() as libc::pid_t;
-    // SAFETY: the closure runs in the child between fork and exec and calls only
-    // prctl, getppid and kill, which are async-signal-safe; it allocates nothing.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, signal as libc::c_ulong) == -1 {
-                return Err(io::Error::last_os_error());
-            }
-            // The parent died before the prctl: the signal will not come.
-            if libc::getppid() != parent {
-                libc::kill(libc::getpid(), signal);
-            }
-            Ok(())
-        });
-    }
-}
-
-/// Sends `signal` to the process `pid` (a child of ours, not yet reaped).
-pub fn send_signal(pid: u32, signal: i32) -> io::Result<()> {
-    // SAFETY: kill(2) has no memory preconditions; callers pass the pid of their own
-    // child that they have not reaped, so it names no other process.
-    if unsafe { libc::kill(pid as libc::pid_t, signal) } == -1 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -30,26 +30,29 @@ use common::redis::Redis;
 /// The command that runs `exe` (this test binary, or a copy of another build) as a
 /// node of `redis` with `slots` slots; stdout discarded, stderr left to the caller.
 fn node_command(exe: &std::path::Path, redis: &Redis, key: &[u8], slots: usize) -> Command {
-    let mut cmd = Command::new(exe);
-    cmd.args([
+    let args = [
         "--exact",
         "cluster_node_entry",
         "--nocapture",
         "--test-threads=1",
-    ])
-    .env("MULTIPROC_CLUSTER", redis.url())
-    .env("MULTIPROC_CLUSTER_KEY", std::str::from_utf8(key).unwrap())
-    .env("MULTIPROC_CLUSTER_SLOTS", slots.to_string())
-    .stdout(Stdio::null());
-    cmd
+    ];
+    Node::command(exe, &args, &redis.url(), key, slots)
 }
 
-/// A worker node: this test binary, re-run.
-struct Node {
-    child: Child,
-}
+/// A worker node: this test binary, re-run (the shared fixture's, killed on drop).
+struct Node(multiproc_testkit::Node);
 
 impl Node {
+    fn command(
+        exe: &std::path::Path,
+        args: &[&str],
+        url: &str,
+        key: &[u8],
+        slots: usize,
+    ) -> Command {
+        multiproc_testkit::Node::command(exe, args, url, key, slots)
+    }
+
     fn start(redis: &Redis, key: &[u8], slots: usize) -> Node {
         Node::start_with(redis, key, slots, &[])
     }
@@ -70,40 +73,21 @@ impl Node {
         let mut cmd = node_command(exe, redis, key, slots);
         cmd.env("MULTIPROC_CLUSTER_LEASE_MS", LEASE.as_millis().to_string())
             .env("MULTIPROC_CLUSTER_DRAIN_MS", "200")
-            .envs(env.iter().copied())
-            .stderr(Stdio::inherit());
-        let child = cmd.spawn().unwrap();
-        Node { child }
+            .envs(env.iter().copied());
+        Node(multiproc_testkit::Node::spawn(cmd).unwrap())
     }
 
     fn pid(&self) -> u32 {
-        self.child.id()
+        self.0.pid()
     }
 
     fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on the pid of our own child, not yet reaped.
-        let _ = unsafe { libc::kill(self.child.id() as i32, sig) };
+        self.0.signal(sig);
     }
 
     /// Waits for it to exit (at most `timeout`); its exit code.
     fn wait(&mut self, timeout: Duration) -> Option<i32> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return s.code();
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.0.wait(timeout)
     }
 }
 

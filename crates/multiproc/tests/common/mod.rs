@@ -5,6 +5,7 @@
 // Raw libc calls on processes (signals) that it needs to make.
 #![allow(unsafe_code)]
 
+pub mod mpi;
 pub mod netns;
 pub mod redis;
 
