@@ -44,7 +44,11 @@ impl<R> Ordered<R> {
         let runs: Vec<std::ops::Range<usize>> = at.runs().collect();
         // From the last run back, so each split takes the tail of what is left.
         for run in runs.into_iter().rev() {
-            let rest = values.split_off(values.len() - run.len());
+            let rest = match values.len() - run.len() {
+                // The first (usually the only) run takes the vector as it is.
+                0 => std::mem::take(&mut values),
+                at => values.split_off(at),
+            };
             self.place(run.start, rest);
         }
     }

@@ -17,6 +17,7 @@ pub(crate) mod fds;
 mod frame;
 pub(crate) mod message;
 mod probe;
+pub(crate) mod spare;
 pub(crate) mod values;
 
 pub(crate) use codec::{

@@ -292,6 +292,15 @@ pub(crate) enum Received {
     Shared(Mapping),
 }
 
+impl Drop for Received {
+    fn drop(&mut self) {
+        // The frame's memory serves the next frame (see `wire::spare`).
+        if let Received::Inline(v, _) = self {
+            super::spare::give(std::mem::take(v));
+        }
+    }
+}
+
 impl Received {
     pub(crate) fn bytes(&self) -> &[u8] {
         match self {
