@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
 use crate::error::{Error, Signal};
+use crate::pool::core::jobs::Packed;
 use crate::wire::message::{Failure, TaskRef};
 
 /// A chunk of calls of one task, leased to one node at a time.
@@ -26,17 +27,11 @@ pub(crate) struct ChunkMsg {
 }
 
 impl ChunkMsg {
-    /// The arguments one by one, or `None` if `ends` does not fit `data` (a node never
-    /// trusts lengths, even signed ones).
-    pub(crate) fn args(&self) -> Option<Vec<Vec<u8>>> {
-        let mut start = 0usize;
-        let mut out = Vec::with_capacity(self.ends.len());
-        for &end in &self.ends {
-            let end = usize::try_from(end).ok()?;
-            out.push(self.data.get(start..end)?.to_vec());
-            start = end;
-        }
-        (start == self.data.len()).then_some(out)
+    /// Takes the arguments out, packed as they came (one copy into the local chunk,
+    /// none per argument), or `None` if `ends` does not fit `data` (a node never trusts
+    /// lengths, even signed ones).
+    pub(crate) fn take_args(&mut self) -> Option<Packed> {
+        Packed::new(std::mem::take(&mut self.data).into_vec(), &self.ends)
     }
 
     pub(crate) fn timeout(&self) -> Option<Duration> {

@@ -553,7 +553,7 @@ fn handle(
         }
         return Ok(false);
     };
-    let msg: ChunkMsg = match postcard::from_bytes(body) {
+    let mut msg: ChunkMsg = match postcard::from_bytes(body) {
         Ok(m) => m,
         Err(e) => {
             tracing::warn!(node = %node.name, "dropped a signed chunk that does not decode: {e}");
@@ -570,11 +570,12 @@ fn handle(
         finish_entry(b, &stream, &entry.id)?;
         return Ok(false);
     }
+    let tag = msg.tag;
     let reply = |parts| Done {
         caller: caller.to_owned(),
         id: entry.id.clone(),
         answer: AnswerMsg {
-            tag: msg.tag,
+            tag,
             node: node.name.clone(),
             nanos: 0,
             parts,
@@ -595,7 +596,7 @@ fn handle(
         let _ = done.send(reply(vec![WirePart::Failed(failed)]));
         return Ok(false);
     }
-    let Some(args) = msg.args() else {
+    let Some(args) = msg.take_args() else {
         let failed = (0..calls)
             .map(|p| {
                 let message = "the chunk's argument lengths do not fit its data".to_owned();
@@ -605,18 +606,18 @@ fn handle(
         let _ = done.send(reply(vec![WirePart::Failed(failed)]));
         return Ok(false);
     };
+    let n = msg.ends.len();
     let collector = Arc::new(Collector {
         node: Arc::downgrade(node),
         started: Instant::now(),
         tx: Mutex::new(done.clone()),
         st: Mutex::new(Collected {
-            answered: vec![false; args.len()],
-            left: args.len(),
+            answered: vec![false; n],
+            left: n,
             parts: Vec::new(),
             reply: Some(reply(Vec::new())),
         }),
     });
-    let n = args.len();
     // Signed, but still a number from elsewhere: no overflow, no panic.
     let deadline = msg.timeout().and_then(|t| {
         let total = t.checked_mul(u32::try_from(n).ok()?)?;

@@ -273,14 +273,14 @@ impl Pool {
         self.shared.workers()
     }
 
-    /// Runs calls of `entry` on arguments encoded elsewhere (each as it came), their
+    /// Runs calls of `entry` on arguments encoded elsewhere (packed as they came), their
     /// answers going to `sink` undecoded: how a cluster node relays a chunk it took
     /// to its local workers without knowing the task's types.
     #[cfg(feature = "cluster")]
     pub(crate) fn run_encoded(
         &self,
         entry: TaskRef,
-        args: Vec<Vec<u8>>,
+        args: super::core::jobs::Packed,
         sink: Arc<dyn super::core::Sink>,
     ) -> Result<(u64, Arc<dyn Control>)> {
         let mut st = self.shared.lock();
@@ -288,7 +288,6 @@ impl Pool {
             return Err(Error::PoolClosed);
         }
         let job = st.core.open_sunk(entry, self.chunk, sink);
-        let args = super::core::jobs::Encoded(args.into());
         st.core.submit(job, 0, Box::new(args));
         st.core.seal(job);
         self.shared.notify(&st, false);
