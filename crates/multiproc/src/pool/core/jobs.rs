@@ -422,7 +422,7 @@ impl Source for Packed {
         max: usize,
         buf: &mut ValueBuf,
         budget: usize,
-        mut ends: Option<&mut Ends>,
+        ends: Option<&mut Ends>,
     ) -> usize {
         // The run: as many arguments as one at a time would take (the last may cross
         // the budget), then appended with one copy.
@@ -454,7 +454,7 @@ impl Source for Packed {
             end = self.start(last);
         }
         debug_assert_eq!(buf.len(), base + (end - start));
-        if let Some(ends) = ends.as_deref_mut() {
+        if let Some(ends) = ends {
             for &e in &self.ends[first..last] {
                 ends.push(base + (e - start));
             }
