@@ -126,7 +126,7 @@ pub(super) fn drive(s: Settings, redis: Broker, shared: &Shared, status: &Mutex<
         let _ = b.pipe::<()>("cannot remove the caller's keys", &p);
     }
     let mut st = shared.lock();
-    st.stopped = true;
+    st.life.driver_ended();
     // A pool broken by an unreachable Redis keeps answering that error.
     if !st.core.is_broken() {
         st.core.terminate();
@@ -252,7 +252,7 @@ impl Driver<'_> {
         let mut out = Vec::new();
         {
             let mut st = self.shared.lock();
-            if st.terminate {
+            if st.life.is_terminating() {
                 st.core.terminate();
                 return Ok(true);
             }
@@ -289,7 +289,7 @@ impl Driver<'_> {
             if st.core.outstanding() != before {
                 self.shared.changed.notify_all();
             }
-            if st.closed && st.core.outstanding() == 0 {
+            if st.life.is_closed() && st.core.outstanding() == 0 {
                 return Ok(true);
             }
             if st.core.outstanding() == 0 {
