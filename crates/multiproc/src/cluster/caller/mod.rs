@@ -23,6 +23,7 @@ use super::message::NodeInfo;
 use crate::error::{Error, Result};
 use crate::pool::core::chunking::BROKER;
 use crate::pool::core::{Config as CoreConfig, Core};
+use crate::pool::options::{PoolOptions, option_setters};
 use crate::pool::remote::{RemotePool, Shared};
 use crate::pool::{ChunkSize, Progress};
 
@@ -69,10 +70,7 @@ pub struct PoolBuilder {
     url: String,
     key: Option<Key>,
     lease: Duration,
-    retries: u32,
-    task_timeout: Option<Duration>,
-    chunk: ChunkSize,
-    progress: Progress,
+    options: PoolOptions,
     unreachable: Duration,
     wait_for_nodes: Option<Duration>,
 }
@@ -92,33 +90,23 @@ impl PoolBuilder {
         self
     }
 
-    /// How many times a chunk whose node was lost runs again (default 2) before its
-    /// calls answer an [`Error::Cluster`] naming the node. A panic is answered, never
-    /// retried.
-    pub fn retries(mut self, n: u32) -> Self {
-        self.retries = n;
-        self
-    }
+    option_setters! { options;
+        /// How many times a chunk whose node was lost runs again (default 2) before its
+        /// calls answer an [`Error::Cluster`] naming the node. A panic is answered, never
+        /// retried.
+        fn retries(n: u32);
 
-    /// A call running longer than this on a node has its worker killed there and
-    /// answers [`Error::Timeout`]; with it, [`ChunkSize::Auto`] sends one call at a
-    /// time.
-    pub fn task_timeout(mut self, timeout: Duration) -> Self {
-        self.task_timeout = Some(timeout);
-        self
-    }
+        /// A call running longer than this on a node has its worker killed there and
+        /// answers [`Error::Timeout`]; with it, [`ChunkSize::Auto`] sends one call at a
+        /// time.
+        fn task_timeout(timeout: Duration);
 
-    /// Chunk size policy; default [`ChunkSize::Auto`], sized for a broker: chunks of
-    /// 100 ms to 1 s of calls (see the [module docs](super)).
-    pub fn chunk_size(mut self, chunk: ChunkSize) -> Self {
-        self.chunk = chunk;
-        self
-    }
+        /// Chunk size policy; default [`ChunkSize::Auto`], sized for a broker: chunks of
+        /// 100 ms to 1 s of calls (see the [module docs](super)).
+        fn chunk_size(chunk: ChunkSize);
 
-    /// Progress reporting for `map`, `map_results` and `imap`.
-    pub fn progress(mut self, progress: Progress) -> Self {
-        self.progress = progress;
-        self
+        /// Progress reporting for `map`, `map_results` and `imap`.
+        fn progress(progress: Progress);
     }
 
     /// How long Redis may be unreachable before the pool gives up and its calls answer
@@ -170,8 +158,8 @@ impl PoolBuilder {
             url: self.url,
             key,
             lease: self.lease,
-            retries: self.retries,
-            task_timeout: self.task_timeout,
+            retries: self.options.retries,
+            task_timeout: self.options.task_timeout,
             unreachable: self.unreachable,
             wait_for_nodes: self.wait_for_nodes,
             build,
@@ -182,7 +170,7 @@ impl PoolBuilder {
         let core = Core::new(CoreConfig {
             workers: MIN_LANES,
             retries: 0,
-            task_timeout: self.task_timeout,
+            task_timeout: self.options.task_timeout,
             max_tasks_per_child: None,
             pipeline: false,
             chunk_time: BROKER,
@@ -199,7 +187,7 @@ impl PoolBuilder {
                 .map_err(|e| Error::io("starting the cluster pool's thread", e))?
         };
         Ok(Pool {
-            remote: RemotePool::new(shared, driver, self.chunk, self.progress),
+            remote: RemotePool::new(shared, driver, self.options.chunk, self.options.progress),
             status,
             address,
         })
@@ -219,10 +207,10 @@ impl Pool {
             url: url.to_owned(),
             key: None,
             lease: Duration::from_secs(5),
-            retries: 2,
-            task_timeout: None,
-            chunk: ChunkSize::Auto,
-            progress: Progress::default(),
+            options: PoolOptions {
+                retries: 2,
+                ..PoolOptions::default()
+            },
             unreachable: Duration::from_secs(5),
             wait_for_nodes: Some(WAIT_FOR_NODES),
         }
