@@ -128,7 +128,7 @@ impl Driver<'_> {
     }
 
     /// Work waits and no node of this build is listed: say so at once, and after
-    /// [`PoolBuilder::wait_for_nodes`] answer the waiting calls with an error that
+    /// [`PoolBuilder::wait_for_nodes`](super::PoolBuilder::wait_for_nodes) answer the waiting calls with an error that
     /// says why.
     pub(super) fn check_nodes(&mut self, b: &mut Broker, live: &[NodeInfo]) -> Result<()> {
         let waiting = self.shared.lock().core.outstanding() > 0;

@@ -1,5 +1,5 @@
 //! The heartbeat thread: renews the leases of running chunks, enforces their task
-//! timeouts, and publishes the node's [`NodeInfo`].
+//! timeouts, and publishes the node's [`NodeInfo`](crate::cluster::NodeInfo).
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
