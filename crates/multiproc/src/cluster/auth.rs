@@ -91,7 +91,7 @@ impl Key {
     }
 
     /// `body` signed for `context`: the tag, then the body.
-    pub(crate) fn sign(&self, context: &[u8], body: &[u8]) -> Vec<u8> {
+    pub(super) fn sign(&self, context: &[u8], body: &[u8]) -> Vec<u8> {
         let tag = self.mac(context, body).finalize().into_bytes();
         let mut out = Vec::with_capacity(TAG + body.len());
         out.extend_from_slice(&tag);
@@ -101,7 +101,7 @@ impl Key {
 
     /// The body of a signed message, if its tag is right for `context` (checked in
     /// constant time).
-    pub(crate) fn open<'a>(&self, context: &[u8], message: &'a [u8]) -> Option<&'a [u8]> {
+    pub(super) fn open<'a>(&self, context: &[u8], message: &'a [u8]) -> Option<&'a [u8]> {
         if message.len() < TAG {
             return None;
         }

@@ -31,39 +31,39 @@ use redis::{Connection, FromRedisValue, Value};
 use crate::error::{Error, Result};
 
 /// The consumer group of every calls stream.
-pub(crate) const GROUP: &str = "nodes";
+pub(super) const GROUP: &str = "nodes";
 /// A caller's keys live this many leases past its last heartbeat.
-pub(crate) const EXPIRY_LEASES: u32 = 4;
+pub(super) const EXPIRY_LEASES: u32 = 4;
 
 /// Key names of one build.
 #[derive(Clone, Debug)]
-pub(crate) struct Keys {
+pub(super) struct Keys {
     ns: String,
 }
 
 impl Keys {
-    pub(crate) fn new(build: &str) -> Keys {
+    pub(super) fn new(build: &str) -> Keys {
         Keys {
             ns: format!("multiproc:{build}:"),
         }
     }
 
-    pub(crate) fn callers(&self) -> String {
+    pub(super) fn callers(&self) -> String {
         format!("{}callers", self.ns)
     }
-    pub(crate) fn calls(&self, caller: &str) -> String {
+    pub(super) fn calls(&self, caller: &str) -> String {
         format!("{}{caller}:calls", self.ns)
     }
-    pub(crate) fn answers(&self, caller: &str) -> String {
+    pub(super) fn answers(&self, caller: &str) -> String {
         format!("{}{caller}:answers", self.ns)
     }
-    pub(crate) fn alive(&self, caller: &str) -> String {
+    pub(super) fn alive(&self, caller: &str) -> String {
         format!("{}{caller}:alive", self.ns)
     }
-    pub(crate) fn nodes(&self) -> String {
+    pub(super) fn nodes(&self) -> String {
         format!("{}nodes", self.ns)
     }
-    pub(crate) fn node(&self, name: &str) -> String {
+    pub(super) fn node(&self, name: &str) -> String {
         format!("{}node:{name}", self.ns)
     }
 
@@ -71,11 +71,11 @@ impl Keys {
     /// a sorted set of `<build id>/<node>`, scored by when the entry expires (ms since
     /// the epoch, on the Redis server's clock: see [`now_ms`]). Not signed: it carries no work, and a forged entry
     /// changes only the words of the error of a caller that no node serves.
-    pub(crate) fn registry() -> String {
+    pub(super) fn registry() -> String {
         "multiproc:nodes".to_owned()
     }
 
-    pub(crate) fn registry_member(build: &str, node: &str) -> String {
+    pub(super) fn registry_member(build: &str, node: &str) -> String {
         format!("{build}/{node}")
     }
 }
@@ -97,22 +97,22 @@ const CLOCK_SYNC_EVERY: Duration = Duration::from_secs(10);
 /// Milliseconds since the Unix epoch on the Redis server's clock (this machine's
 /// clock, corrected by the offset last measured with `TIME`), for every timestamp that
 /// other machines compare with theirs.
-pub(crate) fn now_ms() -> u64 {
+pub(super) fn now_ms() -> u64 {
     let offset = CLOCK_OFFSET_MS.load(Ordering::Relaxed);
     u64::try_from((local_ms() as i64).saturating_add(offset)).unwrap_or(0)
 }
 
 /// One connection to the Redis server, with the address errors name (the URL without
 /// its password).
-pub(crate) struct Broker {
+pub(super) struct Broker {
     con: Connection,
-    pub(crate) address: String,
+    pub(super) address: String,
     /// When this broker last measured the clock offset.
     synced: Option<Instant>,
 }
 
 /// The address in errors: host and port (and database), never the password.
-pub(crate) fn address_of(url: &str) -> String {
+pub(super) fn address_of(url: &str) -> String {
     match redis::parse_redis_url(url) {
         Some(u) => {
             let host = u.host_str().unwrap_or("?");
@@ -126,7 +126,7 @@ pub(crate) fn address_of(url: &str) -> String {
 impl Broker {
     /// Connects within `timeout`; every command then fails after `timeout` rather than
     /// hang (blocking reads pass their own, shorter, block time).
-    pub(crate) fn connect(url: &str, timeout: Duration) -> Result<Broker> {
+    pub(super) fn connect(url: &str, timeout: Duration) -> Result<Broker> {
         let address = address_of(url);
         let fail = |what: &str, e: redis::RedisError| Error::Cluster {
             address: address.clone(),
@@ -153,7 +153,7 @@ impl Broker {
     /// the last [`CLOCK_SYNC_EVERY`]; [`now_ms`] applies it. A failure keeps the
     /// offset measured before: the command that follows reports the connection's
     /// trouble.
-    pub(crate) fn sync_clock(&mut self) {
+    pub(super) fn sync_clock(&mut self) {
         if self.synced.is_some_and(|t| t.elapsed() < CLOCK_SYNC_EVERY) {
             return;
         }
@@ -177,12 +177,12 @@ impl Broker {
     }
 
     /// Runs one command.
-    pub(crate) fn run<T: FromRedisValue>(&mut self, what: &str, cmd: &redis::Cmd) -> Result<T> {
+    pub(super) fn run<T: FromRedisValue>(&mut self, what: &str, cmd: &redis::Cmd) -> Result<T> {
         cmd.query(&mut self.con).map_err(|e| self.fail(what, e))
     }
 
     /// Runs commands in one round trip (not atomically).
-    pub(crate) fn pipe<T: FromRedisValue>(
+    pub(super) fn pipe<T: FromRedisValue>(
         &mut self,
         what: &str,
         pipe: &redis::Pipeline,
@@ -191,7 +191,7 @@ impl Broker {
     }
 
     /// Creates `stream` and its consumer group if they are not there.
-    pub(crate) fn ensure_group(&mut self, stream: &str) -> Result<()> {
+    pub(super) fn ensure_group(&mut self, stream: &str) -> Result<()> {
         let r: redis::RedisResult<Value> = redis::cmd("XGROUP")
             .arg("CREATE")
             .arg(stream)
@@ -209,7 +209,7 @@ impl Broker {
     /// Reads new entries of `streams` for `consumer` of the group, waiting at most
     /// `block` for some. `None`: one of the streams (or its group) is gone, and the
     /// read failed for all of them (the caller prunes its list).
-    pub(crate) fn read_group(
+    pub(super) fn read_group(
         &mut self,
         consumer: &str,
         streams: &[String],
@@ -245,7 +245,7 @@ impl Broker {
     }
 
     /// Reads entries of `stream` after `last`, waiting at most `block`.
-    pub(crate) fn read(
+    pub(super) fn read(
         &mut self,
         stream: &str,
         last: &str,
@@ -268,7 +268,7 @@ impl Broker {
 
     /// Entries of `stream` whose lease is older than `idle` (their node stopped
     /// renewing), with their consumers and delivery counts.
-    pub(crate) fn expired(
+    pub(super) fn expired(
         &mut self,
         stream: &str,
         idle: Duration,
@@ -291,7 +291,7 @@ impl Broker {
     }
 
     /// The entries of `stream` leased to `consumer` now (at most `count`).
-    pub(crate) fn owned(
+    pub(super) fn owned(
         &mut self,
         stream: &str,
         consumer: &str,
@@ -314,7 +314,7 @@ impl Broker {
 
     /// Takes over the entry `id` of `stream` for `consumer` if its lease is still
     /// older than `idle` (another node may have been quicker): the entry, or `None`.
-    pub(crate) fn claim(
+    pub(super) fn claim(
         &mut self,
         stream: &str,
         consumer: &str,
@@ -345,7 +345,7 @@ fn flatten(reply: Option<StreamReadReply>) -> Vec<(String, StreamId)> {
 }
 
 /// The bytes of field `m` of an entry (every message is one field).
-pub(crate) fn message(entry: &StreamId) -> Option<&[u8]> {
+pub(super) fn message(entry: &StreamId) -> Option<&[u8]> {
     match entry.map.get("m")? {
         Value::BulkString(b) => Some(b),
         _ => None,

@@ -7,46 +7,41 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
 use crate::error::{Error, Signal};
+use crate::pool::core::jobs::Packed;
 use crate::wire::message::{Failure, TaskRef};
 
 /// A chunk of calls of one task, leased to one node at a time.
 #[derive(Debug, Serialize, Deserialize)]
-pub(crate) struct ChunkMsg {
+pub(super) struct ChunkMsg {
     /// The caller's name for this chunk, never reused (echoed in the answer): an answer
     /// to a chunk the caller gave up on finds nothing.
-    pub(crate) tag: u64,
-    pub(crate) entry: TaskRef,
+    pub(super) tag: u64,
+    pub(super) entry: TaskRef,
     /// The arguments end to end; `ends[i]` is where argument `i` ends.
-    pub(crate) data: ByteBuf,
-    pub(crate) ends: Vec<u64>,
+    pub(super) data: ByteBuf,
+    pub(super) ends: Vec<u64>,
     /// Runs of this chunk allowed beyond the first when nodes are lost.
-    pub(crate) retries: u32,
+    pub(super) retries: u32,
     /// Per call, if the caller set a task timeout.
-    pub(crate) timeout_ms: Option<u64>,
+    pub(super) timeout_ms: Option<u64>,
 }
 
 impl ChunkMsg {
-    /// The arguments one by one, or `None` if `ends` does not fit `data` (a node never
-    /// trusts lengths, even signed ones).
-    pub(crate) fn args(&self) -> Option<Vec<Vec<u8>>> {
-        let mut start = 0usize;
-        let mut out = Vec::with_capacity(self.ends.len());
-        for &end in &self.ends {
-            let end = usize::try_from(end).ok()?;
-            out.push(self.data.get(start..end)?.to_vec());
-            start = end;
-        }
-        (start == self.data.len()).then_some(out)
+    /// Takes the arguments out, packed as they came (one copy into the local chunk,
+    /// none per argument), or `None` if `ends` does not fit `data` (a node never trusts
+    /// lengths, even signed ones).
+    pub(super) fn take_args(&mut self) -> Option<Packed> {
+        Packed::new(std::mem::take(&mut self.data).into_vec(), &self.ends)
     }
 
-    pub(crate) fn timeout(&self) -> Option<Duration> {
+    pub(super) fn timeout(&self) -> Option<Duration> {
         self.timeout_ms.map(Duration::from_millis)
     }
 }
 
 /// How a call ended on a node without a value from the task.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub(crate) enum NodeFailure {
+pub(super) enum NodeFailure {
     Killed {
         pid: u32,
         signal: i32,
@@ -72,7 +67,7 @@ pub(crate) enum NodeFailure {
 }
 
 impl NodeFailure {
-    pub(crate) fn of(e: &Error) -> NodeFailure {
+    pub(super) fn of(e: &Error) -> NodeFailure {
         match e.inner() {
             Error::Killed {
                 pid,
@@ -98,7 +93,7 @@ impl NodeFailure {
 
     /// The caller's error for call `index` (as the caller numbers it) that failed so on
     /// `node`.
-    pub(crate) fn into_error(self, node: &str, index: usize, address: &str) -> Error {
+    pub(super) fn into_error(self, node: &str, index: usize, address: &str) -> Error {
         let error = match self {
             NodeFailure::Killed {
                 pid,
@@ -155,7 +150,7 @@ impl NodeFailure {
 
 /// Some answers of a chunk, the calls named by position in it.
 #[derive(Debug, Serialize, Deserialize)]
-pub(crate) enum WirePart {
+pub(super) enum WirePart {
     /// As a local worker answered: values of the calls at `positions` not in
     /// `failures`, end to end.
     Values {
@@ -169,7 +164,7 @@ pub(crate) enum WirePart {
 
 /// How a chunk's previous run ended, when it runs again.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) enum Previous {
+pub(super) enum Previous {
     /// Its node ("host:pid") stopped renewing the lease: killed, cut off, frozen.
     Lost(String),
     /// Its node got SIGTERM and handed it back, unfinished after the drain time.
@@ -196,7 +191,7 @@ impl std::fmt::Display for Previous {
 
 /// What a node sends on a caller's answers stream.
 #[derive(Debug, Serialize, Deserialize)]
-pub(crate) enum NodeMsg {
+pub(super) enum NodeMsg {
     /// Every answer of a chunk.
     Answer(AnswerMsg),
     /// A chunk starts again on `node` (run `run`), after its previous run ended so:
@@ -211,13 +206,13 @@ pub(crate) enum NodeMsg {
 
 /// Every answer of one chunk.
 #[derive(Debug, Serialize, Deserialize)]
-pub(crate) struct AnswerMsg {
-    pub(crate) tag: u64,
+pub(super) struct AnswerMsg {
+    pub(super) tag: u64,
     /// The node that ran it ("host:pid").
-    pub(crate) node: String,
+    pub(super) node: String,
     /// Time the calls took on the node's workers, in all.
-    pub(crate) nanos: u64,
-    pub(crate) parts: Vec<WirePart>,
+    pub(super) nanos: u64,
+    pub(super) parts: Vec<WirePart>,
 }
 
 /// What a node says of itself in each heartbeat.

@@ -92,7 +92,7 @@ pub(crate) use node::enter_if_node;
 pub use node::{CLUSTER_ENV, ServeOptions, serve};
 
 /// This machine's host name, as nodes are named.
-pub(crate) fn hostname() -> String {
+pub(super) fn hostname() -> String {
     nix::unistd::gethostname()
         .ok()
         .and_then(|h| h.into_string().ok())

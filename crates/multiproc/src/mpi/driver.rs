@@ -103,7 +103,7 @@ pub(crate) fn run(cfg: Config, shared: Arc<Shared>, ready: mpsc::Sender<Result<V
         link::abort_job(EXIT_PROTOCOL, "the MPI pool's manager thread panicked");
     }
     let mut st = shared.lock();
-    st.stopped = true;
+    st.life.driver_ended();
     st.core.terminate();
     drop(st);
     shared.changed.notify_all();
@@ -198,7 +198,7 @@ fn serve(world: &SimpleCommunicator, shared: &Shared, cfg: &Config, ranks: &mut 
         let mut out: Vec<(Rank, Vec<u8>, Vec<u8>)> = Vec::new();
         {
             let mut st = shared.lock();
-            if st.terminate {
+            if st.life.is_terminating() {
                 st.core.terminate();
                 drop(st);
                 shared.changed.notify_all();
@@ -230,7 +230,7 @@ fn serve(world: &SimpleCommunicator, shared: &Shared, cfg: &Config, ranks: &mut 
                 }
             }
             let owed = ranks.iter().any(|r| !r.owed.is_empty());
-            if st.closed && st.core.outstanding() == 0 && !owed {
+            if st.life.is_closed() && st.core.outstanding() == 0 && !owed {
                 return;
             }
             if st.core.outstanding() != before {

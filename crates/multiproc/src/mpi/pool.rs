@@ -7,6 +7,7 @@ use super::RankInfo;
 use super::driver::{self, Config, Shared};
 use crate::error::{Error, Result};
 use crate::pool::core::{Config as CoreConfig, Core};
+use crate::pool::options::{PoolOptions, option_setters};
 use crate::pool::remote::RemotePool;
 use crate::pool::{ChunkSize, Progress};
 
@@ -40,31 +41,26 @@ pub struct Pool {
 /// Options for an MPI [`Pool`].
 #[derive(Debug)]
 pub struct PoolBuilder {
-    task_timeout: Option<Duration>,
+    options: PoolOptions,
     hello_timeout: Duration,
-    chunk: ChunkSize,
-    progress: Progress,
 }
 
 impl Default for PoolBuilder {
     fn default() -> Self {
         PoolBuilder {
-            task_timeout: None,
+            options: PoolOptions::default(),
             hello_timeout: Duration::from_secs(60),
-            chunk: ChunkSize::Auto,
-            progress: Progress::default(),
         }
     }
 }
 
 impl PoolBuilder {
-    /// A call running longer than this answers [`Error::Timeout`] and its rank gets no
-    /// more work; if the rank is still busy after as long again, the MPI job is aborted
-    /// (exit code 124), since MPI cannot stop one rank. With a timeout,
-    /// [`ChunkSize::Auto`] sends one call at a time.
-    pub fn task_timeout(mut self, timeout: Duration) -> Self {
-        self.task_timeout = Some(timeout);
-        self
+    option_setters! { options;
+        /// A call running longer than this answers [`Error::Timeout`] and its rank gets no
+        /// more work; if the rank is still busy after as long again, the MPI job is aborted
+        /// (exit code 124), since MPI cannot stop one rank. With a timeout,
+        /// [`ChunkSize::Auto`] sends one call at a time.
+        fn task_timeout(timeout: Duration);
     }
 
     /// How long rank 0 waits for every worker rank's hello (default 60 s); past it the
@@ -74,17 +70,13 @@ impl PoolBuilder {
         self
     }
 
-    /// Chunk size policy; default [`ChunkSize::Auto`] (the process pool's rule; see
-    /// [`crate::pool`]).
-    pub fn chunk_size(mut self, chunk: ChunkSize) -> Self {
-        self.chunk = chunk;
-        self
-    }
+    option_setters! { options;
+        /// Chunk size policy; default [`ChunkSize::Auto`] (the process pool's rule; see
+        /// [`crate::pool`]).
+        fn chunk_size(chunk: ChunkSize);
 
-    /// Progress reporting for `map`, `map_results` and `imap`.
-    pub fn progress(mut self, progress: Progress) -> Self {
-        self.progress = progress;
-        self
+        /// Progress reporting for `map`, `map_results` and `imap`.
+        fn progress(progress: Progress);
     }
 
     /// Initializes MPI, greets the worker ranks and checks they run this build.
@@ -107,14 +99,14 @@ impl PoolBuilder {
             Some(_) => super::worker::serve(),
         }
         let cfg = Config {
-            task_timeout: self.task_timeout,
+            task_timeout: self.options.task_timeout,
             hello_timeout: self.hello_timeout,
         };
         // The worker count is known once the ranks answered; the core learns it below.
         let core = Core::new(CoreConfig {
             workers: 1,
             retries: 0,
-            task_timeout: self.task_timeout,
+            task_timeout: self.options.task_timeout,
             max_tasks_per_child: None,
             pipeline: false,
             chunk_time: crate::pool::core::chunking::LOCAL,
@@ -141,7 +133,7 @@ impl PoolBuilder {
         };
         shared.lock().core.set_workers(ranks.len());
         Ok(Pool {
-            remote: RemotePool::new(shared, handle, self.chunk, self.progress),
+            remote: RemotePool::new(shared, handle, self.options.chunk, self.options.progress),
             ranks,
         })
     }

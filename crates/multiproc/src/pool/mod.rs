@@ -72,6 +72,7 @@ pub(crate) mod api;
 pub(crate) mod core;
 pub(crate) mod future;
 mod imap;
+pub(crate) mod options;
 mod ordered;
 mod process;
 mod progress;

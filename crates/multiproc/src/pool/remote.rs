@@ -19,15 +19,94 @@ use super::core::{Core, decode_answers, decoding};
 use crate::error::{Error, Result};
 use crate::task;
 
-/// The core and the flags both sides read.
+/// The life cycle of a pool driven by a thread of its own, as both sides see it.
+///
+/// ```text
+/// Running ──close──▶ Closed ──(driver ends)──▶ Stopped
+///    │                  │                        ▲
+///    └────terminate─────┴──▶ Terminating ──(driver ends)
+///    │
+///    └──(driver ends on its own)──▶ Ended ──close / terminate──▶ Stopped
+/// ```
+///
+/// The driving thread may end while nobody closed the pool (Redis unreachable for
+/// too long, MPI ranks that did not start): that is `Ended`, not a closed pool. Its
+/// jobs are still opened and answer at once with the error the core was left with,
+/// and `join` still asks for `close` first, as before the driver ended.
+///
+/// `close` and `terminate` may come in any state, from any thread, any number of
+/// times; one that does not apply changes nothing. The driver's end (`driver_ended`)
+/// comes once, and asserts it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Life {
+    /// Takes work.
+    Running,
+    /// Takes no new work; the driver ends once the work submitted is answered.
+    Closed,
+    /// Asked to stop at once: the driver answers what is left with `PoolTerminated`
+    /// at its next round, and ends.
+    Terminating,
+    /// The driver ended on its own while the pool was running. No answer comes any
+    /// more, except the core's at once.
+    Ended,
+    /// Closed or terminated, and the driver has ended. No answer comes any more.
+    Stopped,
+}
+
+impl Life {
+    /// Whether new jobs are refused.
+    pub(crate) fn is_closed(self) -> bool {
+        !matches!(self, Life::Running | Life::Ended)
+    }
+
+    /// Whether the driving thread has ended: no answer will come any more.
+    pub(crate) fn is_stopped(self) -> bool {
+        matches!(self, Life::Ended | Life::Stopped)
+    }
+
+    /// Whether the driver must stop at once.
+    pub(crate) fn is_terminating(self) -> bool {
+        self == Life::Terminating
+    }
+
+    /// `close`: `Running -> Closed`, `Ended -> Stopped`; anything else stays. Says
+    /// whether it changed.
+    pub(crate) fn close(&mut self) -> bool {
+        let next = match *self {
+            Life::Running => Life::Closed,
+            Life::Ended => Life::Stopped,
+            Life::Closed | Life::Terminating | Life::Stopped => return false,
+        };
+        *self = next;
+        true
+    }
+
+    /// `terminate`: `Running | Closed -> Terminating`, `Ended -> Stopped`; a pool
+    /// already terminating or stopped stays as it is.
+    pub(crate) fn terminate(&mut self) {
+        match *self {
+            Life::Running | Life::Closed => *self = Life::Terminating,
+            Life::Ended => *self = Life::Stopped,
+            Life::Terminating | Life::Stopped => {}
+        }
+    }
+
+    /// The driving thread has ended: `Running -> Ended`, `Closed | Terminating ->
+    /// Stopped`. It ends once.
+    pub(crate) fn driver_ended(&mut self) {
+        debug_assert!(!self.is_stopped(), "the driving thread ends once");
+        *self = match *self {
+            Life::Running => Life::Ended,
+            _ => Life::Stopped,
+        };
+    }
+}
+
+/// The core and the pool's life cycle, which both sides read.
 pub(crate) struct State {
     pub(crate) core: Core,
-    /// New jobs are refused (stored here only: the caller's side reads it under the
-    /// lock it takes anyway).
-    pub(crate) closed: bool,
-    pub(crate) terminate: bool,
-    /// The driving thread has ended: no answer will come any more.
-    pub(crate) stopped: bool,
+    /// Stored here only: the caller's side reads it under the lock it takes anyway.
+    pub(crate) life: Life,
 }
 
 pub(crate) struct Shared {
@@ -43,9 +122,7 @@ impl Shared {
         Shared {
             st: Mutex::new(State {
                 core,
-                closed: false,
-                terminate: false,
-                stopped: false,
+                life: Life::Running,
             }),
             changed: Condvar::new(),
             work: Condvar::new(),
@@ -78,7 +155,7 @@ impl Shared {
         caller_driven: bool,
     ) -> Result<(u64, Results<R>)> {
         let mut st = self.lock();
-        if st.closed {
+        if st.life.is_closed() {
             return Err(Error::PoolClosed);
         }
         let job = st.core.open(task::task_ref(f), chunk, caller_driven);
@@ -99,7 +176,7 @@ impl Shared {
         sink: Arc<dyn BatchSink<R>>,
     ) -> Result<(u64, Arc<dyn Control>)> {
         let mut st = self.lock();
-        if st.closed {
+        if st.life.is_closed() {
             return Err(Error::PoolClosed);
         }
         let job = st.core.open_sunk(task::task_ref(f), chunk, decoding(sink));
@@ -150,7 +227,7 @@ impl<R: Ret> ResultSource<R> for Pulled<R> {
                 drop(st);
                 return Step::Got(decode_answers::<R>(a));
             }
-            if st.core.job_over(self.job) || st.stopped {
+            if st.core.job_over(self.job) || st.life.is_stopped() {
                 return Step::Ended;
             }
             let now = Instant::now();
@@ -199,12 +276,12 @@ impl RemotePool {
     }
 
     pub(crate) fn is_closed(&self) -> bool {
-        self.shared.lock().closed
+        self.shared.lock().life.is_closed()
     }
 
     /// Takes no new work; the driving thread ends once the work submitted is done.
     pub(crate) fn close(&self) {
-        let newly = !std::mem::replace(&mut self.shared.lock().closed, true);
+        let newly = self.shared.lock().life.close();
         if newly {
             self.shared.notify();
         }
@@ -212,11 +289,7 @@ impl RemotePool {
 
     /// Stops at once; returns when the driving thread has ended.
     pub(crate) fn terminate(&self) {
-        {
-            let mut st = self.shared.lock();
-            st.closed = true;
-            st.terminate = true;
-        }
+        self.shared.lock().life.terminate();
         self.shared.notify();
         self.wait_driver();
     }
@@ -331,3 +404,35 @@ macro_rules! remote_pool_impls {
     };
 }
 pub(crate) use remote_pool_impls;
+
+#[cfg(test)]
+mod tests {
+    use super::Life;
+
+    #[test]
+    fn a_driver_that_ends_on_its_own_leaves_the_pool_open_until_closed() {
+        let mut life = Life::Running;
+        life.driver_ended();
+        assert_eq!(life, Life::Ended);
+        assert!(life.is_stopped() && !life.is_closed());
+        assert!(life.close());
+        assert_eq!(life, Life::Stopped);
+        assert!(!life.close());
+        life.terminate();
+        assert_eq!(life, Life::Stopped);
+
+    }
+
+    #[test]
+    fn close_and_terminate_end_in_stopped_when_the_driver_ends() {
+        let mut life = Life::Running;
+        assert!(life.close());
+        assert!(life.is_closed() && !life.is_stopped() && !life.is_terminating());
+        life.terminate();
+        assert!(life.is_terminating());
+        assert!(!life.close());
+        life.driver_ended();
+        assert_eq!(life, Life::Stopped);
+        assert!(life.is_closed() && life.is_stopped());
+    }
+}

@@ -356,3 +356,173 @@ impl Job {
         self.inbox.push_back(answers);
     }
 }
+
+/// Arguments encoded elsewhere and packed end to end, as a cluster node takes them in
+/// a chunk: the bytes held once, and a run of many arguments appended to the local
+/// chunk with one copy (no `Vec` per argument, as [`Encoded`] would need).
+#[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+pub(crate) struct Packed {
+    data: Vec<u8>,
+    /// Where each argument ends in `data`: checked at construction, never decreasing
+    /// and within `data`.
+    ends: Vec<usize>,
+    /// The first argument not taken yet.
+    next: usize,
+}
+
+#[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+impl Packed {
+    /// The arguments of `data` ending at `ends`, or `None` if `ends` does not cover
+    /// `data` exactly (the lengths came from another machine: never trusted).
+    pub(crate) fn new(data: Vec<u8>, ends: &[u64]) -> Option<Self> {
+        let mut start = 0usize;
+        let mut checked = Vec::with_capacity(ends.len());
+        for &end in ends {
+            let end = usize::try_from(end).ok()?;
+            if end < start || end > data.len() {
+                return None;
+            }
+            checked.push(end);
+            start = end;
+        }
+        if start != data.len() {
+            return None;
+        }
+        Some(Packed {
+            data,
+            ends: checked,
+            next: 0,
+        })
+    }
+
+    /// Where argument `i` starts.
+    fn start(&self, i: usize) -> usize {
+        i.checked_sub(1).map_or(0, |p| self.ends[p])
+    }
+}
+
+impl Source for Packed {
+    fn encode_first(&mut self, index: usize, buf: &mut ValueBuf) -> Option<Result<()>> {
+        let end = *self.ends.get(self.next)?;
+        let bytes = &self.data[self.start(self.next)..end];
+        let mark = buf.len();
+        if buf.append(bytes) {
+            return Some(Ok(()));
+        }
+        buf.truncate(mark);
+        Some(Err(crate::error::Error::FrameTooLarge {
+            what: format!("the argument of call {index}"),
+            len: bytes.len() as u64,
+            max: buf.limit() as u64,
+        }))
+    }
+
+    fn encode_run(
+        &mut self,
+        max: usize,
+        buf: &mut ValueBuf,
+        budget: usize,
+        ends: Option<&mut Ends>,
+    ) -> usize {
+        // The run: as many arguments as one at a time would take (the last may cross
+        // the budget), then appended with one copy.
+        let first = self.next;
+        let start = self.start(first);
+        let base = buf.len();
+        let mut last = first;
+        while last < self.ends.len() && last - first < max {
+            let end = self.ends[last];
+            last += 1;
+            if base + (end - start) >= budget {
+                break;
+            }
+        }
+        if last == first {
+            return 0;
+        }
+        let mut end = self.ends[last - 1];
+        if !buf.append(&self.data[start..end]) {
+            // Past the chunk's limit: only the arguments that fit whole go, and the
+            // one that does not stays first (for the next chunk, or its own error).
+            buf.truncate(base);
+            let room = buf.limit().saturating_sub(base);
+            last = first + self.ends[first..last].partition_point(|&e| e - start <= room);
+            if last == first || !buf.append(&self.data[start..self.start(last)]) {
+                buf.truncate(base);
+                return 0;
+            }
+            end = self.start(last);
+        }
+        debug_assert_eq!(buf.len(), base + (end - start));
+        if let Some(ends) = ends {
+            for &e in &self.ends[first..last] {
+                ends.push(base + (e - start));
+            }
+        }
+        self.next = last;
+        last - first
+    }
+
+    fn pop(&mut self) {
+        if self.next < self.ends.len() {
+            self.next += 1;
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.ends.len() - self.next
+    }
+}
+
+#[cfg(test)]
+mod packed_tests {
+    use super::*;
+
+    fn packed(args: &[&[u8]]) -> Packed {
+        let mut ends = Vec::new();
+        let data: Vec<u8> = args.iter().flat_map(|a| a.iter().copied()).collect();
+        let mut at = 0;
+        for a in args {
+            at += a.len() as u64;
+            ends.push(at);
+        }
+        Packed::new(data, &ends).unwrap()
+    }
+
+    #[test]
+    fn lengths_that_do_not_cover_the_data_are_refused() {
+        assert!(Packed::new(vec![0; 4], &[2, 1]).is_none());
+        assert!(Packed::new(vec![0; 4], &[2, 5]).is_none());
+        assert!(Packed::new(vec![0; 4], &[2]).is_none());
+        assert!(Packed::new(vec![0; 4], &[2, 4]).is_some());
+    }
+
+    #[test]
+    fn a_run_stops_at_the_budget_and_the_limit_and_records_ends() {
+        let mut p = packed(&[b"ab", b"c", b"", b"defg", b"hi"]);
+        let mut buf = ValueBuf::new(1 << 20, false);
+        let mut ends = Ends::default();
+        // The budget is crossed by the 4th argument: it goes, as one at a time would.
+        assert_eq!(p.encode_run(10, &mut buf, 5, Some(&mut ends)), 4);
+        assert_eq!(buf.heap(), Some(&b"abcdefg"[..]));
+        assert_eq!(ends.offsets().collect::<Vec<_>>(), vec![2, 3, 3, 7]);
+        assert_eq!(p.len(), 1);
+        // A chunk limit of 3 bytes: "hi" fits, then nothing is left.
+        let mut small = ValueBuf::new(3, false);
+        assert_eq!(p.encode_run(10, &mut small, 100, None), 1);
+        assert_eq!(p.len(), 0);
+
+        let mut p = packed(&[b"ab", b"cdef", b"g"]);
+        let mut small = ValueBuf::new(3, false);
+        assert_eq!(p.encode_run(10, &mut small, 100, None), 1);
+        assert_eq!(small.heap(), Some(&b"ab"[..]));
+        // The one over the limit stays first, for its own error.
+        let mut fresh = ValueBuf::new(3, false);
+        assert_eq!(p.encode_run(10, &mut fresh, 100, None), 0);
+        let err = p.encode_first(1, &mut fresh).unwrap().unwrap_err();
+        assert!(matches!(err, crate::error::Error::FrameTooLarge { len: 4, .. }));
+        p.pop();
+        assert_eq!(p.encode_run(1, &mut fresh, 100, None), 1);
+        assert_eq!(fresh.heap(), Some(&b"g"[..]));
+    }
+}

@@ -24,6 +24,7 @@ use super::api::sealed::{Backend, BatchSink, Control, ResultSource, Results, Ste
 use super::api::{self, Arg, Ret, TaskPool};
 use super::core::jobs::Items;
 use super::core::{Config as CoreConfig, Core, decode_answers, decoding};
+use super::options::{PoolOptions, option_setters};
 use super::progress::Progress;
 use crate::error::{Error, Result};
 use crate::start::StartMethod;
@@ -85,10 +86,7 @@ pub struct PoolBuilder {
     initializer: Option<(TaskRef, Vec<u8>, Vec<std::os::fd::OwnedFd>)>,
     init_error: Option<Error>,
     max_tasks_per_child: Option<usize>,
-    task_timeout: Option<Duration>,
-    retries: u32,
-    chunk: ChunkSize,
-    progress: Progress,
+    options: PoolOptions,
     leave_term: bool,
 }
 
@@ -150,32 +148,22 @@ impl PoolBuilder {
         self
     }
 
-    /// Kills and replaces a worker whose call runs longer than this; the call answers
-    /// [`Error::Timeout`].
-    pub fn task_timeout(mut self, timeout: Duration) -> Self {
-        self.task_timeout = Some(timeout);
-        self
-    }
+    option_setters! { options;
+        /// Kills and replaces a worker whose call runs longer than this; the call answers
+        /// [`Error::Timeout`].
+        fn task_timeout(timeout: Duration);
 
-    /// How many times a call whose worker died while running it is run again (alone,
-    /// on a new worker) before its error is returned. Default 0. Panics and timeouts
-    /// are not retried. The dead worker's other calls run again whatever this says
-    /// (see [the module docs](crate::pool#pipelining-and-what-a-crash-costs)).
-    pub fn retries(mut self, n: u32) -> Self {
-        self.retries = n;
-        self
-    }
+        /// How many times a call whose worker died while running it is run again (alone,
+        /// on a new worker) before its error is returned. Default 0. Panics and timeouts
+        /// are not retried. The dead worker's other calls run again whatever this says
+        /// (see [the module docs](crate::pool#pipelining-and-what-a-crash-costs)).
+        fn retries(n: u32);
 
-    /// Chunk size policy; default [`ChunkSize::Auto`].
-    pub fn chunk_size(mut self, chunk: ChunkSize) -> Self {
-        self.chunk = chunk;
-        self
-    }
+        /// Chunk size policy; default [`ChunkSize::Auto`].
+        fn chunk_size(chunk: ChunkSize);
 
-    /// Progress reporting for `map`, `map_results` and `imap`.
-    pub fn progress(mut self, progress: Progress) -> Self {
-        self.progress = progress;
-        self
+        /// Progress reporting for `map`, `map_results` and `imap`.
+        fn progress(progress: Progress);
     }
 
     /// Starts the pool. Its workers start with its first work (see [`Pool::workers`]);
@@ -210,8 +198,8 @@ impl PoolBuilder {
         let processes = self.processes.unwrap_or_else(crate::cpu_count);
         let core = Core::new(CoreConfig {
             workers: processes,
-            retries: self.retries,
-            task_timeout: self.task_timeout,
+            retries: self.options.retries,
+            task_timeout: self.options.task_timeout,
             max_tasks_per_child: self.max_tasks_per_child,
             pipeline: true,
             chunk_time: crate::pool::core::chunking::LOCAL,
@@ -232,8 +220,8 @@ impl PoolBuilder {
             shared,
             background: Mutex::new(Some(background)),
             processes,
-            chunk: self.chunk,
-            progress: self.progress,
+            chunk: self.options.chunk,
+            progress: self.options.progress,
         })
     }
 }
@@ -273,14 +261,14 @@ impl Pool {
         self.shared.workers()
     }
 
-    /// Runs calls of `entry` on arguments encoded elsewhere (each as it came), their
+    /// Runs calls of `entry` on arguments encoded elsewhere (packed as they came), their
     /// answers going to `sink` undecoded: how a cluster node relays a chunk it took
     /// to its local workers without knowing the task's types.
     #[cfg(feature = "cluster")]
     pub(crate) fn run_encoded(
         &self,
         entry: TaskRef,
-        args: Vec<Vec<u8>>,
+        args: super::core::jobs::Packed,
         sink: Arc<dyn super::core::Sink>,
     ) -> Result<(u64, Arc<dyn Control>)> {
         let mut st = self.shared.lock();
@@ -288,7 +276,6 @@ impl Pool {
             return Err(Error::PoolClosed);
         }
         let job = st.core.open_sunk(entry, self.chunk, sink);
-        let args = super::core::jobs::Encoded(args.into());
         st.core.submit(job, 0, Box::new(args));
         st.core.seal(job);
         self.shared.notify(&st, false);

@@ -27,6 +27,7 @@ use std::thread::JoinHandle;
 use self::job::{Flags, Job, JobRef, Work};
 use crate::error::{Error, Result};
 use crate::pool::api::sealed::{Backend, BatchSink, Control, JobId, Results};
+use crate::pool::options::{PoolOptions, option_setters};
 use crate::pool::{Arg, ChunkSize, Progress, Ret, TaskPool};
 
 struct State {
@@ -108,8 +109,7 @@ pub struct ThreadPool {
 pub struct ThreadPoolBuilder {
     threads: Option<usize>,
     initializer: Option<Arc<dyn Fn() + Send + Sync>>,
-    chunk: ChunkSize,
-    progress: Progress,
+    options: PoolOptions,
 }
 
 impl ThreadPoolBuilder {
@@ -128,29 +128,25 @@ impl ThreadPoolBuilder {
         self
     }
 
-    /// Calls per unit of work (a chunk: its calls run in order on one thread, and
-    /// their answers reach the caller together); default [`ChunkSize::Auto`].
-    /// `Fixed(n)`: `n` calls. `Auto`: a quarter of each thread's share of what is
-    /// submitted at once (`ceil(len / (4 × threads))`, Python's rule), at most 1024.
-    ///
-    /// ```
-    /// use multiproc::{ChunkSize, ThreadPool};
-    /// fn id(x: u32) -> u32 { x }
-    ///
-    /// # fn main() -> multiproc::Result<()> {
-    /// let pool = ThreadPool::builder().threads(2).chunk_size(ChunkSize::Fixed(64)).build()?;
-    /// assert_eq!(pool.map(id, 0..1000)?.len(), 1000);
-    /// # Ok(()) }
-    /// ```
-    pub fn chunk_size(mut self, chunk: ChunkSize) -> Self {
-        self.chunk = chunk;
-        self
-    }
+    option_setters! { options;
+        /// Calls per unit of work (a chunk: its calls run in order on one thread, and
+        /// their answers reach the caller together); default [`ChunkSize::Auto`].
+        /// `Fixed(n)`: `n` calls. `Auto`: a quarter of each thread's share of what is
+        /// submitted at once (`ceil(len / (4 × threads))`, Python's rule), at most 1024.
+        ///
+        /// ```
+        /// use multiproc::{ChunkSize, ThreadPool};
+        /// fn id(x: u32) -> u32 { x }
+        ///
+        /// # fn main() -> multiproc::Result<()> {
+        /// let pool = ThreadPool::builder().threads(2).chunk_size(ChunkSize::Fixed(64)).build()?;
+        /// assert_eq!(pool.map(id, 0..1000)?.len(), 1000);
+        /// # Ok(()) }
+        /// ```
+        fn chunk_size(chunk: ChunkSize);
 
-    /// Progress reporting for `map`, `map_results` and `imap`.
-    pub fn progress(mut self, progress: Progress) -> Self {
-        self.progress = progress;
-        self
+        /// Progress reporting for `map`, `map_results` and `imap`.
+        fn progress(progress: Progress);
     }
 
     /// Starts the threads. Errors: [`Error::InvalidArgument`] for `threads(0)`.
@@ -191,8 +187,8 @@ impl ThreadPoolBuilder {
             threads: Mutex::new(threads),
             n,
             next_job: AtomicU64::new(0),
-            chunk: self.chunk,
-            progress: self.progress,
+            chunk: self.options.chunk,
+            progress: self.options.progress,
         })
     }
 }
