@@ -22,7 +22,7 @@ use super::broker::{self, Broker, GROUP, Keys};
 use super::message::{AnswerMsg, ChunkMsg, NodeFailure, NodeInfo, NodeMsg, Previous, WirePart};
 use crate::error::{Error, Result};
 use crate::pool::Pool;
-use crate::pool::api::sealed::Control;
+use crate::pool::backend::Control;
 use crate::pool::core::{Answers, Sink};
 use crate::start::StartMethod;
 

@@ -14,8 +14,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use super::api::sealed::Control;
-use super::core::{Batch, BatchSink};
+use super::backend::Control;
+use super::batch::{Batch, BatchSink};
 use super::ordered::Ordered;
 use crate::error::{Error, Result};
 

@@ -3,8 +3,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use super::api::sealed::{Backend, JobId, Results, Step};
-use super::api::{Arg, Ret};
+use super::backend::{Arg, Backend, JobId, Results, Ret, Step};
 use super::progress::Bar;
 use crate::error::{Error, Result};
 

@@ -9,7 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::api::{Arg, Ret};
+use super::backend::{Arg, Ret};
 use crate::sys::image;
 
 /// One chunk of a `map_reduce`: the task, the combining function, and the items.

@@ -12,10 +12,10 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
 use super::ChunkSize;
-use super::api::sealed::{BatchSink, Control, ResultSource, Results, Step};
-use super::api::{Arg, Ret};
+use super::backend::{Arg, Control, ResultSource, Results, Ret, Step};
+use super::batch::{BatchSink, decode_answers, decoding};
 use super::core::jobs::Items;
-use super::core::{Core, decode_answers, decoding};
+use super::core::Core;
 use crate::error::{Error, Result};
 use crate::task;
 
@@ -252,7 +252,7 @@ impl Drop for RemotePool {
 /// with a field `remote: RemotePool` and a method `fn parallelism_now(&self) -> usize`.
 macro_rules! remote_pool_impls {
     ($pool:ty) => {
-        impl $crate::pool::api::sealed::Backend for $pool {
+        impl $crate::pool::backend::Backend for $pool {
             type Job<A: $crate::pool::Arg, R: $crate::pool::Ret> = u64;
 
             fn open<A: $crate::pool::Arg, R: $crate::pool::Ret>(
@@ -260,7 +260,7 @@ macro_rules! remote_pool_impls {
                 f: fn(A) -> R,
                 chunk: $crate::ChunkSize,
                 caller_driven: bool,
-            ) -> $crate::Result<(u64, $crate::pool::api::sealed::Results<R>)> {
+            ) -> $crate::Result<(u64, $crate::pool::backend::Results<R>)> {
                 self.remote.shared.open(f, chunk, caller_driven)
             }
 
@@ -268,8 +268,8 @@ macro_rules! remote_pool_impls {
                 &self,
                 f: fn(A) -> R,
                 chunk: $crate::ChunkSize,
-                sink: std::sync::Arc<dyn $crate::pool::api::sealed::BatchSink<R>>,
-            ) -> $crate::Result<(u64, std::sync::Arc<dyn $crate::pool::api::sealed::Control>)>
+                sink: std::sync::Arc<dyn $crate::pool::batch::BatchSink<R>>,
+            ) -> $crate::Result<(u64, std::sync::Arc<dyn $crate::pool::backend::Control>)>
             {
                 self.remote.shared.open_async(f, chunk, sink)
             }
@@ -290,7 +290,7 @@ macro_rules! remote_pool_impls {
             }
 
             fn cancel(&self, job: u64, stop_running: bool) {
-                $crate::pool::api::sealed::Control::cancel(
+                $crate::pool::backend::Control::cancel(
                     &*self.remote.shared,
                     job,
                     stop_running,

@@ -4,6 +4,8 @@ use std::time::{Duration, Instant};
 
 use super::jobs::Items;
 use super::*;
+use crate::error::Result;
+use crate::pool::batch::decode_answers;
 use crate::wire::values::Received;
 
 fn nums(n: u32) -> Box<dyn Source> {

@@ -20,10 +20,11 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::ChunkSize;
-use super::api::sealed::{Backend, BatchSink, Control, ResultSource, Results, Step};
-use super::api::{self, Arg, Ret, TaskPool};
+use super::api::{self, TaskPool};
+use super::backend::{Arg, Backend, Control, ResultSource, Results, Ret, Step};
+use super::batch::{BatchSink, decode_answers, decoding};
 use super::core::jobs::Items;
-use super::core::{Config as CoreConfig, Core, decode_answers, decoding};
+use super::core::{Config as CoreConfig, Core};
 use super::progress::Progress;
 use crate::error::{Error, Result};
 use crate::start::StartMethod;

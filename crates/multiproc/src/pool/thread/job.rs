@@ -19,7 +19,8 @@ use std::sync::{Arc, Weak, mpsc};
 
 use super::Shared;
 use crate::error::{Error, Result};
-use crate::pool::api::sealed::{Batch, BatchSink, JobId};
+use crate::pool::backend::JobId;
+use crate::pool::batch::{Batch, BatchSink};
 use crate::pool::{Arg, ChunkSize, Ret};
 
 /// A unit of work on the pool's queue: the calls of one chunk.
@@ -90,7 +91,7 @@ pub(super) struct Job<R> {
 }
 
 /// What the opener of a job holds to add calls to it (the pool's
-/// [`Backend::Job`](crate::pool::api::sealed::Backend::Job)). Weak: the job must end
+/// [`Backend::Job`](crate::pool::backend::Backend::Job)). Weak: the job must end
 /// when its last chunk is done even while the opener (an `Imap`) lives on.
 pub struct JobRef<R> {
     id: u64,
