@@ -18,7 +18,7 @@ use super::broker::{self, Broker, EXPIRY_LEASES, Keys};
 use super::message::{AnswerMsg, ChunkMsg, NodeFailure, NodeInfo, NodeMsg, WirePart};
 use crate::error::{Error, Result};
 use crate::pool::core::chunking::BROKER;
-use crate::pool::core::{Config as CoreConfig, Core, Limits, Part};
+use crate::pool::core::{Config as CoreConfig, Core, Limits, Part, SlotState};
 use crate::pool::remote::{RemotePool, Shared};
 use crate::pool::{ChunkSize, Progress};
 use crate::wire::values::{Data, Received};
@@ -513,7 +513,7 @@ impl Driver<'_> {
         let want = want.min(MAX_LANES);
         let mut st = self.shared.lock();
         while self.lanes < want {
-            st.core.add_worker(self.lanes as u64, false);
+            st.core.add_worker(self.lanes as u64, SlotState::Working);
             self.lanes += 1;
         }
     }

@@ -25,7 +25,7 @@ use serde_bytes::ByteBuf;
 use super::link::{self, Greeting, TAG_GREETING, TAG_REPLY, TAG_REQUEST};
 use super::{EXIT_PROTOCOL, EXIT_TIMEOUT, RankInfo};
 use crate::error::{Error, Result};
-use crate::pool::core::{Core, LastStart, Limits, WorkerId};
+use crate::pool::core::{Core, LastStart, Limits, SlotState, WorkerId};
 pub(crate) use crate::pool::remote::Shared;
 use crate::task;
 use crate::wire::message::{self, PROTOCOL_VERSION, Reply, Request};
@@ -84,7 +84,7 @@ pub(crate) fn run(cfg: Config, shared: Arc<Shared>, ready: mpsc::Sender<Result<V
                 {
                     let mut st = shared.lock();
                     for r in &ranks {
-                        st.core.add_worker(r.info.rank as WorkerId, false);
+                        st.core.add_worker(r.info.rank as WorkerId, SlotState::Working);
                     }
                 }
                 let _ = ready.send(Ok(infos));
@@ -339,7 +339,7 @@ fn file_reply(
         // Its calls were answered `Timeout` already; once it owes nothing it works again.
         if r.owed.is_empty() {
             r.timed_out = None;
-            core.add_worker(id, false);
+            core.add_worker(id, SlotState::Working);
         }
         return Ok(());
     }

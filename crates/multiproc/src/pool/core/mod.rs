@@ -233,7 +233,7 @@ impl Kept {
     }
 }
 
-#[derive(Default)]
+/// One worker as the core sees it: the chunks it holds, and where it is in its life.
 struct Slot {
     held: VecDeque<Held>,
     next_seq: u64,
@@ -241,12 +241,127 @@ struct Slot {
     done: usize,
     /// Calls handed out, for `max_tasks_per_child`.
     given: usize,
-    /// Takes no more work (retiring, initializing, or broken).
-    paused: bool,
-    timed_out: bool,
-    /// What the panic hook reported before a `panic = "abort"` death: chunk, position,
-    /// message, location.
-    aborting: Option<Abort>,
+    state: SlotState,
+}
+
+impl Slot {
+    fn new(state: SlotState) -> Self {
+        Slot {
+            held: VecDeque::new(),
+            next_seq: 0,
+            done: 0,
+            given: 0,
+            state,
+        }
+    }
+}
+
+/// Where a worker is in its life. Only a [`Working`](SlotState::Working) worker is
+/// given chunks.
+///
+/// ```text
+/// Initializing --initialized--> Working --retire--> Retiring
+///      |                          |
+///      +--------------------------+--cancel / expired / on_aborting--> Doomed(Doom)
+/// ```
+///
+/// A doomed worker stays doomed until its death removes the slot; a later doom
+/// replaces an earlier one only if it says more of the death: `TimedOut` over
+/// `Aborting` over `Cancelled`.
+pub(crate) enum SlotState {
+    /// Running the pool's initializer: takes no work until [`Core::initialized`].
+    Initializing,
+    /// Takes work.
+    Working,
+    /// Reached `max_tasks_per_child` with nothing held: takes no more work and exits.
+    Retiring,
+    /// Being ended, by the pool or by itself: takes no more work, and its [`Doom`]
+    /// says how its death answers the call it was running.
+    Doomed(Doom),
+}
+
+/// Why a worker is being ended, which is how its death reads.
+pub(crate) enum Doom {
+    /// A cancel stopped the only job it held: its calls' answers are unwanted, so its
+    /// death costs nothing.
+    Cancelled,
+    /// Its chunk passed its deadline: the running call answers [`Error::Timeout`].
+    TimedOut,
+    /// Its panic hook reported a panic under `panic = "abort"`: the call it names
+    /// answers that panic.
+    Aborting(Abort),
+}
+
+impl SlotState {
+    fn takes_work(&self) -> bool {
+        matches!(self, SlotState::Working)
+    }
+
+    fn timed_out(&self) -> bool {
+        matches!(self, SlotState::Doomed(Doom::TimedOut))
+    }
+
+    /// What the panic hook reported, if the worker is dying of a `panic = "abort"`.
+    fn abort(&self) -> Option<&Abort> {
+        match self {
+            SlotState::Doomed(Doom::Aborting(a)) => Some(a),
+            _ => None,
+        }
+    }
+
+    /// Initializing -> Working: the initializer succeeded.
+    fn initialized(&mut self) {
+        debug_assert!(matches!(self, SlotState::Initializing), "initialized twice");
+        if matches!(self, SlotState::Initializing) {
+            *self = SlotState::Working;
+        }
+    }
+
+    /// Working -> Retiring. A doomed worker (killed, and it answered its last call
+    /// before the kill landed) stays doomed: it is going already.
+    fn retire(&mut self) {
+        debug_assert!(
+            matches!(self, SlotState::Working | SlotState::Doomed(_)),
+            "only a working worker retires"
+        );
+        if matches!(self, SlotState::Working) {
+            *self = SlotState::Retiring;
+        }
+    }
+
+    /// -> Doomed(Cancelled), unless doomed already (its doom says more). Only a
+    /// worker holding chunks is cancelled, and neither an initializing nor a retiring
+    /// one holds any.
+    fn cancel(&mut self) {
+        debug_assert!(
+            matches!(self, SlotState::Working | SlotState::Doomed(_)),
+            "a worker holding chunks works"
+        );
+        if matches!(self, SlotState::Working) {
+            *self = SlotState::Doomed(Doom::Cancelled);
+        }
+    }
+
+    /// -> Doomed(TimedOut): the timeout wins over any other doom.
+    fn expire(&mut self) {
+        debug_assert!(
+            matches!(self, SlotState::Working | SlotState::Doomed(_)) && !self.timed_out(),
+            "a worker holding chunks works, and times out once"
+        );
+        *self = SlotState::Doomed(Doom::TimedOut);
+    }
+
+    /// -> Doomed(Aborting), unless it timed out (the timeout is what its death
+    /// answers). An initializer may panic too, so an initializing worker may abort.
+    fn aborting(&mut self, abort: Abort) {
+        debug_assert!(
+            !matches!(self, SlotState::Retiring),
+            "a retiring worker runs no call"
+        );
+        if !self.timed_out() {
+            *self = SlotState::Doomed(Doom::Aborting(abort));
+        }
+    }
 }
 
 /// What a worker's panic hook reported before a `panic = "abort"` death: which call of
@@ -448,7 +563,7 @@ impl Core {
             .filter(|(_, s)| !s.held.is_empty() && s.held.iter().all(|h| h.job == job))
             .map(|(id, s)| {
                 // Its death is the cancel's doing, not a timeout or a panic.
-                s.paused = true;
+                s.state.cancel();
                 *id
             })
             .collect()
@@ -525,7 +640,7 @@ impl Core {
         let ids: Vec<WorkerId> = self.slots.keys().copied().collect();
         for id in ids {
             self.fail_held(id, error);
-            self.add_worker(id, false);
+            self.add_worker(id, SlotState::Working);
         }
         self.fail_pending(error);
     }
@@ -536,21 +651,27 @@ impl Core {
 
     // ---- workers ----
 
-    pub(crate) fn add_worker(&mut self, id: WorkerId, paused: bool) {
-        self.slots.insert(
-            id,
-            Slot {
-                paused,
-                ..Slot::default()
-            },
+    /// A new worker, `Initializing` (it runs the pool's initializer first) or
+    /// `Working`.
+    pub(crate) fn add_worker(&mut self, id: WorkerId, start: SlotState) {
+        debug_assert!(
+            matches!(start, SlotState::Initializing | SlotState::Working),
+            "a worker starts initializing or working"
         );
+        self.slots.insert(id, Slot::new(start));
     }
 
-    /// Lets a paused worker take work (its initializer succeeded), or stops giving it
-    /// any (it is retiring).
-    pub(crate) fn set_paused(&mut self, id: WorkerId, paused: bool) {
+    /// Worker `id`'s initializer succeeded: it takes work.
+    pub(crate) fn initialized(&mut self, id: WorkerId) {
         if let Some(s) = self.slots.get_mut(&id) {
-            s.paused = paused;
+            s.state.initialized();
+        }
+    }
+
+    /// Worker `id` is retiring ([`Core::spent`]): it gets no more work.
+    pub(crate) fn retire(&mut self, id: WorkerId) {
+        if let Some(s) = self.slots.get_mut(&id) {
+            s.state.retire();
         }
     }
 
@@ -576,7 +697,7 @@ impl Core {
         let timeout = self.cfg.task_timeout;
         let slot = self.slots.get(&id)?;
         // A retried call runs alone: its worker holds nothing else, before or after.
-        if slot.paused || slot.held.iter().any(|h| h.attempts > 0) {
+        if !slot.state.takes_work() || slot.held.iter().any(|h| h.attempts > 0) {
             return None;
         }
         let held_nanos = slot
@@ -824,7 +945,7 @@ impl Core {
     /// The panic hook of worker `id` reported a panic under `panic = "abort"`.
     pub(crate) fn on_aborting(&mut self, id: WorkerId, abort: Abort) {
         if let Some(s) = self.slots.get_mut(&id) {
-            s.aborting = Some(abort);
+            s.state.aborting(abort);
         }
     }
 
@@ -832,7 +953,7 @@ impl Core {
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
         self.slots
             .values()
-            .filter(|s| !s.timed_out)
+            .filter(|s| !s.state.timed_out())
             .filter_map(|s| s.held.front().and_then(|h| h.deadline))
             .min()
     }
@@ -842,13 +963,13 @@ impl Core {
     pub(crate) fn expired(&mut self, now: Instant) -> Vec<WorkerId> {
         let mut out = Vec::new();
         for (id, s) in &mut self.slots {
-            if !s.timed_out
+            if !s.state.timed_out()
                 && s.held
                     .front()
                     .and_then(|h| h.deadline)
                     .is_some_and(|d| d <= now)
             {
-                s.timed_out = true;
+                s.state.expire();
                 out.push(*id);
             }
         }
@@ -870,7 +991,7 @@ impl Core {
             return Cost::default();
         };
         // Under `panic = "abort"` the panic hook said which call it was, slot or not.
-        let last = match (last, &slot.aborting) {
+        let last = match (last, slot.state.abort()) {
             (LastStart::Unknown, Some(a)) => LastStart::Call {
                 seq: a.seq as u32,
                 pos: a.index,
@@ -892,8 +1013,8 @@ impl Core {
             }
         };
         let running_index = running.map(|(k, pos)| slot.held[k].indices.at(pos));
-        let cause = match &slot.aborting {
-            _ if slot.timed_out => Error::Timeout {
+        let cause = match slot.state.abort() {
+            _ if slot.state.timed_out() => Error::Timeout {
                 what: format!("a call of a pool job on worker {pid}"),
                 timeout: self.cfg.task_timeout.unwrap_or_default(),
             },
@@ -924,14 +1045,14 @@ impl Core {
                         continue;
                     }
                 }
-                let error = if slot.timed_out {
+                let error = if slot.state.timed_out() {
                     Error::Timeout {
                         what: format!("call {index} of a pool job on worker {pid}"),
                         timeout: self.cfg.task_timeout.unwrap_or_default(),
                     }
                 } else if slot
-                    .aborting
-                    .as_ref()
+                    .state
+                    .abort()
                     .is_some_and(|a| a.seq == held.seq && a.index as usize == p)
                 {
                     clone_error(&cause)
@@ -1050,7 +1171,7 @@ impl Core {
             let mut failed = Vec::new();
             for p in held.answered..held.indices.len() {
                 let index = held.indices.at(p);
-                let error = if slot.timed_out {
+                let error = if slot.state.timed_out() {
                     Error::Timeout {
                         what: format!("call {index} of a pool job on worker {pid}"),
                         timeout: self.cfg.task_timeout.unwrap_or_default(),

@@ -136,7 +136,7 @@ fn drain(core: &mut Core, job: u64) -> Vec<(usize, Result<u64>)> {
 #[test]
 fn a_job_lives_from_open_to_its_last_answer() {
     let mut c = core(0);
-    c.add_worker(1, false);
+    c.add_worker(1, SlotState::Working);
     let job = c.open(ENTRY, ChunkSize::Fixed(4), true);
     c.submit(job, 0, nums(10));
     c.seal(job);
@@ -161,7 +161,7 @@ fn a_job_lives_from_open_to_its_last_answer() {
 #[test]
 fn a_probe_chunk_first_then_chunks_sized_by_time() {
     let mut c = core(0);
-    c.add_worker(1, false);
+    c.add_worker(1, SlotState::Working);
     let job = c.open(ENTRY, ChunkSize::Auto, false);
     c.submit(job, 0, nums(100_000));
     c.seal(job);
@@ -179,7 +179,7 @@ fn a_probe_chunk_first_then_chunks_sized_by_time() {
 #[test]
 fn cancel_while_chunks_run_drops_what_comes_back() {
     let mut c = core(0);
-    c.add_worker(1, false);
+    c.add_worker(1, SlotState::Working);
     let job = c.open(ENTRY, ChunkSize::Fixed(3), false);
     c.submit(job, 0, nums(9));
     let chunk = c.next_chunk(1, &limits(), Instant::now()).unwrap();
@@ -193,7 +193,7 @@ fn cancel_while_chunks_run_drops_what_comes_back() {
 #[test]
 fn without_call_slots_a_death_mid_chunk_costs_the_unanswered_calls() {
     let mut c = core(0);
-    c.add_worker(1, false);
+    c.add_worker(1, SlotState::Working);
     let job = c.open(ENTRY, ChunkSize::Fixed(8), true);
     c.submit(job, 0, nums(8));
     c.seal(job);
@@ -215,7 +215,7 @@ fn without_call_slots_a_death_mid_chunk_costs_the_unanswered_calls() {
 #[test]
 fn a_death_mid_chunk_costs_only_the_running_call() {
     let mut c = requeuing(0, None);
-    c.add_worker(1, false);
+    c.add_worker(1, SlotState::Working);
     let job = c.open(ENTRY, ChunkSize::Fixed(8), true);
     c.submit(job, 0, nums(8));
     c.seal(job);
@@ -231,7 +231,7 @@ fn a_death_mid_chunk_costs_only_the_running_call() {
             handed_back: 2
         }
     );
-    c.add_worker(2, false);
+    c.add_worker(2, SlotState::Working);
     assert_eq!(run_rest(&mut c, 2), [6, 7], "the calls after it run again");
     let got = drain(&mut c, job);
     assert_eq!(got.len(), 8);
@@ -247,7 +247,7 @@ fn a_death_mid_chunk_costs_only_the_running_call() {
 #[test]
 fn held_chunks_not_started_go_back_to_the_queue() {
     let mut c = requeuing(0, None);
-    c.add_worker(1, false);
+    c.add_worker(1, SlotState::Working);
     let job = c.open(ENTRY, ChunkSize::Fixed(3), true);
     probe(&mut c, 1, job, 100);
     c.submit(job, 0, nums(9));
@@ -262,7 +262,7 @@ fn held_chunks_not_started_go_back_to_the_queue() {
     };
     let cost = c.on_death(1, 7, death, running(&held[0], 0));
     assert_eq!((cost.lost, cost.retried, cost.handed_back), (1, 0, 8));
-    c.add_worker(2, false);
+    c.add_worker(2, SlotState::Working);
     assert_eq!(
         run_rest(&mut c, 2),
         [1, 2, 3, 4, 5, 6, 7, 8],
@@ -282,7 +282,7 @@ fn held_chunks_not_started_go_back_to_the_queue() {
 #[test]
 fn calls_finished_but_not_reported_run_again() {
     let mut c = requeuing(0, None);
-    c.add_worker(1, false);
+    c.add_worker(1, SlotState::Working);
     let job = c.open(ENTRY, ChunkSize::Fixed(4), true);
     probe(&mut c, 1, job, 100);
     c.submit(job, 0, nums(8));
@@ -295,7 +295,7 @@ fn calls_finished_but_not_reported_run_again() {
     let death = Error::Exited { pid: 7, code: 9 };
     let cost = c.on_death(1, 7, death, running(&held[1], 1));
     assert_eq!((cost.lost, cost.handed_back), (1, 6));
-    c.add_worker(2, false);
+    c.add_worker(2, SlotState::Working);
     assert_eq!(run_rest(&mut c, 2), [1, 2, 3, 4, 6, 7]);
     let got = drain(&mut c, job);
     for (i, r) in got {
@@ -310,7 +310,7 @@ fn calls_finished_but_not_reported_run_again() {
 #[test]
 fn a_death_between_calls_hands_everything_back_a_few_times_then_says_so() {
     let mut c = requeuing(0, None);
-    c.add_worker(1, false);
+    c.add_worker(1, SlotState::Working);
     let job = c.open(ENTRY, ChunkSize::Fixed(2), true);
     c.submit(job, 0, nums(4));
     c.seal(job);
@@ -326,13 +326,13 @@ fn a_death_between_calls_hands_everything_back_a_few_times_then_says_so() {
     // Workers that die before starting the chunk, again and again (a slot that never
     // named a call): handed back MAX_HANDBACKS times in all, then answered.
     for id in 2..=MAX_HANDBACKS as u64 {
-        c.add_worker(id, false);
+        c.add_worker(id, SlotState::Working);
         let again = c.next_chunk(id, &limits(), Instant::now()).unwrap();
         assert_eq!(args_of(&again), [2, 3]);
         assert_eq!(c.on_death(id, 7, death(), LastStart::Nothing).handed_back, 2);
     }
     let last = MAX_HANDBACKS as u64 + 1;
-    c.add_worker(last, false);
+    c.add_worker(last, SlotState::Working);
     assert!(c.next_chunk(last, &limits(), Instant::now()).is_some());
     assert_eq!(c.on_death(last, 7, death(), LastStart::Nothing).lost, 2);
     let got = drain(&mut c, job);
@@ -363,7 +363,7 @@ fn a_death_between_calls_hands_everything_back_a_few_times_then_says_so() {
 #[test]
 fn a_call_past_its_deadline_times_out_alone() {
     let mut c = requeuing(0, Some(Duration::from_millis(10)));
-    c.add_worker(1, false);
+    c.add_worker(1, SlotState::Working);
     let job = c.open(ENTRY, ChunkSize::Fixed(3), true);
     c.submit(job, 0, nums(3));
     c.seal(job);
@@ -372,7 +372,7 @@ fn a_call_past_its_deadline_times_out_alone() {
     assert_eq!(c.expired(t0 + Duration::from_millis(31)), vec![1]);
     let cost = c.on_death(1, 7, Error::PoolTerminated, running(&chunk, 1));
     assert_eq!((cost.lost, cost.handed_back), (1, 2));
-    c.add_worker(2, false);
+    c.add_worker(2, SlotState::Working);
     assert_eq!(run_rest(&mut c, 2), [0, 2]);
     let got = drain(&mut c, job);
     assert!(got[1].1.as_ref().unwrap_err().is_timeout(), "{:?}", got[1].1);
@@ -383,14 +383,14 @@ fn a_call_past_its_deadline_times_out_alone() {
 #[test]
 fn with_retries_the_running_call_runs_again_alone_and_the_rest_as_before() {
     let mut c = requeuing(1, None);
-    c.add_worker(1, false);
+    c.add_worker(1, SlotState::Working);
     let job = c.open(ENTRY, ChunkSize::Fixed(4), true);
     c.submit(job, 0, nums(4));
     c.seal(job);
     let chunk = c.next_chunk(1, &limits(), Instant::now()).unwrap();
     let cost = c.on_death(1, 7, Error::Exited { pid: 7, code: 1 }, running(&chunk, 1));
     assert_eq!((cost.lost, cost.retried, cost.handed_back), (0, 1, 3));
-    c.add_worker(2, false);
+    c.add_worker(2, SlotState::Working);
     // The retry goes alone to an idle worker; the calls handed back travel together.
     let retry = c.next_chunk(2, &limits(), Instant::now()).unwrap();
     assert_eq!(args_of(&retry), [1]);
@@ -406,7 +406,7 @@ fn with_retries_the_running_call_runs_again_alone_and_the_rest_as_before() {
 #[test]
 fn a_panic_under_panic_abort_answers_its_call_with_the_panic() {
     let mut c = requeuing(2, None);
-    c.add_worker(1, false);
+    c.add_worker(1, SlotState::Working);
     let job = c.open(ENTRY, ChunkSize::Fixed(3), true);
     c.submit(job, 0, nums(3));
     c.seal(job);
@@ -429,7 +429,7 @@ fn a_panic_under_panic_abort_answers_its_call_with_the_panic() {
     // Without the slot's word, the hook's report says which call it was.
     let cost = c.on_death(1, 7, death, LastStart::Unknown);
     assert_eq!((cost.lost, cost.retried, cost.handed_back), (1, 0, 2));
-    c.add_worker(2, false);
+    c.add_worker(2, SlotState::Working);
     assert_eq!(run_rest(&mut c, 2), [0, 1]);
     let got = drain(&mut c, job);
     assert_eq!(got[2].1.as_ref().unwrap_err().panic_message(), Some("boom"));
@@ -438,7 +438,7 @@ fn a_panic_under_panic_abort_answers_its_call_with_the_panic() {
 #[test]
 fn without_call_slots_with_retries_unanswered_calls_run_again_alone() {
     let mut c = core(1);
-    c.add_worker(1, false);
+    c.add_worker(1, SlotState::Working);
     let job = c.open(ENTRY, ChunkSize::Fixed(4), true);
     c.submit(job, 0, nums(4));
     c.seal(job);
@@ -446,7 +446,7 @@ fn without_call_slots_with_retries_unanswered_calls_run_again_alone() {
     answer(&mut c, 1, chunk.seq, 0, &[0]);
     let cost = c.on_death(1, 7, Error::PoolTerminated, LastStart::Unknown);
     assert_eq!((cost.lost, cost.retried), (0, 3));
-    c.add_worker(2, false);
+    c.add_worker(2, SlotState::Working);
     let mut retried = Vec::new();
     while let Some(ch) = c.next_chunk(2, &limits(), Instant::now()) {
         assert_eq!(ch.calls, 1, "a retried call runs alone");
@@ -464,7 +464,7 @@ fn without_call_slots_with_retries_unanswered_calls_run_again_alone() {
     c.seal(job2);
     let _ = c.next_chunk(2, &limits(), Instant::now()).unwrap();
     c.on_death(2, 8, Error::Exited { pid: 8, code: 1 }, LastStart::Unknown);
-    c.add_worker(3, false);
+    c.add_worker(3, SlotState::Working);
     let again = c.next_chunk(3, &limits(), Instant::now()).unwrap();
     c.on_death(3, 9, Error::Exited { pid: 9, code: 2 }, LastStart::Unknown);
     let _ = again;
@@ -480,7 +480,7 @@ fn an_argument_over_the_limit_fails_alone_and_a_full_chunk_ends_early() {
         .iter()
         .map(|&n| serde_bytes::ByteBuf::from(vec![1u8; n]));
     let mut c = core(0);
-    c.add_worker(1, false);
+    c.add_worker(1, SlotState::Working);
     let job = c.open(ENTRY, ChunkSize::Fixed(10), true);
     c.submit(job, 0, Box::new(Items::new(blobs.collect())));
     c.seal(job);
@@ -517,7 +517,7 @@ fn a_deadline_marks_the_worker_and_its_death_answers_timeout() {
         pipeline: true,
         chunk_time: chunking::LOCAL,
     });
-    c.add_worker(1, false);
+    c.add_worker(1, SlotState::Working);
     let job = c.open(ENTRY, ChunkSize::Auto, true);
     c.submit(job, 0, nums(2));
     c.seal(job);
@@ -558,7 +558,7 @@ fn a_broken_pool_answers_pending_and_future_calls() {
 #[test]
 fn answers_that_do_not_fit_are_refused() {
     let mut c = core(0);
-    c.add_worker(1, false);
+    c.add_worker(1, SlotState::Working);
     let job = c.open(ENTRY, ChunkSize::Fixed(2), true);
     c.submit(job, 0, nums(2));
     let chunk = c.next_chunk(1, &limits(), Instant::now()).unwrap();
@@ -598,8 +598,8 @@ fn answers_that_do_not_fit_are_refused() {
 #[test]
 fn cancel_stops_only_workers_that_hold_nothing_else() {
     let mut c = core(0);
-    c.add_worker(1, false);
-    c.add_worker(2, false);
+    c.add_worker(1, SlotState::Working);
+    c.add_worker(2, SlotState::Working);
     let a = c.open(ENTRY, ChunkSize::Fixed(1), false);
     let b = c.open(ENTRY, ChunkSize::Fixed(1), false);
     c.submit(a, 0, nums(1));
@@ -632,7 +632,7 @@ fn a_worker_holding_another_jobs_chunk_is_not_killed_by_a_cancel() {
         pipeline: true,
         chunk_time: chunking::LOCAL,
     });
-    c.add_worker(1, false);
+    c.add_worker(1, SlotState::Working);
     let a = c.open(ENTRY, ChunkSize::Fixed(1), false);
     c.submit(a, 0, nums(1));
     let probe = c.next_chunk(1, &limits(), Instant::now()).unwrap();
@@ -668,7 +668,7 @@ impl Sink for Collected {
 #[test]
 fn a_sunk_job_hands_its_answers_over_and_leaves_when_over() {
     let mut c = core(0);
-    c.add_worker(1, false);
+    c.add_worker(1, SlotState::Working);
     let sink = Arc::new(Collected::default());
     let job = c.open_sunk(ENTRY, ChunkSize::Fixed(2), sink.clone());
     assert!(!c.caller_driven(job));
@@ -709,4 +709,32 @@ fn a_sunk_job_of_a_broken_pool_is_answered_at_submit() {
         got.iter()
             .all(|(_, r)| matches!(r, Err(Error::PoolTerminated)))
     );
+}
+
+#[test]
+fn only_a_working_worker_is_given_chunks() {
+    let mut c = core(0);
+    c.add_worker(1, SlotState::Initializing);
+    let job = c.open(ENTRY, ChunkSize::Fixed(1), true);
+    c.submit(job, 0, nums(4));
+    c.seal(job);
+    let now = Instant::now();
+    assert!(c.next_chunk(1, &limits(), now).is_none(), "initializing");
+    c.initialized(1);
+    let first = c.next_chunk(1, &limits(), now).unwrap();
+    answer(&mut c, 1, first.seq, 0, &[0]);
+    c.retire(1);
+    assert!(c.next_chunk(1, &limits(), now).is_none(), "retiring");
+
+    // A worker whose chunk timed out is being killed: nothing more goes to it.
+    let mut c = requeuing(0, Some(Duration::from_millis(10)));
+    c.add_worker(1, SlotState::Working);
+    let job = c.open(ENTRY, ChunkSize::Fixed(1), true);
+    c.submit(job, 0, nums(4));
+    let t0 = Instant::now();
+    let chunk = c.next_chunk(1, &limits(), t0).unwrap();
+    assert_eq!(c.expired(t0 + Duration::from_millis(11)), vec![1]);
+    answer(&mut c, 1, chunk.seq, 0, &[0]);
+    assert!(c.next_chunk(1, &limits(), t0).is_none(), "timed out");
+    assert_eq!(c.next_deadline(), None);
 }
