@@ -3,7 +3,10 @@
 use std::time::{Duration, Instant};
 
 use super::jobs::Items;
+use super::chunk::Chunk;
+use super::death::{Cost, MAX_HANDBACKS};
 use super::*;
+use crate::wire::values::Data;
 use crate::error::Result;
 use crate::pool::batch::decode_answers;
 use crate::wire::values::Received;
