@@ -83,7 +83,7 @@ pub trait ResultSource<R>: Send {
 }
 
 /// Results of one job, in completion order.
-pub struct Results<R>(pub(crate) Box<dyn ResultSource<R>>);
+pub struct Results<R>(pub(super) Box<dyn ResultSource<R>>);
 
 impl<R: Send + 'static> Results<R> {
     /// Waits until `deadline` (`None`: as long as it takes) for results.
@@ -93,7 +93,7 @@ impl<R: Send + 'static> Results<R> {
 
     /// Results sent on a channel (pools whose workers answer on their own
     /// threads); the job ends when every sender is gone.
-    pub(crate) fn channel(rx: mpsc::Receiver<Vec<(usize, Result<R>)>>) -> Self {
+    pub(super) fn channel(rx: mpsc::Receiver<Vec<(usize, Result<R>)>>) -> Self {
         struct Channel<R>(mpsc::Receiver<Vec<(usize, Result<R>)>>);
         impl<R: Send> ResultSource<R> for Channel<R> {
             fn recv(&mut self, deadline: Option<Instant>) -> Step<R> {

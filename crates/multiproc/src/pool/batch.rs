@@ -22,7 +22,7 @@ pub trait BatchSink<R>: Send + Sync {
 }
 
 /// A [`Sink`] that decodes answers as `R` for a [`BatchSink`].
-pub(crate) fn decoding<R: DeserializeOwned + 'static>(
+pub(super) fn decoding<R: DeserializeOwned + 'static>(
     sink: Arc<dyn BatchSink<R>>,
 ) -> Arc<dyn Sink> {
     struct Decoding<R>(Arc<dyn BatchSink<R>>);
@@ -61,14 +61,14 @@ pub(crate) fn decoding<R: DeserializeOwned + 'static>(
 /// moved as one block into the caller's result.
 pub struct Batch<R> {
     /// The calls answered with a value, in the order of `values`.
-    pub(crate) at: Indices,
-    pub(crate) values: Vec<R>,
-    pub(crate) errors: Vec<(usize, Error)>,
+    pub(super) at: Indices,
+    pub(super) values: Vec<R>,
+    pub(super) errors: Vec<(usize, Error)>,
 }
 
 impl<R> Batch<R> {
     /// A batch of errors only.
-    pub(crate) fn failed(errors: Vec<(usize, Error)>) -> Self {
+    fn failed(errors: Vec<(usize, Error)>) -> Self {
         Batch {
             at: Indices::new(),
             values: Vec::new(),
@@ -77,7 +77,7 @@ impl<R> Batch<R> {
     }
 
     /// Results in one vector (channel-fed pools produce them so).
-    pub(crate) fn from_results(results: Vec<(usize, Result<R>)>) -> Self {
+    pub(super) fn from_results(results: Vec<(usize, Result<R>)>) -> Self {
         let mut b = Batch {
             at: Indices::new(),
             values: Vec::with_capacity(results.len()),
@@ -106,7 +106,7 @@ impl<R> Batch<R> {
     }
 
     /// The values with their call numbers.
-    pub(crate) fn ok(
+    fn ok(
         at: Indices,
         values: Vec<R>,
     ) -> std::iter::Zip<<Indices as IntoIterator>::IntoIter, std::vec::IntoIter<R>> {
@@ -138,7 +138,7 @@ impl<R> IntoIterator for Batch<R> {
 
 /// Decodes answers as `R`. The bytes came from another process: a malformed batch
 /// gives errors, never a panic.
-pub(crate) fn decode_answers<R: DeserializeOwned>(answers: Answers) -> Batch<R> {
+pub(super) fn decode_answers<R: DeserializeOwned>(answers: Answers) -> Batch<R> {
     match answers {
         Answers::Failed(errors) => Batch::failed(errors),
         Answers::Values {

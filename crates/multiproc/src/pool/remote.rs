@@ -57,7 +57,7 @@ impl Shared {
     }
 
     /// Tells the driving thread that there is work or a request.
-    pub(crate) fn notify(&self) {
+    fn notify(&self) {
         self.work.notify_all();
     }
 
@@ -229,7 +229,7 @@ impl RemotePool {
         Ok(())
     }
 
-    pub(crate) fn wait_driver(&self) {
+    fn wait_driver(&self) {
         let handle = self
             .driver
             .lock()

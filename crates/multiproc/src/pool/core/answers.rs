@@ -34,14 +34,14 @@ pub(crate) enum Answers {
 
 impl Answers {
     /// The calls answered, by index.
-    pub(crate) fn indices(&self) -> Indices {
+    pub(in crate::pool) fn indices(&self) -> Indices {
         match self {
             Answers::Values { indices, .. } => indices.clone(),
             Answers::Failed(v) => v.iter().map(|(i, _)| *i).collect(),
         }
     }
 
-    pub(crate) fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         match self {
             Answers::Values { indices, .. } => indices.len(),
             Answers::Failed(v) => v.len(),
@@ -64,14 +64,14 @@ pub(crate) trait Sink: Send + Sync {
 }
 
 /// Answers due to one job's [`Sink`].
-pub(crate) struct Delivery {
+pub(in crate::pool) struct Delivery {
     sink: Arc<dyn Sink>,
     answers: Vec<Answers>,
 }
 
 impl Delivery {
     /// Hands the answers over: call without holding the pool's lock.
-    pub(crate) fn hand_over(self) {
+    pub(in crate::pool) fn hand_over(self) {
         for a in self.answers {
             self.sink.answers(a);
         }
@@ -115,7 +115,7 @@ impl Core {
 
     /// What is due to the jobs' sinks: answers filed since the last call. A job that
     /// is over leaves the table.
-    pub(crate) fn take_deliveries(&mut self) -> Vec<Delivery> {
+    pub(in crate::pool) fn take_deliveries(&mut self) -> Vec<Delivery> {
         let mut out = Vec::new();
         for id in std::mem::take(&mut self.due) {
             let Some(j) = self.jobs.get_mut(&id) else {
@@ -137,7 +137,7 @@ impl Core {
     }
 
     /// The next answers for `job`'s handle.
-    pub(crate) fn take_answers(&mut self, job: u64) -> Option<Answers> {
+    pub(in crate::pool) fn take_answers(&mut self, job: u64) -> Option<Answers> {
         let a = self.jobs.get_mut(&job)?.inbox.pop_front();
         self.remove_if_finished(job);
         a

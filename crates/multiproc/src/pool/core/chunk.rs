@@ -37,8 +37,8 @@ pub(crate) struct Chunk {
     pub(crate) data: Data,
     /// With [`Core::set_requeue`], inline data is here instead of in `data` (left
     /// empty): shared with the core, which keeps it until the chunk is answered.
-    pub(crate) shared: Option<Arc<Vec<u8>>>,
-    pub(crate) fds: Vec<OwnedFd>,
+    pub(in crate::pool) shared: Option<Arc<Vec<u8>>>,
+    pub(in crate::pool) fds: Vec<OwnedFd>,
     /// Where each call's argument ends in `data`, if [`Limits::ends`] asked.
     #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
     pub(crate) ends: Ends,

@@ -13,7 +13,7 @@ use crate::error::Error;
 /// Deaths with no call running after which a call they handed back is no longer handed
 /// out but answered ([`Error::LostWithWorker`]): a chunk that kills every worker before
 /// its first call starts (or between calls) must not be handed out forever.
-pub(crate) const MAX_HANDBACKS: u32 = 3;
+pub(super) const MAX_HANDBACKS: u32 = 3;
 
 /// What a dead worker had started last, as its call slot said.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,7 +32,7 @@ pub(crate) enum LastStart {
 
 impl LastStart {
     /// The state a call slot's word describes.
-    pub(crate) fn of_word(word: u64) -> LastStart {
+    pub(in crate::pool) fn of_word(word: u64) -> LastStart {
         if word == crate::worker::NO_CALL {
             LastStart::Nothing
         } else {
@@ -49,9 +49,9 @@ impl LastStart {
 /// queue (the others).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Cost {
-    pub(crate) lost: usize,
-    pub(crate) retried: usize,
-    pub(crate) handed_back: usize,
+    pub(in crate::pool) lost: usize,
+    pub(in crate::pool) retried: usize,
+    pub(in crate::pool) handed_back: usize,
 }
 
 /// What calls lost with a worker say of its death ([`Error::LostWithWorker`]).

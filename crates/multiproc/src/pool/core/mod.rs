@@ -34,9 +34,9 @@ mod answers;
 mod chunk;
 pub(crate) mod chunking;
 mod death;
-pub(crate) mod ends;
-pub(crate) mod indices;
-pub(crate) mod jobs;
+mod ends;
+mod indices;
+pub(super) mod jobs;
 mod slot;
 
 use std::collections::{BTreeMap, HashMap};
@@ -48,11 +48,13 @@ use crate::pool::ChunkSize;
 use crate::wire::message::TaskRef;
 use jobs::{Job, Source};
 
-pub(crate) use answers::{Answers, Delivery, Part, Sink};
+pub(crate) use answers::{Answers, Part, Sink};
+pub(super) use answers::Delivery;
 pub(crate) use chunk::Limits;
 pub(crate) use death::LastStart;
-pub(crate) use indices::Indices;
-pub(crate) use slot::{Abort, SlotState, WorkerId};
+pub(super) use indices::Indices;
+pub(super) use slot::Abort;
+pub(crate) use slot::{SlotState, WorkerId};
 use answers::note_due;
 use slot::Slot;
 
@@ -104,7 +106,7 @@ impl Core {
     /// worker's calls other than the running one go back to the queue (for a
     /// transport whose deaths say which call was running: [`LastStart`]). Inline
     /// arguments are then shared with the message ([`Chunk::shared`](chunk::Chunk::shared)), not copied.
-    pub(crate) fn set_requeue(&mut self, on: bool) {
+    pub(super) fn set_requeue(&mut self, on: bool) {
         self.requeue = on;
     }
 
@@ -115,7 +117,7 @@ impl Core {
         self.cfg.workers = workers.max(1);
     }
 
-    pub(crate) fn open(&mut self, entry: TaskRef, chunk: ChunkSize, caller_driven: bool) -> u64 {
+    pub(super) fn open(&mut self, entry: TaskRef, chunk: ChunkSize, caller_driven: bool) -> u64 {
         let id = self.next_job;
         self.next_job += 1;
         self.jobs.insert(id, Job::new(entry, chunk, caller_driven));
@@ -124,7 +126,7 @@ impl Core {
 
     /// Opens a job whose answers go to `sink` as they arrive (see [`Sink`]), handed
     /// over by [`Core::take_deliveries`]. Nobody waits on it right away.
-    pub(crate) fn open_sunk(
+    pub(super) fn open_sunk(
         &mut self,
         entry: TaskRef,
         chunk: ChunkSize,
@@ -139,19 +141,19 @@ impl Core {
 
     /// Whether a call of `job` is running: the chunk a worker works on (the first it
     /// holds) is the job's.
-    pub(crate) fn running(&self, job: u64) -> bool {
+    pub(super) fn running(&self, job: u64) -> bool {
         self.slots
             .values()
             .any(|s| s.held.front().is_some_and(|h| h.job == job))
     }
 
     /// Whether a caller waits on `job` right away (see [`Core::open`]).
-    pub(crate) fn caller_driven(&self, job: u64) -> bool {
+    pub(super) fn caller_driven(&self, job: u64) -> bool {
         self.jobs.get(&job).is_some_and(|j| j.caller_driven)
     }
 
     /// Adds calls `first, first + 1, ...` to `job` (a no-op for a job that is gone).
-    pub(crate) fn submit(&mut self, job: u64, first: usize, source: Box<dyn Source>) {
+    pub(super) fn submit(&mut self, job: u64, first: usize, source: Box<dyn Source>) {
         let broken = self.broken.as_ref().map(clone_error);
         let Some(j) = self.jobs.get_mut(&job) else {
             return;
@@ -167,7 +169,7 @@ impl Core {
         }
     }
 
-    pub(crate) fn seal(&mut self, job: u64) {
+    pub(super) fn seal(&mut self, job: u64) {
         if let Some(j) = self.jobs.get_mut(&job) {
             j.sealed = true;
         }
@@ -179,7 +181,7 @@ impl Core {
     /// the job's running calls: those whose every chunk is the job's. A worker that
     /// also holds another job's chunk is left to run (its answers to this job are
     /// thrown away): killing it would cost calls nobody cancelled.
-    pub(crate) fn cancel(&mut self, job: u64, stop_running: bool) -> Vec<WorkerId> {
+    pub(super) fn cancel(&mut self, job: u64, stop_running: bool) -> Vec<WorkerId> {
         if self.jobs.remove(&job).is_none() || !stop_running {
             return Vec::new();
         }
@@ -195,7 +197,7 @@ impl Core {
     }
 
     /// Whether `job` will give no more answers (finished, cancelled, or never was).
-    pub(crate) fn job_over(&self, job: u64) -> bool {
+    pub(super) fn job_over(&self, job: u64) -> bool {
         self.jobs.get(&job).is_none_or(Job::finished)
     }
 
@@ -220,14 +222,14 @@ impl Core {
 
     /// Whether some job nobody is waiting on right away has calls to run: a
     /// background thread must drive the pool.
-    pub(crate) fn needs_background(&self) -> bool {
+    pub(super) fn needs_background(&self) -> bool {
         self.jobs
             .values()
             .any(|j| !j.caller_driven && j.outstanding > 0)
     }
 
     /// The pool cannot run work: answer everything pending, and everything to come.
-    pub(crate) fn break_pool(&mut self, error: Error) {
+    pub(super) fn break_pool(&mut self, error: Error) {
         self.fail_pending(&error);
         self.broken = Some(error);
     }
@@ -269,7 +271,7 @@ impl Core {
 }
 
 /// Errors hold no `Clone` (an `io::Error` inside); a copy keeps kind and message.
-pub(crate) fn clone_error(e: &Error) -> Error {
+fn clone_error(e: &Error) -> Error {
     e.clone_shallow()
 }
 

@@ -165,11 +165,11 @@ impl SlotState {
 /// What a worker's panic hook reported before a `panic = "abort"` death: which call of
 /// which chunk, and the panic.
 pub(crate) struct Abort {
-    pub(crate) seq: u64,
-    pub(crate) index: u32,
-    pub(crate) message: String,
-    pub(crate) location: Option<String>,
-    pub(crate) backtrace: Option<String>,
+    pub(in crate::pool) seq: u64,
+    pub(in crate::pool) index: u32,
+    pub(in crate::pool) message: String,
+    pub(in crate::pool) location: Option<String>,
+    pub(in crate::pool) backtrace: Option<String>,
 }
 
 impl Core {
@@ -184,21 +184,21 @@ impl Core {
     }
 
     /// Worker `id`'s initializer succeeded: it takes work.
-    pub(crate) fn initialized(&mut self, id: WorkerId) {
+    pub(in crate::pool) fn initialized(&mut self, id: WorkerId) {
         if let Some(s) = self.slots.get_mut(&id) {
             s.state.initialized();
         }
     }
 
     /// Worker `id` is retiring ([`Core::spent`]): it gets no more work.
-    pub(crate) fn retire(&mut self, id: WorkerId) {
+    pub(in crate::pool) fn retire(&mut self, id: WorkerId) {
         if let Some(s) = self.slots.get_mut(&id) {
             s.state.retire();
         }
     }
 
     /// Whether `id` reached `max_tasks_per_child` and holds nothing: time to retire it.
-    pub(crate) fn spent(&self, id: WorkerId) -> bool {
+    pub(in crate::pool) fn spent(&self, id: WorkerId) -> bool {
         let Some(max) = self.cfg.max_tasks_per_child else {
             return false;
         };
@@ -208,14 +208,14 @@ impl Core {
     }
 
     /// The panic hook of worker `id` reported a panic under `panic = "abort"`.
-    pub(crate) fn on_aborting(&mut self, id: WorkerId, abort: Abort) {
+    pub(in crate::pool) fn on_aborting(&mut self, id: WorkerId, abort: Abort) {
         if let Some(s) = self.slots.get_mut(&id) {
             s.state.aborting(abort);
         }
     }
 
     /// The nearest deadline of any chunk held.
-    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+    pub(in crate::pool) fn next_deadline(&self) -> Option<Instant> {
         self.slots
             .values()
             .filter(|s| !s.state.timed_out())
@@ -242,7 +242,7 @@ impl Core {
     }
 
     /// What `id` has answered, and whether it holds work now: for `Pool::workers`.
-    pub(crate) fn worker_state(&self, id: WorkerId) -> Option<(usize, bool)> {
+    pub(in crate::pool) fn worker_state(&self, id: WorkerId) -> Option<(usize, bool)> {
         self.slots.get(&id).map(|s| (s.done, !s.held.is_empty()))
     }
 }

@@ -47,7 +47,7 @@ pub(super) fn chunk_len(chunk: ChunkSize, len: usize, workers: usize) -> usize {
 }
 
 /// Where a caller reads a job's answers, a chunk at a time.
-pub(super) type Answers<R> = mpsc::Receiver<Vec<(usize, Result<R>)>>;
+pub(crate) type Answers<R> = mpsc::Receiver<Vec<(usize, Result<R>)>>;
 
 /// Where a job's answers go.
 enum Out<R> {
