@@ -1,5 +1,6 @@
-//! [`TaskPool`]: the one interface every pool offers (processes, threads, MPI ranks),
-//! written once over a small backend trait each pool implements.
+//! [`TaskPool`]: the one interface every pool offers (processes, threads, MPI ranks,
+//! cluster nodes), written once over the contract each pool implements
+//! ([`Backend`], in `backend`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
