@@ -65,7 +65,7 @@ impl Core {
     /// Worker `id` is gone. `death` is how it ended; `last` what its call slot says it
     /// started last. The call it was running answers the death (or is retried, as
     /// `retries` allows); every other call it held goes back to the queue (see the
-    /// module's docs). Returns what it cost.
+    /// core's docs). Returns what it cost.
     pub(crate) fn on_death(
         &mut self,
         id: WorkerId,

@@ -19,9 +19,10 @@
 //! twice). For that the core keeps each chunk's encoded arguments until the chunk is
 //! answered ([`Core::set_requeue`]; shared with the message that carries them, not
 //! copied). A death with no call running (between calls) hands everything back, at
-//! most [`MAX_HANDBACKS`](death::MAX_HANDBACKS) times per call; after that the call answers
-//! [`Error::LostWithWorker`], which names how the worker died. A transport without
-//! call slots ([`LastStart::Unknown`], MPI) answers every held call with the death.
+//! most [`MAX_HANDBACKS`](death::MAX_HANDBACKS) times per call; after that the call
+//! answers [`Error::LostWithWorker`], which names how the worker died. A transport
+//! without call slots ([`LastStart::Unknown`], MPI) answers every held call with the
+//! death.
 //!
 //! The rooms: this file holds [`Core`] and what it does with jobs; [`slot`] a worker
 //! and its life ([`SlotState`]); [`chunk`] building the next chunk for a worker;
