@@ -11,12 +11,12 @@ use std::marker::PhantomData;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
-use super::ChunkSize;
-use super::backend::{Arg, Control, ResultSource, Results, Ret, Step};
-use super::batch::{BatchSink, decode_answers, decoding};
-use super::core::jobs::Items;
-use super::core::Core;
 use crate::error::{Error, Result};
+use crate::pool::ChunkSize;
+use crate::pool::backend::{Arg, Control, ResultSource, Results, Ret, Step};
+use crate::pool::batch::{BatchSink, decode_answers, decoding};
+use crate::pool::core::Core;
+use crate::pool::core::jobs::Items;
 use crate::task;
 
 /// The core and the flags both sides read.

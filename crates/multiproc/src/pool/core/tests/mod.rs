@@ -9,14 +9,13 @@ mod slot;
 
 use std::time::{Duration, Instant};
 
-use super::jobs::Items;
 use super::chunk::Chunk;
 use super::death::{Cost, MAX_HANDBACKS};
+use super::jobs::Items;
 use super::*;
-use crate::wire::values::Data;
 use crate::error::Result;
 use crate::pool::batch::decode_answers;
-use crate::wire::values::Received;
+use crate::wire::values::{Data, Received};
 
 fn nums(n: u32) -> Box<dyn Source> {
     Box::new(Items::new((0..n).collect()))
