@@ -24,7 +24,7 @@ use mpi::topology::{Communicator, Rank, SimpleCommunicator};
 use super::link::{self, Greeting, TAG_GREETING, TAG_REPLY, TAG_REQUEST};
 use super::{EXIT_PROTOCOL, EXIT_TIMEOUT, RankInfo};
 use crate::error::{Error, Result};
-use crate::pool::core::{Core, LastStart, Limits, WorkerId};
+use crate::pool::core::{Core, LastStart, Limits, SlotState, WorkerId};
 pub(crate) use crate::pool::remote::Shared;
 use crate::failure;
 use crate::wire::message::{self, Reply, Request};
@@ -83,7 +83,7 @@ pub(crate) fn run(cfg: Config, shared: Arc<Shared>, ready: mpsc::Sender<Result<V
                 {
                     let mut st = shared.lock();
                     for r in &ranks {
-                        st.core.add_worker(r.info.rank as WorkerId, false);
+                        st.core.add_worker(r.info.rank as WorkerId, SlotState::Working);
                     }
                 }
                 let _ = ready.send(Ok(infos));
@@ -332,7 +332,7 @@ fn file_reply(
         // Its calls were answered `Timeout` already; once it owes nothing it works again.
         if r.owed.is_empty() {
             r.timed_out = None;
-            core.add_worker(id, false);
+            core.add_worker(id, SlotState::Working);
         }
         return Ok(());
     }

@@ -14,8 +14,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use super::api::sealed::Control;
-use super::core::{Batch, BatchSink};
+use super::backend::Control;
+use super::batch::{Batch, BatchSink};
 use super::ordered::Ordered;
 use crate::error::{Error, Result};
 
@@ -47,7 +47,7 @@ struct State<T> {
 }
 
 /// A handle's shared state: filled by the pool (through a sink), read by the handle.
-pub(crate) struct Completion<T> {
+pub(super) struct Completion<T> {
     st: Mutex<State<T>>,
     cond: Condvar,
 }
@@ -59,7 +59,7 @@ pub struct WakeUp {
 }
 
 impl WakeUp {
-    pub(crate) fn new() -> Arc<WakeUp> {
+    pub(super) fn new() -> Arc<WakeUp> {
         Arc::new(WakeUp {
             ticks: Mutex::new(0),
             cond: Condvar::new(),
@@ -67,7 +67,7 @@ impl WakeUp {
     }
 
     /// The current tick count, to wait past.
-    pub(crate) fn ticks(&self) -> u64 {
+    pub(super) fn ticks(&self) -> u64 {
         *self.ticks.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -77,7 +77,7 @@ impl WakeUp {
     }
 
     /// Waits until the tick count passes `seen` or `deadline` passes.
-    pub(crate) fn wait_past(&self, seen: u64, deadline: Option<Instant>) {
+    pub(super) fn wait_past(&self, seen: u64, deadline: Option<Instant>) {
         let mut t = self.ticks.lock().unwrap_or_else(|p| p.into_inner());
         while *t == seen {
             t = match deadline {
@@ -119,7 +119,7 @@ impl<T> Completion<T> {
     }
 
     /// Completed (callbacks may still be running).
-    pub(crate) fn is_done(&self) -> bool {
+    fn is_done(&self) -> bool {
         !matches!(self.lock().outcome, Outcome::Pending)
     }
 
@@ -244,9 +244,9 @@ impl<T> Completion<T> {
 /// The status a wait on many handles reads (`pub` only to be named by the sealed
 /// `Waitable`; this module is private).
 pub struct Status {
-    pub(crate) done: bool,
-    pub(crate) failed: bool,
-    pub(crate) order: u64,
+    pub(super) done: bool,
+    pub(super) failed: bool,
+    pub(super) order: u64,
 }
 
 /// A handle as a wait on many sees it (object-safe, type-erased; `pub` only to be
@@ -334,16 +334,16 @@ impl<R: Send> BatchSink<R> for ManySink<R> {
 }
 
 /// A handle's state, and the sink the pool fills it through.
-pub(crate) type StateAndSink<T, R> = (Arc<Completion<T>>, Arc<dyn BatchSink<R>>);
+type StateAndSink<T, R> = (Arc<Completion<T>>, Arc<dyn BatchSink<R>>);
 
 /// The state and sink of a one-call handle.
-pub(crate) fn one<R: Send + 'static>() -> StateAndSink<R, R> {
+pub(super) fn one<R: Send + 'static>() -> StateAndSink<R, R> {
     let c = Completion::new();
     (c.clone(), Arc::new(One(c)))
 }
 
 /// The state and sink of a handle on `n` ordered results.
-pub(crate) fn many<R: Send + 'static>(n: usize) -> StateAndSink<Vec<R>, R> {
+pub(super) fn many<R: Send + 'static>(n: usize) -> StateAndSink<Vec<R>, R> {
     let c = Completion::new();
     if n == 0 {
         c.complete(Ok(Vec::new()), false);
@@ -392,7 +392,7 @@ pub struct AsyncResult<T> {
 }
 
 impl<T: Send + 'static> AsyncResult<T> {
-    pub(crate) fn new(c: Arc<Completion<T>>, control: Arc<dyn Control>, job: u64) -> Self {
+    pub(super) fn new(c: Arc<Completion<T>>, control: Arc<dyn Control>, job: u64) -> Self {
         AsyncResult {
             c,
             control,
@@ -572,7 +572,7 @@ impl<T: Send + 'static> AsyncResult<T> {
         self.c.lock().callback_panic.clone()
     }
 
-    pub(crate) fn watcher(&self) -> &dyn Watch {
+    pub(super) fn watcher(&self) -> &dyn Watch {
         &*self.c
     }
 }

@@ -3,8 +3,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use super::api::sealed::{Backend, JobId, Results, Step};
-use super::api::{Arg, Ret};
+use super::backend::{Arg, Backend, JobId, Results, Ret, Step};
 use super::progress::Bar;
 use crate::error::{Error, Result};
 
@@ -31,7 +30,7 @@ pub struct Imap<'p, P: Backend + ?Sized, A: Arg, R: Ret, I: Iterator<Item = A>> 
 }
 
 impl<'p, P: Backend + ?Sized, A: Arg, R: Ret, I: Iterator<Item = A>> Imap<'p, P, A, R, I> {
-    pub(crate) fn new(pool: &'p P, f: fn(A) -> R, input: I, ordered: bool) -> Self {
+    pub(super) fn new(pool: &'p P, f: fn(A) -> R, input: I, ordered: bool) -> Self {
         let (lower, upper) = input.size_hint();
         let total = (Some(lower) == upper).then_some(lower as u64);
         let job = pool.open(f, pool.chunk_size(), false);

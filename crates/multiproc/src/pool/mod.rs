@@ -69,6 +69,8 @@
 //! background thread.
 
 pub(crate) mod api;
+pub(crate) mod backend;
+pub(crate) mod batch;
 pub(crate) mod core;
 pub(crate) mod future;
 mod imap;
@@ -82,7 +84,8 @@ pub(crate) mod remote;
 mod thread;
 mod wait;
 
-pub use api::{Arg, Ret, TaskPool};
+pub use api::TaskPool;
+pub use backend::{Arg, Ret};
 pub use future::AsyncResult;
 pub use imap::{Imap, Indexed};
 pub use process::{Pool, PoolBuilder, WorkerInfo};

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use super::core::Indices;
 
 /// The results of calls `0 .. n`, gathered in any order.
-pub(crate) struct Ordered<R> {
+pub(super) struct Ordered<R> {
     n: usize,
     /// The results of calls `0 .. done.len()`.
     done: Vec<R>,
@@ -24,7 +24,7 @@ pub(crate) struct Ordered<R> {
 
 impl<R> Ordered<R> {
     /// Room for the results of `n` calls.
-    pub(crate) fn new(n: usize) -> Self {
+    pub(super) fn new(n: usize) -> Self {
         let mut done = Vec::with_capacity(n);
         crate::sys::mem::prefault_spare(&mut done);
         Ordered {
@@ -37,7 +37,7 @@ impl<R> Ordered<R> {
 
     /// The values of the calls `at` (in that order). Call numbers past `n`, and calls
     /// already placed, are ignored: every call has one result.
-    pub(crate) fn add(&mut self, at: Indices, mut values: Vec<R>) {
+    pub(super) fn add(&mut self, at: Indices, mut values: Vec<R>) {
         if at.len() != values.len() {
             return;
         }
@@ -87,18 +87,18 @@ impl<R> Ordered<R> {
     }
 
     /// Whether every call has its result.
-    pub(crate) fn is_full(&self) -> bool {
+    pub(super) fn is_full(&self) -> bool {
         self.filled == self.n
     }
 
     /// How many calls have their result.
     #[cfg(test)]
-    pub(crate) fn filled(&self) -> usize {
+    fn filled(&self) -> usize {
         self.filled
     }
 
     /// The results in call order, if every call has one.
-    pub(crate) fn finish(self) -> Option<Vec<R>> {
+    pub(super) fn finish(self) -> Option<Vec<R>> {
         (self.done.len() == self.n).then_some(self.done)
     }
 }

@@ -9,13 +9,13 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::api::{Arg, Ret};
+use super::backend::{Arg, Ret};
 use crate::sys::image;
 
 /// One chunk of a `map_reduce`: the task, the combining function, and the items.
 #[derive(Serialize, Deserialize)]
 #[serde(bound(deserialize = "A: Arg"))]
-pub(crate) struct ReduceChunk<A> {
+pub(super) struct ReduceChunk<A> {
     task: u64,
     combine: u64,
     items: Vec<A>,
@@ -24,12 +24,12 @@ pub(crate) struct ReduceChunk<A> {
 /// How many chunks a `map_reduce` of `n` items cuts on `workers` workers: about four
 /// per worker (Python's `chunksize = len / (4 × workers)`), so that a slow chunk
 /// leaves the others room to balance, and the caller combines few partials.
-pub(crate) fn chunk_count(n: usize, workers: usize) -> usize {
+fn chunk_count(n: usize, workers: usize) -> usize {
     n.min(4 * workers.max(1)).max(1)
 }
 
 /// Cuts `items` into [`chunk_count`] chunks of nearly equal length, in order.
-pub(crate) fn chunks<A, R>(
+pub(super) fn chunks<A, R>(
     f: fn(A) -> R,
     combine: fn(R, R) -> R,
     items: Vec<A>,
@@ -54,7 +54,7 @@ pub(crate) fn chunks<A, R>(
 
 /// Runs one chunk in a worker: every item through the task, the results combined in
 /// order. `None` for an empty chunk.
-pub(crate) fn run_chunk<A: Arg, R: Ret>(chunk: ReduceChunk<A>) -> Option<R> {
+pub(super) fn run_chunk<A: Arg, R: Ret>(chunk: ReduceChunk<A>) -> Option<R> {
     let (Some(f), Some(combine)) = (
         image::fn1_at::<A, R>(chunk.task),
         image::fn2_at::<R, R, R>(chunk.combine),

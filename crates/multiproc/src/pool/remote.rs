@@ -11,12 +11,12 @@ use std::marker::PhantomData;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
-use super::ChunkSize;
-use super::api::sealed::{BatchSink, Control, ResultSource, Results, Step};
-use super::api::{Arg, Ret};
-use super::core::jobs::Items;
-use super::core::{Core, decode_answers, decoding};
 use crate::error::{Error, Result};
+use crate::pool::ChunkSize;
+use crate::pool::backend::{Arg, Control, ResultSource, Results, Ret, Step};
+use crate::pool::batch::{BatchSink, decode_answers, decoding};
+use crate::pool::core::Core;
+use crate::pool::core::jobs::Items;
 use crate::task;
 
 /// The life cycle of a pool driven by a thread of its own, as both sides see it.
@@ -134,7 +134,7 @@ impl Shared {
     }
 
     /// Tells the driving thread that there is work or a request.
-    pub(crate) fn notify(&self) {
+    fn notify(&self) {
         self.work.notify_all();
     }
 
@@ -302,7 +302,7 @@ impl RemotePool {
         Ok(())
     }
 
-    pub(crate) fn wait_driver(&self) {
+    fn wait_driver(&self) {
         let handle = self
             .driver
             .lock()
@@ -325,7 +325,7 @@ impl Drop for RemotePool {
 /// with a field `remote: RemotePool` and a method `fn parallelism_now(&self) -> usize`.
 macro_rules! remote_pool_impls {
     ($pool:ty) => {
-        impl $crate::pool::api::sealed::Backend for $pool {
+        impl $crate::pool::backend::Backend for $pool {
             type Job<A: $crate::pool::Arg, R: $crate::pool::Ret> = u64;
 
             fn open<A: $crate::pool::Arg, R: $crate::pool::Ret>(
@@ -333,7 +333,7 @@ macro_rules! remote_pool_impls {
                 f: fn(A) -> R,
                 chunk: $crate::ChunkSize,
                 caller_driven: bool,
-            ) -> $crate::Result<(u64, $crate::pool::api::sealed::Results<R>)> {
+            ) -> $crate::Result<(u64, $crate::pool::backend::Results<R>)> {
                 self.remote.shared.open(f, chunk, caller_driven)
             }
 
@@ -341,8 +341,8 @@ macro_rules! remote_pool_impls {
                 &self,
                 f: fn(A) -> R,
                 chunk: $crate::ChunkSize,
-                sink: std::sync::Arc<dyn $crate::pool::api::sealed::BatchSink<R>>,
-            ) -> $crate::Result<(u64, std::sync::Arc<dyn $crate::pool::api::sealed::Control>)>
+                sink: std::sync::Arc<dyn $crate::pool::batch::BatchSink<R>>,
+            ) -> $crate::Result<(u64, std::sync::Arc<dyn $crate::pool::backend::Control>)>
             {
                 self.remote.shared.open_async(f, chunk, sink)
             }
@@ -363,7 +363,7 @@ macro_rules! remote_pool_impls {
             }
 
             fn cancel(&self, job: u64, stop_running: bool) {
-                $crate::pool::api::sealed::Control::cancel(
+                $crate::pool::backend::Control::cancel(
                     &*self.remote.shared,
                     job,
                     stop_running,

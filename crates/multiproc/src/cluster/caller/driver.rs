@@ -12,7 +12,7 @@ use serde_bytes::ByteBuf;
 use crate::cluster::broker::{self, Broker};
 use crate::cluster::message::{AnswerMsg, ChunkMsg, NodeFailure, NodeMsg, WirePart};
 use crate::error::{Error, Result};
-use crate::pool::core::{Core, Limits, Part};
+use crate::pool::core::{Core, Limits, Part, SlotState};
 use crate::pool::remote::Shared;
 use crate::wire::values::{Data, Received};
 
@@ -184,7 +184,7 @@ impl Driver<'_> {
         let want = want.min(MAX_LANES);
         let mut st = self.shared.lock();
         while self.lanes < want {
-            st.core.add_worker(self.lanes as u64, false);
+            st.core.add_worker(self.lanes as u64, SlotState::Working);
             self.lanes += 1;
         }
     }

@@ -8,7 +8,7 @@ use std::time::Instant;
 use serde_bytes::ByteBuf;
 
 use crate::cluster::message::{NodeFailure, WirePart};
-use crate::pool::api::sealed::Control;
+use crate::pool::backend::Control;
 use crate::pool::core::{Answers, Sink};
 
 use super::{Done, Node};

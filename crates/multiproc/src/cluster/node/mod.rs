@@ -30,7 +30,7 @@ use super::broker::{self, Broker, Keys};
 use super::message::{AnswerMsg, NodeInfo};
 use crate::error::{Error, Result};
 use crate::pool::Pool;
-use crate::pool::api::sealed::Control;
+use crate::pool::backend::Control;
 use crate::start::StartMethod;
 
 use self::answerer::answer_loop;

@@ -28,8 +28,8 @@ use crate::pool::ChunkSize;
 /// tail of tiny calls does not dissolve into many tiny messages), at most `max`.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct ChunkTime {
-    pub(crate) min: Duration,
-    pub(crate) max: Duration,
+    min: Duration,
+    max: Duration,
 }
 
 /// For workers a socket away: a message costs microseconds.
@@ -47,17 +47,17 @@ pub(crate) const BROKER: ChunkTime = ChunkTime {
     max: Duration::from_secs(1),
 };
 /// A worker is given more work while what it holds runs shorter than this.
-pub(crate) const PIPELINE_TIME: Duration = Duration::from_millis(2);
+const PIPELINE_TIME: Duration = Duration::from_millis(2);
 /// Chunks one worker holds at most.
-pub(crate) const MAX_IN_FLIGHT: usize = 128;
+const MAX_IN_FLIGHT: usize = 128;
 /// Pending calls per worker above which a worker busy with a long chunk gets the next
 /// one already.
-pub(crate) const PLENTY_PER_WORKER: usize = 1;
+pub(super) const PLENTY_PER_WORKER: usize = 1;
 /// Calls in one chunk at most.
-pub(crate) const MAX_CHUNK: usize = 1 << 17;
+const MAX_CHUNK: usize = 1 << 17;
 /// A chunk stops growing once its arguments pass this many bytes (big arguments
 /// travel a few at a time, so workers share them out).
-pub(crate) const CHUNK_BYTES: usize = 16 << 20;
+pub(super) const CHUNK_BYTES: usize = 16 << 20;
 
 /// The smoothing of a job's measured call time: a chunk of few calls (whose time is
 /// mostly fixed costs) counts for little, a chunk of many nearly replaces the estimate.
@@ -66,7 +66,7 @@ fn newest_weight(calls: usize) -> f64 {
 }
 
 /// Calls in the next chunk of a job.
-pub(crate) fn chunk_len(
+pub(super) fn chunk_len(
     chunk: ChunkSize,
     timeout: bool,
     pending: usize,
@@ -93,7 +93,7 @@ pub(crate) fn chunk_len(
 /// Whether a worker that holds `held` chunks, estimated to run `held_nanos` in all
 /// (`None`: some of it has an unknown call time), should get another; `plenty`: the
 /// job has plenty of calls left.
-pub(crate) fn wants_more(
+pub(super) fn wants_more(
     held: usize,
     held_nanos: Option<f64>,
     timeout: bool,
@@ -110,7 +110,7 @@ pub(crate) fn wants_more(
 }
 
 /// The new smoothed call time after a worker measured `nanos` over `calls` calls.
-pub(crate) fn update_call_time(old: Option<f64>, nanos: u64, calls: usize) -> Option<f64> {
+pub(super) fn update_call_time(old: Option<f64>, nanos: u64, calls: usize) -> Option<f64> {
     if calls == 0 {
         return old;
     }

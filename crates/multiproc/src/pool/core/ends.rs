@@ -17,7 +17,7 @@ pub(crate) struct Ends {
 
 impl Ends {
     /// The ends of one argument of `len` bytes.
-    pub(crate) fn one(len: usize) -> Self {
+    pub(super) fn one(len: usize) -> Self {
         let mut e = Ends::default();
         e.push(len);
         e
@@ -25,18 +25,18 @@ impl Ends {
 
     /// Arguments recorded.
     #[cfg(test)]
-    pub(crate) fn len(&self) -> usize {
+    fn len(&self) -> usize {
         self.len
     }
 
     /// The next argument ends at `end` (not before the last end).
-    pub(crate) fn push(&mut self, end: usize) {
+    pub(super) fn push(&mut self, end: usize) {
         let size = end.saturating_sub(self.total);
         self.push_run(1, size);
     }
 
     /// `count` more arguments of `size` bytes each.
-    pub(crate) fn push_run(&mut self, count: usize, size: usize) {
+    pub(super) fn push_run(&mut self, count: usize, size: usize) {
         if count == 0 {
             return;
         }
@@ -49,7 +49,7 @@ impl Ends {
     }
 
     /// The bytes of argument `pos`: `start .. end` in the chunk's data.
-    pub(crate) fn span(&self, mut pos: usize) -> Option<std::ops::Range<usize>> {
+    pub(super) fn span(&self, mut pos: usize) -> Option<std::ops::Range<usize>> {
         let mut at = 0;
         for &(count, size) in &self.runs {
             if pos < count {
@@ -63,6 +63,7 @@ impl Ends {
     }
 
     /// Every end offset, in order (what a relay's message carries).
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
     pub(crate) fn offsets(&self) -> impl Iterator<Item = usize> + '_ {
         let mut at = 0;
         self.runs.iter().flat_map(move |&(count, size)| {

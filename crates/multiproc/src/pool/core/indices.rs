@@ -19,34 +19,34 @@ pub struct Indices {
 
 impl Indices {
     /// No calls.
-    pub(crate) fn new() -> Self {
+    pub(in crate::pool) fn new() -> Self {
         Indices::default()
     }
 
     /// The calls `range`, in order.
-    pub(crate) fn run(range: Range<usize>) -> Self {
+    pub(super) fn run(range: Range<usize>) -> Self {
         let mut i = Indices::new();
         i.push_run(range);
         i
     }
 
     /// How many calls.
-    pub(crate) fn len(&self) -> usize {
+    pub(in crate::pool) fn len(&self) -> usize {
         self.len
     }
 
     /// Whether there are none.
-    pub(crate) fn is_empty(&self) -> bool {
+    pub(super) fn is_empty(&self) -> bool {
         self.len == 0
     }
 
     /// Appends call `index`.
-    pub(crate) fn push(&mut self, index: usize) {
+    pub(in crate::pool) fn push(&mut self, index: usize) {
         self.push_run(index..index + 1);
     }
 
     /// Appends the calls `range`, in order.
-    pub(crate) fn push_run(&mut self, range: Range<usize>) {
+    pub(super) fn push_run(&mut self, range: Range<usize>) {
         let n = range.len();
         if n == 0 {
             return;
@@ -75,13 +75,13 @@ impl Indices {
     /// The number of the call at position `pos < len()`. The core only asks for
     /// positions it knows are there; were one not, the answer is a number no call
     /// has (the answer is dropped), not a panic in the pool's driving thread.
-    pub(crate) fn at(&self, pos: usize) -> usize {
+    pub(super) fn at(&self, pos: usize) -> usize {
         debug_assert!(pos < self.len, "position {pos} of {} calls", self.len);
         self.get(pos).unwrap_or(usize::MAX)
     }
 
     /// The calls at positions `from .. to` (clamped to what there is).
-    pub(crate) fn slice(&self, from: usize, to: usize) -> Indices {
+    pub(super) fn slice(&self, from: usize, to: usize) -> Indices {
         let mut out = Indices::new();
         let mut at = 0;
         for &(start, len) in &self.runs {
@@ -98,11 +98,12 @@ impl Indices {
     }
 
     /// The runs, in order.
-    pub(crate) fn runs(&self) -> impl Iterator<Item = Range<usize>> + '_ {
+    pub(in crate::pool) fn runs(&self) -> impl Iterator<Item = Range<usize>> + '_ {
         self.runs.iter().map(|&(start, len)| start..start + len)
     }
 
     /// The call numbers, in order.
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
     pub(crate) fn iter(&self) -> impl Iterator<Item = usize> + '_ {
         self.runs().flatten()
     }

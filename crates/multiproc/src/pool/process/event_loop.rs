@@ -16,7 +16,7 @@ use super::lead::Shared;
 use super::proc::{Body, Proc, Stage};
 use super::state::{Life, State};
 use crate::error::Error;
-use crate::pool::core::{LastStart, Limits, WorkerId};
+use crate::pool::core::{LastStart, Limits, SlotState, WorkerId};
 use crate::sys::poll::{Interest, PollSet};
 use crate::failure;
 use crate::wire::message::{self, Reply, Request};
@@ -133,7 +133,7 @@ impl Shared {
         for i in 0..st.procs.len() {
             let id = st.procs[i].0;
             if st.procs[i].1.is_live() && st.core.spent(id) {
-                st.core.set_paused(id, true);
+                st.core.retire(id);
                 st.procs[i].1.retire();
             }
         }
@@ -158,7 +158,11 @@ impl Shared {
                     let id = st.next_id;
                     st.next_id += 1;
                     let init = self.settings.initializer.as_ref();
-                    st.core.add_worker(id, init.is_some());
+                    let start = match init {
+                        Some(_) => SlotState::Initializing,
+                        None => SlotState::Working,
+                    };
+                    st.core.add_worker(id, start);
                     if let Some((entry, args, fds)) = init {
                         // Each worker gets its own copies of the argument's handles;
                         // one that cannot be copied fails that worker's initializer
@@ -392,7 +396,7 @@ fn handle_frame(
                 None => {
                     st.procs[i].1.initialized();
                     st.init.succeeded();
-                    st.core.set_paused(id, false);
+                    st.core.initialized(id);
                 }
                 Some((_, f)) => {
                     init_failed(st, failure::failure_error(f, pid, 0).to_string());

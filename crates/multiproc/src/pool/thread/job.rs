@@ -19,7 +19,8 @@ use std::sync::{Arc, Weak, mpsc};
 
 use super::Shared;
 use crate::error::{Error, Result};
-use crate::pool::api::sealed::{Batch, BatchSink, JobId};
+use crate::pool::backend::JobId;
+use crate::pool::batch::{Batch, BatchSink};
 use crate::pool::{Arg, ChunkSize, Ret};
 
 /// A unit of work on the pool's queue: the calls of one chunk.
@@ -46,7 +47,7 @@ pub(super) fn chunk_len(chunk: ChunkSize, len: usize, workers: usize) -> usize {
 }
 
 /// Where a caller reads a job's answers, a chunk at a time.
-pub(super) type Answers<R> = mpsc::Receiver<Vec<(usize, Result<R>)>>;
+pub(crate) type Answers<R> = mpsc::Receiver<Vec<(usize, Result<R>)>>;
 
 /// Where a job's answers go.
 enum Out<R> {
@@ -90,7 +91,7 @@ pub(super) struct Job<R> {
 }
 
 /// What the opener of a job holds to add calls to it (the pool's
-/// [`Backend::Job`](crate::pool::api::sealed::Backend::Job)). Weak: the job must end
+/// [`Backend::Job`](crate::pool::backend::Backend::Job)). Weak: the job must end
 /// when its last chunk is done even while the opener (an `Imap`) lives on.
 pub struct JobRef<R> {
     id: u64,

@@ -26,7 +26,8 @@ use std::thread::JoinHandle;
 
 use self::job::{Flags, Job, JobRef, Work};
 use crate::error::{Error, Result};
-use crate::pool::api::sealed::{Backend, BatchSink, Control, JobId, Results};
+use crate::pool::backend::{Backend, Control, JobId, Results};
+use crate::pool::batch::BatchSink;
 use crate::pool::options::{PoolOptions, option_setters};
 use crate::pool::{Arg, ChunkSize, Progress, Ret, TaskPool};
 
