@@ -122,8 +122,13 @@ impl ValueBuf {
     pub(crate) fn reserve(&mut self, n: usize) {
         let stays = self.heap.len().saturating_add(n) <= SPILL_AT.min(self.limit);
         if self.spill.is_none() && stays && self.heap.capacity() - self.heap.len() < n {
-            self.heap.reserve_exact(n);
-            crate::sys::mem::prefault_spare(&mut self.heap);
+            if self.heap.capacity() == 0 {
+                // A spare buffer of an earlier chunk or frame (see `wire::spare`).
+                self.heap = super::spare::take(n);
+            } else {
+                self.heap.reserve_exact(n);
+                crate::sys::mem::prefault_spare(&mut self.heap);
+            }
         }
     }
 

@@ -89,6 +89,18 @@ enum KeptData {
     File(OwnedFd),
 }
 
+impl Drop for Kept {
+    fn drop(&mut self) {
+        // The chunk was answered (or given up): its buffer serves a later chunk or
+        // frame (see `wire::spare`), unless the message still holds it.
+        if let KeptData::Inline(v) = &mut self.data
+            && let Ok(v) = Arc::try_unwrap(std::mem::take(v))
+        {
+            crate::wire::spare::give(v);
+        }
+    }
+}
+
 impl Kept {
     /// The encoded arguments of the calls at `positions` (`None`: the memory file they
     /// travel in cannot be read back).
@@ -275,10 +287,17 @@ impl Core {
         if !slot.state.takes_work() || slot.held.iter().any(|h| h.attempts > 0) {
             return None;
         }
-        let held_nanos = slot
-            .held
-            .iter()
-            .try_fold(0.0, |sum, h| h.nanos.map(|n| sum + n));
+        // A chunk sent before its job's call time was known (a probe) is estimated
+        // with the call time known now, if any: a worker holding a probe of tiny calls
+        // answered elsewhere takes its share, not nothing while another takes it all.
+        let jobs = &self.jobs;
+        let held_nanos = slot.held.iter().try_fold(0.0, |sum, h| {
+            let now_known = || {
+                let ns = jobs.get(&h.job)?.nanos_per_call?;
+                Some(ns * h.indices.len() as f64)
+            };
+            h.nanos.or_else(now_known).map(|n| sum + n)
+        });
         let quota = self
             .cfg
             .max_tasks_per_child

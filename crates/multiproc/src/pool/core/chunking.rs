@@ -10,7 +10,8 @@
 //!   rounded up (Python's rule, recomputed as the job drains, so the tail still spreads
 //!   over every worker), but no less than what runs in the pool's [`ChunkTime`] `min`
 //!   (so a tail of tiny calls does not dissolve into many tiny messages) and no more
-//!   than what runs in its `max` ([`LOCAL`]: 250 µs to 5 ms; [`BROKER`]: 100 ms to 1 s).
+//!   than what runs in its `max` ([`LOCAL`]: 250 µs to 5 ms; [`BROKER`]: 100 ms to 1 s),
+//!   a call counting its run time plus [`ChunkTime`]'s `per_call` (moving its bytes).
 //!
 //! Pipelining: a worker holds more than one chunk while what it holds is estimated to
 //! run for less than [`PIPELINE_TIME`], at most [`MAX_IN_FLIGHT`] chunks, so that it
@@ -30,12 +31,19 @@ use crate::pool::ChunkSize;
 pub(crate) struct ChunkTime {
     min: Duration,
     max: Duration,
+    /// What moving one call's argument and result costs beside the call itself
+    /// (encoding, copies, decoding: what the worker's call time does not count),
+    /// added to the call time when sizing chunks. Without it, a job of calls of a few
+    /// nanoseconds looks like too little work to share, and one worker takes it all
+    /// while the other idles. (Behind a broker, calls run far longer than this.)
+    per_call: Duration,
 }
 
 /// For workers a socket away: a message costs microseconds.
 pub(crate) const LOCAL: ChunkTime = ChunkTime {
     min: Duration::from_micros(250),
     max: Duration::from_millis(5),
+    per_call: Duration::from_nanos(10),
 };
 
 /// For workers behind a broker: every chunk costs several broker operations (add,
@@ -45,6 +53,7 @@ pub(crate) const LOCAL: ChunkTime = ChunkTime {
 pub(crate) const BROKER: ChunkTime = ChunkTime {
     min: Duration::from_millis(100),
     max: Duration::from_secs(1),
+    per_call: Duration::ZERO,
 };
 /// A worker is given more work while what it holds runs shorter than this.
 const PIPELINE_TIME: Duration = Duration::from_millis(2);
@@ -80,7 +89,7 @@ pub(super) fn chunk_len(
         ChunkSize::Auto => match nanos_per_call {
             None => 1,
             Some(ns) => {
-                let ns = ns.max(1.0);
+                let ns = (ns.max(0.0) + window.per_call.as_nanos() as f64).max(1.0);
                 let fair = pending.div_ceil(4 * workers.max(1));
                 let lo = (window.min.as_nanos() as f64 / ns) as usize;
                 let hi = (window.max.as_nanos() as f64 / ns) as usize;
@@ -142,15 +151,21 @@ mod tests {
             chunk_len(ChunkSize::Auto, false, 200_000, 2, Some(20.0), LOCAL),
             25_000
         );
-        // The tail keeps at least 250 µs worth of calls.
+        // The tail keeps at least 250 µs worth of calls (each 20 ns, plus 10 ns to
+        // move it).
         assert_eq!(
             chunk_len(ChunkSize::Auto, false, 100, 2, Some(20.0), LOCAL),
-            12_500
+            8_333
+        );
+        // 2 ns calls still share: 250 µs is 20,833 calls of 12 ns.
+        assert_eq!(
+            chunk_len(ChunkSize::Auto, false, 60_000, 2, Some(2.0), LOCAL),
+            20_833
         );
         // 1 µs calls: at most 5 ms worth.
         assert_eq!(
             chunk_len(ChunkSize::Auto, false, 10_000_000, 2, Some(1000.0), LOCAL),
-            5_000
+            4_950
         );
         assert_eq!(
             chunk_len(ChunkSize::Auto, true, 1000, 2, Some(20.0), LOCAL),

@@ -15,9 +15,31 @@ fn a_probe_chunk_first_then_chunks_sized_by_time() {
     assert!(c.next_chunk(1, &limits(), Instant::now()).is_none());
     answer(&mut c, 1, probe.seq, 0, &[0]);
     let next = c.next_chunk(1, &limits(), Instant::now()).unwrap();
-    // 1 µs calls: the fair share (99,999 / 8) bounded by 5 ms worth.
-    assert_eq!(next.calls, 5000);
+    // 1 µs calls (and 10 ns to move each): the fair share (99,999 / 8) bounded by
+    // 5 ms worth.
+    assert_eq!(next.calls, 4950);
     assert!(c.needs_background());
+}
+
+#[test]
+fn a_worker_holding_a_probe_takes_its_share_once_another_answered() {
+    let mut c = core(0);
+    c.add_worker(1, SlotState::Working);
+    c.add_worker(2, SlotState::Working);
+    let job = c.open(ENTRY, ChunkSize::Auto, false);
+    c.submit(job, 0, nums(100_000));
+    c.seal(job);
+    let probe1 = c.next_chunk(1, &limits(), Instant::now()).unwrap();
+    let probe2 = c.next_chunk(2, &limits(), Instant::now()).unwrap();
+    assert_eq!((probe1.calls, probe2.calls), (1, 1));
+    assert!(c.next_chunk(2, &limits(), Instant::now()).is_none());
+    // Worker 1's probe answers: the call time is known, and worker 2, still holding
+    // its probe, is given work too (estimated with that call time), not left idle
+    // while worker 1 takes everything.
+    answer(&mut c, 1, probe1.seq, 0, &[0]);
+    let one = c.next_chunk(1, &limits(), Instant::now()).unwrap();
+    let two = c.next_chunk(2, &limits(), Instant::now()).unwrap();
+    assert!(one.calls > 1 && two.calls > 1);
 }
 
 #[test]
