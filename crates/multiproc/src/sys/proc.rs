@@ -156,6 +156,50 @@ pub(crate) fn exit_now(code: i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
+/// The exit code the alarm of [`exit_if_stuck`] ends the process with.
+static STUCK_EXIT_CODE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+extern "C" fn exit_stuck(_: libc::c_int) {
+    // SAFETY: _exit is async-signal-safe and never returns; the atomic load is a
+    // plain read of a word.
+    unsafe { libc::_exit(STUCK_EXIT_CODE.load(std::sync::atomic::Ordering::Relaxed)) }
+}
+
+/// Arms a one-shot alarm that ends the process with `code` after `after`, should it
+/// still be running then: what a process about to end does before work that could
+/// block forever (a lock inherited held across a fork). Two system calls, no thread.
+pub(crate) fn exit_if_stuck(after: std::time::Duration, code: i32) {
+    STUCK_EXIT_CODE.store(code, std::sync::atomic::Ordering::Relaxed);
+    let usec = after.as_micros().clamp(1, 999_999) as libc::suseconds_t;
+    let secs = after.as_secs() as libc::time_t;
+    let timer = libc::itimerval {
+        it_interval: libc::timeval {
+            tv_sec: 0,
+            tv_usec: 0,
+        },
+        it_value: libc::timeval {
+            tv_sec: secs,
+            tv_usec: if secs > 0 { 0 } else { usec },
+        },
+    };
+    // SAFETY: the handler only calls _exit (async-signal-safe); the sigaction and
+    // sigset structs are zeroed (a valid empty mask and flags) before the fields used
+    // are set; setitimer reads the itimerval. SIGALRM is unblocked on this thread so
+    // that the alarm is delivered here (a task may have blocked it); its old
+    // disposition no longer matters: the process is ending.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = exit_stuck as *const () as libc::sighandler_t;
+        libc::sigemptyset(&mut action.sa_mask);
+        libc::sigaction(libc::SIGALRM, &action, std::ptr::null_mut());
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGALRM);
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+        libc::setitimer(libc::ITIMER_REAL, &timer, std::ptr::null_mut());
+    }
+}
+
 /// `pidfd_open(pid)`: a descriptor that names this process for as long as we hold it,
 /// immune to pid reuse.
 pub(crate) fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {

@@ -157,7 +157,7 @@ pub(super) fn take_panic(payload: &(dyn std::any::Any + Send)) -> Failure {
 
 /// Writes to file descriptor 2 directly, without `std::io::stderr()`'s lock: in a
 /// `Fork` child that lock may be a copy of one another thread of the parent held at
-/// the fork, held forever (see `exit::flush_stdout`). Stderr is unbuffered anyway.
+/// the fork, held forever (see `exit::end`). Stderr is unbuffered anyway.
 fn write_stderr_unlocked(mut bytes: &[u8]) {
     use std::os::fd::AsFd;
     let stderr = std::io::stderr();
