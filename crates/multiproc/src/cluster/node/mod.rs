@@ -6,7 +6,8 @@
 //! new chunks and claims expired leases whenever a slot is free; the *answerer* sends
 //! each finished chunk's answers and ends its lease (`XACK`, `XDEL`); the *heartbeat*
 //! renews the leases of running chunks (`XCLAIM … JUSTID`, which resets their idle
-//! time), enforces task timeouts, and publishes the node's [`NodeInfo`](crate::cluster::NodeInfo).
+//! time), enforces task timeouts, and publishes the node's
+//! [`NodeInfo`](crate::cluster::NodeInfo).
 //!
 //! This file: the node's options and its set-up and shut-down ([`serve`]). The
 //! threads live beside it: [`taker`], [`answerer`], [`heartbeat`]; the state they
