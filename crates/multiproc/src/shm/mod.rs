@@ -10,6 +10,7 @@
 
 mod array;
 mod manager;
+mod name;
 mod raw;
 pub(crate) mod segment;
 pub(crate) mod tracker;

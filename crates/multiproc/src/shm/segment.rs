@@ -8,12 +8,10 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use super::name::{SHM_DIR, validate_name};
 use crate::error::{Error, Result};
 use crate::sys::shm::{self as sys_shm, Mapping};
 use crate::wire::fds::PassFd;
-
-/// Where named segments live.
-pub(crate) const SHM_DIR: &str = "/dev/shm";
 
 fn shm_error(detail: impl Into<String>) -> Error {
     Error::SharedMemory {
@@ -362,21 +360,6 @@ fn check_trusted(name: &str, meta: &std::fs::Metadata) -> Result<()> {
         return refuse(format!("other users have access to it (mode {mode:04o})"));
     }
     Ok(())
-}
-
-pub(crate) fn validate_name(name: &str) -> Result<PathBuf> {
-    let bad = name.is_empty()
-        || name.len() > 250
-        || name.contains('/')
-        || name.contains('\0')
-        || name == "."
-        || name == "..";
-    if bad {
-        return Err(shm_error(format!(
-            "invalid segment name {name:?}: use 1-250 characters, no '/' or NUL"
-        )));
-    }
-    Ok(PathBuf::from(SHM_DIR).join(name.trim_start_matches('/')))
 }
 
 impl SharedMemory {

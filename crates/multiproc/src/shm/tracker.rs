@@ -33,6 +33,7 @@ use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::socket::{MsgFlags, SockType};
 
+use super::name::{SHM_DIR, validate_name};
 use crate::sys;
 
 const REGISTER: u8 = b'R';
@@ -297,7 +298,7 @@ pub(crate) fn serve(sock: OwnedFd) -> ! {
         }
     }
     for (name, (dev, ino)) in names {
-        let path = PathBuf::from(super::segment::SHM_DIR).join(&name);
+        let path = PathBuf::from(SHM_DIR).join(&name);
         let same = std::fs::symlink_metadata(&path)
             .is_ok_and(|m| m.dev() == dev && m.ino() == ino);
         if same {
@@ -311,7 +312,7 @@ fn handle(message: &[u8], names: &mut HashMap<String, (u64, u64)>) {
     let text = |b: &[u8]| {
         std::str::from_utf8(b)
             .ok()
-            .filter(|n| super::segment::validate_name(n).is_ok())
+            .filter(|n| validate_name(n).is_ok())
             .map(str::to_owned)
     };
     match message.split_first() {

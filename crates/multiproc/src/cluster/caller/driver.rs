@@ -16,8 +16,10 @@ use crate::pool::core::{Core, Limits, Part, SlotState};
 use crate::pool::remote::Shared;
 use crate::wire::values::{Data, Received};
 
-use super::nodes::{MAX_LANES, Seen, check_acceptance, read_nodes};
-use super::{MIN_LANES, Settings, Status, heartbeat};
+use super::nodes::{
+    MAX_LANES, MIN_LANES, Nodes, Status, check_acceptance, nodes_period, read_nodes,
+};
+use super::settings::Settings;
 
 /// How long the caller blocks on its answers stream at a time: new work waits at most
 /// this long to be sent.
@@ -33,9 +35,9 @@ struct Sent {
 }
 
 /// The driving thread's state between rounds.
-pub(super) struct Driver<'a> {
-    pub(super) s: Settings,
-    pub(super) shared: &'a Shared,
+struct Driver<'a> {
+    s: Settings,
+    shared: &'a Shared,
     status: &'a Mutex<Status>,
     calls: String,
     answers: String,
@@ -51,11 +53,8 @@ pub(super) struct Driver<'a> {
     in_flight: HashMap<u64, Sent>,
     next_tag: u64,
     resend: bool,
-    /// The nodes of this build listed lately, by name.
-    pub(super) seen: HashMap<String, Seen>,
-    /// Since when work waits and no node of this build is listed, and whether the
-    /// pool said so.
-    pub(super) no_node_since: Option<(Instant, bool)>,
+    /// What it remembers of the nodes.
+    nodes: Nodes,
 }
 
 pub(super) fn drive(s: Settings, redis: Broker, shared: &Shared, status: &Mutex<Status>) {
@@ -73,8 +72,7 @@ pub(super) fn drive(s: Settings, redis: Broker, shared: &Shared, status: &Mutex<
         in_flight: HashMap::new(),
         next_tag: 0,
         resend: false,
-        seen: HashMap::new(),
-        no_node_since: None,
+        nodes: Nodes::default(),
     };
     d.add_lanes(MIN_LANES);
     let mut redis = Some(redis);
@@ -119,10 +117,17 @@ pub(super) fn drive(s: Settings, redis: Broker, shared: &Shared, status: &Mutex<
     }
     if let Some(b) = redis.as_mut() {
         let mut p = redis::pipe();
-        for k in [d.s.keys.alive(&d.s.caller), d.calls.clone(), d.answers.clone()] {
+        for k in [
+            d.s.keys.alive(&d.s.caller),
+            d.calls.clone(),
+            d.answers.clone(),
+        ] {
             p.cmd("DEL").arg(k).ignore();
         }
-        p.cmd("ZREM").arg(d.s.keys.callers()).arg(&d.s.caller).ignore();
+        p.cmd("ZREM")
+            .arg(d.s.keys.callers())
+            .arg(&d.s.caller)
+            .ignore();
         let _ = b.pipe::<()>("cannot remove the caller's keys", &p);
     }
     let mut st = shared.lock();
@@ -134,6 +139,40 @@ pub(super) fn drive(s: Settings, redis: Broker, shared: &Shared, status: &Mutex<
     drop(st);
     shared.changed.notify_all();
     shared.settle();
+}
+
+/// Keeps the caller's keys alive and listed.
+pub(super) fn heartbeat(b: &mut Broker, s: &Settings) -> Result<()> {
+    b.sync_clock();
+    let ttl = s.ttl_ms();
+    let now = broker::now_ms();
+    let mut p = redis::pipe();
+    p.cmd("SET")
+        .arg(s.keys.alive(&s.caller))
+        .arg(1)
+        .arg("PX")
+        .arg(ttl)
+        .ignore();
+    p.cmd("PEXPIRE")
+        .arg(s.keys.calls(&s.caller))
+        .arg(ttl)
+        .ignore();
+    p.cmd("PEXPIRE")
+        .arg(s.keys.answers(&s.caller))
+        .arg(ttl)
+        .ignore();
+    p.cmd("ZADD")
+        .arg(s.keys.callers())
+        .arg(now)
+        .arg(&s.caller)
+        .ignore();
+    p.cmd("ZREMRANGEBYSCORE")
+        .arg(s.keys.callers())
+        .arg("-inf")
+        .arg(now.saturating_sub(ttl))
+        .ignore();
+    p.cmd("PEXPIRE").arg(s.keys.callers()).arg(ttl).ignore();
+    b.pipe("cannot renew the caller's keys", &p)
 }
 
 /// Redis failed: `true` once it has been failing for longer than allowed (the pool is
@@ -192,7 +231,7 @@ impl Driver<'_> {
     /// Answers every call not answered with `error`, and takes the chunks sent back
     /// out of Redis: nobody waits for their answers any more (an answer that comes
     /// anyway finds no chunk of its tag).
-    pub(super) fn fail_waiting(&mut self, b: &mut Broker, error: Error) -> Result<()> {
+    fn fail_waiting(&mut self, b: &mut Broker, error: Error) -> Result<()> {
         tracing::warn!(address = %self.s.address, "calls not answered give up: {error}");
         {
             let mut st = self.shared.lock();
@@ -231,9 +270,9 @@ impl Driver<'_> {
             heartbeat(b, &self.s)?;
             self.beat_at = Instant::now();
         }
-        if self.nodes_at.elapsed() >= self.nodes_period() {
+        if self.nodes_at.elapsed() >= nodes_period(&self.s) {
             let listed = read_nodes(b, &self.s)?;
-            let nodes = self.track(listed);
+            let nodes = self.nodes.track(&self.s, listed);
             let slots: usize = nodes.iter().map(|n| n.slots as usize).sum();
             self.add_lanes((2 * slots).max(MIN_LANES));
             let refused = {
@@ -244,7 +283,10 @@ impl Driver<'_> {
             if let Some(error) = refused {
                 self.fail_waiting(b, error)?;
             }
-            self.check_nodes(b, &nodes)?;
+            let waiting = self.shared.lock().core.outstanding() > 0;
+            if let Some(error) = self.nodes.check(&self.s, waiting, b, &nodes)? {
+                self.fail_waiting(b, error)?;
+            }
             self.status.lock().unwrap_or_else(|p| p.into_inner()).nodes = nodes;
             self.nodes_at = Instant::now();
         }

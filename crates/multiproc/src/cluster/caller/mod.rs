@@ -7,18 +7,20 @@
 //! Which node runs a chunk, and which runs it again when a node is lost, is the
 //! leases' business (see [`node`](super::node)).
 //!
-//! This file: the pool's handle, its builder and settings, and the caller's keys'
-//! heartbeat. The thread that drives the pool is in [`driver`]; what it knows of the
-//! nodes (listing, loss, no node of this build, refused messages), in [`nodes`].
+//! This file: the pool's handle and its builder. The thread that drives the pool, and
+//! renews the caller's keys, is in [`driver`]; what it knows of the nodes (listing,
+//! loss, no node of this build, refused messages), in [`nodes`]; the settings they
+//! share, in [`settings`].
 
 mod driver;
 mod nodes;
+mod settings;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::auth::Key;
-use super::broker::{self, Broker, EXPIRY_LEASES, Keys};
+use super::broker::{self, Broker, Keys};
 use super::message::NodeInfo;
 use crate::error::{Error, Result};
 use crate::pool::core::chunking::BROKER;
@@ -27,10 +29,10 @@ use crate::pool::options::{PoolOptions, option_setters};
 use crate::pool::remote::{RemotePool, Shared};
 use crate::pool::{ChunkSize, Progress};
 
-use self::driver::drive;
+use self::driver::{drive, heartbeat};
+use self::nodes::{MIN_LANES, Status};
+use self::settings::Settings;
 
-/// Lanes (chunks in the stream at once) at least, before any node is seen.
-const MIN_LANES: usize = 4;
 /// How long calls wait for a node of the caller's build by default.
 const WAIT_FOR_NODES: Duration = Duration::from_secs(10);
 
@@ -56,12 +58,6 @@ pub struct Pool {
     remote: RemotePool,
     status: Arc<Mutex<Status>>,
     address: String,
-}
-
-/// What the driver learns of the cluster.
-#[derive(Default)]
-struct Status {
-    nodes: Vec<NodeInfo>,
 }
 
 /// Options for a cluster [`Pool`].
@@ -246,61 +242,6 @@ fn random_u64() -> u64 {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u64(broker::now_ms());
     h.finish()
-}
-
-struct Settings {
-    url: String,
-    key: Key,
-    lease: Duration,
-    retries: u32,
-    task_timeout: Option<Duration>,
-    unreachable: Duration,
-    wait_for_nodes: Option<Duration>,
-    /// This build's id (hex).
-    build: String,
-    keys: Keys,
-    caller: String,
-    address: String,
-}
-
-impl Settings {
-    fn ttl_ms(&self) -> u64 {
-        (self.lease * EXPIRY_LEASES).as_millis() as u64
-    }
-}
-
-/// Keeps the caller's keys alive and listed.
-fn heartbeat(b: &mut Broker, s: &Settings) -> Result<()> {
-    b.sync_clock();
-    let ttl = s.ttl_ms();
-    let now = broker::now_ms();
-    let mut p = redis::pipe();
-    p.cmd("SET")
-        .arg(s.keys.alive(&s.caller))
-        .arg(1)
-        .arg("PX")
-        .arg(ttl)
-        .ignore();
-    p.cmd("PEXPIRE")
-        .arg(s.keys.calls(&s.caller))
-        .arg(ttl)
-        .ignore();
-    p.cmd("PEXPIRE")
-        .arg(s.keys.answers(&s.caller))
-        .arg(ttl)
-        .ignore();
-    p.cmd("ZADD")
-        .arg(s.keys.callers())
-        .arg(now)
-        .arg(&s.caller)
-        .ignore();
-    p.cmd("ZREMRANGEBYSCORE")
-        .arg(s.keys.callers())
-        .arg("-inf")
-        .arg(now.saturating_sub(ttl))
-        .ignore();
-    p.cmd("PEXPIRE").arg(s.keys.callers()).arg(ttl).ignore();
-    b.pipe("cannot renew the caller's keys", &p)
 }
 
 crate::pool::remote::remote_pool_impls!(Pool);

@@ -2,7 +2,7 @@
 //! live and which were lost, no node of this build while work waits, and nodes that
 //! refuse the caller's messages (a wrong key).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use crate::cluster::broker::{self, Broker, Keys};
@@ -10,14 +10,22 @@ use crate::cluster::message::NodeInfo;
 use crate::error::{Error, Result};
 use crate::pool::core::Core;
 
-use super::driver::Driver;
-use super::Settings;
+use super::settings::Settings;
+
+/// Lanes (chunks in the stream at once) at least, before any node is seen.
+pub(super) const MIN_LANES: usize = 4;
 
 /// Slots a node may claim, at most: its info is not signed (see the node's
 /// heartbeat), and lanes are allocated from it.
 const MAX_SLOTS_PER_NODE: u32 = 1024;
 /// Lanes at most, whatever the nodes say.
 pub(super) const MAX_LANES: usize = 1 << 14;
+
+/// What the driver learns of the cluster, for [`Pool::workers`](super::Pool::workers).
+#[derive(Default)]
+pub(super) struct Status {
+    pub(super) nodes: Vec<NodeInfo>,
+}
 
 /// The live nodes' info (unsigned: informational; see the node's heartbeat).
 pub(super) fn read_nodes(b: &mut Broker, s: &Settings) -> Result<Vec<NodeInfo>> {
@@ -45,31 +53,41 @@ pub(super) fn read_nodes(b: &mut Broker, s: &Settings) -> Result<Vec<NodeInfo>> 
 }
 
 /// What the caller saw of a node's heartbeats.
-pub(super) struct Seen {
+struct Seen {
     heartbeat_ms: u64,
     /// When its heartbeat last changed (the caller's clock: nodes' clocks may differ).
     changed: Instant,
     lost: bool,
 }
 
-impl Driver<'_> {
-    /// How often the nodes' heartbeats are read: often enough to see a live node's
-    /// heartbeat change within a lease.
-    pub(super) fn nodes_period(&self) -> Duration {
-        (self.s.lease / 3).min(Duration::from_secs(1))
-    }
+/// How often the nodes' heartbeats are read: often enough to see a live node's
+/// heartbeat change within a lease.
+pub(super) fn nodes_period(s: &Settings) -> Duration {
+    (s.lease / 3).min(Duration::from_secs(1))
+}
 
+/// What the driving thread remembers of the nodes between rounds.
+#[derive(Default)]
+pub(super) struct Nodes {
+    /// The nodes of this build listed lately, by name.
+    seen: HashMap<String, Seen>,
+    /// Since when work waits and no node of this build is listed, and whether the
+    /// pool said so.
+    no_node_since: Option<(Instant, bool)>,
+}
+
+impl Nodes {
     /// The live nodes among those listed: a node whose heartbeat has not changed for a
     /// lease has stopped renewing its leases (its chunks go to other nodes): it is
     /// lost, and the pool says so once.
-    pub(super) fn track(&mut self, listed: Vec<NodeInfo>) -> Vec<NodeInfo> {
+    pub(super) fn track(&mut self, s: &Settings, listed: Vec<NodeInfo>) -> Vec<NodeInfo> {
         let now = Instant::now();
         let mut live = Vec::with_capacity(listed.len());
         let mut names = HashSet::with_capacity(listed.len());
         for n in listed {
             let name = n.name();
             let seen = self.seen.entry(name.clone()).or_insert_with(|| {
-                tracing::debug!(address = %self.s.address, node = %name, slots = n.slots, "a cluster node is connected");
+                tracing::debug!(address = %s.address, node = %name, slots = n.slots, "a cluster node is connected");
                 Seen {
                     heartbeat_ms: n.heartbeat_ms,
                     changed: now,
@@ -81,19 +99,19 @@ impl Driver<'_> {
                 seen.changed = now;
                 if seen.lost {
                     seen.lost = false;
-                    tracing::warn!(address = %self.s.address, node = %name, "cluster node {name} is back (its heartbeat resumed); chunks it held may have run elsewhere meanwhile");
+                    tracing::warn!(address = %s.address, node = %name, "cluster node {name} is back (its heartbeat resumed); chunks it held may have run elsewhere meanwhile");
                 }
             }
             let silent = now.saturating_duration_since(seen.changed);
-            if silent > self.s.lease {
+            if silent > s.lease {
                 if !seen.lost {
                     seen.lost = true;
-                    let then = match self.s.retries {
+                    let then = match s.retries {
                         0 => "the calls it held give up (retries: 0)".to_owned(),
                         n => format!("the chunks it held run again on other nodes (retries: {n})"),
                     };
                     tracing::warn!(
-                        address = %self.s.address, node = %name,
+                        address = %s.address, node = %name,
                         "cluster node {name} lost: no heartbeat for {silent:.1?} (killed, cut off \
                          or frozen); {then}"
                     );
@@ -103,7 +121,7 @@ impl Driver<'_> {
             }
             names.insert(name);
         }
-        let address = &self.s.address;
+        let address = &s.address;
         self.seen.retain(|name, seen| {
             let listed = names.contains(name);
             if !listed && !seen.lost {
@@ -115,7 +133,7 @@ impl Driver<'_> {
     }
 
     /// Nodes of other builds in the registry of every build's nodes.
-    fn other_builds(&self, b: &mut Broker) -> Result<usize> {
+    fn other_builds(s: &Settings, b: &mut Broker) -> Result<usize> {
         let members: Vec<String> = b.run(
             "cannot list the nodes of every build",
             redis::cmd("ZRANGEBYSCORE")
@@ -123,46 +141,51 @@ impl Driver<'_> {
                 .arg(broker::now_ms())
                 .arg("+inf"),
         )?;
-        let mine = format!("{}/", self.s.build);
+        let mine = format!("{}/", s.build);
         Ok(members.iter().filter(|m| !m.starts_with(&mine)).count())
     }
 
-    /// Work waits and no node of this build is listed: say so at once, and after
-    /// [`PoolBuilder::wait_for_nodes`](super::PoolBuilder::wait_for_nodes) answer the waiting calls with an error that
-    /// says why.
-    pub(super) fn check_nodes(&mut self, b: &mut Broker, live: &[NodeInfo]) -> Result<()> {
-        let waiting = self.shared.lock().core.outstanding() > 0;
+    /// Work waits (`waiting`) and no node of this build is listed: say so at once, and
+    /// after [`PoolBuilder::wait_for_nodes`](super::PoolBuilder::wait_for_nodes) return
+    /// the error, saying why, that the waiting calls answer.
+    pub(super) fn check(
+        &mut self,
+        s: &Settings,
+        waiting: bool,
+        b: &mut Broker,
+        live: &[NodeInfo],
+    ) -> Result<Option<Error>> {
         if !live.is_empty() || !waiting {
             self.no_node_since = None;
-            return Ok(());
+            return Ok(None);
         }
         let (since, warned) = *self
             .no_node_since
             .get_or_insert_with(|| (Instant::now(), false));
         // Said once the wait outlasts a node's start (nodes often start with the
         // caller), unless the error comes first.
-        let wait = self.s.wait_for_nodes;
-        let warn_after = wait.map_or(self.s.lease, |w| self.s.lease.min(w / 2));
+        let wait = s.wait_for_nodes;
+        let warn_after = wait.map_or(s.lease, |w| s.lease.min(w / 2));
         if !warned && since.elapsed() >= warn_after {
             self.no_node_since = Some((since, true));
-            let others = self.other_builds(b)?;
+            let others = Self::other_builds(s, b)?;
             let then = match wait {
                 Some(w) => format!("the calls give up {w:?} after it started waiting"),
                 None => "waiting for one (PoolBuilder::wait_for_nodes)".to_owned(),
             };
             tracing::warn!(
-                address = %self.s.address,
+                address = %s.address,
                 "no cluster node of this build is connected{}; {then}",
                 others_note(others)
             );
         }
         let Some(wait) = wait else {
-            return Ok(());
+            return Ok(None);
         };
         if since.elapsed() < wait {
-            return Ok(());
+            return Ok(None);
         }
-        let others = self.other_builds(b)?;
+        let others = Self::other_builds(s, b)?;
         let lost: Vec<&str> = self
             .seen
             .iter()
@@ -188,13 +211,10 @@ impl Driver<'_> {
             )
         };
         self.no_node_since = None;
-        self.fail_waiting(
-            b,
-            Error::Cluster {
-                address: self.s.address.clone(),
-                detail,
-            },
-        )
+        Ok(Some(Error::Cluster {
+            address: s.address.clone(),
+            detail,
+        }))
     }
 }
 

@@ -7,7 +7,8 @@ use std::time::Duration;
 use crate::cluster::broker::{Broker, GROUP};
 use crate::cluster::message::NodeMsg;
 
-use super::{Done, Node, connect};
+use super::collector::Done;
+use super::state::{Node, connect};
 
 /// Sends each finished chunk's answers, then ends its lease; until the node quits
 /// (SIGTERM included: chunks that finish during the drain are answered).
@@ -63,4 +64,3 @@ pub(super) fn answer_loop(node: &Node, url: &str, rx: mpsc::Receiver<Done>) {
         node.freed.notify_all();
     }
 }
-

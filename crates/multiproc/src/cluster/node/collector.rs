@@ -1,17 +1,22 @@
-//! Gathers one chunk's answers from the local pool and sends the chunk's reply to the
-//! answerer once every call is answered.
+//! Gathers one chunk's answers from the local pool and sends the chunk's reply (a
+//! [`Done`]) to the answerer once every call is answered.
 
+use std::sync::Mutex;
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use serde_bytes::ByteBuf;
 
-use crate::cluster::message::{NodeFailure, WirePart};
+use crate::cluster::message::{AnswerMsg, NodeFailure, WirePart};
 use crate::pool::backend::Control;
 use crate::pool::core::{Answers, Sink};
 
-use super::{Done, Node};
+/// A finished chunk, for the answerer.
+pub(super) struct Done {
+    pub(super) caller: String,
+    pub(super) id: String,
+    pub(super) answer: AnswerMsg,
+}
 
 /// Stands in for a chunk's control until its local job exists.
 pub(super) struct NoControl;
@@ -34,17 +39,19 @@ struct Collected {
 /// Gathers one chunk's answers from the local pool; sends the chunk's reply once every
 /// call is answered.
 pub(super) struct Collector {
-    node: std::sync::Weak<Node>,
+    /// The node's slots: at most this many of the chunk's calls ran at once.
+    slots: usize,
     started: Instant,
     tx: Mutex<mpsc::Sender<Done>>,
     st: Mutex<Collected>,
 }
 
 impl Collector {
-    /// Gathers the answers of `calls` calls, to send `reply` with them on `tx`.
-    pub(super) fn new(node: &Arc<Node>, tx: mpsc::Sender<Done>, calls: usize, reply: Done) -> Self {
+    /// Gathers the answers of `calls` calls, to send `reply` with them on `tx`, for a
+    /// node of `slots` slots.
+    pub(super) fn new(slots: usize, tx: mpsc::Sender<Done>, calls: usize, reply: Done) -> Self {
         Collector {
-            node: Arc::downgrade(node),
+            slots,
             started: Instant::now(),
             tx: Mutex::new(tx),
             st: Mutex::new(Collected {
@@ -84,8 +91,7 @@ impl Collector {
             return;
         };
         reply.answer.parts = std::mem::take(&mut st.parts);
-        let slots = self.node.upgrade().map_or(1, |n| n.slots);
-        let calls = st.answered.len().clamp(1, slots.max(1));
+        let calls = st.answered.len().clamp(1, self.slots.max(1));
         reply.answer.nanos =
             (self.started.elapsed().as_nanos() as u64).saturating_mul(calls as u64);
         drop(st);
@@ -141,4 +147,3 @@ impl Sink for Collector {
         }
     }
 }
-

@@ -9,7 +9,7 @@ use crate::cluster::broker::{Broker, GROUP, Keys};
 use crate::cluster::message::NodeFailure;
 use crate::error::{Error, Result};
 
-use super::{Node, connect};
+use super::state::{Node, connect};
 
 /// Renews the leases of running chunks, enforces their timeouts, and publishes the
 /// node's info, every third of a lease.
@@ -76,8 +76,9 @@ fn beat(node: &Node, b: &mut Broker) -> Result<()> {
     // here (its answer would be a second one).
     for (stream, ids) in by_stream.iter_mut() {
         let owned = b.owned(stream, &node.name, ids.len().max(1) * 2)?;
-        let (mine, lost): (Vec<String>, Vec<String>) =
-            std::mem::take(ids).into_iter().partition(|id| owned.contains(id));
+        let (mine, lost): (Vec<String>, Vec<String>) = std::mem::take(ids)
+            .into_iter()
+            .partition(|id| owned.contains(id));
         *ids = mine;
         if !lost.is_empty() {
             let mut held = node.held.lock().unwrap_or_else(|p| p.into_inner());
@@ -143,4 +144,3 @@ fn beat(node: &Node, b: &mut Broker) -> Result<()> {
     p.cmd("PEXPIRE").arg(&registry).arg(ttl * 10).ignore();
     b.pipe("cannot renew leases", &p)
 }
-

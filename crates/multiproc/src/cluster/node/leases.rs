@@ -8,7 +8,7 @@ use crate::cluster::broker::{Broker, GROUP};
 use crate::cluster::message::Previous;
 use crate::error::Result;
 
-use super::{Held, Node};
+use super::state::{Held, Node};
 
 /// A chunk handed back on SIGTERM is left to the consumer `sigterm:<node>` (and one
 /// whose signature a node refused, to `refused:<node>`), so that the node that takes

@@ -6,17 +6,19 @@
 //! new chunks and claims expired leases whenever a slot is free; the *answerer* sends
 //! each finished chunk's answers and ends its lease (`XACK`, `XDEL`); the *heartbeat*
 //! renews the leases of running chunks (`XCLAIM … JUSTID`, which resets their idle
-//! time), enforces task timeouts, and publishes the node's [`NodeInfo`].
+//! time), enforces task timeouts, and publishes the node's
+//! [`NodeInfo`](crate::cluster::NodeInfo).
 //!
-//! This file: the node's options, its shared state, and its set-up and shut-down
-//! ([`serve`]). The threads live beside it: [`taker`], [`answerer`], [`heartbeat`];
-//! a chunk's answers are gathered by a [`collector::Collector`]; how a lease ends,
-//! in [`leases`].
+//! This file: the node's options and its set-up and shut-down ([`serve`]). The
+//! threads live beside it: [`taker`], [`answerer`], [`heartbeat`]; the state they
+//! share, in [`state`]; a chunk's answers are gathered by a [`collector::Collector`];
+//! how a lease ends, in [`leases`].
 
 mod answerer;
 mod collector;
 mod heartbeat;
 mod leases;
+mod state;
 mod taker;
 
 use std::collections::HashMap;
@@ -26,17 +28,16 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use super::auth::Key;
-use super::broker::{self, Broker, Keys};
-use super::message::{AnswerMsg, NodeInfo};
+use super::broker::{self, Keys};
 use crate::error::{Error, Result};
 use crate::pool::Pool;
-use crate::pool::backend::Control;
 use crate::start::StartMethod;
 
 use self::answerer::answer_loop;
-use self::collector::Collector;
+use self::collector::Done;
 use self::heartbeat::heartbeat_loop;
 use self::leases::hand_back;
+use self::state::Node;
 use self::taker::take_loop;
 
 /// The environment variable that makes a program a worker node in [`crate::init`].
@@ -165,41 +166,6 @@ fn log_to_stderr_by_default() {
         .try_init();
 }
 
-/// A chunk this node runs.
-struct Held {
-    started: Instant,
-    deadline: Option<Instant>,
-    job: u64,
-    control: Arc<dyn Control>,
-    collector: Arc<Collector>,
-}
-
-/// A finished chunk, for the answerer.
-struct Done {
-    caller: String,
-    id: String,
-    answer: AnswerMsg,
-}
-
-struct Node {
-    keys: Keys,
-    /// This build's id (hex), as the registry of every build's nodes lists it.
-    build: String,
-    name: String,
-    host: String,
-    key: Key,
-    lease: Duration,
-    slots: usize,
-    /// Running chunks by (calls stream, entry id).
-    held: Mutex<HashMap<(String, String), Held>>,
-    freed: Condvar,
-    refused: AtomicU64,
-    last_refused_ms: AtomicU64,
-    stop: &'static AtomicBool,
-    /// The answerer and heartbeat threads end.
-    quit: AtomicBool,
-}
-
 /// Serves as a worker node of the cluster at `url` until SIGTERM (then finishes or
 /// hands back its chunks) or an error that cannot be retried (no key, a bad URL).
 /// Lost connections are retried with backoff.
@@ -299,47 +265,3 @@ pub fn serve(url: &str, options: ServeOptions) -> Result<()> {
     tracing::info!(node = %node.name, "cluster node stopped");
     Ok(())
 }
-
-/// Connects, retrying with backoff until it works or the thread must end: the taker
-/// (`taker`) ends on SIGTERM (it takes no new work then); the answerer and the
-/// heartbeat go on through the drain, when running chunks still need their answers
-/// sent and their leases renewed, and end when the node quits.
-fn connect(node: &Node, url: &str, taker: bool) -> Option<Broker> {
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        if node.quit.load(Ordering::SeqCst) || (taker && node.stop.load(Ordering::SeqCst)) {
-            return None;
-        }
-        match Broker::connect(url, Duration::from_secs(5)) {
-            Ok(b) => return Some(b),
-            Err(e) => {
-                tracing::warn!(node = %node.name, "{e}; retrying in {backoff:?}");
-                std::thread::sleep(backoff);
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
-}
-
-impl Node {
-    fn busy(&self) -> usize {
-        self.held.lock().unwrap_or_else(|p| p.into_inner()).len()
-    }
-
-    fn calls_of(&self, caller: &str) -> String {
-        self.keys.calls(caller)
-    }
-
-    fn info(&self) -> NodeInfo {
-        NodeInfo {
-            host: self.host.clone(),
-            pid: std::process::id(),
-            slots: self.slots as u32,
-            busy: self.busy() as u32,
-            heartbeat_ms: broker::now_ms(),
-            refused: self.refused.load(Ordering::Relaxed),
-            last_refused_ms: self.last_refused_ms.load(Ordering::Relaxed),
-        }
-    }
-}
-

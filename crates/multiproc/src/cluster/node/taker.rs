@@ -2,9 +2,9 @@
 //! free, checks each (signature, caller alive, runs left) and starts it in the local
 //! pool.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use redis::streams::StreamId;
@@ -14,9 +14,9 @@ use crate::cluster::message::{AnswerMsg, ChunkMsg, NodeFailure, NodeMsg, Previou
 use crate::error::{Error, Result};
 use crate::pool::Pool;
 
-use super::{Done, Held, Node, connect};
-use super::collector::{Collector, NoControl};
-use super::leases::{finish_entry, previous_run, release_entry, REFUSED};
+use super::collector::{Collector, Done, NoControl};
+use super::leases::{REFUSED, finish_entry, previous_run, release_entry};
+use super::state::{Held, Node, connect};
 
 /// A message that fails its signature check this many times (on any node) is deleted:
 /// it was forged, or no node has the key it was signed with.
@@ -123,7 +123,16 @@ fn take(
                 let runs = p.times_delivered as u64;
                 tracing::debug!(node = %node.name, id = %entry.id, from = %p.consumer, "took over an expired lease");
                 let previous = previous_run(&p.consumer);
-                if handle(node, b, caller, &entry, runs + 1, Some(previous), pool, done)? {
+                if handle(
+                    node,
+                    b,
+                    caller,
+                    &entry,
+                    runs + 1,
+                    Some(previous),
+                    pool,
+                    done,
+                )? {
                     free -= 1;
                 }
             }
@@ -174,7 +183,8 @@ fn handle(
     let Some(body) = broker::message(entry).and_then(|m| node.key.open(stream.as_bytes(), m))
     else {
         let refused = node.refused.fetch_add(1, Ordering::Relaxed) + 1;
-        node.last_refused_ms.store(broker::now_ms(), Ordering::Relaxed);
+        node.last_refused_ms
+            .store(broker::now_ms(), Ordering::Relaxed);
         tracing::warn!(
             node = %node.name, id = %entry.id, refused,
             "dropped a message whose signature is wrong (forged, or signed with another key)"
@@ -241,7 +251,12 @@ fn handle(
         return Ok(false);
     };
     let n = msg.ends.len();
-    let collector = Arc::new(Collector::new(node, done.clone(), n, reply(Vec::new())));
+    let collector = Arc::new(Collector::new(
+        node.slots,
+        done.clone(),
+        n,
+        reply(Vec::new()),
+    ));
     // Signed, but still a number from elsewhere: no overflow, no panic.
     let deadline = msg.timeout().and_then(|t| {
         let total = t.checked_mul(u32::try_from(n).ok()?)?;
@@ -306,4 +321,3 @@ fn send_to_caller(node: &Node, b: &mut Broker, caller: &str, msg: &NodeMsg) -> R
     )
     .map(|_| ())
 }
-
