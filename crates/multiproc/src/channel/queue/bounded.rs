@@ -6,7 +6,8 @@ use std::time::Instant;
 
 use super::at::{self, OPEN};
 use super::ends::Ends;
-use super::{WHAT, hook};
+use super::datagram::WHAT;
+use super::hook;
 use crate::error::{Error, Result};
 use crate::sys::futex;
 

@@ -10,7 +10,7 @@ use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 
 use super::at::{self, OPEN};
-use super::{INLINE_MAX, INLINE_MIN, WHAT};
+use super::datagram::{INLINE_MAX, INLINE_MIN, WHAT};
 use crate::error::{Error, Result};
 use crate::sync::{MUTEX_SIZE, RawLock};
 

@@ -2,12 +2,14 @@
 //!
 //! One concept a file: the queue handle, its construction, size, closing and wire
 //! form (this file); the kernel objects its handles share ([`ends`]) and the words in
-//! shared memory ([`at`]); the item count a bounded queue waits on ([`bounded`]); the
-//! spill log ([`spill`]); the put side ([`put`]) and the get side ([`get`]);
-//! [`JoinableQueue`] ([`joinable`]) and [`SimpleQueue`] ([`simple`]).
+//! shared memory ([`at`]); what a producer sends ([`datagram`]); the item count a
+//! bounded queue waits on ([`bounded`]); the spill log ([`spill`]); the put side
+//! ([`put`]) and the get side ([`get`]); [`JoinableQueue`] ([`joinable`]) and
+//! [`SimpleQueue`] ([`simple`]).
 
 mod at;
 mod bounded;
+mod datagram;
 mod ends;
 mod get;
 mod hook;
@@ -31,24 +33,12 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use self::at::{DRAINING, OPEN, STOPPED};
 use self::bounded::MAXSIZE_LIMIT;
+use self::datagram::{INLINE_MAX, SEND_BUFFER};
 use self::ends::{Ends, Received};
 use crate::error::{Error, Result};
 use crate::sync::RawLock;
 use crate::sys::shm as sys_shm;
 use crate::wire::fds;
-
-const WHAT: &str = "queue";
-
-/// Smallest inline limit: messages up to this size always go inline.
-const INLINE_MIN: usize = 64 << 10;
-/// Largest encoded message ever sent inline in its datagram (larger ones go by
-/// memfd); also the size of every consumer thread's receive buffer.
-const INLINE_MAX: usize = 2 << 20;
-/// Datagram kinds (first byte).
-const INLINE: u8 = 0;
-const IN_MEMFD: u8 = 1;
-/// Socket send buffer requested (the kernel caps it at `net.core.wmem_max`).
-const SEND_BUFFER: usize = 4 << 20;
 
 /// A multi-producer, multi-consumer queue between processes (Python's
 /// `multiprocessing.Queue`).
@@ -318,13 +308,6 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
             ends: Arc::new(ends),
             _t: PhantomData,
         })
-    }
-}
-
-fn bad(what: &str) -> Error {
-    Error::Protocol {
-        pid: 0,
-        detail: format!("a queue producer sent {what}"),
     }
 }
 

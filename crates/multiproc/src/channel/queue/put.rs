@@ -11,7 +11,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::at::OPEN;
-use super::{IN_MEMFD, INLINE, INLINE_MIN, Queue, WHAT};
+use super::Queue;
+use super::datagram::{IN_MEMFD, INLINE, INLINE_MIN, WHAT};
 use crate::error::{Error, Result};
 use crate::sys::shm as sys_shm;
 use crate::wire::{self, fds};

@@ -9,7 +9,8 @@ use nix::errno::Errno;
 
 use super::at;
 use super::ends::{Ends, Received};
-use super::{INLINE_MIN, bad, hook};
+use super::datagram::{INLINE_MIN, bad};
+use super::hook;
 use crate::error::{Error, Result};
 use crate::sys::shm as sys_shm;
 use crate::wire;

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use nix::sys::socket::MsgFlags;
 
+use super::datagram::INLINE_MIN;
 use super::spill::write_all_at;
 use super::*;
 

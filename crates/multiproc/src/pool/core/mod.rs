@@ -26,10 +26,10 @@
 //!
 //! The rooms: this file holds [`Core`] and what it does with jobs; [`slot`] a worker
 //! and its life ([`SlotState`]); [`chunk`] building the next chunk for a worker;
-//! [`answers`] filing what workers answer and handing it to the jobs' handles;
-//! [`death`] what a worker's death costs. The core knows bytes, call numbers
-//! ([`Indices`]) and [`Answers`] only: decoding them as the task's result type is the
-//! pool layer's (`pool::batch`).
+//! [`kept`] a chunk's arguments, kept to run its calls again; [`answers`] filing what
+//! workers answer and handing it to the jobs' handles; [`death`] what a worker's
+//! death costs. The core knows bytes, call numbers ([`Indices`]) and [`Answers`] only:
+//! decoding them as the task's result type is the pool layer's (`pool::batch`).
 
 mod answers;
 mod chunk;
@@ -38,6 +38,7 @@ mod death;
 mod ends;
 mod indices;
 pub(crate) mod jobs;
+mod kept;
 mod slot;
 
 use std::collections::{BTreeMap, HashMap};

@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
-use super::chunk::Kept;
+use super::kept::Kept;
 use super::{Core, Indices};
 
 /// A worker's identity in the core (the event loop maps it to a process, a rank...).

@@ -12,9 +12,9 @@ use std::os::fd::AsFd;
 use std::sync::MutexGuard;
 use std::time::{Duration, Instant};
 
-use super::lead::Shared;
+use super::shared::Shared;
 use super::proc::{Body, Proc, Stage};
-use super::state::{Life, State};
+use super::state::{Life, Source, State};
 use crate::error::Error;
 use crate::pool::core::{LastStart, Limits, SlotState, WorkerId};
 use crate::sys::poll::{Interest, PollSet};
@@ -238,18 +238,6 @@ impl Shared {
             })
             .collect()
     }
-}
-
-/// What a descriptor in the leader's poll set is. Indices are into `State::procs`,
-/// which only the leader changes, and only after it has handled what the poll found.
-#[derive(Clone, Copy, Debug)]
-pub(super) enum Source {
-    /// The wake-up socket: new work or a request.
-    Wake,
-    /// Worker `i`'s stream: answers to read, or room to write.
-    Stream(usize),
-    /// Worker `i`'s pidfd: it exited.
-    Exit(usize),
 }
 
 /// Adds every worker's stream (if not cut) and pidfd to `set`, the stream first.

@@ -3,12 +3,15 @@
 //! - `lead`: how the threads that wait take turns driving the pool (its README, beside
 //!   it, tells the protocol);
 //! - `event_loop`: one turn of the loop the leader runs, and how a pool ends;
-//! - `state`: what the threads share under the lock, with the pool's life cycle;
+//! - `shared`: what the threads share: the lock, the condition variables and the
+//!   wake-up socket;
+//! - `state`: what is under the lock, with the pool's life cycle;
 //! - `proc`: one worker process as the parent sees it.
 
 mod event_loop;
 mod lead;
 mod proc;
+mod shared;
 mod state;
 
 use std::marker::PhantomData;
@@ -32,7 +35,8 @@ use crate::start::StartMethod;
 use crate::task;
 use crate::wire;
 use crate::wire::message::TaskRef;
-use lead::{Polled, Settings, Shared};
+use lead::Polled;
+use shared::{Settings, Shared};
 
 /// A pool of worker processes.
 ///

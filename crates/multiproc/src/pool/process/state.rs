@@ -1,6 +1,7 @@
 //! The pool's state under its one lock, and the three small state machines in it:
 //! the pool's life cycle ([`Life`]), who drives the event loop ([`Lead`]), and whether
-//! the initializer ever worked ([`InitRecord`]).
+//! the initializer ever worked ([`InitRecord`]); and what the leader's poll set
+//! watches ([`Source`]).
 //!
 //! Every transition is a method that checks (with `debug_assert!`) the state it
 //! expects, so a path the design does not allow fails the tests instead of leaving a
@@ -13,7 +14,6 @@
 
 use std::collections::VecDeque;
 
-use super::event_loop::Source;
 use super::proc::Proc;
 use crate::pool::core::{Core, Delivery, WorkerId};
 use crate::sys::poll::PollSet;
@@ -170,6 +170,18 @@ impl InitRecord {
             }
         }
     }
+}
+
+/// What a descriptor in the leader's poll set is. Indices are into `State::procs`,
+/// which only the leader changes, and only after it has handled what the poll found.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Source {
+    /// The wake-up socket: new work or a request.
+    Wake,
+    /// Worker `i`'s stream: answers to read, or room to write.
+    Stream(usize),
+    /// Worker `i`'s pidfd: it exited.
+    Exit(usize),
 }
 
 /// Everything a pool's threads share, under `Shared`'s mutex.

@@ -14,17 +14,14 @@
 
 use std::any::Any;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak, mpsc};
 
-use super::Shared;
+use super::shared::{Flags, Shared, Work};
 use crate::error::{Error, Result};
 use crate::pool::backend::JobId;
 use crate::pool::batch::{Batch, BatchSink};
 use crate::pool::{Arg, ChunkSize, Ret};
-
-/// A unit of work on the pool's queue: the calls of one chunk.
-pub(super) type Work = Box<dyn FnOnce() + Send>;
 
 /// Calls in one chunk of an automatically sized job at most: a chunk's answers reach
 /// the caller only when its last call ends, so `imap` and progress would stall behind
@@ -55,28 +52,6 @@ enum Out<R> {
     Channel(mpsc::Sender<Vec<(usize, Result<R>)>>),
     /// An `AsyncResult`'s sink; it hears `end` when the job is dropped.
     Sink(Arc<dyn BatchSink<R>>),
-}
-
-/// What the pool, the job's chunks and an `AsyncResult` share of a job.
-#[derive(Default)]
-pub(super) struct Flags {
-    cancelled: AtomicBool,
-    /// Chunks of the job running now.
-    running: AtomicUsize,
-}
-
-impl Flags {
-    pub(super) fn cancel(&self) {
-        self.cancelled.store(true, Ordering::Relaxed);
-    }
-
-    fn cancelled(&self) -> bool {
-        self.cancelled.load(Ordering::Relaxed)
-    }
-
-    pub(super) fn running(&self) -> bool {
-        self.running.load(Ordering::Relaxed) > 0
-    }
 }
 
 /// One job's typed state.

@@ -18,71 +18,20 @@
 //! reach a job of another type.
 
 mod job;
+mod shared;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::thread::JoinHandle;
 
-use self::job::{Flags, Job, JobRef, Work};
+use self::job::{Job, JobRef};
+use self::shared::{Entry, Flags, Shared, State};
 use crate::error::{Error, Result};
 use crate::pool::backend::{Backend, Control, JobId, Results};
 use crate::pool::batch::BatchSink;
 use crate::pool::options::{PoolOptions, option_setters};
 use crate::pool::{Arg, ChunkSize, Progress, Ret, TaskPool};
-
-struct State {
-    /// Chunks of every job, in submission order.
-    queue: VecDeque<Work>,
-    closed: bool,
-    /// Every job not over yet.
-    jobs: HashMap<u64, Entry>,
-}
-
-/// The pool's entry for a job, from its open until it is over (its last reference
-/// gone): how to cancel it by its id, even once sealed (a `map` that failed cancels
-/// the rest of its calls), and until it is sealed, a reference that keeps it open.
-struct Entry {
-    flags: Arc<Flags>,
-    hold: Option<Arc<dyn Send + Sync>>,
-}
-
-struct Shared {
-    state: Mutex<State>,
-    work: Condvar,
-}
-
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// No more calls for `job`: the pool lets go of it, so it is over once its
-    /// queued chunks have run.
-    fn seal(&self, job: u64) {
-        let hold = self.lock().jobs.get_mut(&job).and_then(|e| e.hold.take());
-        // Dropped after the lock: the last reference to a job ends its sink, which
-        // may run callbacks that use this pool (and it takes the lock to `forget`).
-        drop(hold);
-    }
-
-    /// Nobody wants `job`'s answers: its queued chunks will not run, and the answers
-    /// of those running are thrown away (a thread cannot be stopped).
-    fn cancel(&self, job: u64) {
-        let entry = self.lock().jobs.remove(&job);
-        if let Some(e) = &entry {
-            e.flags.cancel();
-        }
-        // Dropped after the lock (see `seal`).
-        drop(entry);
-    }
-
-    /// `job` is over (its last reference is gone).
-    fn forget(&self, job: u64) {
-        let entry = self.lock().jobs.remove(&job);
-        drop(entry); // it holds no job by now: nothing runs on this drop
-    }
-}
 
 /// A pool of threads with the [`TaskPool`] interface.
 ///
