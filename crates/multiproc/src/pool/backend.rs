@@ -93,8 +93,8 @@ impl<R: Send + 'static> Results<R> {
 
     /// Results sent on a channel (pools whose workers answer on their own
     /// threads); the job ends when every sender is gone.
-    pub(super) fn channel(rx: mpsc::Receiver<Vec<(usize, Result<R>)>>) -> Self {
-        struct Channel<R>(mpsc::Receiver<Vec<(usize, Result<R>)>>);
+    pub(super) fn channel(rx: mpsc::Receiver<Batch<R>>) -> Self {
+        struct Channel<R>(mpsc::Receiver<Batch<R>>);
         impl<R: Send> ResultSource<R> for Channel<R> {
             fn recv(&mut self, deadline: Option<Instant>) -> Step<R> {
                 use mpsc::RecvTimeoutError::{Disconnected, Timeout};
@@ -105,7 +105,7 @@ impl<R: Send + 'static> Results<R> {
                         .recv_timeout(d.saturating_duration_since(Instant::now())),
                 };
                 match r {
-                    Ok(batch) => Step::Got(Batch::from_results(batch)),
+                    Ok(batch) => Step::Got(batch),
                     Err(Timeout) => Step::Empty,
                     Err(Disconnected) => Step::Ended,
                 }

@@ -76,23 +76,25 @@ impl<R> Batch<R> {
         }
     }
 
-    /// Results in one vector (channel-fed pools produce them so).
-    pub(super) fn from_results(results: Vec<(usize, Result<R>)>) -> Self {
-        let mut b = Batch {
+    /// An empty batch with room for `n` values.
+    pub(super) fn with_capacity(n: usize) -> Self {
+        Batch {
             at: Indices::new(),
-            values: Vec::with_capacity(results.len()),
+            values: Vec::with_capacity(n),
             errors: Vec::new(),
-        };
-        for (i, r) in results {
-            match r {
-                Ok(v) => {
-                    b.at.push(i);
-                    b.values.push(v);
-                }
-                Err(e) => b.errors.push((i, e)),
-            }
         }
-        b
+    }
+
+    /// Call `index` answered `result` (calls pushed in order of their numbers keep
+    /// `at` one run).
+    pub(super) fn push(&mut self, index: usize, result: Result<R>) {
+        match result {
+            Ok(v) => {
+                self.at.push(index);
+                self.values.push(v);
+            }
+            Err(e) => self.errors.push((index, e)),
+        }
     }
 
     /// Results in the batch.

@@ -18,7 +18,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak, mpsc};
 
 use super::shared::{Flags, Shared, Work};
-use crate::error::{Error, Result};
+use crate::error::Error;
 use crate::pool::backend::JobId;
 use crate::pool::batch::{Batch, BatchSink};
 use crate::pool::{Arg, ChunkSize, Ret};
@@ -44,12 +44,12 @@ pub(super) fn chunk_len(chunk: ChunkSize, len: usize, workers: usize) -> usize {
 }
 
 /// Where a caller reads a job's answers, a chunk at a time.
-pub(crate) type Answers<R> = mpsc::Receiver<Vec<(usize, Result<R>)>>;
+pub(crate) type Answers<R> = mpsc::Receiver<Batch<R>>;
 
 /// Where a job's answers go.
 enum Out<R> {
     /// A caller pulls them (`map`, `imap`, `apply`).
-    Channel(mpsc::Sender<Vec<(usize, Result<R>)>>),
+    Channel(mpsc::Sender<Batch<R>>),
     /// An `AsyncResult`'s sink; it hears `end` when the job is dropped.
     Sink(Arc<dyn BatchSink<R>>),
 }
@@ -163,14 +163,12 @@ impl<R: Ret> Job<R> {
             return;
         }
         self.flags.running.fetch_add(1, Ordering::Relaxed);
-        let answers: Vec<(usize, Result<R>)> = calls
-            .into_iter()
-            .enumerate()
-            .map(|(k, a)| {
-                let r = catch_unwind(AssertUnwindSafe(|| f(a))).map_err(panicked);
-                (first + k, r)
-            })
-            .collect();
+        // Values and their call numbers (one run) apart, as the caller files them.
+        let mut answers = Batch::with_capacity(calls.len());
+        for (k, a) in calls.into_iter().enumerate() {
+            let r = catch_unwind(AssertUnwindSafe(|| f(a))).map_err(panicked);
+            answers.push(first + k, r);
+        }
         self.flags.running.fetch_sub(1, Ordering::Relaxed);
         if self.flags.cancelled() {
             return;
@@ -178,7 +176,7 @@ impl<R: Ret> Job<R> {
         match &self.out {
             // The caller may have stopped reading (an error ended its `map`).
             Out::Channel(tx) => drop(tx.send(answers)),
-            Out::Sink(sink) => sink.add(Batch::from_results(answers)),
+            Out::Sink(sink) => sink.add(answers),
         }
     }
 }
