@@ -1,44 +1,19 @@
-//! `Listener` and `Client`: binding, accepting and connecting, with the handshake.
+//! `Listener`: binding and accepting, with the handshake.
 
 use std::io;
-use std::net::{TcpListener, TcpStream};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::net::TcpListener;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::linux::net::SocketAddrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::{SocketAddr as UnixSocketAddr, UnixListener};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use nix::errno::Errno;
-use nix::fcntl::{Flock, FlockArg};
-use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, UnixAddr, sockopt};
-use nix::sys::time::TimeVal;
 
 use super::{Address, AuthKey, Connection, DEFAULT_HANDSHAKE_TIMEOUT, IntoAddress, handshake};
 use crate::error::{Error, Result};
-
-fn config_error(address: &Address, detail: impl Into<String>) -> Error {
-    Error::Connection {
-        address: address.to_string(),
-        detail: detail.into(),
-    }
-}
-
-/// Refuses a keyless TCP endpoint unless it was asked for.
-fn check_key(address: &Address, key: Option<&AuthKey>, allow_open: bool, who: &str) -> Result<()> {
-    if key.is_none() && !address.is_unix() && !allow_open {
-        return Err(config_error(
-            address,
-            format!(
-                "a {who} on TCP needs a key: without one, anyone who can reach the port can \
-                 connect. Pass a key (AuthKey::random()), or if the network is trusted say so \
-                 with {}::builder(address).allow_unauthenticated()",
-                if who == "listener" { "Listener" } else { "Client" }
-            ),
-        ));
-    }
-    Ok(())
-}
+use super::bind::{PathLock, bind_error, bind_path};
+use super::socket::{check_key, keep_alive};
 
 enum Socket {
     Unix(UnixListener),
@@ -197,142 +172,12 @@ impl ListenerBuilder {
         })
     }
 }
-
-fn bind_error(address: &Address, e: io::Error) -> Error {
-    let hint = match e.kind() {
-        io::ErrorKind::AddrInUse => " (another listener has it)",
-        io::ErrorKind::PermissionDenied => " (permission denied)",
-        _ => "",
-    };
-    config_error(address, format!("cannot listen: {e}{hint}"))
-}
-
 /// `@multiproc-<pid>-<16 random hex digits>`.
 fn fresh_abstract_name() -> Result<Vec<u8>> {
     let mut r = [0u8; 8];
     handshake::random_bytes(&mut r)?;
     Ok(format!("multiproc-{}-{:016x}", std::process::id(), u64::from_le_bytes(r)).into_bytes())
 }
-
-/// The lock a listener holds beside its socket file, so that another bind learns that
-/// the path is in use without connecting to it (a connection would reach the live
-/// listener's `accept` and fail its handshake there).
-struct PathLock {
-    path: PathBuf,
-    file: Flock<std::fs::File>,
-}
-
-impl PathLock {
-    /// `<socket path>.lock`, locked (`flock`, without waiting), or `Ok(None)` if a live
-    /// listener holds it.
-    fn take(socket: &Path) -> io::Result<Option<PathLock>> {
-        let mut path = socket.as_os_str().to_owned();
-        path.push(".lock");
-        let path = std::path::absolute(PathBuf::from(path))?;
-        // A listener that is closing removes the file, then unlocks: a lock taken on a
-        // file no longer at the path is worth nothing, so open the path again.
-        for _ in 0..100 {
-            let file = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .mode(0o600)
-                .open(&path)?;
-            let (locked, file) = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-                Ok(f) => (true, LockedOrNot::Locked(f)),
-                Err((f, Errno::EWOULDBLOCK)) => (false, LockedOrNot::Not(f)),
-                Err((_, e)) => return Err(e.into()),
-            };
-            let here = file.as_file().metadata()?;
-            let current = std::fs::metadata(&path)
-                .is_ok_and(|m| m.dev() == here.dev() && m.ino() == here.ino());
-            if !current {
-                continue;
-            }
-            return Ok(match file {
-                LockedOrNot::Locked(file) if locked => Some(PathLock { path, file }),
-                _ => None,
-            });
-        }
-        Err(io::Error::other("the lock file keeps changing under us"))
-    }
-}
-
-enum LockedOrNot {
-    Locked(Flock<std::fs::File>),
-    Not(std::fs::File),
-}
-
-impl LockedOrNot {
-    fn as_file(&self) -> &std::fs::File {
-        match self {
-            LockedOrNot::Locked(f) => f,
-            LockedOrNot::Not(f) => f,
-        }
-    }
-}
-
-impl Drop for PathLock {
-    fn drop(&mut self) {
-        // Removed before it is unlocked (when `file` drops after this): whoever opens
-        // the path next creates a fresh file, and whoever still holds the old one sees
-        // it is no longer at the path.
-        let here = self.file.metadata();
-        let ours = std::fs::metadata(&self.path).is_ok_and(|m| {
-            here.as_ref()
-                .is_ok_and(|h| h.dev() == m.dev() && h.ino() == m.ino())
-        });
-        if ours {
-            let _ = std::fs::remove_file(&self.path);
-        }
-    }
-}
-
-/// Whether a Unix socket file is one nothing listens on: a connection attempt, without
-/// waiting (a listener whose backlog is full does not hold us), is refused. Only made
-/// when no multiproc listener holds the path's lock, so it can reach only a listener of
-/// another program (or of an older multiproc), which sees a client that leaves at once.
-fn nobody_listens(path: &Path) -> bool {
-    let Ok(sock) = socket::socket(
-        AddressFamily::Unix,
-        SockType::Stream,
-        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
-        None,
-    ) else {
-        return false;
-    };
-    let Ok(addr) = UnixAddr::new(path) else {
-        return false;
-    };
-    matches!(socket::connect(sock.as_raw_fd(), &addr), Err(Errno::ECONNREFUSED))
-}
-
-/// Binds a socket file, holding its lock; a file left by a dead listener is replaced,
-/// anything else there is an error.
-fn bind_path(address: &Address, path: &Path) -> Result<(UnixListener, PathLock)> {
-    let lock = PathLock::take(path)
-        .map_err(|e| config_error(address, format!("cannot take the lock file beside it: {e}")))?
-        .ok_or_else(|| bind_error(address, Errno::EADDRINUSE.into()))?;
-    match UnixListener::bind(path) {
-        Ok(l) => Ok((l, lock)),
-        Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
-            // We hold the lock, so no multiproc listener is live there.
-            let is_socket = std::fs::symlink_metadata(path)
-                .map(|m| m.file_type().is_socket())
-                .unwrap_or(false);
-            if !(is_socket && nobody_listens(path)) {
-                return Err(bind_error(address, e));
-            }
-            std::fs::remove_file(path)
-                .map_err(|e| config_error(address, format!("cannot remove a stale socket: {e}")))?;
-            let l = UnixListener::bind(path).map_err(|e| bind_error(address, e))?;
-            Ok((l, lock))
-        }
-        Err(e) => Err(bind_error(address, e)),
-    }
-}
-
 impl Listener {
     /// Binds `address` (see [`Address`] for the forms). With `key`, every client must
     /// prove it holds it. Over TCP a key is required (see
@@ -496,26 +341,6 @@ impl AsFd for Listener {
         }
     }
 }
-
-/// Keep-alive probes and a bound on unacknowledged data, so that a connection to a
-/// machine that vanished fails (see the module docs, "Dead peers").
-fn keep_alive(sock: &impl AsFd) -> nix::Result<()> {
-    socket::setsockopt(sock, sockopt::KeepAlive, &true)?;
-    socket::setsockopt(sock, sockopt::TcpKeepIdle, &KEEPALIVE_IDLE_SECS)?;
-    socket::setsockopt(sock, sockopt::TcpKeepInterval, &KEEPALIVE_INTERVAL_SECS)?;
-    socket::setsockopt(sock, sockopt::TcpKeepCount, &KEEPALIVE_PROBES)?;
-    socket::setsockopt(sock, sockopt::TcpUserTimeout, &USER_TIMEOUT_MS)
-}
-
-/// Seconds of silence before the first keep-alive probe.
-const KEEPALIVE_IDLE_SECS: u32 = 10;
-/// Seconds between unanswered probes.
-const KEEPALIVE_INTERVAL_SECS: u32 = 5;
-/// Unanswered probes that end the connection.
-const KEEPALIVE_PROBES: u32 = 3;
-/// How long sent data may stay unacknowledged before the connection ends.
-const USER_TIMEOUT_MS: u32 = 30_000;
-
 impl Drop for Listener {
     fn drop(&mut self) {
         if let Some((path, dev, ino)) = &self.file {
@@ -527,226 +352,10 @@ impl Drop for Listener {
         }
     }
 }
-
-/// Connects to a [`Listener`] (Python's `multiprocessing.connection.Client`).
-///
-/// [`Client::connect`] for the common case; [`Client::builder`] for the options. A
-/// [`ClientBuilder`] can be kept and cloned to open many connections, from any thread.
-#[derive(Debug)]
-pub struct Client(());
-
-impl Client {
-    /// Connects to `address` and runs the handshake: with `key`, the listener must hold
-    /// the same key (and this side proves it does too). Over TCP a key is required (see
-    /// [`ClientBuilder::allow_unauthenticated`]).
-    pub fn connect<S, R>(
-        address: impl IntoAddress,
-        key: Option<&AuthKey>,
-    ) -> Result<Connection<S, R>> {
-        let mut b = Client::builder(address);
-        b.key = key.cloned();
-        b.connect()
-    }
-
-    /// A builder, for the options [`connect`](Self::connect) does not take.
-    pub fn builder(address: impl IntoAddress) -> ClientBuilder {
-        ClientBuilder {
-            address: address.into_address(),
-            key: None,
-            allow_open: false,
-            allow_other_users: false,
-            timeout: DEFAULT_HANDSHAKE_TIMEOUT,
-        }
-    }
-}
-
-/// How to connect: [`Client::builder`]. Reusable: each [`connect`](Self::connect)
-/// opens a new connection.
-#[derive(Debug)]
-pub struct ClientBuilder {
-    address: Result<Address>,
-    key: Option<AuthKey>,
-    allow_open: bool,
-    allow_other_users: bool,
-    timeout: Duration,
-}
-
-impl Clone for ClientBuilder {
-    fn clone(&self) -> Self {
-        ClientBuilder {
-            address: self.address.as_ref().map_err(Error::clone_shallow).cloned(),
-            key: self.key.clone(),
-            allow_open: self.allow_open,
-            allow_other_users: self.allow_other_users,
-            timeout: self.timeout,
-        }
-    }
-}
-
-impl ClientBuilder {
-    /// The key to prove, and to require of the listener.
-    pub fn key(mut self, key: &AuthKey) -> Self {
-        self.key = Some(key.clone());
-        self
-    }
-
-    /// Connects over TCP without a key: nothing proves who the listener is. For a
-    /// trusted network only. (Unix sockets need no permission.)
-    pub fn allow_unauthenticated(mut self) -> Self {
-        self.allow_open = true;
-        self
-    }
-
-    /// Without a key, connects to a Unix-socket listener of any user.
-    ///
-    /// By default a keyless client on a Unix socket talks only to a listener running
-    /// as its own (effective) user, as the kernel reports it (`SO_PEERCRED`): another
-    /// user could have bound the abstract name first. With a key, the key decides and
-    /// this does nothing.
-    pub fn allow_other_users(mut self) -> Self {
-        self.allow_other_users = true;
-        self
-    }
-
-    /// How long connecting and the handshake together may take (default
-    /// [`DEFAULT_HANDSHAKE_TIMEOUT`]): one deadline, which also covers a listener
-    /// whose backlog is full (it is not accepting), so a stuck listener fails
-    /// `connect` with [`Error::Timeout`] instead of hanging it.
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
-        self
-    }
-
-    /// Opens a connection.
-    pub fn connect<S, R>(&self) -> Result<Connection<S, R>> {
-        let address = self
-            .address
-            .as_ref()
-            .map_err(Error::clone_shallow)?
-            .clone();
-        check_key(&address, self.key.as_ref(), self.allow_open, "client")?;
-        let refused = |e: io::Error| {
-            let hint = match e.kind() {
-                io::ErrorKind::ConnectionRefused => " (is a listener running there?)",
-                io::ErrorKind::NotFound => " (no socket file there: is a listener running?)",
-                io::ErrorKind::TimedOut => " (the host did not answer)",
-                _ => "",
-            };
-            config_error(&address, format!("cannot connect: {e}{hint}"))
-        };
-        let deadline = handshake::deadline_after(self.timeout);
-        let sock: OwnedFd = match &address {
-            Address::Tcp(a) => {
-                let s = TcpStream::connect_timeout(a, self.timeout).map_err(refused)?;
-                let _ = s.set_nodelay(true);
-                let _ = keep_alive(&s);
-                s.into()
-            }
-            Address::Unix(p) => {
-                let sa = UnixAddr::new(p.as_path()).map_err(|e| refused(e.into()))?;
-                self.connect_unix(&address, &sa, deadline).map_err(|e| e.map_io(refused))?
-            }
-            Address::Abstract(name) => {
-                let sa = UnixAddr::new_abstract(name).map_err(|e| refused(e.into()))?;
-                self.connect_unix(&address, &sa, deadline).map_err(|e| e.map_io(refused))?
-            }
-        };
-        let peer = address.to_string();
-        if address.is_unix() && self.key.is_none() && !self.allow_other_users {
-            let uid = crate::sys::fd::peer(sock.as_fd()).map_or(u32::MAX, |(_, uid)| uid);
-            let me = nix::unistd::geteuid();
-            if uid != me.as_raw() {
-                return Err(Error::AuthenticationFailed {
-                    peer,
-                    detail: format!(
-                        "the listener runs as user {uid}, not as our user {me}; a client \
-                         without a key talks only to its own user's listeners (give both a \
-                         key, or say Client::builder(address).allow_other_users())"
-                    ),
-                });
-            }
-        }
-        let session =
-            handshake::drive_client(sock.as_fd(), self.key.as_ref(), deadline, self.timeout, &peer)?;
-        Ok(Connection::new(sock, address.is_unix(), peer, session))
-    }
-
-    /// A Unix connect that gives up at `deadline`: `connect(2)` on a Unix socket waits
-    /// while the listener's backlog is full, for as long as the socket's send timeout.
-    fn connect_unix(
-        &self,
-        address: &Address,
-        sa: &UnixAddr,
-        deadline: Option<Instant>,
-    ) -> std::result::Result<OwnedFd, ConnectError> {
-        let sock = socket::socket(
-            AddressFamily::Unix,
-            SockType::Stream,
-            SockFlag::SOCK_CLOEXEC,
-            None,
-        )
-        .map_err(|e| ConnectError::Io(e.into()))?;
-        let timed_out = || {
-            ConnectError::Other(Error::Timeout {
-                what: format!(
-                    "{address} to take the connection (its backlog is full: the listener is \
-                     not accepting)"
-                ),
-                timeout: self.timeout,
-            })
-        };
-        loop {
-            if let Some(deadline) = deadline {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return Err(timed_out());
-                }
-                socket::setsockopt(&sock, sockopt::SendTimeout, &timeval(left))
-                    .map_err(|e| ConnectError::Io(e.into()))?;
-            }
-            match socket::connect(sock.as_raw_fd(), sa) {
-                Ok(()) => break,
-                // A Unix socket is still unconnected after an interrupted connect.
-                Err(Errno::EINTR) => {}
-                Err(Errno::EAGAIN) => return Err(timed_out()),
-                Err(e) => return Err(ConnectError::Io(e.into())),
-            }
-        }
-        if deadline.is_some() {
-            // Sends block without limit by design (as on a pipe).
-            socket::setsockopt(&sock, sockopt::SendTimeout, &TimeVal::new(0, 0))
-                .map_err(|e| ConnectError::Io(e.into()))?;
-        }
-        Ok(sock)
-    }
-}
-
-/// Why a connect failed: the OS said no (reported with the address and a hint), or
-/// something already worded.
-enum ConnectError {
-    Io(io::Error),
-    Other(Error),
-}
-
-impl ConnectError {
-    fn map_io(self, f: impl FnOnce(io::Error) -> Error) -> Error {
-        match self {
-            ConnectError::Io(e) => f(e),
-            ConnectError::Other(e) => e,
-        }
-    }
-}
-
-/// `d` as a socket timeout; never zero, which would mean no timeout.
-fn timeval(d: Duration) -> TimeVal {
-    let secs = libc::time_t::try_from(d.as_secs()).unwrap_or(libc::time_t::MAX);
-    let micros = libc::suseconds_t::from(d.subsec_micros()).max(if secs == 0 { 1 } else { 0 });
-    TimeVal::new(secs, micros)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::connection::{Client, ClientBuilder};
 
     #[test]
     fn listeners_and_connections_can_be_shared_between_threads() {

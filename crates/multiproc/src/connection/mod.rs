@@ -96,13 +96,17 @@
 //! - Values are typed (`Connection<Send, Recv>`), encoded with postcard, not pickled.
 
 mod address;
+mod bind;
+mod client;
 mod conn;
 mod handshake;
 mod listener;
+mod socket;
 
 pub use address::{Address, IntoAddress};
 pub use conn::Connection;
-pub use listener::{Client, ClientBuilder, Listener, ListenerBuilder};
+pub use client::{Client, ClientBuilder};
+pub use listener::{Listener, ListenerBuilder};
 pub(crate) use listener::Pending;
 
 use std::time::Duration;

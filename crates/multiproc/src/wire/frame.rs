@@ -410,8 +410,6 @@ pub(crate) enum Next {
 
 /// The read-ahead buffer; frames larger than this are read into their own buffer.
 const READ_AHEAD: usize = 256 << 10;
-/// The most one read brings into the read-ahead buffer.
-const FILL_STEP: usize = 64 << 10;
 /// The most descriptors a reader holds for frames not yet taken.
 const MAX_QUEUED_FDS: usize = 4 * super::fds::MAX_FDS_PER_FRAME;
 
@@ -456,9 +454,7 @@ impl FrameReader {
                     self.start = at + len;
                     return Ok(Next::Frame(body));
                 }
-                // A big frame is read straight into a buffer of its own (a spare one,
-                // see `wire::spare`), not through the read-ahead buffer.
-                if HEADER_LEN + len > self.buf.len() || len >= super::spare::MIN {
+                if HEADER_LEN + len > self.buf.len() {
                     return self.read_big(sock, len);
                 }
             }
@@ -483,11 +479,7 @@ impl FrameReader {
     /// Reads into the buffer's free space; `false` if nothing was there.
     fn fill(&mut self, sock: BorrowedFd<'_>) -> Result<bool> {
         loop {
-            // At most FILL_STEP at a time: many small frames still come in one read,
-            // and a big frame's body goes to its own buffer, so the read-ahead buffer's
-            // pages past the first step are rarely touched (each is a page fault).
-            let stop = self.buf.len().min(self.end + FILL_STEP);
-            match crate::sys::fd::recv_fds(sock, &mut self.buf[self.end..stop], true) {
+            match crate::sys::fd::recv_fds(sock, &mut self.buf[self.end..], true) {
                 Ok((0, _)) => {
                     self.closed = true;
                     return Ok(false);
@@ -519,8 +511,8 @@ impl FrameReader {
         Ok(())
     }
 
-    /// A big frame not complete yet: read the rest of it straight into its own
-    /// allocation (blocking: the peer is in the middle of sending it).
+    /// A frame bigger than the read-ahead buffer: read the rest of it straight into
+    /// its own allocation (blocking: the peer is in the middle of sending it).
     fn read_big(&mut self, sock: BorrowedFd<'_>, len: usize) -> Result<Next> {
         let at = self.start + HEADER_LEN;
         let mut body = super::spare::take(len);

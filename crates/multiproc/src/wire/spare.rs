@@ -12,7 +12,7 @@
 use std::sync::Mutex;
 
 /// Frames smaller than this are allocated as usual.
-pub(crate) const MIN: usize = 32 << 10;
+const MIN: usize = 32 << 10;
 /// A buffer bigger than this is not kept (inline frames are at most about 1 MiB: bigger
 /// data travels in a memory file).
 const MAX: usize = 2 << 20;

@@ -228,7 +228,7 @@ impl Drop for Cluster {
     }
 }
 
-/// A workload's cluster, from [`Workload::setup`] to its cases.
+/// A workload's cluster, from [`Workload::setup`](crate::bench::Workload::setup) to its cases.
 #[derive(Default)]
 pub(super) struct Slot(RefCell<Option<Rc<Cluster>>>);
 

@@ -6,7 +6,7 @@
 //! tutorial's job show what Redis costs per chunk; "node loss" shows what a node lost
 //! mid-call costs: the lease.
 //!
-//! Each workload starts its own Redis and nodes in [`Workload::setup`] (`fixture.rs`,
+//! Each workload starts its own Redis and nodes in [`Workload::setup`](crate::bench::Workload::setup) (`fixture.rs`,
 //! over the Redis and nodes of crate `multiproc-testkit`, which the library's tests use
 //! too) and stops them when its cases are dropped: the pool first (it deletes its keys),
 //! then the nodes (SIGTERM, then SIGKILL after 10 s), then Redis (which writes no file).
