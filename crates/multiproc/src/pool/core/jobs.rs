@@ -90,6 +90,21 @@ fn append_run<T>(
     n
 }
 
+/// Appends the encoded argument of call `index` (relayed as it came), or says it is over
+/// the buffer's limit (`buf` as it was).
+fn append_encoded(index: usize, bytes: &[u8], buf: &mut ValueBuf) -> Result<()> {
+    let mark = buf.len();
+    if buf.append(bytes) {
+        return Ok(());
+    }
+    buf.truncate(mark);
+    Err(crate::error::Error::FrameTooLarge {
+        what: format!("the argument of call {index}"),
+        len: bytes.len() as u64,
+        max: buf.limit() as u64,
+    })
+}
+
 /// Arguments of one submission, typed until a chunk takes them.
 pub(crate) struct Items<A>(VecDeque<A>);
 
@@ -205,17 +220,7 @@ pub(crate) struct Encoded(pub(crate) VecDeque<Vec<u8>>);
 
 impl Source for Encoded {
     fn encode_first(&mut self, index: usize, buf: &mut ValueBuf) -> Option<Result<()>> {
-        let bytes = self.0.front()?;
-        let mark = buf.len();
-        if buf.append(bytes) {
-            return Some(Ok(()));
-        }
-        buf.truncate(mark);
-        Some(Err(crate::error::Error::FrameTooLarge {
-            what: format!("the argument of call {index}"),
-            len: bytes.len() as u64,
-            max: buf.limit() as u64,
-        }))
+        Some(append_encoded(index, self.0.front()?, buf))
     }
 
     fn encode_run(
@@ -405,16 +410,7 @@ impl Source for Packed {
     fn encode_first(&mut self, index: usize, buf: &mut ValueBuf) -> Option<Result<()>> {
         let end = *self.ends.get(self.next)?;
         let bytes = &self.data[self.start(self.next)..end];
-        let mark = buf.len();
-        if buf.append(bytes) {
-            return Some(Ok(()));
-        }
-        buf.truncate(mark);
-        Some(Err(crate::error::Error::FrameTooLarge {
-            what: format!("the argument of call {index}"),
-            len: bytes.len() as u64,
-            max: buf.limit() as u64,
-        }))
+        Some(append_encoded(index, bytes, buf))
     }
 
     fn encode_run(
