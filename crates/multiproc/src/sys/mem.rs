@@ -8,13 +8,17 @@
 
 /// Below this, a buffer's few faults cost less than the call.
 const WORTH: usize = 64 << 10;
+/// Above this, pages fault in as they are written: a capacity can come from a size
+/// hint (an iterator's lower bound), and a wrong one must not turn into that much
+/// memory at once.
+const MOST: usize = 1 << 30;
 
 /// Maps the pages of `v`'s spare capacity (room past its length), if there is enough of
 /// it to be worth a system call. Contents are untouched: only page tables change.
 pub(crate) fn prefault_spare<T>(v: &mut Vec<T>) {
     let size = std::mem::size_of::<T>();
     let spare = (v.capacity() - v.len()).saturating_mul(size);
-    if size == 0 || spare < WORTH {
+    if size == 0 || !(WORTH..=MOST).contains(&spare) {
         return;
     }
     let page = 4096usize;
