@@ -146,6 +146,14 @@ fn a_child_holds_only_what_its_task_was_given() {
     let file_path =
         std::env::temp_dir().join(format!("multiproc-fork-inheritance-{}", std::process::id()));
     let file = std::fs::File::create(&file_path).unwrap();
+    // Removed however the test ends (a failed assertion included).
+    struct RemoveOnDrop(std::path::PathBuf);
+    impl Drop for RemoveOnDrop {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+    let _remove = RemoveOnDrop(file_path);
     let ours: BTreeSet<String> = open_files().difference(&before).cloned().collect();
     // A queue holds its two sockets, its state and its spill log (two memory files), an
     // eventfd that says the log holds items, and the epoll set that `AsFd` gives.
@@ -172,7 +180,6 @@ fn a_child_holds_only_what_its_task_was_given() {
         assert!(leaked.is_empty(), "{m}: the child holds {leaked:?}");
     }
     drop((_a, _b, _q, file));
-    let _ = std::fs::remove_file(&file_path);
     assert_eq!(open_files(), before, "descriptors left open");
 }
 
