@@ -68,16 +68,57 @@ pub(crate) struct Invocation<'i, 'o> {
     pub(crate) bulk: Option<Bulk<'o>>,
 }
 
+/// The call slot's word when no call has started yet (see [`call_word`]).
+pub(crate) const NO_CALL: u64 = u64::MAX;
+
+/// The call slot's word for call `pos` of chunk `seq`: the chunk number's low 32 bits,
+/// then the position. One word, so that one store publishes both and a reader can
+/// never see half of one call and half of another (a pair of words would need a
+/// sequence counter). 32 bits of chunk number are plenty: the parent matches the word
+/// against the few chunks a worker holds at once, never against all it ever sent.
+/// No call has position `u32::MAX` (a chunk holds at most `u32::MAX` calls), so no
+/// call's word is [`NO_CALL`].
+#[inline]
+pub(crate) fn call_word(seq: u64, pos: u32) -> u64 {
+    (seq << 32) | u64::from(pos)
+}
+
+/// Where a worker says which call of its chunk `seq` starts, before it starts: for
+/// its panic hook (a `panic = "abort"` death) and in the call slot its parent reads
+/// after a death. Plain fields, so that a run of tiny calls pays two stores a call,
+/// not a call through a closure and a thread-local lookup.
+pub(crate) struct Mark<'o> {
+    /// The running call's position, which the panic hook reads.
+    pub(crate) index: &'o std::cell::Cell<u32>,
+    /// The call slot shared with the parent, if this worker has one.
+    pub(crate) word: Option<&'o std::sync::atomic::AtomicU64>,
+    pub(crate) seq: u64,
+}
+
+impl Mark<'_> {
+    /// Call `pos` of the chunk starts.
+    #[inline(always)]
+    pub(crate) fn starting(&self, pos: u32) {
+        self.index.set(pos);
+        if let Some(word) = self.word {
+            // Relaxed: the parent reads it only after the process is dead and reaped
+            // (the kernel orders everything this process did before its exit before
+            // the parent's wait), and the word publishes nothing else.
+            word.store(call_word(self.seq, pos), std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
 /// A run of calls in one invocation, for a task whose argument and result are both
 /// plain data (`sys::plain`): no per-call trip through the trampoline, serde or an
 /// unwind guard, only the per-call bookkeeping a worker owes its parent.
 pub(crate) struct Bulk<'o> {
     /// Calls left in the chunk, the first of them being this invocation's.
     pub(crate) calls: u32,
-    /// Called before each call after the first (the worker's caller did the first's):
-    /// with the call's offset from the first, it records which call runs (for a death
-    /// or a `panic = "abort"`).
-    pub(crate) starting: &'o dyn Fn(u32),
+    /// The position of this invocation's first call in its chunk.
+    pub(crate) first: u32,
+    /// Told before each call after the first (the worker's caller did the first's).
+    pub(crate) mark: &'o Mark<'o>,
     /// Stop the run (to send the answers so far) once this moment has passed, checked
     /// every few hundred calls.
     pub(crate) until: std::time::Instant,
@@ -130,7 +171,7 @@ impl Invocation<'_, '_> {
                 if k % BULK_CLOCK_EVERY == 0 && std::time::Instant::now() >= bulk.until {
                     return;
                 }
-                (bulk.starting)(k);
+                bulk.mark.starting(bulk.first + k);
             }
             let a = match self.input.next_plain::<A>() {
                 Some(Ok(a)) => a,
@@ -283,8 +324,13 @@ mod tests {
         let mut out_fds = Vec::new();
         let mut flush = |_: &mut ValueBuf, _: &mut Vec<OwnedFd>| false;
         let mut input = crate::wire::Values::new(&args);
-        let started = std::cell::RefCell::new(Vec::new());
-        let starting = |k: u32| started.borrow_mut().push(k);
+        let index = std::cell::Cell::new(0);
+        let word = std::sync::atomic::AtomicU64::new(NO_CALL);
+        let mark = Mark {
+            index: &index,
+            word: Some(&word),
+            seq: 9,
+        };
         let mut inv = Invocation {
             input: &mut input,
             out: &mut out,
@@ -295,7 +341,8 @@ mod tests {
             ok: 0,
             bulk: Some(Bulk {
                 calls: 5,
-                starting: &starting,
+                first: 0,
+                mark: &mark,
                 until: std::time::Instant::now() + std::time::Duration::from_secs(60),
             }),
         };
@@ -305,7 +352,9 @@ mod tests {
         assert!(
             matches!(&inv.outcome, Err(Failure::BadArgs { type_name, .. }) if type_name == "bool")
         );
-        assert_eq!(*started.borrow(), [1, 2, 3]);
+        // Call 3 was the last to start: the panic hook and the parent would say so.
+        assert_eq!(index.get(), 3);
+        assert_eq!(word.into_inner(), call_word(9, 3));
         assert_eq!(out.heap().unwrap(), &[0u8, 1, 0][..]);
     }
 }

@@ -312,10 +312,11 @@ fn map_until<P: Backend + ?Sized, A: Arg, R: Ret>(
         };
         received += batch.len();
         bar.set(received as u64);
-        if let Some((_, e)) = batch.errors.into_iter().next() {
+        let (at, values, errors) = batch.into_parts();
+        if let Some((_, e)) = errors.into_iter().next() {
             return Err(e);
         }
-        out.add(batch.at, batch.values);
+        out.add_batch(at, values);
     }
     bar.finish();
     cancel.armed = false;

@@ -10,6 +10,7 @@ use serde::de::DeserializeOwned;
 use super::core::{Answers, Indices, Sink};
 use crate::error::{Error, Result};
 use crate::failure;
+use crate::wire::values::Received;
 
 /// Where a handle gathers a job's typed results (see [`Sink`]; a thread pool feeds
 /// one directly, a pool over a wire through [`decoding`]).
@@ -62,8 +63,36 @@ pub(super) fn decoding<R: DeserializeOwned + 'static>(
 pub struct Batch<R> {
     /// The calls answered with a value, in the order of `values`.
     pub(super) at: Indices,
-    pub(super) values: Vec<R>,
+    values: Values<R>,
     pub(super) errors: Vec<(usize, Error)>,
+}
+
+/// The values of a [`Batch`], one for each call of its `at`.
+pub(super) enum Values<R> {
+    Decoded(Vec<R>),
+    /// Plain data (`sys::plain`) as the bytes that came, already checked to hold
+    /// `at.len()` valid values: a `map` copies them once, straight into its result
+    /// ([`Ordered`](super::ordered::Ordered)), with no vector of its own per batch
+    /// (fresh memory, whose every page faults, for each chunk of a program's first
+    /// `map`).
+    Plain(Received),
+}
+
+impl<R> Values<R> {
+    /// The values as a vector of `n`.
+    fn into_vec(self, n: usize) -> Vec<R> {
+        match self {
+            Values::Decoded(v) => v,
+            Values::Plain(data) => {
+                let mut out = Vec::new();
+                match crate::sys::plain::read_run::<R>(&mut data.bytes(), n, &mut out) {
+                    Some(Ok(())) => out,
+                    // Checked when the batch was made: cannot happen.
+                    _ => Vec::new(),
+                }
+            }
+        }
+    }
 }
 
 impl<R> Batch<R> {
@@ -71,7 +100,7 @@ impl<R> Batch<R> {
     fn failed(errors: Vec<(usize, Error)>) -> Self {
         Batch {
             at: Indices::new(),
-            values: Vec::new(),
+            values: Values::Decoded(Vec::new()),
             errors,
         }
     }
@@ -80,7 +109,7 @@ impl<R> Batch<R> {
     pub(super) fn with_capacity(n: usize) -> Self {
         Batch {
             at: Indices::new(),
-            values: Vec::with_capacity(n),
+            values: Values::Decoded(Vec::with_capacity(n)),
             errors: Vec::new(),
         }
     }
@@ -90,8 +119,14 @@ impl<R> Batch<R> {
     pub(super) fn push(&mut self, index: usize, result: Result<R>) {
         match result {
             Ok(v) => {
-                self.at.push(index);
-                self.values.push(v);
+                if let Values::Plain(_) = self.values {
+                    let plain = std::mem::replace(&mut self.values, Values::Decoded(Vec::new()));
+                    self.values = Values::Decoded(plain.into_vec(self.at.len()));
+                }
+                if let Values::Decoded(values) = &mut self.values {
+                    self.at.push(index);
+                    values.push(v);
+                }
             }
             Err(e) => self.errors.push((index, e)),
         }
@@ -99,7 +134,7 @@ impl<R> Batch<R> {
 
     /// Results in the batch.
     pub fn len(&self) -> usize {
-        self.values.len() + self.errors.len()
+        self.at.len() + self.errors.len()
     }
 
     /// Whether the batch holds no result.
@@ -107,12 +142,9 @@ impl<R> Batch<R> {
         self.len() == 0
     }
 
-    /// The values with their call numbers.
-    fn ok(
-        at: Indices,
-        values: Vec<R>,
-    ) -> std::iter::Zip<<Indices as IntoIterator>::IntoIter, std::vec::IntoIter<R>> {
-        at.into_iter().zip(values)
+    /// Its parts: the calls answered with a value, the values, the failed calls.
+    pub(super) fn into_parts(self) -> (Indices, Values<R>, Vec<(usize, Error)>) {
+        (self.at, self.values, self.errors)
     }
 }
 
@@ -132,7 +164,10 @@ impl<R> IntoIterator for Batch<R> {
     fn into_iter(self) -> Self::IntoIter {
         let ok: fn((usize, R)) -> (usize, Result<R>) = |(i, v)| (i, Ok(v));
         let err: fn((usize, Error)) -> (usize, Result<R>) = |(i, e)| (i, Err(e));
-        Batch::ok(self.at, self.values)
+        let values = self.values.into_vec(self.at.len());
+        self.at
+            .into_iter()
+            .zip(values)
             .map(ok)
             .chain(self.errors.into_iter().map(err))
     }
@@ -151,28 +186,20 @@ pub(super) fn decode_answers<R: DeserializeOwned>(answers: Answers) -> Batch<R> 
             fds,
             host,
         } => crate::wire::fds::provide(fds, || {
-            let mut values = crate::wire::Values::new(data.bytes());
-            if failures.is_empty() {
-                // Plain data, every call answered: the chunk's values in one copy.
-                let mut out = Vec::new();
-                match values.next_plain_run::<R>(indices.len(), &mut out) {
-                    Some(Ok(())) => {
-                        return Batch {
-                            at: indices,
-                            values: out,
-                            errors: Vec::new(),
-                        };
-                    }
-                    // Which value is wrong, the value-by-value reading below says.
-                    Some(Err(_)) => values = crate::wire::Values::new(data.bytes()),
-                    None => {}
-                }
+            let plain = || crate::sys::plain::check_run::<R>(data.bytes(), indices.len());
+            if failures.is_empty() && plain().is_some_and(|checked| checked.is_ok()) {
+                // Plain data, every call answered: the bytes go as they are to where
+                // the values are wanted (see `Values::Plain`). Which value is wrong, if
+                // one is, the value-by-value reading below says.
+                return Batch {
+                    at: indices,
+                    values: Values::Plain(data),
+                    errors: Vec::new(),
+                };
             }
-            let mut out = Batch {
-                at: Indices::new(),
-                values: Vec::with_capacity(indices.len() - failures.len().min(indices.len())),
-                errors: Vec::new(),
-            };
+            let mut values = crate::wire::Values::new(data.bytes());
+            let mut out =
+                Batch::with_capacity(indices.len() - failures.len().min(indices.len()));
             let mut failures = failures.into_iter().peekable();
             let mut broken: Option<String> = None;
             for (k, index) in indices.into_iter().enumerate() {
@@ -192,10 +219,7 @@ pub(super) fn decode_answers<R: DeserializeOwned>(answers: Answers) -> Batch<R> 
                 } else {
                     let next = values.next_plain::<R>();
                     match next.unwrap_or_else(|| values.next::<R>()) {
-                        Ok(v) => {
-                            out.at.push(index);
-                            out.values.push(v);
-                        }
+                        Ok(v) => out.push(index, Ok(v)),
                         Err(e) => {
                             // Values are self-delimiting: after one that does not
                             // decode, the rest of the batch cannot be found.
@@ -210,3 +234,42 @@ pub(super) fn decode_answers<R: DeserializeOwned>(answers: Answers) -> Batch<R> 
     }
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answers(indices: &[usize], bytes: Vec<u8>) -> Answers {
+        Answers::Values {
+            pid: 1,
+            indices: indices.iter().copied().collect(),
+            failures: Vec::new(),
+            data: Received::Inline(bytes, 0),
+            fds: Vec::new(),
+            host: None,
+        }
+    }
+
+    #[test]
+    fn plain_results_stay_bytes_until_placed_and_iterate_as_values() {
+        let bytes = crate::sys::plain::slice_bytes(&[4u32, 5, 6]).unwrap().to_vec();
+        let batch = decode_answers::<u32>(answers(&[7, 8, 9], bytes));
+        assert!(matches!(batch.values, Values::Plain(_)));
+        assert_eq!(batch.len(), 3);
+        let got: Vec<(usize, u32)> = batch.into_iter().map(|(i, r)| (i, r.unwrap())).collect();
+        assert_eq!(got, [(7, 4), (8, 5), (9, 6)]);
+    }
+
+    #[test]
+    fn a_hostile_plain_batch_answers_errors_not_values() {
+        // A bool that is 2: the calls from it on fail to decode; the one before keeps
+        // its value.
+        let batch = decode_answers::<bool>(answers(&[0, 1, 2], vec![1, 2, 0]));
+        let got: Vec<(usize, bool)> = batch.into_iter().map(|(i, r)| (i, r.is_ok())).collect();
+        assert_eq!(got, [(0, true), (1, false), (2, false)]);
+        // Too few bytes for the calls said.
+        let batch = decode_answers::<u64>(answers(&[0, 1], vec![0; 12]));
+        assert_eq!(batch.errors.len(), 1);
+        assert_eq!(batch.at.len(), 1);
+    }
+}

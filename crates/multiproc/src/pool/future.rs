@@ -313,13 +313,14 @@ struct ManySink<R>(Arc<Many<R>>);
 impl<R: Send> BatchSink<R> for ManySink<R> {
     fn add(&self, batch: Batch<R>) {
         let many = &self.0;
-        if let Some((_, e)) = batch.errors.into_iter().next() {
+        let (at, values, errors) = batch.into_parts();
+        if let Some((_, e)) = errors.into_iter().next() {
             many.c.complete(Err(e), false);
             return;
         }
         let mut slots = many.slots.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(slots) = slots.as_mut() {
-            slots.add(batch.at, batch.values);
+            slots.add_batch(at, values);
         }
         many.complete_if_full(&mut slots);
     }

@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 
+use super::batch::Values;
 use super::core::Indices;
 
 /// The results of calls `0 .. n`, gathered in any order.
@@ -32,6 +33,35 @@ impl<R> Ordered<R> {
             done,
             early: BTreeMap::new(),
             filled: 0,
+        }
+    }
+
+    /// A batch's values for the calls `at` (in that order): plain data that continues
+    /// what is in order is copied from the bytes that came straight onto the end of
+    /// the result; anything else is decoded and placed as [`add`](Self::add) does.
+    pub(super) fn add_batch(&mut self, at: Indices, values: Values<R>) {
+        let data = match values {
+            Values::Decoded(v) => return self.add(at, v),
+            Values::Plain(data) => data,
+        };
+        let mut bytes = data.bytes();
+        for run in at.runs() {
+            let (start, len) = (run.start, run.len());
+            let in_order = start == self.done.len()
+                && start.saturating_add(len) <= self.n
+                && !self.overlaps(start, start + len);
+            let mut early = Vec::new();
+            let into = if in_order { &mut self.done } else { &mut early };
+            // The batch was checked when it was made: this cannot fail.
+            if crate::sys::plain::read_run::<R>(&mut bytes, len, into) != Some(Ok(())) {
+                return;
+            }
+            if in_order {
+                self.filled += len;
+                self.take_early();
+            } else {
+                self.place(start, early);
+            }
         }
     }
 
@@ -62,11 +92,7 @@ impl<R> Ordered<R> {
         self.filled += len;
         if start == self.done.len() {
             self.done.append(&mut run);
-            while let Some(next) = self.early.first_entry()
-                && *next.key() == self.done.len()
-            {
-                self.done.append(&mut next.remove());
-            }
+            self.take_early();
             return;
         }
         if let Some(mut after) = self.early.remove(&end) {
@@ -77,6 +103,15 @@ impl<R> Ordered<R> {
             _ => {
                 self.early.insert(start, run);
             }
+        }
+    }
+
+    /// Moves the early runs that now continue what is in order onto its end.
+    fn take_early(&mut self) {
+        while let Some(next) = self.early.first_entry()
+            && *next.key() == self.done.len()
+        {
+            self.done.append(&mut next.remove());
         }
     }
 
@@ -136,6 +171,27 @@ mod tests {
         o.add(runs(&[0, 1]), vec![0, 1]);
         o.add(runs(&[1]), vec![99]);
         assert_eq!(o.finish(), Some(vec![0, 1, 2, 3]));
+    }
+
+    fn plain(values: &[u64]) -> Values<u64> {
+        let bytes = crate::sys::plain::slice_bytes(values).unwrap().to_vec();
+        Values::Plain(crate::wire::values::Received::Inline(bytes, 0))
+    }
+
+    #[test]
+    fn plain_batches_land_in_order_from_their_bytes() {
+        let mut o = Ordered::new(8);
+        // Early, in two runs: kept aside until the gap fills.
+        o.add_batch(runs(&[5, 6, 2]), plain(&[50, 60, 20]));
+        o.add_batch(runs(&[0, 1]), plain(&[0, 10]));
+        assert_eq!(o.filled(), 5);
+        // A decoded batch and a plain one mix.
+        o.add_batch(runs(&[3, 4]), Values::Decoded(vec![30, 40]));
+        o.add_batch(runs(&[7]), plain(&[70]));
+        // Twice placed: ignored.
+        o.add_batch(runs(&[7]), plain(&[99]));
+        assert!(o.is_full());
+        assert_eq!(o.finish(), Some(vec![0, 10, 20, 30, 40, 50, 60, 70]));
     }
 
     #[test]

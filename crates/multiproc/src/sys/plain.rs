@@ -108,20 +108,15 @@ pub(crate) fn slice_bytes<T>(values: &[T]) -> Option<&[u8]> {
     })
 }
 
-/// Reads `n` plain values from the start of `bytes` onto the end of `out` and advances
-/// past them: one check and one copy, not one call per value. `None` if `T` is not
-/// plain data; `Some(Err(..))` (and `out` and `bytes` unchanged) if the bytes are too
-/// few or one of them is not a valid `T`.
-pub(crate) fn read_run<T>(
-    bytes: &mut &[u8],
-    n: usize,
-    out: &mut Vec<T>,
-) -> Option<Result<(), &'static str>> {
+/// Checks that `bytes` starts with `n` valid plain values of `T`; their length in
+/// bytes. `None` if `T` is not plain data; `Some(Err(..))` if the bytes are too few or
+/// one of them is not a valid `T`.
+pub(crate) fn check_run<T>(bytes: &[u8], n: usize) -> Option<Result<usize, &'static str>> {
     let kind = kind::<T>()?;
     let Some(len) = n.checked_mul(size_of::<T>()) else {
         return Some(Err("the message ends inside a value"));
     };
-    let Some((head, rest)) = bytes.split_at_checked(len) else {
+    let Some(head) = bytes.get(..len) else {
         return Some(Err("the message ends inside a value"));
     };
     match kind {
@@ -142,6 +137,23 @@ pub(crate) fn read_run<T>(
             }
         }
     }
+    Some(Ok(len))
+}
+
+/// Reads `n` plain values from the start of `bytes` onto the end of `out` and advances
+/// past them: one check and one copy, not one call per value. `None` if `T` is not
+/// plain data; `Some(Err(..))` (and `out` and `bytes` unchanged) if the bytes are too
+/// few or one of them is not a valid `T`.
+pub(crate) fn read_run<T>(
+    bytes: &mut &[u8],
+    n: usize,
+    out: &mut Vec<T>,
+) -> Option<Result<(), &'static str>> {
+    let len = match check_run::<T>(bytes, n)? {
+        Ok(len) => len,
+        Err(why) => return Some(Err(why)),
+    };
+    let (head, rest) = bytes.split_at(len);
     out.reserve(n);
     // SAFETY: `T` is one of the primitive types above and `head` holds exactly `n`
     // values of it, each just checked to be valid (any bits for integers and floats; 0

@@ -175,22 +175,6 @@ impl<'de> Values<'de> {
         }))
     }
 
-    /// The next `n` values onto `out`, if `T` is plain data (`None` otherwise): one
-    /// check and one copy for the run.
-    pub(crate) fn next_plain_run<T>(&mut self, n: usize, out: &mut Vec<T>) -> Option<Result<()>> {
-        if self.broken {
-            return None;
-        }
-        let r = crate::sys::plain::read_run::<T>(&mut self.rest, n, out)?;
-        Some(r.map_err(|why| {
-            self.broken = true;
-            Error::Decode {
-                type_name: std::any::type_name::<T>().to_owned(),
-                reason: why.into(),
-            }
-        }))
-    }
-
     /// The next value as `T`. After an error the rest cannot be found (values are
     /// self-delimiting only when each decodes): every later call fails too.
     #[inline]

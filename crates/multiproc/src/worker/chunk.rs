@@ -1,5 +1,5 @@
 //! Running one chunk: its calls one after another (plain data in runs), its answers
-//! sent in pieces as they finish, and the call slot's word that says which call runs.
+//! sent in pieces as they finish, each call told before it starts (`task::Mark`).
 //!
 //! A chunk is answered in pieces as its calls finish (every [`FLUSH_AFTER`] at most),
 //! so a worker that dies in the middle of a long chunk has already delivered the
@@ -9,31 +9,16 @@
 
 use std::os::fd::OwnedFd;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use super::link::Link;
 use super::panic;
 use crate::error::Result;
-use crate::task::{Bulk, Invocation};
+use crate::task::{Bulk, Invocation, Mark};
 use crate::wire::fds;
 use crate::wire::message::{self, Failure, Reply, TaskRef};
 use crate::wire::values::{Data, Received, ValueBuf};
-
-/// The call slot's word when no call has started yet (see [`call_word`]).
-pub(crate) const NO_CALL: u64 = u64::MAX;
-
-/// The call slot's word for call `pos` of chunk `seq`: the chunk number's low 32 bits,
-/// then the position. One word, so that one store publishes both and a reader can
-/// never see half of one call and half of another (a pair of words would need a
-/// sequence counter). 32 bits of chunk number are plenty: the parent matches the word
-/// against the few chunks a worker holds at once, never against all it ever sent.
-/// No call has position `u32::MAX` (a chunk holds at most `u32::MAX` calls), so no
-/// call's word is [`NO_CALL`].
-#[inline]
-pub(crate) fn call_word(seq: u64, pos: u32) -> u64 {
-    (seq << 32) | u64::from(pos)
-}
 
 /// A worker sends the answers of a running chunk at least this often.
 const FLUSH_AFTER: Duration = Duration::from_millis(10);
@@ -69,25 +54,19 @@ impl ChunkRun<'_> {
         let mut input = crate::wire::Values::new(data.bytes());
         let mut sent = Ok(());
         panic::set_current(abort, self.seq);
-        fds::provide(value_fds, || {
+        panic::with_index(|index| fds::provide(value_fds, || {
             // Which call runs, told before it starts: to the panic hook (for a
             // `panic = "abort"` death) and in the slot the parent reads after a death.
-            let starting = |i: u32| {
-                panic::set_index(i);
-                // One store per call. Relaxed: the parent reads it only after the
-                // process is dead and reaped (the kernel orders everything this process
-                // did before its exit before the parent's wait), and the word publishes
-                // nothing else.
-                if let Some(slot) = self.slot {
-                    slot.store(call_word(self.seq, i), Ordering::Relaxed);
-                }
+            let mark = Mark {
+                index,
+                word: self.slot,
+                seq: self.seq,
             };
             let mut i = 0;
             let mut since_clock = 0;
             while i < self.calls {
-                starting(i);
+                mark.starting(i);
                 let first = i;
-                let offset_start = |k: u32| starting(first + k);
                 let until = pending.since + FLUSH_AFTER;
                 // Sends the answers before call `first` (a result too big to share a
                 // message with them).
@@ -105,7 +84,8 @@ impl ChunkRun<'_> {
                     ok: 0,
                     bulk: Some(Bulk {
                         calls: self.calls - i,
-                        starting: &offset_start,
+                        first,
+                        mark: &mark,
                         until,
                     }),
                 };
@@ -139,7 +119,7 @@ impl ChunkRun<'_> {
                     }
                 }
             }
-        });
+        }));
         panic::clear_current();
         sent
     }
@@ -180,6 +160,8 @@ impl ChunkRun<'_> {
         let mut head = Vec::new();
         message::frame_head(&reply, inline.len(), &mut head)?;
         link.send(&head, &inline, &fds)?;
+        // The next reply's buffer (see `wire::spare`): no fresh pages per reply.
+        crate::wire::spare::give(inline);
         pending.first = upto;
         pending.since = Instant::now();
         Ok(())

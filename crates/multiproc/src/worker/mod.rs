@@ -4,7 +4,7 @@
 //!
 //! - `child`: a child process's life as a worker, from its socket to `_exit`.
 //! - `serve`: the loop.
-//! - `chunk`: running one chunk, answering it in pieces; the call slot's word.
+//! - `chunk`: running one chunk, answering it in pieces.
 //! - `link`: the `Link` trait, the socket to the parent, the frame limits.
 //! - `panic`: the panic hook, and the running call's context it reads.
 //! - `identity`: how this process came to be a worker, its parent's pid and the name
@@ -26,9 +26,6 @@ mod panic;
 mod serve;
 
 pub(crate) use child::serve_socket;
-pub(crate) use chunk::NO_CALL;
-#[cfg(test)]
-pub(crate) use chunk::call_word;
 pub(crate) use exit::{EXIT_ORPHANED, EXIT_PROTOCOL, EXIT_REFUSED};
 pub(crate) use identity::{Origin, name, parent_pid};
 pub(crate) use link::frame_limit;

@@ -115,7 +115,7 @@ pub(crate) fn record_panic(info: &std::panic::PanicHookInfo<'_>) {
 }
 
 /// The chunk now running on this thread, for the panic hook (`sock`: where it reports
-/// under `panic = "abort"`); [`set_index`] says which call of it.
+/// under `panic = "abort"`); [`with_index`] says which call of it.
 pub(super) fn set_current(sock: Option<Rc<OwnedFd>>, seq: u64) {
     IN_TASK.set(true);
     CURRENT.with(|c| *c.borrow_mut() = sock.map(|s| (s, seq, 0)));
@@ -127,9 +127,10 @@ pub(crate) fn in_task() -> bool {
     IN_TASK.get()
 }
 
-/// The position in its chunk of the call now running on this thread.
-pub(super) fn set_index(index: u32) {
-    INDEX.set(index);
+/// Runs `f` with the cell that holds the position in its chunk of the call now
+/// running on this thread (set before each call starts, see `task::Mark`).
+pub(super) fn with_index<T>(f: impl FnOnce(&std::cell::Cell<u32>) -> T) -> T {
+    INDEX.with(f)
 }
 
 /// No call runs on this thread any more.

@@ -33,7 +33,7 @@ pub(crate) enum LastStart {
 impl LastStart {
     /// The state a call slot's word describes.
     pub(in crate::pool) fn of_word(word: u64) -> LastStart {
-        if word == crate::worker::NO_CALL {
+        if word == crate::task::NO_CALL {
             LastStart::Nothing
         } else {
             LastStart::Call {

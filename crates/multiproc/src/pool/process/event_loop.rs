@@ -281,6 +281,12 @@ fn dispatch(st: &mut State) {
     while !wanting.is_empty() {
         wanting.retain(|&i| {
             let (id, p) = &mut st.procs[i];
+            // A chunk is built when its worker's socket can take it, not before: one
+            // that waits in the outbox holds a buffer (fresh memory, on a program's
+            // first `map`) and a chunk size chosen with what was known then.
+            if p.has_output() {
+                return false;
+            }
             let Some(chunk) = st.core.next_chunk(*id, &limits, now) else {
                 return false;
             };

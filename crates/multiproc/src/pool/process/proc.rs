@@ -296,7 +296,14 @@ impl Proc {
                 let left = o.head.len() + o.data.len() - o.written;
                 if n >= left {
                     n -= left;
-                    self.outbox.pop_front();
+                    if let Some(Outgoing {
+                        data: Body::Owned(v),
+                        ..
+                    }) = self.outbox.pop_front()
+                    {
+                        // The next chunk's buffer (see `wire::spare`).
+                        crate::wire::spare::give(v);
+                    }
                 } else {
                     o.written += n;
                     if !o.fds.is_empty() {
@@ -341,7 +348,7 @@ impl Proc {
     }
 }
 
-/// A new call slot: a sealed-size memory file holding [`crate::worker::NO_CALL`], and
+/// A new call slot: a sealed-size memory file holding [`crate::task::NO_CALL`], and
 /// this side's mapping of it (kept out of processes forked later).
 fn call_slot() -> std::io::Result<(OwnedFd, sys::shm::Mapping)> {
     let file = sys::shm::memfd("multiproc-call-slot", 8)?;
@@ -350,7 +357,7 @@ fn call_slot() -> std::io::Result<(OwnedFd, sys::shm::Mapping)> {
     let word = map
         .atomic_at::<AtomicU64>(0)
         .ok_or_else(|| std::io::Error::other("a misaligned mapping"))?;
-    word.store(crate::worker::NO_CALL, Ordering::Relaxed);
+    word.store(crate::task::NO_CALL, Ordering::Relaxed);
     Ok((file, map))
 }
 

@@ -74,7 +74,7 @@ fn args_of(chunk: &Chunk) -> Vec<u32> {
 
 /// The call slot's state for call `pos` of `chunk`.
 fn running(chunk: &Chunk, pos: u32) -> LastStart {
-    LastStart::of_word(crate::worker::call_word(chunk.seq, pos))
+    LastStart::of_word(crate::task::call_word(chunk.seq, pos))
 }
 
 /// Gives worker `id` chunks until it wants no more; returns them.
