@@ -415,9 +415,14 @@ const MAX_QUEUED_FDS: usize = 4 * super::fds::MAX_FDS_PER_FRAME;
 
 impl FrameReader {
     pub(crate) fn new(max: usize) -> Self {
+        // Mapped now, with the reader (a pool's worker starting): not page by page as
+        // the first big frames of a program's first `map` arrive.
+        let mut buf = Vec::with_capacity(READ_AHEAD);
+        crate::sys::mem::prefault_spare(&mut buf);
+        buf.resize(READ_AHEAD, 0);
         FrameReader {
             max,
-            buf: vec![0; READ_AHEAD],
+            buf,
             start: 0,
             end: 0,
             fds: Default::default(),
