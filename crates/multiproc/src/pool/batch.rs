@@ -80,7 +80,7 @@ pub(super) enum Values<R> {
 
 impl<R> Values<R> {
     /// The values as a vector of `n`.
-    fn into_vec(self, n: usize) -> Vec<R> {
+    pub(super) fn into_vec(self, n: usize) -> Vec<R> {
         match self {
             Values::Decoded(v) => v,
             Values::Plain(data) => {

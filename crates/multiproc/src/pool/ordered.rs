@@ -1,66 +1,68 @@
 //! A job's results put back in call order, as they arrive in completion order.
 //!
 //! Chunks answer runs of consecutive calls, mostly in the order they were handed out.
-//! A run that continues what is in order is moved onto the end of the result (one
-//! block copy for a chunk of plain values); a run that arrives early waits, merged with
-//! its neighbours, until the gap before it fills. Nothing is kept per call: a `map` of
-//! 200,000 calls touches the memory of its result once, not a vector of `Option`s
-//! and then the result.
+//! Plain values (`sys::plain`) are written once, straight from the bytes that came, at
+//! their place in the result, whatever order their runs arrive in (`sys::scatter`).
+//! Other values: a run that continues what is in order is moved onto the end of the
+//! result; a run that arrives early waits, merged with its neighbours, until the gap
+//! before it fills. Nothing is kept per call: a `map` of 200,000 calls touches the
+//! memory of its result once, not a vector of `Option`s and then the result.
 
 use std::collections::BTreeMap;
 
 use super::batch::Values;
 use super::core::Indices;
+use crate::sys::scatter::{Put, Scatter};
 
 /// The results of calls `0 .. n`, gathered in any order.
 pub(super) struct Ordered<R> {
     n: usize,
-    /// The results of calls `0 .. done.len()`.
-    done: Vec<R>,
-    /// Runs that arrived before the calls just before them, by first call number.
-    early: BTreeMap<usize, Vec<R>>,
-    /// Results placed, in `done` and `early`.
+    store: Store<R>,
+    /// Results placed.
     filled: usize,
 }
 
+/// Where the results wait.
+enum Store<R> {
+    /// Plain values, each run written at its place.
+    Plain(Scatter<R>),
+    Values {
+        /// The results of calls `0 .. done.len()`.
+        done: Vec<R>,
+        /// Runs that arrived before the calls just before them, by first call number.
+        early: BTreeMap<usize, Vec<R>>,
+    },
+}
+
 impl<R> Ordered<R> {
-    /// Room for the results of `n` calls.
+    /// Room for the results of `n` calls (their pages mapped up front, see `sys::mem`).
     pub(super) fn new(n: usize) -> Self {
-        let mut done = Vec::with_capacity(n);
-        crate::sys::mem::prefault_spare(&mut done);
+        let store = Scatter::new(n).map(Store::Plain).unwrap_or_else(|| {
+            let mut done = Vec::with_capacity(n);
+            crate::sys::mem::prefault_spare(&mut done);
+            Store::Values {
+                done,
+                early: BTreeMap::new(),
+            }
+        });
         Ordered {
             n,
-            done,
-            early: BTreeMap::new(),
+            store,
             filled: 0,
         }
     }
 
-    /// A batch's values for the calls `at` (in that order): plain data that continues
-    /// what is in order is copied from the bytes that came straight onto the end of
-    /// the result; anything else is decoded and placed as [`add`](Self::add) does.
+    /// A batch's values for the calls `at` (in that order). Plain values go from the
+    /// bytes that came straight to their place in the result.
     pub(super) fn add_batch(&mut self, at: Indices, values: Values<R>) {
-        let data = match values {
-            Values::Decoded(v) => return self.add(at, v),
-            Values::Plain(data) => data,
-        };
-        let mut bytes = data.bytes();
-        for run in at.runs() {
-            let (start, len) = (run.start, run.len());
-            let in_order = start == self.done.len()
-                && start.saturating_add(len) <= self.n
-                && !self.overlaps(start, start + len);
-            let mut early = Vec::new();
-            let into = if in_order { &mut self.done } else { &mut early };
-            // The batch was checked when it was made: this cannot fail.
-            if crate::sys::plain::read_run::<R>(&mut bytes, len, into) != Some(Ok(())) {
-                return;
+        match (&mut self.store, values) {
+            (Store::Plain(scatter), Values::Plain(data)) => {
+                let placed = put_runs(scatter, &at, data.bytes());
+                self.filled += placed;
             }
-            if in_order {
-                self.filled += len;
-                self.take_early();
-            } else {
-                self.place(start, early);
+            (_, values) => {
+                let values = values.into_vec(at.len());
+                self.add(at, values);
             }
         }
     }
@@ -69,6 +71,12 @@ impl<R> Ordered<R> {
     /// already placed, are ignored: every call has one result.
     pub(super) fn add(&mut self, at: Indices, mut values: Vec<R>) {
         if at.len() != values.len() {
+            return;
+        }
+        if let Store::Plain(scatter) = &mut self.store {
+            if let Some(bytes) = crate::sys::plain::slice_bytes(&values) {
+                self.filled += put_runs(scatter, &at, bytes);
+            }
             return;
         }
         let runs: Vec<std::ops::Range<usize>> = at.runs().collect();
@@ -84,41 +92,33 @@ impl<R> Ordered<R> {
     }
 
     fn place(&mut self, start: usize, mut run: Vec<R>) {
+        let Store::Values { done, early } = &mut self.store else {
+            return;
+        };
         let len = run.len();
         let end = start.saturating_add(len);
-        if len == 0 || end > self.n || start < self.done.len() || self.overlaps(start, end) {
+        if len == 0 || end > self.n || start < done.len() || overlaps(early, start, end) {
             return;
         }
         self.filled += len;
-        if start == self.done.len() {
-            self.done.append(&mut run);
-            self.take_early();
+        if start == done.len() {
+            done.append(&mut run);
+            while let Some(next) = early.first_entry()
+                && *next.key() == done.len()
+            {
+                done.append(&mut next.remove());
+            }
             return;
         }
-        if let Some(mut after) = self.early.remove(&end) {
+        if let Some(mut after) = early.remove(&end) {
             run.append(&mut after);
         }
-        match self.early.range_mut(..start).next_back() {
+        match early.range_mut(..start).next_back() {
             Some((&before, prev)) if before + prev.len() == start => prev.append(&mut run),
             _ => {
-                self.early.insert(start, run);
+                early.insert(start, run);
             }
         }
-    }
-
-    /// Moves the early runs that now continue what is in order onto its end.
-    fn take_early(&mut self) {
-        while let Some(next) = self.early.first_entry()
-            && *next.key() == self.done.len()
-        {
-            self.done.append(&mut next.remove());
-        }
-    }
-
-    /// Whether calls `start .. end` were placed already (among the early runs).
-    fn overlaps(&self, start: usize, end: usize) -> bool {
-        let before = self.early.range(..end).next_back();
-        before.is_some_and(|(&s, run)| s + run.len() > start)
     }
 
     /// Whether every call has its result.
@@ -134,8 +134,33 @@ impl<R> Ordered<R> {
 
     /// The results in call order, if every call has one.
     pub(super) fn finish(self) -> Option<Vec<R>> {
-        (self.done.len() == self.n).then_some(self.done)
+        let done = match self.store {
+            Store::Plain(scatter) => scatter.into_vec(),
+            Store::Values { done, .. } => done,
+        };
+        (done.len() == self.n).then_some(done)
     }
+}
+
+/// Puts the plain values in `bytes` at the calls `at` (in that order); how many were
+/// placed. Bytes that are not valid values stop it: a batch is checked when it is made
+/// (see `batch`), so only a decoded one could get here, and it is valid.
+fn put_runs<R>(scatter: &mut Scatter<R>, at: &Indices, mut bytes: &[u8]) -> usize {
+    let mut placed = 0;
+    for run in at.runs() {
+        match scatter.put(run.start, run.len(), &mut bytes) {
+            Ok(Put::Placed) => placed += run.len(),
+            Ok(Put::Ignored) => {}
+            Err(_) => break,
+        }
+    }
+    placed
+}
+
+/// Whether calls `start .. end` were placed already among the `early` runs.
+fn overlaps<R>(early: &BTreeMap<usize, Vec<R>>, start: usize, end: usize) -> bool {
+    let before = early.range(..end).next_back();
+    before.is_some_and(|(&s, run)| s + run.len() > start)
 }
 
 #[cfg(test)]
@@ -192,6 +217,22 @@ mod tests {
         o.add_batch(runs(&[7]), plain(&[99]));
         assert!(o.is_full());
         assert_eq!(o.finish(), Some(vec![0, 10, 20, 30, 40, 50, 60, 70]));
+    }
+
+    #[test]
+    fn values_that_are_not_plain_wait_aside_until_the_gap_fills() {
+        let s = |v: &[u32]| v.iter().map(u32::to_string).collect::<Vec<_>>();
+        let mut o = Ordered::new(6);
+        o.add(runs(&[4, 5]), s(&[4, 5]));
+        o.add(runs(&[1, 2]), s(&[1, 2]));
+        // Twice placed, and out of range: ignored.
+        o.add(runs(&[2]), s(&[99]));
+        o.add(runs(&[6]), s(&[99]));
+        o.add_batch(runs(&[0]), Values::Decoded(s(&[0])));
+        assert_eq!(o.filled(), 5);
+        o.add(runs(&[3]), s(&[3]));
+        assert!(o.is_full());
+        assert_eq!(o.finish(), Some(s(&[0, 1, 2, 3, 4, 5])));
     }
 
     #[test]

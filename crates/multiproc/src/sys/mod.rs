@@ -8,6 +8,7 @@
 //! - [`spawn`]: fork + exec of this executable with an inherited socket; the variable
 //!   that tells an exec'd child its role.
 //! - [`mem`]: faulting in a big buffer's pages in one call.
+//! - [`scatter`]: a vector of plain values filled in any order, a run at a time.
 //! - [`fd`]: passing descriptors over Unix sockets; what a forked child keeps.
 //! - [`poll`]: a `poll(2)` set with tokens, and deadlines as `poll` timeouts.
 //! - [`shm`]: memfd and named segments, mappings, bounds-checked access.
@@ -28,6 +29,7 @@ pub(crate) mod mem;
 pub(crate) mod plain;
 pub(crate) mod pmutex;
 pub(crate) mod poll;
+pub(crate) mod scatter;
 pub(crate) mod proc;
 pub(crate) mod shm;
 pub(crate) mod spawn;
