@@ -12,6 +12,7 @@
 //! so a garbage length costs nothing. `fuzz/` holds a `cargo fuzz` target over
 //! [`FrameDecoder`] and the message decoder.
 
+pub(crate) mod bytes;
 mod codec;
 pub(crate) mod fds;
 mod frame;

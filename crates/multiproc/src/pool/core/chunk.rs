@@ -4,16 +4,16 @@
 //! ([`keep_chunk`](super::kept::keep_chunk)).
 
 use std::os::fd::OwnedFd;
-use std::sync::Arc;
 use std::time::Instant;
 
 use super::answers::note_due;
 use super::ends::Ends;
 use super::jobs::{Job, Retry};
-use super::kept::keep_chunk;
+use super::kept::{keep_chunk, keep_shared};
 use super::slot::{Held, WorkerId};
 use super::{Answers, Core, Indices, chunking, clone_error};
 use crate::error::Error;
+use crate::wire::bytes::SharedBytes;
 use crate::wire::message::TaskRef;
 use crate::wire::values::{Data, ValueBuf};
 
@@ -38,8 +38,9 @@ pub(crate) struct Chunk {
     pub(crate) calls: u32,
     pub(crate) data: Data,
     /// With [`Core::set_requeue`], inline data is here instead of in `data` (left
-    /// empty): shared with the core, which keeps it until the chunk is answered.
-    pub(in crate::pool) shared: Option<Arc<Vec<u8>>>,
+    /// empty): shared with the core, which keeps it until the chunk is answered (and,
+    /// for plain arguments, with the job's own vector of them: no copy at all).
+    pub(in crate::pool) shared: Option<SharedBytes>,
     pub(in crate::pool) fds: Vec<OwnedFd>,
     /// Where each call's argument ends in `data`, if [`Limits::ends`] asked.
     #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
@@ -50,6 +51,8 @@ pub(crate) struct Chunk {
 struct Built {
     indices: Indices,
     data: Data,
+    /// Arguments shared as they lie in the job's memory, instead of `data`.
+    shared: Option<SharedBytes>,
     fds: Vec<OwnedFd>,
     failed: Vec<(usize, Error)>,
     attempts: u32,
@@ -65,12 +68,42 @@ impl Built {
             ends: Ends::one(r.bytes.len()),
             indices: Indices::run(r.index..r.index + 1),
             data: Data::Inline(r.bytes),
+            shared: None,
             fds: r.fds,
             failed: Vec::new(),
             attempts: r.attempts,
             handbacks: r.handbacks,
         }
     }
+}
+
+/// Takes up to `n` of `job`'s pending arguments as bytes shared with the job's own
+/// memory (plain data, see [`Source::share_run`](super::jobs::Source::share_run)), if
+/// the first source can: no copy, no buffer of the chunk's own.
+fn take_shared(job: &mut Job, n: usize, limits: &Limits, keep: bool) -> Option<Built> {
+    let (first, source) = job.sources.front_mut()?;
+    // Inline, as a chunk of this size would travel (bigger data goes in a memory
+    // file), within the frame limit.
+    let budget = chunking::CHUNK_BYTES
+        .min(crate::wire::values::SPILL_AT)
+        .min(limits.max_value);
+    let (bytes, took) = source.share_run(n, budget)?;
+    let start = *first;
+    *first += took;
+    let mut ends = Ends::default();
+    if keep || limits.ends {
+        ends.push_run(took, bytes.len() / took);
+    }
+    Some(Built {
+        indices: Indices::run(start..start + took),
+        data: Data::Inline(Vec::new()),
+        shared: Some(bytes),
+        fds: Vec::new(),
+        failed: Vec::new(),
+        attempts: 0,
+        handbacks: source.handbacks(),
+        ends,
+    })
 }
 
 /// Encodes up to `n` of `job`'s pending arguments into one chunk, within `limits`.
@@ -172,6 +205,7 @@ fn build(job: &mut Job, n: usize, limits: &Limits, keep: bool) -> Built {
     Built {
         indices,
         data,
+        shared: None,
         fds,
         failed,
         attempts: 0,
@@ -242,7 +276,12 @@ impl Core {
                 self.cfg.chunk_time,
             );
             let n = quota.map_or(n, |q| n.min(q));
-            build(job, n, limits, keep)
+            let shared = if share {
+                take_shared(job, n, limits, keep)
+            } else {
+                None
+            };
+            shared.unwrap_or_else(|| build(job, n, limits, keep))
         };
         if !built.failed.is_empty() {
             job.deliver(Answers::Failed(built.failed));
@@ -254,7 +293,15 @@ impl Core {
             self.remove_if_finished(job_id);
             return None;
         }
-        let (data, shared, kept) = if keep {
+        let (data, shared, kept) = if let Some(bytes) = built.shared.take() {
+            let ends = if limits.ends {
+                built.ends.clone()
+            } else {
+                std::mem::take(&mut built.ends)
+            };
+            let kept = keep.then(|| keep_shared(bytes.clone(), ends));
+            (built.data, Some(bytes), kept)
+        } else if keep {
             let ends = if limits.ends {
                 built.ends.clone()
             } else {

@@ -18,6 +18,9 @@ use std::os::fd::OwnedFd;
 
 use std::sync::Arc;
 
+use crate::sys::plain::PlainBytes;
+use crate::wire::bytes::SharedBytes;
+
 use super::ends::Ends;
 use super::{Answers, Sink};
 use crate::error::Result;
@@ -43,6 +46,12 @@ pub(crate) trait Source: Send {
         budget: usize,
         ends: Option<&mut Ends>,
     ) -> usize;
+    /// Up to `max` first arguments, at most `budget` bytes, as bytes shared with the
+    /// source's own memory: no copy, for plain data that lies end to end there. How
+    /// many it took; `None` (nothing taken) for any other source.
+    fn share_run(&mut self, _max: usize, _budget: usize) -> Option<(SharedBytes, usize)> {
+        None
+    }
     /// Drops the first argument (it was sent, or answered with its encoding error).
     fn pop(&mut self);
     /// Arguments left.
@@ -105,68 +114,62 @@ fn append_encoded(index: usize, bytes: &[u8], buf: &mut ValueBuf) -> Result<()> 
     })
 }
 
-/// Arguments of one submission, typed until a chunk takes them.
-pub(crate) struct Items<A>(VecDeque<A>);
+/// Arguments of one submission, typed until a chunk takes them; plain data (see
+/// `sys::plain`) as the bytes it already is, which chunks share without a copy (see
+/// [`Source::share_run`]).
+pub(crate) struct Items<A>(Store<A>);
 
-impl<A> Items<A> {
-    pub(crate) fn new(items: Vec<A>) -> Self {
-        Items(VecDeque::from(items))
+enum Store<A> {
+    Values(VecDeque<A>),
+    Plain(PlainArgs),
+}
+
+/// A submission's plain arguments, end to end in their own vector.
+struct PlainArgs {
+    bytes: Arc<PlainBytes>,
+    /// Bytes per argument.
+    size: usize,
+    /// Arguments taken so far.
+    next: usize,
+    count: usize,
+}
+
+impl PlainArgs {
+    /// The bytes of arguments `next .. next + k`.
+    fn span(&self, k: usize) -> std::ops::Range<usize> {
+        self.next * self.size..(self.next + k) * self.size
     }
 }
 
-impl<A: serde::Serialize + Send> Items<A> {
-    /// [`Source::encode_run`] for plain data: the arguments' bytes as they lie in
-    /// memory, a slice at a time (no serde, no per-value call, no handle bookkeeping:
-    /// plain data holds none). A slice that would pass the buffer's limit goes value
-    /// by value, to stop at the limit exactly.
-    #[inline(never)]
-    fn encode_plain_run(
-        &mut self,
-        max: usize,
-        buf: &mut ValueBuf,
-        budget: usize,
-        mut ends: Option<&mut Ends>,
-    ) -> usize {
+impl<A: Send + 'static> Items<A> {
+    pub(crate) fn new(items: Vec<A>) -> Self {
         let size = std::mem::size_of::<A>().max(1);
-        let mut n = 0;
-        while n < max && buf.len() < budget {
-            let (front, _) = self.0.as_slices();
-            // Enough values to reach the budget (the last may cross it, as one
-            // value at a time would).
-            let room = (budget - buf.len()).div_ceil(size);
-            let k = front.len().min(max - n).min(room);
-            let Some(bytes) = crate::sys::plain::slice_bytes(&front[..k]).filter(|_| k > 0)
-            else {
-                break;
-            };
-            let mark = buf.len();
-            if !buf.append(bytes) {
-                buf.truncate(mark);
-                return n + append_run(
-                    &mut self.0,
-                    (max - n, budget),
-                    buf,
-                    ends,
-                    crate::sys::plain::bytes_of::<A>,
-                    ValueBuf::append_plain,
-                );
-            }
-            self.0.drain(..k);
-            if let Some(ends) = ends.as_deref_mut() {
-                ends.push_run(k, size);
-            }
-            n += k;
+        match PlainBytes::new(items) {
+            Ok(bytes) => Items(Store::Plain(PlainArgs {
+                count: bytes.bytes().len() / size,
+                bytes: Arc::new(bytes),
+                size,
+                next: 0,
+            })),
+            Err(items) => Items(Store::Values(VecDeque::from(items))),
         }
-        n
     }
 }
 
 impl<A: serde::Serialize + Send> Source for Items<A> {
     fn encode_first(&mut self, index: usize, buf: &mut ValueBuf) -> Option<Result<()>> {
-        let item = self.0.front()?;
-        Some(crate::wire::encode_captured(item, buf, &|| {
-            format!("the argument of call {index}")
-        }))
+        match &self.0 {
+            Store::Values(items) => {
+                let item = items.front()?;
+                Some(crate::wire::encode_captured(item, buf, &|| {
+                    format!("the argument of call {index}")
+                }))
+            }
+            Store::Plain(p) if p.next < p.count => {
+                Some(append_encoded(index, &p.bytes.bytes()[p.span(1)], buf))
+            }
+            Store::Plain(_) => None,
+        }
     }
 
     fn encode_run(
@@ -176,14 +179,44 @@ impl<A: serde::Serialize + Send> Source for Items<A> {
         budget: usize,
         mut ends: Option<&mut Ends>,
     ) -> usize {
-        if crate::sys::plain::is_plain::<A>() {
-            return self.encode_plain_run(max, buf, budget, ends);
-        }
+        let items = match &mut self.0 {
+            Store::Values(items) => items,
+            Store::Plain(p) => {
+                // The arguments' bytes as they lie in memory, in one copy (no serde, no
+                // per-value call, no handle bookkeeping: plain data holds none). A run
+                // that would pass the buffer's limit goes value by value, to stop at
+                // the limit exactly.
+                let room = budget.saturating_sub(buf.len()).div_ceil(p.size);
+                let k = max.min(p.count - p.next).min(room);
+                let mark = buf.len();
+                if k > 0 && buf.append(&p.bytes.bytes()[p.span(k)]) {
+                    p.next += k;
+                    if let Some(ends) = ends.as_deref_mut() {
+                        ends.push_run(k, p.size);
+                    }
+                    return k;
+                }
+                buf.truncate(mark);
+                let mut n = 0;
+                while n < k && buf.append_plain(&p.bytes.bytes()[p.span(1)]) {
+                    p.next += 1;
+                    n += 1;
+                    if let Some(ends) = ends.as_deref_mut() {
+                        ends.push(buf.len());
+                    }
+                }
+                if n < k {
+                    // The value that did not fit stays, for the next chunk or its error.
+                    buf.truncate(mark + n * p.size);
+                }
+                return n;
+            }
+        };
         let passed = crate::wire::fds::passed();
         let captured = crate::wire::fds::captured_len();
         let mut n = 0;
         while n < max {
-            let Some(item) = self.0.front() else {
+            let Some(item) = items.front() else {
                 break;
             };
             let mark = buf.len();
@@ -193,7 +226,7 @@ impl<A: serde::Serialize + Send> Source for Items<A> {
                 crate::wire::fds::truncate_captured(captured);
                 break;
             }
-            self.0.pop_front();
+            items.pop_front();
             n += 1;
             if let Some(ends) = ends.as_deref_mut() {
                 ends.push(buf.len());
@@ -205,12 +238,33 @@ impl<A: serde::Serialize + Send> Source for Items<A> {
         n
     }
 
+    fn share_run(&mut self, max: usize, budget: usize) -> Option<(SharedBytes, usize)> {
+        let Store::Plain(p) = &mut self.0 else {
+            return None;
+        };
+        let k = max.min(p.count - p.next).min(budget / p.size);
+        if k == 0 {
+            return None;
+        }
+        let bytes = SharedBytes::Plain(p.bytes.clone(), p.span(k));
+        p.next += k;
+        Some((bytes, k))
+    }
+
     fn pop(&mut self) {
-        self.0.pop_front();
+        match &mut self.0 {
+            Store::Values(items) => {
+                items.pop_front();
+            }
+            Store::Plain(p) => p.next = (p.next + 1).min(p.count),
+        }
     }
 
     fn len(&self) -> usize {
-        self.0.len()
+        match &self.0 {
+            Store::Values(items) => items.len(),
+            Store::Plain(p) => p.count - p.next,
+        }
     }
 }
 

@@ -5,6 +5,7 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 use super::ends::Ends;
+use crate::wire::bytes::SharedBytes;
 use crate::wire::values::Data;
 
 /// A chunk's arguments, kept until it is answered, to run its calls again should its
@@ -20,7 +21,7 @@ pub(super) struct Kept {
 enum KeptData {
     /// Shared with the message that carries them (or a copy, for a transport that
     /// needs its own).
-    Inline(Arc<Vec<u8>>),
+    Inline(SharedBytes),
     /// A copy of the descriptor of the sealed memory file they travel in.
     File(OwnedFd),
 }
@@ -29,10 +30,8 @@ impl Drop for Kept {
     fn drop(&mut self) {
         // The chunk was answered (or given up): its buffer serves a later chunk or
         // frame (see `wire::spare`), unless the message still holds it.
-        if let KeptData::Inline(v) = &mut self.data
-            && let Ok(v) = Arc::try_unwrap(std::mem::take(v))
-        {
-            crate::wire::spare::give(v);
+        if let KeptData::Inline(v) = &mut self.data {
+            std::mem::take(v).recycle();
         }
     }
 }
@@ -43,7 +42,7 @@ impl Kept {
     pub(super) fn arguments(&self, positions: &[usize]) -> Option<Vec<Vec<u8>>> {
         let map;
         let all: &[u8] = match &self.data {
-            KeptData::Inline(v) => v,
+            KeptData::Inline(v) => &v[..],
             KeptData::File(file) => {
                 map = crate::wire::values::map_sealed(file, usize::MAX, "kept arguments").ok()?;
                 map.sealed_bytes()
@@ -63,6 +62,16 @@ impl Kept {
     }
 }
 
+/// What is kept of a chunk whose arguments (holding no descriptors) are shared with
+/// the message that carries them.
+pub(super) fn keep_shared(data: SharedBytes, ends: Ends) -> Kept {
+    Kept {
+        data: KeptData::Inline(data),
+        ends,
+        fds: Vec::new(),
+    }
+}
+
 /// What is kept of a chunk about to be sent ([`Kept`]), and its data as sent: inline
 /// data is shared with the message (`share`) or copied.
 pub(super) fn keep_chunk(
@@ -70,7 +79,7 @@ pub(super) fn keep_chunk(
     ends: Ends,
     fds: &[OwnedFd],
     share: bool,
-) -> (Data, Option<Arc<Vec<u8>>>, Option<Kept>) {
+) -> (Data, Option<SharedBytes>, Option<Kept>) {
     // Only a chunk whose descriptors could all be copied can run again.
     let fd_copies: Option<Vec<OwnedFd>> = fds.iter().map(|f| f.try_clone().ok()).collect();
     let kept = |data| {
@@ -82,12 +91,12 @@ pub(super) fn keep_chunk(
     };
     match data {
         Data::Inline(v) if share => {
-            let v = Arc::new(v);
+            let v = SharedBytes::Buffer(Arc::new(v));
             let k = kept(KeptData::Inline(v.clone()));
             (Data::Inline(Vec::new()), Some(v), k)
         }
         Data::Inline(v) => {
-            let k = kept(KeptData::Inline(Arc::new(v.clone())));
+            let k = kept(KeptData::Inline(SharedBytes::Buffer(Arc::new(v.clone()))));
             (Data::Inline(v), None, k)
         }
         Data::Shared(file) => {

@@ -4,7 +4,6 @@
 use std::collections::VecDeque;
 use std::io::IoSlice;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use nix::errno::Errno;
@@ -15,6 +14,7 @@ use crate::pool::core::LastStart;
 use crate::start::{self, StartMethod};
 use crate::sys;
 use crate::failure;
+use crate::wire::bytes::SharedBytes;
 use crate::wire::message::{self, Request};
 use crate::wire::{self, FrameReader};
 
@@ -32,7 +32,7 @@ struct Outgoing {
 /// die), without a copy.
 pub(super) enum Body {
     Owned(Vec<u8>),
-    Shared(Arc<Vec<u8>>),
+    Shared(SharedBytes),
 }
 
 impl std::ops::Deref for Body {
@@ -51,8 +51,8 @@ impl From<Vec<u8>> for Body {
     }
 }
 
-impl From<Arc<Vec<u8>>> for Body {
-    fn from(v: Arc<Vec<u8>>) -> Body {
+impl From<SharedBytes> for Body {
+    fn from(v: SharedBytes) -> Body {
         Body::Shared(v)
     }
 }

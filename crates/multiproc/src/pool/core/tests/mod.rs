@@ -64,7 +64,7 @@ fn requeuing(retries: u32, timeout: Option<Duration>) -> Core {
 /// The arguments a chunk carries (the tests' arguments are `u32`s).
 fn args_of(chunk: &Chunk) -> Vec<u32> {
     let bytes: &[u8] = match (&chunk.shared, &chunk.data) {
-        (Some(v), _) => v,
+        (Some(v), _) => &v[..],
         (None, Data::Inline(v)) => v,
         (None, Data::Shared(_)) => panic!("inline data expected"),
     };
