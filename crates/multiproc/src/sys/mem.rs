@@ -13,6 +13,30 @@ const WORTH: usize = 64 << 10;
 /// memory at once.
 const MOST: usize = 1 << 30;
 
+/// Maps the pages of `s` (inward from its ends, to whole pages), if there are enough
+/// to be worth a system call. Contents are untouched: only page tables change (a page
+/// never written reads as zeros either way).
+pub(crate) fn prefault_slice<T>(s: &mut [T]) {
+    let len = std::mem::size_of_val(s);
+    if !(WORTH..=MOST).contains(&len) {
+        return;
+    }
+    let page = 4096usize;
+    let start = s.as_mut_ptr() as usize;
+    let first = start.next_multiple_of(page);
+    let end = (start + len) & !(page - 1);
+    if end <= first {
+        return;
+    }
+    // SAFETY: `first .. end` lies inside `s`, which is borrowed exclusively during the
+    // call. The advice maps pages as a write would, without writing: no byte changes,
+    // so no Rust value is affected. An error (an old kernel without the advice) leaves
+    // everything as it was.
+    unsafe {
+        libc::madvise(first as *mut libc::c_void, end - first, libc::MADV_POPULATE_WRITE);
+    }
+}
+
 /// Maps the pages of `v`'s spare capacity (room past its length), if there is enough of
 /// it to be worth a system call. Contents are untouched: only page tables change.
 pub(crate) fn prefault_spare<T>(v: &mut Vec<T>) {

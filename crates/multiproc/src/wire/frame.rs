@@ -415,19 +415,21 @@ const MAX_QUEUED_FDS: usize = 4 * super::fds::MAX_FDS_PER_FRAME;
 
 impl FrameReader {
     pub(crate) fn new(max: usize) -> Self {
-        // Mapped now, with the reader (a pool's worker starting): not page by page as
-        // the first big frames of a program's first `map` arrive.
-        let mut buf = Vec::with_capacity(READ_AHEAD);
-        crate::sys::mem::prefault_spare(&mut buf);
-        buf.resize(READ_AHEAD, 0);
         FrameReader {
             max,
-            buf,
+            buf: vec![0; READ_AHEAD],
             start: 0,
             end: 0,
             fds: Default::default(),
             closed: false,
         }
+    }
+
+    /// Maps the read-ahead buffer's pages now, for a reader that will carry big frames
+    /// (either end of a pool's worker): not page by page as the first big frames of a
+    /// program's first `map` arrive. (A one-shot `Process` does not pay for it.)
+    pub(crate) fn map_ahead(&mut self) {
+        crate::sys::mem::prefault_slice(&mut self.buf);
     }
 
     /// The frame limit.

@@ -64,7 +64,7 @@ pub(crate) enum Request {
     Exit,
     /// A pool's worker gets this once, after the hello: the frame carries one
     /// descriptor, a memory file of at least 8 bytes, its *call slot*. The worker maps
-    /// it and, as it starts each call, stores which call (see `worker::call_word`), so
+    /// it and, as it starts each call, stores which call (see `task::call_word`), so
     /// that the parent knows, after the worker's death, which call was running.
     Slot,
 }

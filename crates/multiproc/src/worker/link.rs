@@ -36,6 +36,8 @@ pub(crate) trait Link {
     /// Answers the hello: `refusal` says why this worker will run nothing (`None`:
     /// ready). Returns whether to go on serving.
     fn greeted(&mut self, refusal: Option<Refusal>) -> Result<bool>;
+    /// This worker serves a pool (it got a call slot): chunks of many calls will come.
+    fn serves_pool(&mut self) {}
 }
 
 /// A worker's end of a Unix stream socket to its parent.
@@ -60,6 +62,10 @@ impl SocketLink {
 }
 
 impl Link for SocketLink {
+    fn serves_pool(&mut self) {
+        self.reader.map_ahead();
+    }
+
     fn recv(&mut self) -> Result<Option<Vec<u8>>> {
         loop {
             match self.reader.next(self.sock.as_fd())? {

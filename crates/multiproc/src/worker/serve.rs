@@ -132,6 +132,7 @@ pub(crate) fn serve(link: &mut impl Link, origin: Origin) -> i32 {
                     Some(m) => slot = Some(m),
                     None => return EXIT_PROTOCOL,
                 }
+                link.serves_pool();
             }
             Request::Exit => {
                 let _ = link.flush();

@@ -24,7 +24,7 @@ pub(crate) enum LastStart {
     /// It started no call.
     Nothing,
     /// Call `pos` of the chunk whose number's low 32 bits are `seq` (see
-    /// `worker::call_word`). It may have finished since (the worker died between two
+    /// `task::call_word`). It may have finished since (the worker died between two
     /// calls): if its answer arrived, nothing was running; if not, it is taken for the
     /// running call, the closest one to the death.
     Call { seq: u32, pos: u32 },

@@ -100,7 +100,7 @@ pub(super) struct Proc {
     stage: Stage,
     pub(super) name: String,
     pub(super) started: std::time::SystemTime,
-    /// The worker's call slot (see `worker::call_word`), if it could be made.
+    /// The worker's call slot (see `task::call_word`), if it could be made.
     slot: Option<sys::shm::Mapping>,
 }
 
@@ -121,6 +121,8 @@ impl Proc {
             started: std::time::SystemTime::now(),
             slot: None,
         };
+        // While the child starts: this end will read chunks' answers.
+        proc.reader.map_ahead();
         // Listed for `active_children`, as Python lists pool workers.
         start::children::add(proc.pid, &name, proc.pidfd.as_fd());
         let hello = Request::hello(name, max as u64, leave_term);
