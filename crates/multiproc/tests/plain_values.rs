@@ -1,6 +1,7 @@
-//! Plain data (integers, floats, bool, char) travels as its bytes: every primitive type
-//! round-trips through a `Process` (argument and result) and a `Pool` (both ways, in
-//! chunks), under every start method, with values at their edges.
+//! Plain data (integers, floats, bool, char, and arrays and tuples of one integer or
+//! float type) travels as its bytes: every primitive type round-trips through a
+//! `Process` (argument and result) and a `Pool` (both ways, in chunks), under every
+//! start method, with values at their edges.
 
 use multiproc::prelude::*;
 
@@ -18,6 +19,10 @@ fn next_char(c: char) -> char {
 
 fn negate(x: f64) -> f64 {
     -x
+}
+
+fn sum_and_max(xs: [u32; 3]) -> (u32, u32) {
+    (xs.iter().sum(), xs.iter().copied().max().unwrap_or(0))
 }
 
 fn widen(x: u8) -> i128 {
@@ -63,12 +68,23 @@ fn every_primitive_crosses_both_ways() {
             f64 => [f64::MIN, 1e-300, f64::INFINITY],
             bool => [false, true, true],
             char => ['a', 'ß', '🦀'],
+            [f64; 3] => [[0.0, -1.5, f64::MAX], [1.0, 2.0, 3.0], [f64::MIN, 0.0, 1e-300]],
+            [u8; 32] => [[0; 32], [7; 32], [u8::MAX; 32]],
+            (u64, u64) => [(0, u64::MAX), (1, 2), (u64::MAX, 0)],
+            (i32, i32, i32, i32) => [(i32::MIN, -1, 0, i32::MAX), (1, 2, 3, 4), (0, 0, 0, 0)],
+            // Mixed tuples keep serde (their layout may have padding).
+            (u8, u64) => [(0, u64::MAX), (255, 1), (1, 0)],
         );
         let nan = pool.map(echo::<f64>, [f64::NAN]).unwrap();
         assert!(nan[0].is_nan());
         assert_eq!(pool.map(not, [true, false]).unwrap(), [false, true]);
         assert_eq!(pool.map(next_char, ['a', 'y']).unwrap(), ['b', 'z']);
         assert_eq!(pool.map(negate, [1.5, -2.0]).unwrap(), [-1.5, 2.0]);
+        // Arrays in, tuples out.
+        assert_eq!(
+            pool.map(sum_and_max, [[1u32, 5, 2], [9, 0, 0]]).unwrap(),
+            [(8, 5), (9, 9)]
+        );
         // Plain argument, plain result of another width.
         assert_eq!(
             pool.map(widen, [0u8, 255]).unwrap(),

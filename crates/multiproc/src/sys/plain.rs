@@ -2,9 +2,12 @@
 //!
 //! A pool's tiny calls (`x -> 2x` over integers) used to spend most of their time in
 //! serde: a varint and a function call per value each way. For the primitive types —
-//! integers, floats, `bool`, `char` — the value *is* its bytes, so a task's argument or
-//! result of such a type travels as those bytes, fixed width, native byte order (both
-//! ends run the same build on the same architecture: the hello checks the build id).
+//! integers, floats, `bool`, `char` — the value *is* its bytes, and so it is for arrays
+//! (`[T; 1]` to `[T; 32]`) and tuples of two to four (`(T, T)`, ...) of one integer or
+//! float type: same-size fields leave no padding. A task's argument or result of such
+//! a type travels as those bytes, fixed width, native byte order (both ends run the
+//! same build on the same architecture: the hello checks the build id). Tuples mixing
+//! types are left to serde: their layout may have padding, whose bytes are not values.
 //! The choice is made from the type alone (its `TypeId`, which needs no `'static`
 //! bound through the `typeid` crate), so the encoder and the decoder, each
 //! monomorphized for the same type in the same build, always agree. Every other type
@@ -16,10 +19,12 @@
 
 use std::mem::{MaybeUninit, size_of};
 
-/// What kind of plain type `T` is, if it is one.
+/// What kind of plain type `T` is, if it is one. Every plain type has no padding and no
+/// pointers: all its bytes are initialized and are its value.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
-    /// Every bit pattern of its size is a value (integers, floats).
+    /// Every bit pattern of its size is a value (integers, floats, and arrays and
+    /// tuples of one of them).
     AnyBits,
     /// `bool`: one byte, 0 or 1.
     Bool,
@@ -33,7 +38,26 @@ fn kind<T: ?Sized>() -> Option<Kind> {
     macro_rules! any_bits {
         ($($ty:ty),*) => { $( if t == typeid::of::<$ty>() { return Some(Kind::AnyBits); } )* };
     }
+    // Arrays and tuples of one integer or float type: every byte is a field's (same
+    // size and alignment everywhere, so no padding, whatever order the fields lie in),
+    // and every bit pattern is a value.
+    macro_rules! composites {
+        ($($ty:ty),*) => { $(
+            any_bits!(
+                ($ty, $ty), ($ty, $ty, $ty), ($ty, $ty, $ty, $ty),
+                [$ty; 1], [$ty; 2], [$ty; 3], [$ty; 4], [$ty; 5], [$ty; 6], [$ty; 7],
+                [$ty; 8], [$ty; 9], [$ty; 10], [$ty; 11], [$ty; 12], [$ty; 13],
+                [$ty; 14], [$ty; 15], [$ty; 16], [$ty; 17], [$ty; 18], [$ty; 19],
+                [$ty; 20], [$ty; 21], [$ty; 22], [$ty; 23], [$ty; 24], [$ty; 25],
+                [$ty; 26], [$ty; 27], [$ty; 28], [$ty; 29], [$ty; 30], [$ty; 31],
+                [$ty; 32]
+            );
+        )* };
+    }
     any_bits!(
+        u8, u16, u32, u64, u128, usize, i8, i16, i32, i64, i128, isize, f32, f64
+    );
+    composites!(
         u8, u16, u32, u64, u128, usize, i8, i16, i32, i64, i128, isize, f32, f64
     );
     if t == typeid::of::<bool>() {
@@ -55,7 +79,7 @@ pub(crate) fn is_plain<T: ?Sized>() -> bool {
 #[inline(always)]
 pub(crate) fn bytes_of<T>(value: &T) -> Option<&[u8]> {
     kind::<T>()?;
-    // SAFETY: `T` is one of the primitive types above (its TypeId matched): it has no
+    // SAFETY: `T` is one of the plain types matched in `kind` (its TypeId matched): it has no
     // padding and no pointers, so all `size_of::<T>()` bytes behind `value` are
     // initialized and may be read as bytes for as long as `value` is borrowed.
     Some(unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) })
@@ -83,10 +107,10 @@ pub(crate) fn read<T>(bytes: &mut &[u8]) -> Option<Result<T, &'static str>> {
         }
     }
     let mut out = MaybeUninit::<T>::uninit();
-    // SAFETY: `T` is one of the primitive types above, `head` holds exactly
+    // SAFETY: `T` is one of the plain types matched in `kind`, `head` holds exactly
     // `size_of::<T>()` bytes, and they were just checked to be a valid `T` (any bits
-    // for integers and floats; 0 or 1 for bool; a scalar value for char). The copy
-    // writes every byte of `out`, which is then initialized.
+    // for integers, floats and their arrays and tuples; 0 or 1 for bool; a scalar value
+    // for char). The copy writes every byte of `out`, which is then initialized.
     let value = unsafe {
         std::ptr::copy_nonoverlapping(head.as_ptr(), out.as_mut_ptr().cast::<u8>(), n);
         out.assume_init()
@@ -100,7 +124,7 @@ pub(crate) fn read<T>(bytes: &mut &[u8]) -> Option<Result<T, &'static str>> {
 #[inline(always)]
 pub(crate) fn slice_bytes<T>(values: &[T]) -> Option<&[u8]> {
     kind::<T>()?;
-    // SAFETY: `T` is one of the primitive types above: no padding, no pointers, and its
+    // SAFETY: `T` is one of the plain types matched in `kind`: no padding, no pointers, and its
     // size is a multiple of its alignment, so the `values.len()` values lie end to end
     // with every byte initialized; the bytes are borrowed for as long as `values` is.
     Some(unsafe {
@@ -199,9 +223,9 @@ pub(crate) fn read_run<T>(
     };
     let (head, rest) = bytes.split_at(len);
     out.reserve(n);
-    // SAFETY: `T` is one of the primitive types above and `head` holds exactly `n`
-    // values of it, each just checked to be valid (any bits for integers and floats; 0
-    // or 1 for bool; a scalar value for char). `reserve` made room for `n` more values
+    // SAFETY: `T` is one of the plain types matched in `kind` and `head` holds exactly `n`
+    // values of it, each just checked to be valid (any bits for integers, floats and
+    // their arrays and tuples; 0 or 1 for bool; a scalar value for char). `reserve` made room for `n` more values
     // after `out.len()`; the copy writes all their bytes (a byte copy has no alignment
     // needs on the source), so the first `out.len() + n` values are initialized.
     unsafe {
@@ -218,7 +242,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn primitives_round_trip_and_others_are_not_plain() {
+    fn primitives_arrays_and_tuples_round_trip_and_others_are_not_plain() {
         fn round<T: PartialEq + std::fmt::Debug + Copy>(v: T) {
             let bytes = bytes_of(&v).unwrap().to_vec();
             let mut at = &bytes[..];
@@ -233,8 +257,21 @@ mod tests {
         round(f32::NAN.to_bits());
         round(true);
         round('ß');
+        // Arrays and tuples of one integer or float type.
+        round([1.5f64, -2.0, 3.25]);
+        round([7u8; 32]);
+        round((u64::MAX, 3u64));
+        round((1i16, 2i16, 3i16, 4i16));
+        round((0.5f32, 1.5f32, 2.5f32));
+        assert_eq!(bytes_of(&[1u32, 2, 3]).unwrap().len(), 12);
+        // Not plain: serde carries them.
         assert!(!is_plain::<String>());
-        assert!(!is_plain::<(u64, u64)>());
+        assert!(!is_plain::<(u8, u64)>());
+        assert!(!is_plain::<(u64, f64)>());
+        assert!(!is_plain::<[bool; 2]>());
+        assert!(!is_plain::<[char; 2]>());
+        assert!(!is_plain::<[u64; 33]>());
+        assert!(!is_plain::<(u64, u64, u64, u64, u64)>());
         assert!(!is_plain::<Option<u64>>());
         assert!(bytes_of(&String::new()).is_none());
         assert!(read::<Vec<u8>>(&mut &[][..]).is_none());
