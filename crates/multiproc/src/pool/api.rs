@@ -135,7 +135,7 @@ pub trait TaskPool: Backend {
     /// maps, histograms, sums of vectors): with `map` and a merge in the caller, that
     /// merge is serial and caps the speed-up on any number of workers; here it runs in
     /// parallel (rayon's `map(..).reduce(..)`; Python's pools have no equivalent).
-    /// Items are cut into about four chunks per worker.
+    /// Items are cut into three chunks per worker.
     ///
     /// ```
     /// use std::collections::HashMap;
