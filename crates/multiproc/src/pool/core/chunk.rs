@@ -81,6 +81,11 @@ impl Built {
 /// memory (plain data, see [`Source::share_run`](super::jobs::Source::share_run)), if
 /// the first source can: no copy, no buffer of the chunk's own.
 fn take_shared(job: &mut Job, n: usize, limits: &Limits, keep: bool) -> Option<Built> {
+    // A submission all sent makes way for the next (as `build` does when it finds it
+    // empty), so that the next one's plain arguments are shared too.
+    while job.sources.front().is_some_and(|(_, s)| s.len() == 0) {
+        job.sources.pop_front();
+    }
     let (first, source) = job.sources.front_mut()?;
     // Inline, as a chunk of this size would travel (bigger data goes in a memory
     // file), within the frame limit.

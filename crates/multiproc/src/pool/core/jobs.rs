@@ -18,13 +18,12 @@ use std::os::fd::OwnedFd;
 
 use std::sync::Arc;
 
-use crate::sys::plain::PlainBytes;
-use crate::wire::bytes::SharedBytes;
-
 use super::ends::Ends;
 use super::{Answers, Sink};
 use crate::error::Result;
 use crate::pool::ChunkSize;
+use crate::sys::plain::PlainBytes;
+use crate::wire::bytes::SharedBytes;
 use crate::wire::message::TaskRef;
 use crate::wire::values::ValueBuf;
 
