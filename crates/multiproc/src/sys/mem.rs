@@ -13,51 +13,52 @@ const WORTH: usize = 64 << 10;
 /// memory at once.
 const MOST: usize = 1 << 30;
 
-/// Maps the pages of `s` (inward from its ends, to whole pages), if there are enough
-/// to be worth a system call. Contents are untouched: only page tables change (a page
-/// never written reads as zeros either way).
-pub(crate) fn prefault_slice<T>(s: &mut [T]) {
-    let len = std::mem::size_of_val(s);
+/// Maps the whole pages inside `start .. start + len` as a write would, without
+/// writing, if there are enough to be worth a system call. Contents are untouched: only
+/// page tables change (a page never written reads as zeros either way).
+///
+/// # Safety
+///
+/// `start .. start + len` must lie inside one allocation that stays allocated during
+/// the call.
+unsafe fn populate_inward(start: usize, len: usize) {
     if !(WORTH..=MOST).contains(&len) {
         return;
     }
     let page = 4096usize;
-    let start = s.as_mut_ptr() as usize;
     let first = start.next_multiple_of(page);
     let end = (start + len) & !(page - 1);
     if end <= first {
         return;
     }
-    // SAFETY: `first .. end` lies inside `s`, which is borrowed exclusively during the
-    // call. The advice maps pages as a write would, without writing: no byte changes,
-    // so no Rust value is affected. An error (an old kernel without the advice) leaves
-    // everything as it was.
+    // SAFETY: `first .. end` lies inside `start .. start + len`, inside a live
+    // allocation (the caller's promise). The advice maps pages as a write would,
+    // without writing: no byte of the allocation (or outside it) changes, so no Rust
+    // value is affected. An error (an old kernel without the advice) leaves everything
+    // as it was.
     unsafe {
         libc::madvise(first as *mut libc::c_void, end - first, libc::MADV_POPULATE_WRITE);
     }
 }
 
+/// Maps the pages of `s` (inward from its ends, to whole pages), if there are enough
+/// to be worth a system call.
+pub(crate) fn prefault_slice<T>(s: &mut [T]) {
+    let len = std::mem::size_of_val(s);
+    // SAFETY: the range is `s`, borrowed exclusively during the call.
+    unsafe { populate_inward(s.as_mut_ptr() as usize, len) }
+}
+
 /// Maps the pages of `v`'s spare capacity (room past its length), if there is enough of
-/// it to be worth a system call. Contents are untouched: only page tables change.
+/// it to be worth a system call.
 pub(crate) fn prefault_spare<T>(v: &mut Vec<T>) {
     let size = std::mem::size_of::<T>();
+    if size == 0 {
+        return;
+    }
     let spare = (v.capacity() - v.len()).saturating_mul(size);
-    if size == 0 || !(WORTH..=MOST).contains(&spare) {
-        return;
-    }
-    let page = 4096usize;
     let start = v.as_mut_ptr().wrapping_add(v.len()) as usize;
-    let first = start.next_multiple_of(page);
-    let end = (start + spare) & !(page - 1);
-    if end <= first {
-        return;
-    }
-    // SAFETY: `first .. end` lies inside `v`'s allocation (page-aligned inward from its
-    // spare capacity), which `v` owns and which stays allocated during the call. The
-    // advice maps pages as a write would, without writing: no byte of the allocation
-    // (or outside it) changes, so no Rust value is affected. An error (an old kernel
-    // without the advice) leaves everything as it was.
-    unsafe {
-        libc::madvise(first as *mut libc::c_void, end - first, libc::MADV_POPULATE_WRITE);
-    }
+    // SAFETY: the range is `v`'s spare capacity, inside the allocation `v` owns, which
+    // stays allocated (`v` is borrowed) during the call.
+    unsafe { populate_inward(start, spare) }
 }
