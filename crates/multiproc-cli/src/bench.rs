@@ -419,13 +419,12 @@ fn measure(w: &dyn Workload, iters: u64, warmup: u64) -> Result<WorkloadReport, 
     // CPU per repetition, over this program's whole process tree; `None` once procfs
     // fails to tell for a case.
     let mut cpu: Vec<Option<Vec<Duration>>> = vec![Some(Vec::new()); cases.len()];
-    let me = std::process::id();
     for i in 0..iters {
         for ((c, s), cpu) in cases.iter_mut().zip(&mut samples).zip(&mut cpu) {
-            let cpu0 = crate::load::tree_cpu_ns(me);
+            let cpu0 = crate::load::own_tree_cpu_ns();
             s.push((c.run)(i).map_err(|e| fail(c, e))?);
             let used = cpu0
-                .zip(crate::load::tree_cpu_ns(me))
+                .zip(crate::load::own_tree_cpu_ns())
                 .map(|(a, b)| Duration::from_nanos(b.saturating_sub(a)));
             match (cpu.as_mut(), used) {
                 (Some(list), Some(d)) => list.push(d),

@@ -1,6 +1,7 @@
 //! Noticing other load on a shared machine: CPU time spent by everyone else while we
-//! measured, from `/proc/stat` (the whole machine) minus `/proc/self/stat` (this
-//! process, its threads, and the children it reaped).
+//! measured, from `/proc/stat` (the whole machine) minus this program's own process
+//! tree: its threads and the processes below it that still run (pool workers, Python
+//! drivers: [`tree_cpu_ns`]), and the children it reaped (`/proc/self/stat`).
 
 use std::time::Instant;
 
@@ -50,7 +51,7 @@ impl LoadMeter {
         LoadMeter {
             at: Instant::now(),
             machine: machine_ticks(),
-            own: own_ticks(),
+            own: own_ns(),
         }
     }
 
@@ -58,13 +59,13 @@ impl LoadMeter {
     pub fn finish(&self) -> Option<OtherLoad> {
         let seconds = self.at.elapsed().as_secs_f64();
         let (m0, m1) = (self.machine?, machine_ticks()?);
-        let own = own_ticks()?.saturating_sub(self.own?);
+        let own = own_ns()?.saturating_sub(self.own?);
         let total = m1.total.saturating_sub(m0.total);
         if total == 0 {
             return None;
         }
         let busy = m1.busy.saturating_sub(m0.busy);
-        let other = busy.saturating_sub(own);
+        let other = busy.saturating_sub(own / TICK_NS);
         let cpus = multiproc::cpu_count() as f64;
         // Ticks across all CPUs; total/cpus is the wall time in ticks.
         let other_cpus = other as f64 / (total as f64 / cpus);
@@ -104,17 +105,24 @@ fn parse_machine(line: &str) -> Option<MachineTicks> {
     })
 }
 
-/// This process's CPU ticks: utime + stime + cutime + cstime of `/proc/self/stat`.
-fn own_ticks() -> Option<u64> {
-    parse_own(&std::fs::read_to_string("/proc/self/stat").ok()?)
+/// The length of one clock tick of `/proc/stat` and `/proc/PID/stat` (`USER_HZ`, 100 on
+/// Linux whatever the kernel's own tick rate), in ns.
+const TICK_NS: u64 = 10_000_000;
+
+/// CPU time used so far by this program's whole process tree, in ns: the running part
+/// from [`tree_cpu_ns`], the reaped children from `/proc/self/stat` (whole ticks).
+fn own_ns() -> Option<u64> {
+    let reaped = parse_reaped(&std::fs::read_to_string("/proc/self/stat").ok()?)?;
+    Some(tree_cpu_ns(std::process::id())? + reaped * TICK_NS)
 }
 
-fn parse_own(stat: &str) -> Option<u64> {
+/// cutime + cstime of a `/proc/PID/stat` line: the CPU ticks of the children it reaped.
+fn parse_reaped(stat: &str) -> Option<u64> {
     // The command name (field 2) may contain spaces and parentheses: skip past its end.
     let rest = &stat[stat.rfind(')')? + 1..];
-    // rest starts at field 3 (state); utime..cstime are fields 14..=17.
+    // rest starts at field 3 (state); cutime and cstime are fields 16 and 17.
     let f: Vec<&str> = rest.split_whitespace().collect();
-    (11..15).map(|i| f.get(i)?.parse::<u64>().ok()).sum()
+    (13..15).map(|i| f.get(i)?.parse::<u64>().ok()).sum()
 }
 
 /// CPU time, in nanoseconds, used so far by process `pid` and every process below it
@@ -157,6 +165,12 @@ pub fn tree_cpu_ns(pid: u32) -> Option<u64> {
     (total > 0).then_some(total)
 }
 
+/// The CPU time of this program's whole process tree, in ns: [`tree_cpu_ns`] of this
+/// process, plus the raw floors' children already reaped (which procfs no longer shows).
+pub fn own_tree_cpu_ns() -> Option<u64> {
+    tree_cpu_ns(std::process::id()).map(|t| t + crate::sys::reaped_cpu_ns())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,9 +181,10 @@ mod tests {
         assert_eq!(m.busy, 100 + 5 + 50 + 3 + 2 + 7);
         assert_eq!(m.total, m.busy + 1020);
         assert!(parse_machine("cpu0 1 2 3 4 5 6 7 8").is_none());
-        let own = parse_own("42 (a (weird) name) S 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17");
+        let reaped =
+            parse_reaped("42 (a (weird) name) S 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17");
         // utime=11 stime=12 cutime=13 cstime=14
-        assert_eq!(own, Some(11 + 12 + 13 + 14));
+        assert_eq!(reaped, Some(13 + 14));
     }
 
     #[test]

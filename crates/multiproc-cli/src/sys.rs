@@ -6,11 +6,14 @@
 //! `fork()` + `waitpid()`, bytes through pipes between two processes, a child building
 //! a large buffer and piping it back. The children call only async-signal-safe
 //! functions (`read`, `write`, `memset`, `_exit`), as a child of a multithreaded parent
-//! must (this process has multiproc's launcher thread).
+//! must (this process has multiproc's launcher thread); except [`RawChildren`]'s, which
+//! run Rust code under the rule its documentation states.
 // The only module of this crate that calls libc directly (see above).
 #![allow(unsafe_code)]
 
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Forks a child that exits at once with `_exit(0)`, and reaps it.
 pub fn fork_and_wait() -> io::Result<()> {
@@ -301,12 +304,24 @@ pub fn raw_child_builds_and_sends(len: usize) -> io::Result<(std::time::Duration
     Ok((elapsed, got))
 }
 
-/// Waits for child `pid`; an error unless it exited with code 0.
+/// CPU time (user + system) of the raw children reaped so far, in ns: procfs forgets a
+/// process once it is reaped, so the benchmark's CPU figures add this.
+static REAPED_CPU_NS: AtomicU64 = AtomicU64::new(0);
+
+/// The CPU time of every raw child this process has reaped, in ns.
+pub fn reaped_cpu_ns() -> u64 {
+    REAPED_CPU_NS.load(Ordering::Relaxed)
+}
+
+/// Waits for child `pid` and counts its CPU time; an error unless it exited with code 0.
 fn reap(pid: libc::pid_t) -> io::Result<()> {
     let mut status = 0;
+    // SAFETY: an all-zero `rusage` is a valid value of this plain C struct.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     loop {
-        // SAFETY: waitpid writes the status of our own child into `status`.
-        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+        // SAFETY: wait4 writes the status and resource usage of our own child into
+        // `status` and `usage`, both alive for the call.
+        let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
         if r == pid {
             break;
         }
@@ -315,6 +330,8 @@ fn reap(pid: libc::pid_t) -> io::Result<()> {
             return Err(e);
         }
     }
+    let ns = |t: libc::timeval| t.tv_sec as u64 * 1_000_000_000 + t.tv_usec as u64 * 1_000;
+    REAPED_CPU_NS.fetch_add(ns(usage.ru_utime) + ns(usage.ru_stime), Ordering::Relaxed);
     if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
         Ok(())
     } else {
@@ -322,6 +339,124 @@ fn reap(pid: libc::pid_t) -> io::Result<()> {
             "raw child {pid} ended with wait status {status:#x}"
         )))
     }
+}
+
+/// Raw children that run Rust code (the word count's floors) and write to this process
+/// through a pipe each; reaped by [`RawChildren::wait`], or killed and reaped when
+/// dropped.
+///
+/// Unlike the other floors here, these children allocate and read files after `fork`
+/// in a process that has other threads. That is sound with glibc, whose `fork` takes
+/// its allocator's locks around the fork and resets them in the child; the work must
+/// take no other lock (no printing, no logging), and a panic in it ends the child with
+/// code 101 without unwinding into the parent's state. multiproc's own fork start method
+/// runs tasks under the same rule.
+pub struct RawChildren {
+    pids: Vec<libc::pid_t>,
+    readers: Vec<std::fs::File>,
+}
+
+impl RawChildren {
+    /// Forks `n` children; child `i` runs `work(i, its pipe's write end)` and exits
+    /// (code 0 if it returned `Ok`). This process reads child `i` from `readers()[i]`.
+    pub fn fork(
+        n: usize,
+        work: impl Fn(usize, &mut std::fs::File) -> io::Result<()>,
+    ) -> io::Result<RawChildren> {
+        let mut children = RawChildren {
+            pids: Vec::with_capacity(n),
+            readers: Vec::with_capacity(n),
+        };
+        for i in 0..n {
+            let (rd, wr) = pipe()?;
+            // SAFETY: as the type's documentation says, the child runs only code that
+            // takes no lock but the allocator's, which glibc resets after fork.
+            let pid = unsafe { libc::fork() };
+            if pid == 0 {
+                close(rd);
+                // SAFETY: `wr` is this child's open write end, owned by this File alone.
+                let mut out = unsafe { std::fs::File::from_raw_fd(wr) };
+                let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    work(i, &mut out).is_ok()
+                }));
+                let code = match ok {
+                    Ok(true) => 0,
+                    Ok(false) => 1,
+                    Err(_) => 101,
+                };
+                // SAFETY: `_exit` skips the atexit handlers and destructors, which
+                // belong to the parent's state.
+                unsafe { libc::_exit(code) }
+            }
+            close(wr);
+            if pid == -1 {
+                let e = io::Error::last_os_error();
+                close(rd);
+                return Err(e);
+            }
+            children.pids.push(pid);
+            // SAFETY: `rd` is our open read end, owned from here by this File alone.
+            children
+                .readers
+                .push(unsafe { std::fs::File::from_raw_fd(rd) });
+        }
+        Ok(children)
+    }
+
+    /// The read ends, in child order.
+    pub fn readers(&mut self) -> &mut [std::fs::File] {
+        &mut self.readers
+    }
+
+    /// Closes the read ends and reaps every child; an error if one did not exit with 0.
+    pub fn wait(mut self) -> io::Result<()> {
+        self.readers.clear();
+        let pids = std::mem::take(&mut self.pids);
+        let mut first = Ok(());
+        for pid in pids {
+            let r = reap(pid);
+            if first.is_ok() {
+                first = r;
+            }
+        }
+        first
+    }
+}
+
+impl Drop for RawChildren {
+    fn drop(&mut self) {
+        self.readers.clear();
+        for &pid in &self.pids {
+            // SAFETY: `pid` is our own child, not yet reaped (so not reused).
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            let _ = reap(pid);
+        }
+    }
+}
+
+/// Which of `files` have data to read (or reached end of stream), waiting up to
+/// `timeout_ms` (-1: as long as it takes).
+pub fn poll_readable(files: &[&std::fs::File], timeout_ms: i32) -> io::Result<Vec<bool>> {
+    let mut fds: Vec<libc::pollfd> = files
+        .iter()
+        .map(|f| libc::pollfd {
+            fd: f.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    loop {
+        // SAFETY: `fds` is a live array of `fds.len()` pollfd entries.
+        let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+        if r >= 0 {
+            break;
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+    Ok(fds.iter().map(|p| p.revents != 0).collect())
 }
 
 #[cfg(test)]
@@ -339,5 +474,37 @@ mod tests {
         raw_pipe_round_trips(10).unwrap();
         let (_, built) = raw_child_builds_and_sends(300_000).unwrap();
         assert!(built.len() == 300_000 && built.iter().all(|&b| b == 1));
+    }
+
+    #[test]
+    fn raw_children_write_back_and_are_reaped_with_their_cpu() {
+        use std::io::{Read, Write};
+        let before = reaped_cpu_ns();
+        let mut kids = RawChildren::fork(2, |i, out| {
+            // Some CPU, so that the reaped total grows.
+            let mut x = 1u64;
+            for k in 0..20_000_000u64 {
+                x = std::hint::black_box(x.wrapping_mul(k | 1));
+            }
+            out.write_all(&[i as u8 + 1; 3])?;
+            std::hint::black_box(x);
+            Ok(())
+        })
+        .unwrap();
+        let mut got = Vec::new();
+        for r in kids.readers() {
+            let mut b = Vec::new();
+            r.read_to_end(&mut b).unwrap();
+            got.push(b);
+        }
+        assert_eq!(got, vec![vec![1u8; 3], vec![2u8; 3]]);
+        kids.wait().unwrap();
+        assert!(reaped_cpu_ns() > before, "the children's CPU was counted");
+        let failing = RawChildren::fork(1, |_, _| Err(io::Error::other("no"))).unwrap();
+        assert!(failing.wait().is_err(), "a child's failure is reported");
+        let mut ready = RawChildren::fork(1, |_, out| out.write_all(b"x")).unwrap();
+        let r = &ready.readers()[0];
+        assert_eq!(poll_readable(&[r], 5_000).unwrap(), vec![true]);
+        drop(ready); // reaped by Drop
     }
 }

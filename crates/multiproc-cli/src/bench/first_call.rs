@@ -17,7 +17,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use super::{Workload, workloads};
-use crate::load::tree_cpu_ns;
+use crate::load::own_tree_cpu_ns;
 use crate::stats::Summary;
 
 /// The hidden subcommand that times one case once in a fresh process.
@@ -136,10 +136,11 @@ pub fn run_child_side(workload: &str, case: &str) -> Result<ExitCode, Box<dyn Er
     // Let the warm-up's wake-ups settle: the call is to meet CPUs that nothing keeps
     // awake, as a program's one call does.
     std::thread::sleep(Duration::from_millis(50));
-    let me = std::process::id();
-    let cpu0 = tree_cpu_ns(me);
+    let cpu0 = own_tree_cpu_ns();
     let d = (c.run)(0)?;
-    let cpu_ns = cpu0.zip(tree_cpu_ns(me)).map(|(a, b)| b.saturating_sub(a));
+    let cpu_ns = cpu0
+        .zip(own_tree_cpu_ns())
+        .map(|(a, b)| b.saturating_sub(a));
     println!(
         "{}",
         serde_json::to_string(&Sample {

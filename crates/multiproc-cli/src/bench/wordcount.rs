@@ -2,11 +2,14 @@
 //! 5,000 words); each task reads its file and returns a `HashMap<String, u64>`, and the
 //! caller merges them. Strings and maps, not integers: what the general (serde) path
 //! costs, and how much of the job is the caller's serial merge. Held against the
-//! sequential loop, beside rayon (merging in the caller, and reducing in its threads)
-//! and CPython's `Pool.map` doing the same with `collections.Counter`.
+//! sequential loop, beside rayon (merging in the caller, and reducing in its threads),
+//! CPython's `Pool.map` doing the same with `collections.Counter`, and the floor of any
+//! process pool: children forked by hand, each counting half the files and piping its
+//! maps back as postcard, with nothing of multiproc in the way.
 
 use std::collections::HashMap;
 use std::error::Error;
+use std::io::{self, Read, Write};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -14,6 +17,7 @@ use rayon::prelude::*;
 
 use super::pool::{started_pool, started_thread_pool};
 use super::{Case, CaseResult, Kind, Row, Workload, at_least, find, python};
+use crate::sys::{RawChildren, poll_readable};
 
 const FILES: usize = 200;
 const VOCABULARY: usize = 5_000;
@@ -26,6 +30,8 @@ const POOL: &str = "Pool::map, merge in the caller";
 const POOL_REDUCE: &str = "Pool::map_reduce, merge in the workers";
 const PY_POOL: &str = "Python Pool.map, merge in the caller";
 const PY_SEQ: &str = "Python sequential";
+const RAW_MERGE: &str = "raw fork + pipe, merge in the caller";
+const RAW_REDUCE: &str = "raw fork + pipe, reduce in the children";
 
 type Counts = HashMap<String, u64>;
 
@@ -124,6 +130,73 @@ fn merge(mut into: Counts, part: Counts) -> Counts {
         *into.entry(w).or_default() += n;
     }
     into
+}
+
+/// The floor under every process pool: `workers` children forked for the call (a pool's
+/// are started before it, so this floor even pays its forks), each counting a contiguous
+/// share of the files and writing frames into its pipe (a `u32` length, then the map as
+/// postcard): a map per file, or with `reduce` its share folded into one map. This
+/// process decodes each frame as it arrives and merges as the pool cases do.
+fn raw_fork_count(
+    paths: &[String],
+    workers: usize,
+    reduce: bool,
+) -> Result<Counts, Box<dyn Error>> {
+    let per = paths.len().div_ceil(workers.max(1)).max(1);
+    let mut kids = RawChildren::fork(workers, |i, out| {
+        let share = paths.chunks(per).nth(i).unwrap_or(&[]);
+        let mut send = |c: &Counts| -> io::Result<()> {
+            let bytes = postcard::to_stdvec(c).map_err(io::Error::other)?;
+            out.write_all(&(bytes.len() as u32).to_le_bytes())?;
+            out.write_all(&bytes)
+        };
+        if reduce {
+            send(
+                &share
+                    .iter()
+                    .map(|p| count_file(p.clone()))
+                    .fold(Counts::new(), merge),
+            )
+        } else {
+            share.iter().try_for_each(|p| send(&count_file(p.clone())))
+        }
+    })?;
+    let mut maps = Vec::with_capacity(if reduce { workers } else { paths.len() });
+    let mut pending: Vec<Vec<u8>> = vec![Vec::new(); workers];
+    let mut open = vec![true; workers];
+    let mut scratch = vec![0u8; 1 << 16];
+    while open.contains(&true) {
+        let readers = kids.readers();
+        let live: Vec<usize> = (0..workers).filter(|&i| open[i]).collect();
+        let ready = poll_readable(&live.iter().map(|&i| &readers[i]).collect::<Vec<_>>(), -1)?;
+        for (&i, ready) in live.iter().zip(ready) {
+            if !ready {
+                continue;
+            }
+            let n = (&readers[i]).read(&mut scratch)?;
+            if n == 0 {
+                open[i] = false;
+                continue;
+            }
+            let buf = &mut pending[i];
+            buf.extend_from_slice(&scratch[..n]);
+            let mut at = 0;
+            while let Some(head) = buf.get(at..at + 4) {
+                let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+                let Some(frame) = buf.get(at + 4..at + 4 + len) else {
+                    break;
+                };
+                maps.push(postcard::from_bytes::<Counts>(frame)?);
+                at += 4 + len;
+            }
+            buf.drain(..at);
+        }
+    }
+    if pending.iter().any(|b| !b.is_empty()) {
+        return Err("a raw child's pipe ended inside a frame".into());
+    }
+    kids.wait()?;
+    Ok(maps.into_iter().fold(Counts::new(), merge))
 }
 
 fn timed_count(want: &Counts, f: impl FnOnce() -> Result<Counts, Box<dyn Error>>) -> CaseResult {
@@ -228,6 +301,12 @@ impl Workload for WordCount {
                     .reduce(Counts::new, merge))
             })
         }));
+        for (name, reduce) in [(RAW_MERGE, false), (RAW_REDUCE, true)] {
+            let c = corpus.clone();
+            cases.push(Case::new(name, Kind::Floor, move |_| {
+                timed_count(&c.want, || raw_fork_count(&c.paths, workers, reduce))
+            }));
+        }
         match started_pool(workers) {
             Ok(p) => {
                 let c = corpus.clone();
@@ -324,6 +403,10 @@ impl Workload for WordCount {
                 1.0 / pool.ratio
             ));
         }
+        out.extend(floor_findings(
+            |name| find(rows, name).map(|r| r.median_us),
+            "",
+        ));
         out
     }
 
@@ -351,8 +434,43 @@ impl Workload for WordCount {
                 1.7,
             ));
         }
+        out.extend(floor_findings(
+            |name| first(name).map(|r| r.median_us),
+            "first call, ",
+        ));
         out
     }
+}
+
+/// What the raw-fork floors say of the targets: how far processes get on this machine
+/// with nothing of multiproc in the way, and where the pool stands against that.
+fn floor_findings(median_us: impl Fn(&str) -> Option<f64>, when: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    if let (Some(raw), Some(rayon), Some(pool)) = (
+        median_us(RAW_MERGE),
+        median_us(RAYON_MERGE),
+        median_us(POOL),
+    ) {
+        out.push(format!(
+            "{when}the floor for processes, {RAW_MERGE}: {:.2}x rayon's speed; the pool: \
+             {:.2}x that floor's speed",
+            rayon / raw,
+            raw / pool
+        ));
+    }
+    if let (Some(raw), Some(seq), Some(pool)) = (
+        median_us(RAW_REDUCE),
+        median_us(SEQUENTIAL),
+        median_us(POOL_REDUCE),
+    ) {
+        out.push(format!(
+            "{when}the floor for processes, {RAW_REDUCE}: {:.2}x the sequential loop's \
+             speed; the pool's map_reduce: {:.2}x that floor's speed",
+            seq / raw,
+            raw / pool
+        ));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -377,6 +495,9 @@ mod tests {
             .map(|p| count_file(p.clone()))
             .fold(Counts::new(), merge);
         assert_eq!(merged, c.want);
+        for reduce in [false, true] {
+            assert_eq!(raw_fork_count(&c.paths, 2, reduce).unwrap(), c.want);
+        }
         let dir = c.dir.clone();
         drop(c);
         assert!(!std::path::Path::new(&dir).exists());
