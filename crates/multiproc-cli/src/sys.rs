@@ -354,35 +354,47 @@ fn reap(pid: libc::pid_t) -> io::Result<()> {
 pub struct RawChildren {
     pids: Vec<libc::pid_t>,
     readers: Vec<std::fs::File>,
+    /// The write end the children wait on before they start (see [`RawChildren::go`]);
+    /// `-1` once used. Closing it unused ends them with code 1.
+    go: i32,
 }
 
 impl RawChildren {
-    /// Forks `n` children; child `i` runs `work(i, its pipe's write end)` and exits
-    /// (code 0 if it returned `Ok`). This process reads child `i` from `readers()[i]`.
+    /// Forks `n` children; child `i` waits for [`go`](RawChildren::go), runs `work(i,
+    /// its pipe's write end)` and exits (code 0 if it returned `Ok`). This process reads
+    /// child `i` from `readers()[i]`.
     pub fn fork(
         n: usize,
         work: impl Fn(usize, &mut std::fs::File) -> io::Result<()>,
     ) -> io::Result<RawChildren> {
+        let (go_rd, go_wr) = pipe()?;
         let mut children = RawChildren {
             pids: Vec::with_capacity(n),
             readers: Vec::with_capacity(n),
+            go: go_wr,
         };
-        for i in 0..n {
+        let forked = (0..n).try_for_each(|i| {
             let (rd, wr) = pipe()?;
             // SAFETY: as the type's documentation says, the child runs only code that
             // takes no lock but the allocator's, which glibc resets after fork.
             let pid = unsafe { libc::fork() };
             if pid == 0 {
                 close(rd);
-                // SAFETY: `wr` is this child's open write end, owned by this File alone.
-                let mut out = unsafe { std::fs::File::from_raw_fd(wr) };
-                let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    work(i, &mut out).is_ok()
-                }));
-                let code = match ok {
-                    Ok(true) => 0,
-                    Ok(false) => 1,
-                    Err(_) => 101,
+                close(go_wr);
+                let mut byte = [0u8; 1];
+                let code = if child_drain(go_rd, &mut byte, 1) {
+                    // SAFETY: `wr` is this child's open write end, owned by this File
+                    // alone.
+                    let mut out = unsafe { std::fs::File::from_raw_fd(wr) };
+                    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        work(i, &mut out).is_ok()
+                    })) {
+                        Ok(true) => 0,
+                        Ok(false) => 1,
+                        Err(_) => 101,
+                    }
+                } else {
+                    1 // the parent gave up before `go`
                 };
                 // SAFETY: `_exit` skips the atexit handlers and destructors, which
                 // belong to the parent's state.
@@ -399,8 +411,19 @@ impl RawChildren {
             children
                 .readers
                 .push(unsafe { std::fs::File::from_raw_fd(rd) });
-        }
-        Ok(children)
+            Ok(())
+        });
+        close(go_rd);
+        forked.map(|()| children)
+    }
+
+    /// Lets every child start its work (a byte each through the pipe they wait on).
+    pub fn go(&mut self) -> io::Result<()> {
+        let bytes = vec![1u8; self.pids.len()];
+        let r = write_all(self.go, &bytes);
+        close(self.go);
+        self.go = -1;
+        r
     }
 
     /// The read ends, in child order.
@@ -425,6 +448,9 @@ impl RawChildren {
 
 impl Drop for RawChildren {
     fn drop(&mut self) {
+        if self.go != -1 {
+            close(self.go);
+        }
         self.readers.clear();
         for &pid in &self.pids {
             // SAFETY: `pid` is our own child, not yet reaped (so not reused).
@@ -491,6 +517,7 @@ mod tests {
             Ok(())
         })
         .unwrap();
+        kids.go().unwrap();
         let mut got = Vec::new();
         for r in kids.readers() {
             let mut b = Vec::new();
@@ -500,11 +527,15 @@ mod tests {
         assert_eq!(got, vec![vec![1u8; 3], vec![2u8; 3]]);
         kids.wait().unwrap();
         assert!(reaped_cpu_ns() > before, "the children's CPU was counted");
-        let failing = RawChildren::fork(1, |_, _| Err(io::Error::other("no"))).unwrap();
+        let mut failing = RawChildren::fork(1, |_, _| Err(io::Error::other("no"))).unwrap();
+        failing.go().unwrap();
         assert!(failing.wait().is_err(), "a child's failure is reported");
         let mut ready = RawChildren::fork(1, |_, out| out.write_all(b"x")).unwrap();
+        ready.go().unwrap();
         let r = &ready.readers()[0];
         assert_eq!(poll_readable(&[r], 5_000).unwrap(), vec![true]);
         drop(ready); // reaped by Drop
+        // Dropped before `go`: the children end without working, and are reaped.
+        drop(RawChildren::fork(2, |_, _| panic!("never started")).unwrap());
     }
 }
