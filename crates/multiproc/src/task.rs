@@ -119,13 +119,17 @@ pub(crate) struct Bulk<'o> {
     pub(crate) first: u32,
     /// Told before each call after the first (the worker's caller did the first's).
     pub(crate) mark: &'o Mark<'o>,
-    /// Stop the run (to send the answers so far) once this moment has passed, checked
-    /// every few hundred calls.
+    /// Stop the run (to send the answers so far) once this moment has passed.
     pub(crate) until: std::time::Instant,
 }
 
-/// Calls between two looks at the clock in a bulk run.
+/// Calls between two looks at the clock in a bulk run, at most. A look costs about as
+/// much as a tiny call, so tiny calls look every few hundred; slow ones look after
+/// every call, or the answers of a chunk of 1 ms calls would wait 256 ms, and a death
+/// would run again that many calls that had run.
 const BULK_CLOCK_EVERY: u32 = 256;
+/// The calls between two looks double while they take less than this.
+const BULK_CLOCK_STRIDE: std::time::Duration = std::time::Duration::from_micros(500);
 
 impl Invoke for Invocation<'_, '_> {
     fn invoke<A: DeserializeOwned, R: Serialize>(&mut self, f: fn(A) -> R) {
@@ -166,10 +170,20 @@ impl Invocation<'_, '_> {
             self.out
                 .reserve((bulk.calls as usize).saturating_mul(std::mem::size_of::<R>()));
         }
+        let mut looked = std::time::Instant::now();
+        let (mut every, mut next_look) = (1, 1);
         for k in 0..bulk.calls {
             if k > 0 {
-                if k % BULK_CLOCK_EVERY == 0 && std::time::Instant::now() >= bulk.until {
-                    return;
+                if k == next_look {
+                    let now = std::time::Instant::now();
+                    if now >= bulk.until {
+                        return;
+                    }
+                    if now.duration_since(looked) < BULK_CLOCK_STRIDE {
+                        every = (every * 2).min(BULK_CLOCK_EVERY);
+                    }
+                    looked = now;
+                    next_look = k + every;
                 }
                 bulk.mark.starting(bulk.first + k);
             }

@@ -107,3 +107,72 @@ fn a_long_map_of_plain_values_keeps_its_order() {
             .all(|(i, r)| *r.as_ref().unwrap() == i as u32)
     );
 }
+
+fn bits(x: f64) -> u64 {
+    x.to_bits()
+}
+
+fn to_u64(x: u32) -> u64 {
+    u64::from(x) << 1
+}
+
+#[test]
+fn a_map_between_plain_types_of_one_size_returns_its_arguments_vector() {
+    let pool = Pool::new(2).unwrap();
+    let n = 100_000;
+    let floats: Vec<f64> = (0..n).map(|i| i as f64 * 0.5).collect();
+    let want: Vec<u64> = floats.iter().map(|x| x.to_bits()).collect();
+    let at = floats.as_ptr() as usize;
+    let out = pool.map(bits, floats).unwrap();
+    assert_eq!(out, want);
+    // The results were written over the arguments: no second vector.
+    assert_eq!(out.as_ptr() as usize, at);
+    // Another size: a result vector of its own, the same values.
+    let out = pool.map(to_u64, 0..1000u32).unwrap();
+    assert_eq!(out, (0..1000u64).map(|x| x << 1).collect::<Vec<_>>());
+    // From an iterator: collected once, and that vector is the result.
+    let out = pool.map(echo::<u64>, 0..50_000u64).unwrap();
+    assert!(out.iter().enumerate().all(|(i, &v)| v == i as u64));
+}
+
+static MARKER: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
+/// About 1 ms a call; call 120 ends its worker the first time it runs (the marker
+/// directory says it ran).
+fn slow_double_dying_once(x: u64) -> u64 {
+    if x == 120
+        && let Some(m) = MARKER.get()
+        && std::fs::create_dir(m).is_ok()
+    {
+        std::process::exit(3);
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1));
+    x * 2
+}
+
+#[test]
+fn results_take_their_arguments_place_even_when_a_worker_dies() {
+    let dir = std::env::temp_dir().join(format!("multiproc-in-place-{}", std::process::id()));
+    let _ = std::fs::remove_dir(&dir);
+    MARKER.set(dir.clone()).unwrap();
+    // Chunks of 50 calls of 1 ms are answered in pieces (every 10 ms), each kept whole
+    // until its last piece: the first pieces' results wait for their arguments to be
+    // free. The worker that dies in chunk 100..150 leaves its answered pieces in, and
+    // its other calls run again elsewhere.
+    let pool = Pool::builder()
+        .processes(2)
+        .start_method(StartMethod::Fork)
+        .retries(1)
+        .chunk_size(ChunkSize::Fixed(50))
+        .build()
+        .unwrap();
+    let args: Vec<u64> = (0..200).collect();
+    let at = args.as_ptr() as usize;
+    let out = pool.map(slow_double_dying_once, args);
+    let died = dir.exists();
+    let _ = std::fs::remove_dir(&dir);
+    let out = out.unwrap();
+    assert!(died, "call 120 ended its first worker");
+    assert_eq!(out, (0..200).map(|x| x * 2).collect::<Vec<u64>>());
+    assert_eq!(out.as_ptr() as usize, at);
+}

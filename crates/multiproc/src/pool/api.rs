@@ -283,13 +283,34 @@ fn map_until<P: Backend + ?Sized, A: Arg, R: Ret>(
     let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
     let items = collect_items(items);
     let n = items.len();
-    let (job, mut rx) = run_all(pool, f, items, pool.chunk_size(), true)?;
+    // Plain arguments and results of one size: the results go over the arguments, in
+    // the vector they are already in (see `sys::lend`), where the pool lends them.
+    let in_place = if pool.lends_plain() {
+        crate::sys::lend::PlainBytes::in_place::<A, R>(items).map(Arc::new)
+    } else {
+        Err(items)
+    };
+    let (job, mut rx, mut out) = match in_place {
+        Ok(bytes) => {
+            let (job, rx) = pool.open(f, pool.chunk_size(), true)?;
+            if let Err(e) = pool.submit_lent(&job, f, 0, bytes.clone()) {
+                pool.cancel(job.id(), false);
+                return Err(e);
+            }
+            pool.seal(job.id());
+            let out = super::ordered::Ordered::in_place(n, bytes);
+            (job.id(), rx, out)
+        }
+        Err(items) => {
+            let (job, rx) = run_all(pool, f, items, pool.chunk_size(), true)?;
+            (job, rx, super::ordered::Ordered::new(n))
+        }
+    };
     let mut cancel = CancelOnDrop {
         pool,
         job,
         armed: true,
     };
-    let mut out = super::ordered::Ordered::new(n);
     let mut bar = pool.progress().start(Some(n as u64));
     let mut received = 0;
     while received < n {

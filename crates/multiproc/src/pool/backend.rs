@@ -19,7 +19,7 @@ use serde::de::DeserializeOwned;
 use super::ChunkSize;
 use super::batch::{Batch, BatchSink};
 use super::progress::Progress;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// Bounds a task's argument must meet to run on every kind of pool: serde's
 /// `Serialize` and `DeserializeOwned` (the value is copied into the worker, so it owns
@@ -163,6 +163,34 @@ pub trait Backend {
         first: usize,
         items: Vec<A>,
     ) -> Result<()>;
+    /// Whether [`submit_lent`](Backend::submit_lent) sends plain arguments from where
+    /// they lie (a pool whose workers get them as bytes); if not, `map` keeps its own
+    /// vector of arguments and of results.
+    fn lends_plain(&self) -> bool {
+        false
+    }
+    /// Adds calls `first, first+1, ...` to a job, their plain arguments held in `items`
+    /// (which may take the results in place, see `sys::lend`): lent to the workers
+    /// chunk by chunk. A pool that does not lend gets the values, copied.
+    fn submit_lent<A: Arg, R: Ret>(
+        &self,
+        job: &Self::Job<A, R>,
+        f: fn(A) -> R,
+        first: usize,
+        items: Arc<crate::sys::lend::PlainBytes>,
+    ) -> Result<()> {
+        let values = items
+            .with_range(0..items.len(), |mut bytes| {
+                let n = bytes.len() / std::mem::size_of::<A>().max(1);
+                let mut out = Vec::with_capacity(n);
+                crate::sys::plain::read_run::<A>(&mut bytes, n, &mut out)
+                    .and_then(|r| r.ok())
+                    .map(|()| out)
+            })
+            .flatten()
+            .ok_or(Error::PoolTerminated)?;
+        self.submit(job, f, first, values)
+    }
     /// No more calls for `job`.
     fn seal(&self, job: u64);
     /// Nobody wants `job`'s results any more (see [`Control::cancel`]).

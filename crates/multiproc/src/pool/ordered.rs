@@ -2,16 +2,20 @@
 //!
 //! Chunks answer runs of consecutive calls, mostly in the order they were handed out.
 //! Plain values (`sys::plain`) are written once, straight from the bytes that came, at
-//! their place in the result, whatever order their runs arrive in (`sys::scatter`).
+//! their place in the result, whatever order their runs arrive in (`sys::scatter`), or
+//! over their own calls' arguments when those are plain values of the same size
+//! (`sys::lend`: no result vector of its own).
 //! Other values: a run that continues what is in order is moved onto the end of the
 //! result; a run that arrives early waits, merged with its neighbours, until the gap
 //! before it fills. Nothing is kept per call: a `map` of 200,000 calls touches the
 //! memory of its result once, not a vector of `Option`s and then the result.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use super::batch::Values;
 use super::core::Indices;
+use crate::sys::lend::{self, PlainBytes};
 use crate::sys::scatter::{Put, Scatter};
 
 /// The results of calls `0 .. n`, gathered in any order.
@@ -26,6 +30,13 @@ pub(super) struct Ordered<R> {
 enum Store<R> {
     /// Plain values, each run written at its place.
     Plain(Scatter<R>),
+    /// Plain values written over their calls' arguments.
+    InPlace {
+        bytes: Arc<PlainBytes>,
+        /// Runs whose arguments were still lent when they came, as (first call, calls,
+        /// bytes): put again after every batch, and at the end.
+        waiting: Vec<(usize, usize, Vec<u8>)>,
+    },
     Values {
         /// The results of calls `0 .. done.len()`.
         done: Vec<R>,
@@ -52,10 +63,26 @@ impl<R> Ordered<R> {
         }
     }
 
+    /// Room for the results of the `n` calls whose arguments `bytes` holds, written over
+    /// those (see `sys::lend`).
+    pub(super) fn in_place(n: usize, bytes: Arc<PlainBytes>) -> Self {
+        Ordered {
+            n,
+            store: Store::InPlace {
+                bytes,
+                waiting: Vec::new(),
+            },
+            filled: 0,
+        }
+    }
+
     /// A batch's values for the calls `at` (in that order). Plain values go from the
     /// bytes that came straight to their place in the result.
     pub(super) fn add_batch(&mut self, at: Indices, values: Values<R>) {
         match (&mut self.store, values) {
+            (Store::InPlace { bytes, waiting }, Values::Plain(data)) => {
+                self.filled += put_in_place::<R>(bytes, waiting, &at, data.bytes());
+            }
             (Store::Plain(scatter), Values::Plain(data)) => {
                 let placed = put_runs(scatter, &at, data.bytes());
                 self.filled += placed;
@@ -76,6 +103,12 @@ impl<R> Ordered<R> {
         if let Store::Plain(scatter) = &mut self.store {
             if let Some(bytes) = crate::sys::plain::slice_bytes(&values) {
                 self.filled += put_runs(scatter, &at, bytes);
+            }
+            return;
+        }
+        if let Store::InPlace { bytes, waiting } = &mut self.store {
+            if let Some(values) = crate::sys::plain::slice_bytes(&values) {
+                self.filled += put_in_place::<R>(bytes, waiting, &at, values);
             }
             return;
         }
@@ -136,10 +169,64 @@ impl<R> Ordered<R> {
     pub(super) fn finish(self) -> Option<Vec<R>> {
         let done = match self.store {
             Store::Plain(scatter) => scatter.into_vec(),
+            Store::InPlace { bytes, waiting } => finish_in_place(&bytes, waiting, self.n)?,
             Store::Values { done, .. } => done,
         };
         (done.len() == self.n).then_some(done)
     }
+}
+
+/// Puts the plain results in `values` over the arguments of the calls `at` (in that
+/// order), and again the runs that waited for their arguments to be free; how many
+/// calls of `at` have their result now or wait for it.
+fn put_in_place<R>(
+    bytes: &PlainBytes,
+    waiting: &mut Vec<(usize, usize, Vec<u8>)>,
+    at: &Indices,
+    mut values: &[u8],
+) -> usize {
+    let mut placed = 0;
+    for run in at.runs() {
+        let Some(Ok(len)) = crate::sys::plain::check_run::<R>(values, run.len()) else {
+            break; // checked when the batch was made: cannot happen
+        };
+        let (head, rest) = values.split_at(len);
+        values = rest;
+        match bytes.put_run::<R>(run.start, run.len(), head) {
+            Ok(lend::Put::Placed) => placed += run.len(),
+            Ok(lend::Put::Lent) => {
+                waiting.push((run.start, run.len(), head.to_vec()));
+                placed += run.len();
+            }
+            Ok(lend::Put::Ignored) | Err(_) => {}
+        }
+    }
+    // A chunk answered in pieces is lent until its last piece: its first pieces waited.
+    waiting.retain(|(start, k, run)| bytes.put_run::<R>(*start, *k, run) == Ok(lend::Put::Lent));
+    placed
+}
+
+/// The results in call order, in the arguments' own memory; or, should some of them
+/// still be lent (not seen, but possible), a copy of them with the runs that waited.
+fn finish_in_place<R>(
+    bytes: &PlainBytes,
+    mut waiting: Vec<(usize, usize, Vec<u8>)>,
+    n: usize,
+) -> Option<Vec<R>> {
+    waiting.retain(|(start, k, run)| bytes.put_run::<R>(*start, *k, run) == Ok(lend::Put::Lent));
+    if waiting.is_empty()
+        && let Some(v) = bytes.take::<R>()
+    {
+        return Some(v);
+    }
+    let mut all = bytes.copy_all()?;
+    let size = std::mem::size_of::<R>();
+    for (start, k, run) in waiting {
+        all.get_mut(start * size..(start + k) * size)?.copy_from_slice(&run);
+    }
+    let mut out = Vec::with_capacity(n);
+    crate::sys::plain::read_run::<R>(&mut &all[..], n, &mut out)?.ok()?;
+    Some(out)
 }
 
 /// Puts the plain values in `bytes` at the calls `at` (in that order); how many were

@@ -9,6 +9,8 @@
 //!   that tells an exec'd child its role.
 //! - [`mem`]: faulting in a big buffer's pages in one call.
 //! - [`scatter`]: a vector of plain values filled in any order, a run at a time.
+//! - [`lend`]: a vector of plain values lent run by run without a copy, which can take
+//!   a `map`'s results in place.
 //! - [`fd`]: passing descriptors over Unix sockets; what a forked child keeps.
 //! - [`poll`]: a `poll(2)` set with tokens, and deadlines as `poll` timeouts.
 //! - [`shm`]: memfd and named segments, mappings, bounds-checked access.
@@ -25,6 +27,7 @@ pub(crate) mod build_id;
 pub(crate) mod fd;
 pub(crate) mod futex;
 pub(crate) mod image;
+pub(crate) mod lend;
 pub(crate) mod mem;
 pub(crate) mod plain;
 pub(crate) mod pmutex;

@@ -164,50 +164,6 @@ pub(crate) fn check_run<T>(bytes: &[u8], n: usize) -> Option<Result<usize, &'sta
     Some(Ok(len))
 }
 
-/// A vector of plain values owned as the bytes they are, never changed again: a job's
-/// arguments, shared by the chunks that carry them to workers (and kept until those
-/// are answered) without a copy.
-pub(crate) struct PlainBytes {
-    /// The vector itself, kept to be freed with its own type and layout; never touched
-    /// otherwise.
-    _owner: Box<dyn std::any::Any + Send>,
-    ptr: *const u8,
-    len: usize,
-}
-
-// SAFETY: the bytes behind `ptr` belong to the boxed vector, which moves with the
-// value and is freed with it; the box is `Send`.
-unsafe impl Send for PlainBytes {}
-// SAFETY: a shared `PlainBytes` gives access only to immutable bytes (`bytes`), never
-// to the boxed vector, so sharing it between threads shares nothing mutable.
-unsafe impl Sync for PlainBytes {}
-
-impl PlainBytes {
-    /// The values of `values` as bytes, or `values` back if `T` is not plain data.
-    pub(crate) fn new<T: Send + 'static>(values: Vec<T>) -> Result<Self, Vec<T>> {
-        if !is_plain::<T>() {
-            return Err(values);
-        }
-        let ptr = values.as_ptr().cast::<u8>();
-        let len = std::mem::size_of_val(values.as_slice());
-        // Boxing moves the vector's header, not its buffer: `ptr` stays valid.
-        Ok(PlainBytes {
-            _owner: Box::new(values),
-            ptr,
-            len,
-        })
-    }
-
-    /// The values' bytes, end to end.
-    pub(crate) fn bytes(&self) -> &[u8] {
-        // SAFETY: `ptr .. ptr + len` is the initialized part of the boxed vector's
-        // buffer (plain values: no padding, every byte initialized), which lives as
-        // long as `self` and is never written or moved (the vector is never touched
-        // again). An empty vector's dangling pointer is fine for a zero-length slice.
-        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
-    }
-}
-
 /// Reads `n` plain values from the start of `bytes` onto the end of `out` and advances
 /// past them: one check and one copy, not one call per value. `None` if `T` is not
 /// plain data; `Some(Err(..))` (and `out` and `bytes` unchanged) if the bytes are too
@@ -294,14 +250,6 @@ mod tests {
         assert_eq!(out, chars);
         assert!(slice_bytes(&[String::new()]).is_none());
         assert!(read_run::<String>(&mut &[][..], 0, &mut Vec::new()).is_none());
-    }
-
-    #[test]
-    fn plain_vectors_are_shared_as_their_bytes() {
-        let b = PlainBytes::new(vec![1u16, 2, 0xffff]).ok().unwrap();
-        assert_eq!(b.bytes(), slice_bytes(&[1u16, 2, 0xffff]).unwrap());
-        assert!(PlainBytes::new(Vec::<u8>::new()).ok().unwrap().bytes().is_empty());
-        assert_eq!(PlainBytes::new(vec![String::new()]).err().unwrap().len(), 1);
     }
 
     #[test]

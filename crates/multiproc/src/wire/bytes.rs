@@ -1,10 +1,10 @@
 //! Bytes held in common by a message being sent and whoever keeps them until it is
 //! answered (a pool's core, to run a dead worker's calls again), without a copy.
 
-use std::ops::{Deref, Range};
+use std::ops::Deref;
 use std::sync::Arc;
 
-use crate::sys::plain::PlainBytes;
+use crate::sys::lend::Lend;
 
 /// Bytes shared by a message and the core that keeps them: a chunk's own buffer, or a
 /// run of a job's plain arguments as they lie in their vector.
@@ -12,8 +12,8 @@ use crate::sys::plain::PlainBytes;
 pub(crate) enum SharedBytes {
     /// A buffer of its own (arguments encoded for the chunk).
     Buffer(Arc<Vec<u8>>),
-    /// Part of a job's plain arguments (`sys::plain`), which nothing copies.
-    Plain(Arc<PlainBytes>, Range<usize>),
+    /// Part of a job's plain arguments (`sys::lend`), lent: nothing copies them.
+    Plain(Lend),
 }
 
 impl SharedBytes {
@@ -33,9 +33,7 @@ impl Deref for SharedBytes {
     fn deref(&self) -> &[u8] {
         match self {
             SharedBytes::Buffer(v) => v,
-            // A range made from the same bytes' length (see `jobs::Items`); an empty
-            // slice if it ever were not.
-            SharedBytes::Plain(b, range) => b.bytes().get(range.clone()).unwrap_or(&[]),
+            SharedBytes::Plain(lent) => lent,
         }
     }
 }

@@ -22,7 +22,7 @@ use super::ends::Ends;
 use super::{Answers, Sink};
 use crate::error::Result;
 use crate::pool::ChunkSize;
-use crate::sys::plain::PlainBytes;
+use crate::sys::lend::PlainBytes;
 use crate::wire::bytes::SharedBytes;
 use crate::wire::message::TaskRef;
 use crate::wire::values::ValueBuf;
@@ -142,16 +142,22 @@ impl PlainArgs {
 
 impl<A: Send + 'static> Items<A> {
     pub(crate) fn new(items: Vec<A>) -> Self {
-        let size = std::mem::size_of::<A>().max(1);
         match PlainBytes::new(items) {
-            Ok(bytes) => Items(Store::Plain(PlainArgs {
-                count: bytes.bytes().len() / size,
-                bytes: Arc::new(bytes),
-                size,
-                next: 0,
-            })),
+            Ok(bytes) => Self::lent(Arc::new(bytes)),
             Err(items) => Items(Store::Values(VecDeque::from(items))),
         }
+    }
+
+    /// Plain arguments already held as their bytes (`map`'s, which may take the results
+    /// in place: see `sys::lend`), lent chunk by chunk.
+    pub(crate) fn lent(bytes: Arc<PlainBytes>) -> Self {
+        let size = std::mem::size_of::<A>().max(1);
+        Items(Store::Plain(PlainArgs {
+            count: bytes.len() / size,
+            bytes,
+            size,
+            next: 0,
+        }))
     }
 }
 
@@ -164,9 +170,9 @@ impl<A: serde::Serialize + Send> Source for Items<A> {
                     format!("the argument of call {index}")
                 }))
             }
-            Store::Plain(p) if p.next < p.count => {
-                Some(append_encoded(index, &p.bytes.bytes()[p.span(1)], buf))
-            }
+            Store::Plain(p) if p.next < p.count => p
+                .bytes
+                .with_range(p.span(1), |b| append_encoded(index, b, buf)),
             Store::Plain(_) => None,
         }
     }
@@ -188,7 +194,7 @@ impl<A: serde::Serialize + Send> Source for Items<A> {
                 let room = budget.saturating_sub(buf.len()).div_ceil(p.size);
                 let k = max.min(p.count - p.next).min(room);
                 let mark = buf.len();
-                if k > 0 && buf.append(&p.bytes.bytes()[p.span(k)]) {
+                if k > 0 && p.bytes.with_range(p.span(k), |b| buf.append(b)) == Some(true) {
                     p.next += k;
                     if let Some(ends) = ends.as_deref_mut() {
                         ends.push_run(k, p.size);
@@ -197,7 +203,9 @@ impl<A: serde::Serialize + Send> Source for Items<A> {
                 }
                 buf.truncate(mark);
                 let mut n = 0;
-                while n < k && buf.append_plain(&p.bytes.bytes()[p.span(1)]) {
+                while n < k
+                    && p.bytes.with_range(p.span(1), |b| buf.append_plain(b)) == Some(true)
+                {
                     p.next += 1;
                     n += 1;
                     if let Some(ends) = ends.as_deref_mut() {
@@ -245,7 +253,7 @@ impl<A: serde::Serialize + Send> Source for Items<A> {
         if k == 0 {
             return None;
         }
-        let bytes = SharedBytes::Plain(p.bytes.clone(), p.span(k));
+        let bytes = SharedBytes::Plain(p.bytes.lend(p.span(k))?);
         p.next += k;
         Some((bytes, k))
     }

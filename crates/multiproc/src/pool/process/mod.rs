@@ -399,6 +399,25 @@ impl Backend for Pool {
         Ok(())
     }
 
+    fn lends_plain(&self) -> bool {
+        true
+    }
+
+    fn submit_lent<A: Arg, R: Ret>(
+        &self,
+        &job: &u64,
+        _f: fn(A) -> R,
+        first: usize,
+        items: Arc<crate::sys::lend::PlainBytes>,
+    ) -> Result<()> {
+        let mut st = self.shared.lock();
+        let caller_driven = st.core.caller_driven(job);
+        st.core.submit(job, first, Box::new(Items::<A>::lent(items)));
+        self.shared.notify(&st, caller_driven);
+        drop(self.shared.settle(st));
+        Ok(())
+    }
+
     fn seal(&self, job: u64) {
         let mut st = self.shared.lock();
         st.core.seal(job);
