@@ -51,13 +51,24 @@ pub trait TaskPool: Backend {
     /// would be `map` under another name: Rust functions take one typed argument
     /// here, and a tuple is one.)
     ///
+    /// On a process [`Pool`](crate::Pool), plain values (integers, floats, `bool`,
+    /// `char`, arrays and tuples of one of them) travel as their bytes; and when `A` and
+    /// `R` are plain with the same size and alignment, each result is written over its
+    /// call's argument and the arguments' vector comes back as the result (no second
+    /// buffer, as `Vec::into_iter().map(..).collect()` reuses its vector).
+    ///
     /// ```
     /// use multiproc::prelude::*;
     /// fn pow((base, exp): (u64, u32)) -> u64 { base.pow(exp) }
+    /// fn half(x: u64) -> f64 { x as f64 / 2.0 }
     ///
     /// # fn main() -> multiproc::Result<()> {
     /// let pool = Pool::new(2)?;
     /// assert_eq!(pool.map(pow, [(2, 3), (3, 2)])?, vec![8, 9]); // starmap
+    /// let xs: Vec<u64> = (0..10_000).collect();
+    /// let at = xs.as_ptr() as usize;
+    /// let halves = pool.map(half, xs)?; // u64 -> f64: written in place
+    /// assert_eq!((halves[3], halves.as_ptr() as usize), (1.5, at));
     /// # Ok(()) }
     /// ```
     #[doc(alias = "starmap")]
