@@ -137,16 +137,16 @@ fn a_map_between_plain_types_of_one_size_returns_its_arguments_vector() {
 
 static MARKER: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
 
-/// About 1 ms a call; call 120 ends its worker the first time it runs (the marker
+/// About 50 µs a call; call 600 ends its worker the first time it runs (the marker
 /// directory says it ran).
 fn slow_double_dying_once(x: u64) -> u64 {
-    if x == 120
+    if x == 600
         && let Some(m) = MARKER.get()
         && std::fs::create_dir(m).is_ok()
     {
         std::process::exit(3);
     }
-    std::thread::sleep(std::time::Duration::from_millis(1));
+    std::thread::sleep(std::time::Duration::from_micros(50));
     x * 2
 }
 
@@ -155,24 +155,35 @@ fn results_take_their_arguments_place_even_when_a_worker_dies() {
     let dir = std::env::temp_dir().join(format!("multiproc-in-place-{}", std::process::id()));
     let _ = std::fs::remove_dir(&dir);
     MARKER.set(dir.clone()).unwrap();
-    // Chunks of 50 calls of 1 ms are answered in pieces (every 10 ms), each kept whole
-    // until its last piece: the first pieces' results wait for their arguments to be
-    // free. The worker that dies in chunk 100..150 leaves its answered pieces in, and
+    // A chunk of 1,024 calls of 50 µs is answered in pieces (every 10 ms), and kept
+    // whole until its last piece: the first pieces' results wait for their arguments
+    // to be free. The worker that dies at call 600 leaves its answered pieces in, and
     // its other calls run again elsewhere.
     let pool = Pool::builder()
         .processes(2)
         .start_method(StartMethod::Fork)
         .retries(1)
-        .chunk_size(ChunkSize::Fixed(50))
+        .chunk_size(ChunkSize::Fixed(1024))
         .build()
         .unwrap();
-    let args: Vec<u64> = (0..200).collect();
+    let args: Vec<u64> = (0..1200).collect();
     let at = args.as_ptr() as usize;
     let out = pool.map(slow_double_dying_once, args);
     let died = dir.exists();
     let _ = std::fs::remove_dir(&dir);
     let out = out.unwrap();
-    assert!(died, "call 120 ended its first worker");
-    assert_eq!(out, (0..200).map(|x| x * 2).collect::<Vec<u64>>());
+    assert!(died, "call 600 ended its first worker");
+    assert_eq!(out, (0..1200).map(|x| x * 2).collect::<Vec<u64>>());
     assert_eq!(out.as_ptr() as usize, at);
+    // Chunks of a few calls keep a result vector of their own (cheaper per chunk).
+    let small = Pool::builder()
+        .processes(2)
+        .chunk_size(ChunkSize::Fixed(4))
+        .build()
+        .unwrap();
+    let args: Vec<u64> = (0..100).collect();
+    let at = args.as_ptr() as usize;
+    let out = small.map(echo::<u64>, args).unwrap();
+    assert_eq!(out, (0..100).collect::<Vec<u64>>());
+    assert_ne!(out.as_ptr() as usize, at);
 }

@@ -163,9 +163,9 @@ pub trait Backend {
         first: usize,
         items: Vec<A>,
     ) -> Result<()>;
-    /// Whether [`submit_lent`](Backend::submit_lent) sends plain arguments from where
-    /// they lie (a pool whose workers get them as bytes); if not, `map` keeps its own
-    /// vector of arguments and of results.
+    /// Whether `map` should hand plain arguments to [`submit_lent`](Backend::submit_lent)
+    /// and take the results in place: a pool whose workers get them as bytes, chunks
+    /// of many calls at a time; if not, `map` keeps its own vector of results.
     fn lends_plain(&self) -> bool {
         false
     }

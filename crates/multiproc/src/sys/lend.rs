@@ -14,9 +14,9 @@
 //! buffer the size of the result, whose every page faults, and it halves the memory of
 //! a big one.
 //!
-//! Soundness does not rest on the pool's protocol: every read goes through a `Lend`
-//! (registered before it reads) or holds the lock, and a write, under the lock, is
-//! refused over any byte a `Lend` holds ([`Put::Lent`]: the caller keeps that run
+//! Soundness does not rest on the pool's protocol: with results in place every read goes
+//! through a `Lend` (registered before it reads) or holds the lock, and a write, under
+//! the lock, is refused over any byte a `Lend` holds ([`Put::Lent`]: the caller keeps that run
 //! aside and puts it again later). The vector is given away as the result only when
 //! every call has a checked value and nothing is lent; after that nothing reads it.
 
@@ -36,12 +36,17 @@ pub struct PlainBytes {
     cap: usize,
     /// Frees the buffer as the vector it was (its element type's layout).
     free: unsafe fn(*mut u8, usize),
+    /// Whether it takes results: only then is anything written, so only then are lends
+    /// counted (a lock and a lookup per chunk, which arguments alone do without).
+    in_place: bool,
     state: Mutex<State>,
 }
 
 struct State {
-    /// Byte ranges lent, with how many [`Lend`]s hold each.
-    lent: Vec<(Range<usize>, usize)>,
+    /// Byte ranges lent, as start -> (end, how many [`Lend`]s hold it): disjoint (a
+    /// lend that would meet another range partly is refused), so whether a write meets
+    /// one is two lookups, whatever the number of chunks in flight.
+    lent: BTreeMap<usize, (usize, usize)>,
     /// The results written in place, if this vector takes them.
     out: Option<Results>,
     /// The buffer was given away as the result vector: never read or freed here again.
@@ -78,9 +83,9 @@ pub(crate) enum Put {
 // SAFETY: the buffer belongs to this value alone (freed with it, or given away once,
 // under the lock) and holds plain bytes, which nothing ties to a thread.
 unsafe impl Send for PlainBytes {}
-// SAFETY: shared, the bytes are read only through a registered `Lend` or under the
-// lock, and written only under the lock, never over a byte a `Lend` holds: no two
-// threads ever race on a byte.
+// SAFETY: shared, the bytes are written only under the lock (and only with results in
+// place), never over a byte a `Lend` holds; with results in place every read goes
+// through a registered `Lend` or holds the lock: no two threads ever race on a byte.
 unsafe impl Sync for PlainBytes {}
 
 /// Frees a buffer of `cap` values of `T` taken from a vector.
@@ -93,10 +98,6 @@ unsafe fn free_vec<T>(ptr: *mut u8, cap: usize) {
     // SAFETY: the caller's promise; length 0, so no value is dropped (plain values have
     // no drop anyway).
     drop(unsafe { Vec::from_raw_parts(ptr.cast::<T>(), 0, cap) });
-}
-
-fn ranges_meet(a: &Range<usize>, b: &Range<usize>) -> bool {
-    a.start < b.end && b.start < a.end
 }
 
 impl PlainBytes {
@@ -136,8 +137,9 @@ impl PlainBytes {
             len: std::mem::size_of_val(values.as_slice()),
             cap: values.capacity(),
             free: free_vec::<T>,
+            in_place: out.is_some(),
             state: Mutex::new(State {
-                lent: Vec::new(),
+                lent: BTreeMap::new(),
                 out,
                 taken: false,
             }),
@@ -155,21 +157,31 @@ impl PlainBytes {
     }
 
     /// Lends bytes `range`, to read without the lock until the [`Lend`] is dropped;
-    /// `None` if it is out of bounds or the buffer was given away.
+    /// `None` if it is empty, out of bounds, partly over a range lent already, or the
+    /// buffer was given away.
     pub(crate) fn lend(self: &Arc<Self>, range: Range<usize>) -> Option<Lend> {
-        if range.start > range.end || range.end > self.len {
+        if range.start >= range.end || range.end > self.len {
             return None;
         }
-        let mut st = self.state();
-        if st.taken {
+        // Never written without results in place: nothing to keep a lend from.
+        if self.in_place && !self.register(&range) {
             return None;
         }
-        st.add_lend(&range);
-        drop(st);
         Some(Lend {
             bytes: self.clone(),
             range,
         })
+    }
+
+    /// Registers one more holder of `range`; `false` if the buffer was given away or
+    /// `range` meets a lent range without being it.
+    fn register(&self, range: &Range<usize>) -> bool {
+        let mut st = self.state();
+        !st.taken && st.add_lend(range)
+    }
+
+    fn unregister(&self, range: &Range<usize>) {
+        self.state().remove_lend(range);
     }
 
     /// Runs `f` on bytes `range` under the lock (a copy into a message); `None` if it is
@@ -178,14 +190,16 @@ impl PlainBytes {
         if range.start > range.end || range.end > self.len {
             return None;
         }
-        let st = self.state();
-        if st.taken {
+        // Arguments alone are never written nor given away: no lock needed.
+        let st = self.in_place.then(|| self.state());
+        if st.as_ref().is_some_and(|st| st.taken) {
             return None;
         }
         // SAFETY: `range` lies inside the `len` initialized bytes of the buffer, which
-        // is ours (not given away: checked under the lock). Writes happen only under
-        // the lock, which we hold until `f` returns, so the bytes do not change while
-        // the slice lives; `Lend` holders only read.
+        // is ours (not given away: checked under the lock, or never for arguments
+        // alone). Writes happen only under the lock, which we hold until `f` returns
+        // (and never without results in place), so the bytes do not change while the
+        // slice lives; `Lend` holders only read.
         let bytes = unsafe { std::slice::from_raw_parts(self.ptr.add(range.start), range.len()) };
         let r = f(bytes);
         drop(st);
@@ -214,7 +228,7 @@ impl PlainBytes {
             return Ok(Put::Ignored);
         }
         let bytes = start * out.size..end * out.size;
-        if st.lent.iter().any(|(r, _)| ranges_meet(r, &bytes)) {
+        if meets(&st.lent, &bytes) {
             return Ok(Put::Lent);
         }
         // SAFETY: `bytes` lies inside the buffer (`end <= count`, and `count * size ==
@@ -258,21 +272,41 @@ impl PlainBytes {
 }
 
 impl State {
-    fn add_lend(&mut self, range: &Range<usize>) {
-        match self.lent.iter_mut().find(|(r, _)| r == range) {
-            Some((_, n)) => *n += 1,
-            None => self.lent.push((range.clone(), 1)),
+    /// Registers one more holder of `range` (not empty); `false` if it meets a lent
+    /// range without being it.
+    fn add_lend(&mut self, range: &Range<usize>) -> bool {
+        if let Some((end, n)) = self.lent.get_mut(&range.start)
+            && *end == range.end
+        {
+            *n += 1;
+            return true;
         }
+        if meets(&self.lent, range) {
+            return false;
+        }
+        self.lent.insert(range.start, (range.end, 1));
+        true
     }
 
     fn remove_lend(&mut self, range: &Range<usize>) {
-        if let Some(i) = self.lent.iter().position(|(r, _)| r == range) {
-            self.lent[i].1 -= 1;
-            if self.lent[i].1 == 0 {
-                self.lent.swap_remove(i);
+        if let Some((end, n)) = self.lent.get_mut(&range.start)
+            && *end == range.end
+        {
+            *n -= 1;
+            if *n == 0 {
+                self.lent.remove(&range.start);
             }
         }
     }
+
+}
+
+/// Whether `bytes` (not empty) meets one of the `lent` ranges. They are disjoint: only
+/// the last one starting before `bytes` ends can.
+fn meets(lent: &BTreeMap<usize, (usize, usize)>, bytes: &Range<usize>) -> bool {
+    lent.range(..bytes.end)
+        .next_back()
+        .is_some_and(|(_, &(end, _))| end > bytes.start)
 }
 
 impl Results {
@@ -314,7 +348,9 @@ pub(crate) struct Lend {
 impl Clone for Lend {
     fn clone(&self) -> Self {
         // Alive, so registered and not given away: one more holder of the same range.
-        self.bytes.state().add_lend(&self.range);
+        if self.bytes.in_place {
+            self.bytes.register(&self.range);
+        }
         Lend {
             bytes: self.bytes.clone(),
             range: self.range.clone(),
@@ -324,7 +360,9 @@ impl Clone for Lend {
 
 impl Drop for Lend {
     fn drop(&mut self) {
-        self.bytes.state().remove_lend(&self.range);
+        if self.bytes.in_place {
+            self.bytes.unregister(&self.range);
+        }
     }
 }
 
@@ -332,10 +370,11 @@ impl Deref for Lend {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
         // SAFETY: `range` lies inside the buffer's `len` initialized bytes (checked in
-        // `lend`). While this `Lend` is registered (from `lend` or `clone` until its
-        // drop), `put_run` writes none of its bytes and `take` does not give the buffer
-        // away, and the `Arc` keeps the buffer alive: the bytes stay as they are for
-        // as long as the slice, borrowed from `self`, lives.
+        // `lend`), which the `Arc` keeps alive. Without results in place nothing ever
+        // writes them or gives them away; with, this `Lend` is registered (from `lend`
+        // or `clone` until its drop), so `put_run` writes none of its bytes and `take`
+        // does not give the buffer away: the bytes stay as they are for as long as the
+        // slice, borrowed from `self`, lives.
         unsafe { std::slice::from_raw_parts(self.bytes.ptr.add(self.range.start), self.range.len()) }
     }
 }
@@ -351,11 +390,20 @@ mod tests {
         assert_eq!(b.len(), 6);
         let all = b.lend(0..6).unwrap();
         assert_eq!(&all[..], slice_bytes(&[1u16, 2, 0xffff]).unwrap());
-        assert_eq!(&b.lend(2..4).unwrap().clone()[..], slice_bytes(&[2u16]).unwrap());
+        // Partly over a lent range, empty, or out of bounds: refused.
+        assert!(b.lend(2..4).is_none());
+        assert!(b.lend(3..3).is_none());
         assert!(b.lend(4..8).is_none());
         assert_eq!(b.with_range(0..2, <[u8]>::to_vec), Some(vec![1, 0]));
         // Lends are counted, clones too, and gone with their drop.
+        let again = b.lend(0..6).unwrap();
         drop(all);
+        let middle = again.clone();
+        drop(again);
+        assert_eq!(b.state().lent.len(), 1);
+        drop(middle);
+        assert!(b.state().lent.is_empty());
+        assert_eq!(&b.lend(2..4).unwrap().clone()[..], slice_bytes(&[2u16]).unwrap());
         assert!(b.state().lent.is_empty());
         assert!(PlainBytes::new(Vec::<u8>::new()).ok().unwrap().copy_all().unwrap().is_empty());
         assert_eq!(PlainBytes::new(vec![String::new()]).err().unwrap().len(), 1);

@@ -60,6 +60,8 @@ pub struct Pool {
     background: Mutex<Option<JoinHandle<()>>>,
     processes: usize,
     chunk: ChunkSize,
+    /// Whether calls have a time limit (`task_timeout`): then they go one at a time.
+    timed: bool,
     progress: Progress,
 }
 
@@ -226,6 +228,7 @@ impl PoolBuilder {
             background: Mutex::new(Some(background)),
             processes,
             chunk: self.options.chunk,
+            timed: self.options.task_timeout.is_some(),
             progress: self.options.progress,
         })
     }
@@ -400,7 +403,13 @@ impl Backend for Pool {
     }
 
     fn lends_plain(&self) -> bool {
-        true
+        // Results in place cost a lock and a lookup per chunk: worth it when chunks carry
+        // many calls (automatic ones carry at least 250 µs of calls), not for one call
+        // at a time (a task timeout, or a small fixed size).
+        match self.chunk {
+            ChunkSize::Auto => !self.timed,
+            ChunkSize::Fixed(n) => n >= 1024,
+        }
     }
 
     fn submit_lent<A: Arg, R: Ret>(
