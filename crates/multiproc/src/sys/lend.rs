@@ -386,16 +386,27 @@ mod tests {
 
     #[test]
     fn plain_vectors_are_lent_as_their_bytes() {
+        // Arguments alone: lent freely (never written), nothing counted.
         let b = Arc::new(PlainBytes::new(vec![1u16, 2, 0xffff]).ok().unwrap());
         assert_eq!(b.len(), 6);
         let all = b.lend(0..6).unwrap();
         assert_eq!(&all[..], slice_bytes(&[1u16, 2, 0xffff]).unwrap());
+        assert_eq!(&b.lend(2..4).unwrap().clone()[..], slice_bytes(&[2u16]).unwrap());
+        assert!(b.lend(4..8).is_none() && b.lend(3..3).is_none());
+        assert_eq!(b.with_range(0..2, <[u8]>::to_vec), Some(vec![1, 0]));
+        assert!(b.state().lent.is_empty());
+        // No results go in.
+        assert!(b.put_run::<u16>(0, 1, &[0, 0]).is_err());
+        assert!(PlainBytes::new(Vec::<u8>::new()).ok().unwrap().copy_all().unwrap().is_empty());
+        assert_eq!(PlainBytes::new(vec![String::new()]).err().unwrap().len(), 1);
+
+        // Taking results: every lend is counted, clones too, until its drop.
+        let b = Arc::new(PlainBytes::in_place::<u16, u16>(vec![1, 2, 3]).ok().unwrap());
+        let all = b.lend(0..6).unwrap();
         // Partly over a lent range, empty, or out of bounds: refused.
         assert!(b.lend(2..4).is_none());
         assert!(b.lend(3..3).is_none());
         assert!(b.lend(4..8).is_none());
-        assert_eq!(b.with_range(0..2, <[u8]>::to_vec), Some(vec![1, 0]));
-        // Lends are counted, clones too, and gone with their drop.
         let again = b.lend(0..6).unwrap();
         drop(all);
         let middle = again.clone();
@@ -403,12 +414,11 @@ mod tests {
         assert_eq!(b.state().lent.len(), 1);
         drop(middle);
         assert!(b.state().lent.is_empty());
-        assert_eq!(&b.lend(2..4).unwrap().clone()[..], slice_bytes(&[2u16]).unwrap());
+        let two = b.lend(2..4).unwrap();
+        assert_eq!(&two.clone()[..], slice_bytes(&[2u16]).unwrap());
+        assert!(b.lend(0..2).is_some() && b.lend(4..6).is_some());
+        drop(two);
         assert!(b.state().lent.is_empty());
-        assert!(PlainBytes::new(Vec::<u8>::new()).ok().unwrap().copy_all().unwrap().is_empty());
-        assert_eq!(PlainBytes::new(vec![String::new()]).err().unwrap().len(), 1);
-        // Arguments only: no results go in.
-        assert!(b.put_run::<u16>(0, 1, &[0, 0]).is_err());
     }
 
     #[test]
