@@ -235,9 +235,11 @@ impl PlainBytes {
         // len`), which is ours (not given away). We hold the lock, under which alone
         // bytes are written or read without a `Lend`, and no `Lend` holds any of these
         // bytes (just checked; a new one is registered only under the lock): nothing
-        // else reads or writes them meanwhile. `run` is a separate slice of exactly
-        // `bytes.len()` bytes, just checked to be `k` valid `R`s; a byte copy has no
-        // alignment needs.
+        // else reads or writes them meanwhile. `run` is exactly `bytes.len()` bytes,
+        // just checked to be `k` valid `R`s, and does not overlap them: the only slices
+        // into the buffer are a `Lend`'s (whose bytes are refused above) and
+        // `with_range`'s (which holds the lock we hold). A byte copy has no alignment
+        // needs.
         unsafe {
             std::ptr::copy_nonoverlapping(run.as_ptr(), self.ptr.add(bytes.start), bytes.len());
         }
