@@ -323,6 +323,32 @@ mod tests {
     }
 
     #[test]
+    fn results_in_place_wait_for_lent_arguments_and_become_their_vector() {
+        for release in [true, false] {
+            let args: Vec<u64> = (0..8).collect();
+            let at = args.as_ptr() as usize;
+            let bytes = Arc::new(PlainBytes::in_place::<u64, u64>(args).ok().unwrap());
+            // Calls 2 and 3 are in a chunk still lent (answered in pieces).
+            let lent = bytes.lend(16..32).unwrap();
+            let mut o = Ordered::<u64>::in_place(8, bytes.clone());
+            o.add_batch(runs(&[5, 6, 2]), plain(&[50, 60, 20]));
+            o.add_batch(runs(&[0, 1]), plain(&[0, 10]));
+            o.add(runs(&[3, 4]), vec![30, 40]);
+            // Twice placed: ignored.
+            o.add_batch(runs(&[0]), plain(&[99]));
+            o.add_batch(runs(&[7]), plain(&[70]));
+            assert!(o.is_full());
+            if release {
+                drop(lent);
+            }
+            let v = o.finish().unwrap();
+            assert_eq!(v, [0, 10, 20, 30, 40, 50, 60, 70]);
+            // Given back in place once nothing is lent; a copy otherwise.
+            assert_eq!(v.as_ptr() as usize == at, release);
+        }
+    }
+
+    #[test]
     fn an_unfilled_result_is_none() {
         let mut o: Ordered<u8> = Ordered::new(2);
         o.add(runs(&[1]), vec![1]);
