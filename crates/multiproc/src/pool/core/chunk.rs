@@ -232,19 +232,16 @@ impl Core {
         let timeout = self.cfg.task_timeout;
         let slot = self.slots.get(&id)?;
         // A retried call runs alone: its worker holds nothing else, before or after.
-        if !slot.state.takes_work() || slot.held.iter().any(|h| h.attempts > 0) {
+        if !slot.state.takes_work() || slot.held.has_retry() {
             return None;
         }
         // A chunk sent before its job's call time was known (a probe) is estimated
         // with the call time known now, if any: a worker holding a probe of tiny calls
         // answered elsewhere takes its share, not nothing while another takes it all.
         let jobs = &self.jobs;
-        let held_nanos = slot.held.iter().try_fold(0.0, |sum, h| {
-            let now_known = || {
-                let ns = jobs.get(&h.job)?.nanos_per_call?;
-                Some(ns * h.indices.len() as f64)
-            };
-            h.nanos.or_else(now_known).map(|n| sum + n)
+        let held_nanos = slot.held.nanos(|h| {
+            let ns = jobs.get(&h.job)?.nanos_per_call?;
+            Some(ns * h.indices.len() as f64)
         });
         let quota = self
             .cfg

@@ -115,7 +115,7 @@ impl Core {
         let mut cost = Cost::default();
         // Last chunk first: each pushes what it hands back to the front of the queue,
         // so the calls end up there in the order they had.
-        for (k, held) in slot.held.into_iter().enumerate().rev() {
+        for (k, held) in slot.held.into_chunks().into_iter().enumerate().rev() {
             if !self.jobs.contains_key(&held.job) {
                 continue; // cancelled: nobody wants its answers
             }
@@ -250,7 +250,7 @@ impl Core {
     /// not answered answers it (or is retried, as `retries` allows).
     fn fail_unknown(&mut self, slot: Slot, pid: u32, death: Error) -> Cost {
         let mut cost = Cost::default();
-        for held in slot.held {
+        for held in slot.held.into_chunks() {
             if !self.jobs.contains_key(&held.job) {
                 continue; // cancelled: nobody wants its answers
             }
@@ -286,7 +286,7 @@ impl Core {
         let Some(slot) = self.slots.remove(&id) else {
             return;
         };
-        for held in slot.held {
+        for held in slot.held.into_chunks() {
             let failed = held
                 .indices
                 .slice(held.answered, held.indices.len())

@@ -12,7 +12,7 @@ pub(crate) type WorkerId = u64;
 
 /// One worker as the core sees it: the chunks it holds, and where it is in its life.
 pub(super) struct Slot {
-    pub(super) held: VecDeque<Held>,
+    pub(super) held: HeldChunks,
     pub(super) next_seq: u64,
     /// Calls answered, for `max_tasks_per_child`.
     pub(super) done: usize,
@@ -24,12 +24,103 @@ pub(super) struct Slot {
 impl Slot {
     fn new(state: SlotState) -> Self {
         Slot {
-            held: VecDeque::new(),
+            held: HeldChunks::default(),
             next_seq: 0,
             done: 0,
             given: 0,
             state,
         }
+    }
+}
+
+/// The chunks a worker holds, oldest first (read them as a `VecDeque`), with what
+/// dispatch asks of them before every chunk it sends kept up to date: their estimated
+/// run time and whether one is a retry. A worker may hold 128 one-call chunks, and
+/// scanning them all for each chunk sent cost more than the rest of sending it.
+#[derive(Default)]
+pub(super) struct HeldChunks {
+    chunks: VecDeque<Held>,
+    /// The sum of `nanos` over the chunks whose estimate is known.
+    known_nanos: f64,
+    /// Chunks sent before their job's call time was known (`nanos: None`).
+    unknown: usize,
+    /// Chunks that run a retried call (`attempts > 0`).
+    retries: usize,
+}
+
+impl HeldChunks {
+    pub(super) fn push_back(&mut self, h: Held) {
+        self.count(&h, true);
+        self.chunks.push_back(h);
+    }
+
+    pub(super) fn pop_front(&mut self) -> Option<Held> {
+        let h = self.chunks.pop_front()?;
+        self.count(&h, false);
+        Some(h)
+    }
+
+    pub(super) fn remove(&mut self, at: usize) -> Option<Held> {
+        let h = self.chunks.remove(at)?;
+        self.count(&h, false);
+        Some(h)
+    }
+
+    /// The oldest chunk, to count its answers: callers change only `answered` (the
+    /// estimate and the attempts are counted here as they were when it was sent).
+    pub(super) fn front_mut(&mut self) -> Option<&mut Held> {
+        self.chunks.front_mut()
+    }
+
+    /// The chunks, taken (a dead worker's).
+    pub(super) fn into_chunks(self) -> VecDeque<Held> {
+        self.chunks
+    }
+
+    /// Whether one of the chunks runs a retried call.
+    pub(super) fn has_retry(&self) -> bool {
+        self.retries > 0
+    }
+
+    /// The estimated run time of every chunk held; a chunk sent before its call time
+    /// was known counts with `now_known` (the call time known now), `None` if that does
+    /// not tell either.
+    pub(super) fn nanos(&self, now_known: impl Fn(&Held) -> Option<f64>) -> Option<f64> {
+        if self.unknown == 0 {
+            return Some(self.known_nanos.max(0.0));
+        }
+        self.chunks
+            .iter()
+            .try_fold(0.0, |sum, h| h.nanos.or_else(|| now_known(h)).map(|n| sum + n))
+    }
+
+    fn count(&mut self, h: &Held, added: bool) {
+        let step = |n: &mut usize| {
+            if added {
+                *n += 1;
+            } else {
+                *n = n.saturating_sub(1);
+            }
+        };
+        match h.nanos {
+            Some(ns) if added => self.known_nanos += ns,
+            Some(ns) => self.known_nanos -= ns,
+            None => step(&mut self.unknown),
+        }
+        if h.attempts > 0 {
+            step(&mut self.retries);
+        }
+        if self.chunks.is_empty() && !added {
+            // Nothing held: no rounding left over from many additions and removals.
+            self.known_nanos = 0.0;
+        }
+    }
+}
+
+impl std::ops::Deref for HeldChunks {
+    type Target = VecDeque<Held>;
+    fn deref(&self) -> &VecDeque<Held> {
+        &self.chunks
     }
 }
 
@@ -244,5 +335,53 @@ impl Core {
     /// What `id` has answered, and whether it holds work now: for `Pool::workers`.
     pub(in crate::pool) fn worker_state(&self, id: WorkerId) -> Option<(usize, bool)> {
         self.slots.get(&id).map(|s| (s.done, !s.held.is_empty()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(seq: u64, nanos: Option<f64>, attempts: u32) -> Held {
+        Held {
+            seq,
+            job: 1,
+            indices: Indices::run(0..2),
+            answered: 0,
+            deadline: None,
+            nanos,
+            kept: None,
+            attempts,
+            handbacks: 0,
+        }
+    }
+
+    #[test]
+    fn held_chunks_keep_their_estimate_and_retries_counted() {
+        let mut held = HeldChunks::default();
+        assert_eq!(held.nanos(|_| None), Some(0.0));
+        held.push_back(chunk(0, Some(1_000.0), 0));
+        held.push_back(chunk(1, Some(2_500.0), 0));
+        assert_eq!(held.nanos(|_| None), Some(3_500.0));
+        assert!(!held.has_retry());
+        // A probe (call time unknown when sent) counts with what is known now.
+        held.push_back(chunk(2, None, 0));
+        assert_eq!(held.nanos(|_| None), None);
+        assert_eq!(held.nanos(|h| Some(h.indices.len() as f64 * 100.0)), Some(3_700.0));
+        held.push_back(chunk(3, Some(500.0), 1));
+        assert!(held.has_retry());
+        assert_eq!(held.remove(2).map(|h| h.seq), Some(2));
+        assert_eq!(held.nanos(|_| None), Some(4_000.0));
+        assert_eq!(held.pop_front().map(|h| h.seq), Some(0));
+        assert_eq!(held.len(), 2);
+        held.front_mut().unwrap().answered = 1;
+        assert_eq!(held.remove(1).map(|h| h.seq), Some(3));
+        assert!(!held.has_retry());
+        assert_eq!(held.nanos(|_| None), Some(2_500.0));
+        assert_eq!(held.pop_front().map(|h| (h.seq, h.answered)), Some((1, 1)));
+        assert!(held.pop_front().is_none() && held.is_empty());
+        assert_eq!(held.nanos(|_| None), Some(0.0));
+        held.push_back(chunk(4, None, 2));
+        assert_eq!(held.into_chunks().len(), 1);
     }
 }
