@@ -27,7 +27,7 @@ use crate::pool::ChunkSize;
 use crate::pool::api::{self, TaskPool};
 use crate::pool::backend::{Arg, Backend, Control, ResultSource, Results, Ret, Step};
 use crate::pool::batch::{BatchSink, decode_answers, decoding};
-use crate::pool::core::jobs::Items;
+use crate::pool::core::jobs::{Items, Source};
 use crate::pool::core::{Config as CoreConfig, Core};
 use crate::pool::options::{PoolOptions, option_setters};
 use crate::pool::progress::Progress;
@@ -235,6 +235,16 @@ impl PoolBuilder {
 }
 
 impl Pool {
+    /// Adds a submission's calls to `job` and wakes whoever sends them.
+    fn add_source(&self, job: u64, first: usize, source: Box<dyn Source>) {
+        let mut st = self.shared.lock();
+        let caller_driven = st.core.caller_driven(job);
+        st.core.submit(job, first, source);
+        self.shared.notify(&st, caller_driven);
+        // A broken pool answers at once.
+        drop(self.shared.settle(st));
+    }
+
     /// A pool of `processes` workers with default options; 0 is refused with
     /// [`Error::InvalidArgument`].
     pub fn new(processes: usize) -> Result<Pool> {
@@ -393,12 +403,7 @@ impl Backend for Pool {
         first: usize,
         items: Vec<A>,
     ) -> Result<()> {
-        let mut st = self.shared.lock();
-        let caller_driven = st.core.caller_driven(job);
-        st.core.submit(job, first, Box::new(Items::new(items)));
-        self.shared.notify(&st, caller_driven);
-        // A broken pool answers at once.
-        drop(self.shared.settle(st));
+        self.add_source(job, first, Box::new(Items::new(items)));
         Ok(())
     }
 
@@ -419,11 +424,7 @@ impl Backend for Pool {
         first: usize,
         items: Arc<crate::sys::lend::PlainBytes>,
     ) -> Result<()> {
-        let mut st = self.shared.lock();
-        let caller_driven = st.core.caller_driven(job);
-        st.core.submit(job, first, Box::new(Items::<A>::lent(items)));
-        self.shared.notify(&st, caller_driven);
-        drop(self.shared.settle(st));
+        self.add_source(job, first, Box::new(Items::<A>::lent(items)));
         Ok(())
     }
 
