@@ -201,9 +201,14 @@ fn put_in_place<R>(
             Ok(lend::Put::Ignored) | Err(_) => {}
         }
     }
-    // A chunk answered in pieces is lent until its last piece: its first pieces waited.
-    waiting.retain(|(start, k, run)| bytes.put_run::<R>(*start, *k, run) == Ok(lend::Put::Lent));
+    put_waiting::<R>(bytes, waiting);
     placed
+}
+
+/// Puts again the runs whose arguments were lent when they came (a chunk answered in
+/// pieces is lent until its last piece); keeps those still lent.
+fn put_waiting<R>(bytes: &PlainBytes, waiting: &mut Vec<(usize, usize, Vec<u8>)>) {
+    waiting.retain(|(start, k, run)| bytes.put_run::<R>(*start, *k, run) == Ok(lend::Put::Lent));
 }
 
 /// The results in call order, in the arguments' own memory; or, should some of them
@@ -213,7 +218,7 @@ fn finish_in_place<R>(
     mut waiting: Vec<(usize, usize, Vec<u8>)>,
     n: usize,
 ) -> Option<Vec<R>> {
-    waiting.retain(|(start, k, run)| bytes.put_run::<R>(*start, *k, run) == Ok(lend::Put::Lent));
+    put_waiting::<R>(bytes, &mut waiting);
     if waiting.is_empty()
         && let Some(v) = bytes.take::<R>()
     {
